@@ -1,0 +1,118 @@
+//! Errors, split by whose fault they are.
+
+use std::fmt;
+
+/// Every way a session can fail.
+///
+/// Variants are grouped by fault so a runtime can map them to exit codes and messages:
+/// the peer broke the protocol, data failed an integrity check, local I/O failed, the
+/// caller misused the API, a deadline passed, or the session was cancelled.
+///
+/// A fatal error is sticky: the state machine reports it once as
+/// [`Event::Failed`](crate::Event::Failed) and returns it from every later call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer (or the relay) sent something the protocol does not allow.
+    #[error("protocol violation{}: {reason}", FileCtx(file))]
+    Peer {
+        /// The file concerned, already escaped for display.
+        file: Option<String>,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Data arrived but failed a check: chain, tag, size or decompression.
+    #[error("integrity check failed{}: {reason}", FileCtx(file))]
+    Integrity {
+        /// The file concerned, already escaped for display.
+        file: Option<String>,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A local file operation failed (as reported by the runtime).
+    #[error("local I/O error{}: {reason}", FileCtx(file))]
+    Io {
+        /// The file concerned, already escaped for display.
+        file: Option<String>,
+        /// The operating system's message.
+        reason: String,
+    },
+    /// The caller broke the API contract (for example fed a completion nobody asked for).
+    #[error("API misuse: {0}")]
+    Misuse(String),
+    /// A deadline passed.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The session was cancelled locally.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+    /// Setting up the session failed (bad code, bad parameters).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+struct FileCtx<'a>(&'a Option<String>);
+
+impl fmt::Display for FileCtx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(name) => write!(f, " in {name}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn peer(reason: impl Into<String>) -> Self {
+        Error::Peer {
+            file: None,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn peer_in(file: &str, reason: impl Into<String>) -> Self {
+        Error::Peer {
+            file: Some(crate::path::escape(file)),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn integrity_in(file: &str, reason: impl Into<String>) -> Self {
+        Error::Integrity {
+            file: Some(crate::path::escape(file)),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn integrity(reason: impl Into<String>) -> Self {
+        Error::Integrity {
+            file: None,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io_in(file: &str, reason: impl Into<String>) -> Self {
+        Error::Io {
+            file: Some(crate::path::escape(file)),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn misuse(reason: impl Into<String>) -> Self {
+        Error::Misuse(reason.into())
+    }
+
+    /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
+    /// `timeout`, `cancelled`, `config`), for logs and exit-code mapping.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Peer { .. } => "peer",
+            Error::Integrity { .. } => "integrity",
+            Error::Io { .. } => "io",
+            Error::Misuse(_) => "misuse",
+            Error::Timeout(_) => "timeout",
+            Error::Cancelled(_) => "cancelled",
+            Error::Config(_) => "config",
+        }
+    }
+}

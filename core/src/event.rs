@@ -1,0 +1,58 @@
+//! Progress events the state machines report.
+
+use crate::wire::Compression;
+use crate::Error;
+
+/// Something worth telling the user. Drain with `poll_event` after every input.
+///
+/// File names are the peer's or the user's paths as sent on the wire: escape them
+/// with [`crate::path::escape`] before printing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Sender: the relay paired us with a receiver.
+    Paired,
+    /// The manifest was sent (sender) or received (receiver).
+    Manifest {
+        /// Number of files.
+        files: usize,
+        /// Their total size in bytes.
+        bytes: u64,
+    },
+    /// A file's data starts.
+    FileStarted {
+        /// Its path.
+        path: String,
+        /// Its whole size.
+        size: u64,
+        /// Bytes the receiver already had and are not sent again.
+        append_from: u64,
+        /// How its pieces are compressed.
+        compression: Compression,
+    },
+    /// More of the current file's data was sent (sender) or verified (receiver).
+    Progress {
+        /// Bytes of file data added by this step.
+        delta: u64,
+        /// Bytes of this file done so far, counting `append_from`.
+        file_bytes: u64,
+    },
+    /// The receiver already had the whole file; nothing is sent.
+    FileSkipped {
+        /// Its path.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A file is complete (sender: all data sent; receiver: verified and in place).
+    FileDone {
+        /// Its path.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// The session finished successfully.
+    Done,
+    /// The session failed; the error is sticky.
+    Failed(Error),
+}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod chain;
+pub mod compress;
+pub mod crypto;
+mod error;
+mod event;
+pub mod parallel;
+pub mod path;
+mod pipe;
+pub mod sender;
+pub mod wire;
+
+pub use crypto::Secrets;
+pub use error::Error;
+pub use event::Event;
+pub use wire::WireMessage;

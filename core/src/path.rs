@@ -1,0 +1,192 @@
+//! Turning a peer's path into a safe relative path, or refusing it; escaping names for
+//! display.
+
+use std::fmt;
+
+/// Longest accepted path, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest accepted path component, in bytes (the common filesystem limit).
+pub const MAX_COMPONENT_LEN: usize = 255;
+/// Deepest accepted nesting.
+pub const MAX_DEPTH: usize = 128;
+
+/// A relative path that was checked to stay inside the output directory: non-empty
+/// `/`-separated components, none of them empty, `.` or `..`, no NUL, no backslash, no
+/// drive prefix, within length and depth limits.
+///
+/// Only [`SafePath::parse`] builds one, so an unchecked peer name cannot reach the
+/// runtime's filesystem code. (Symlinks in parent directories are the runtime's to
+/// refuse: the core cannot see the filesystem.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SafePath(String);
+
+/// Why a peer's path was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    /// The path is empty.
+    Empty,
+    /// It starts with `/`.
+    Absolute,
+    /// It contains a backslash or a drive prefix (Windows forms).
+    WindowsForm,
+    /// It contains a NUL byte.
+    Nul,
+    /// A component is empty or `.`.
+    EmptyComponent,
+    /// A component is `..`.
+    ParentComponent,
+    /// Too long or too deep.
+    TooLong,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::Empty => "empty path",
+            PathError::Absolute => "absolute path",
+            PathError::WindowsForm => "Windows-style path (backslash or drive)",
+            PathError::Nul => "NUL byte in path",
+            PathError::EmptyComponent => "empty or '.' component in path",
+            PathError::ParentComponent => "'..' component in path",
+            PathError::TooLong => "path too long or too deep",
+        })
+    }
+}
+
+impl SafePath {
+    /// Check a peer's path.
+    ///
+    /// # Errors
+    /// A [`PathError`] naming the first rule the path breaks.
+    pub fn parse(raw: &str) -> Result<SafePath, PathError> {
+        if raw.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if raw.contains('\0') {
+            return Err(PathError::Nul);
+        }
+        if raw.starts_with('/') {
+            return Err(PathError::Absolute);
+        }
+        if raw.contains('\\') {
+            return Err(PathError::WindowsForm);
+        }
+        let b = raw.as_bytes();
+        if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+            return Err(PathError::WindowsForm);
+        }
+        if raw.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        let mut depth = 0;
+        for c in raw.split('/') {
+            depth += 1;
+            match c {
+                "" | "." => return Err(PathError::EmptyComponent),
+                ".." => return Err(PathError::ParentComponent),
+                _ if c.len() > MAX_COMPONENT_LEN => return Err(PathError::TooLong),
+                _ => {}
+            }
+        }
+        if depth > MAX_DEPTH {
+            return Err(PathError::TooLong);
+        }
+        Ok(SafePath(raw.to_owned()))
+    }
+
+    /// The path as sent on the wire (`/`-separated).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components, outermost first.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The parent directories, outermost first, as prefixes of this path (`a`, `a/b`
+    /// for `a/b/c`).
+    pub fn ancestors(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .match_indices('/')
+            .map(move |(i, _)| &self.0[..i])
+    }
+}
+
+impl fmt::Display for SafePath {
+    /// Escaped for a terminal (see [`escape`]).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(&self.0))
+    }
+}
+
+/// Escape a name for a terminal or log: control characters (C0, DEL, C1), bidi controls
+/// and other invisible format characters become `\u{…}`, a backslash becomes `\\`.
+pub fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for ch in name.chars() {
+        let c = ch as u32;
+        let unsafe_char = c < 0x20
+            || (0x7f..=0x9f).contains(&c)
+            || matches!(c, 0x061c | 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x2069 | 0xfeff);
+        if unsafe_char {
+            out.push_str(&format!("\\u{{{c:x}}}"));
+        } else if ch == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_relative_paths() {
+        for ok in ["a", "dir/a.txt", "ünï/κ/file", "a..b", "...", ".hidden/x"] {
+            assert_eq!(SafePath::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn refuses_every_escape_form() {
+        let cases = [
+            ("", PathError::Empty),
+            ("../x", PathError::ParentComponent),
+            ("a/../../x", PathError::ParentComponent),
+            ("a/..", PathError::ParentComponent),
+            ("/etc/x", PathError::Absolute),
+            ("C:\\x", PathError::WindowsForm),
+            ("C:x", PathError::WindowsForm),
+            ("\\\\server\\share\\x", PathError::WindowsForm),
+            ("a\\..\\x", PathError::WindowsForm),
+            ("a//b", PathError::EmptyComponent),
+            ("a/./b", PathError::EmptyComponent),
+            (".", PathError::EmptyComponent),
+            ("a/", PathError::EmptyComponent),
+            ("a\0b", PathError::Nul),
+        ];
+        for (raw, why) in cases {
+            assert_eq!(SafePath::parse(raw), Err(why), "{raw:?}");
+        }
+        assert_eq!(SafePath::parse(&"x".repeat(256)), Err(PathError::TooLong));
+        assert_eq!(SafePath::parse(&["d"; 200].join("/")), Err(PathError::TooLong));
+        assert_eq!(SafePath::parse(&"x/".repeat(2100)), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn ancestors_are_prefixes() {
+        let p = SafePath::parse("a/b/c").unwrap();
+        assert_eq!(p.ancestors().collect::<Vec<_>>(), ["a", "a/b"]);
+    }
+
+    #[test]
+    fn escape_neutralises_terminal_controls() {
+        assert_eq!(escape("a\x1b[31mb"), "a\\u{1b}[31mb");
+        assert_eq!(escape("x\u{202e}y"), "x\\u{202e}y");
+        assert_eq!(escape("plain ü"), "plain ü");
+    }
+}

@@ -1,0 +1,865 @@
+//! The sending side of a session.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::chain::Chain;
+use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::event::Event;
+use crate::pipe::ReadPipe;
+use crate::wire::{
+    self, Compression, Control, FileHeader, ManifestEntry, Role, WireMessage,
+    CHUNK_SIZE, DATA_HEADER_LEN,
+};
+use crate::Error;
+
+/// How the sender compresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressMode {
+    /// Compress a file when its first piece shrinks below 95 %.
+    #[default]
+    Auto,
+    /// Compress every file.
+    On,
+    /// Compress nothing.
+    Off,
+}
+
+/// Sender settings.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Compression mode.
+    pub compress: CompressMode,
+    /// Ask the receiver what it already has and send only the rest.
+    pub resume: bool,
+    /// How long to wait for the relay's `ready` (a receiver with the same code).
+    pub ready_timeout: Duration,
+    /// How long to wait for the receiver's resume answer.
+    pub answer_timeout: Duration,
+    /// Pieces in flight at once (reads, work items and queued messages together). Bounds
+    /// memory to about twice this many MiB.
+    pub window: usize,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            compress: CompressMode::Auto,
+            resume: false,
+            ready_timeout: Duration::from_secs(300),
+            answer_timeout: Duration::from_secs(30),
+            window: 4,
+        }
+    }
+}
+
+/// A file to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFile {
+    /// Relative `/`-separated path the receiver will use.
+    pub path: String,
+    /// Size in bytes; the runtime must be able to read exactly this many.
+    pub size: u64,
+}
+
+/// File access the sender asks the runtime for. `file` is the index into the list given
+/// to [`Sender::new`]. Requests for one file must be carried out in the order polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoRequest {
+    /// Read exactly `len` bytes at `offset`; answer with [`IoCompletion::Read`].
+    Read {
+        /// File index.
+        file: usize,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes to read.
+        len: usize,
+    },
+    /// The sender is done with this file; the runtime may close it. No answer.
+    Close {
+        /// File index.
+        file: usize,
+    },
+}
+
+/// The runtime's answer to an [`IoRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoCompletion {
+    /// The bytes read.
+    Read {
+        /// File index.
+        file: usize,
+        /// Byte offset of the read.
+        offset: u64,
+        /// Exactly the requested length (fewer means the file shrank: an error).
+        data: Bytes,
+    },
+    /// The request failed.
+    Failed {
+        /// File index.
+        file: usize,
+        /// The operating system's message.
+        reason: String,
+    },
+}
+
+/// Whether a job compresses its piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobCompress {
+    No,
+    Yes,
+    /// Compress, and keep the result only if it is below 95 % (first piece, auto mode).
+    Decide,
+}
+
+/// Per-piece CPU work (compress, encrypt) handed out by [`Sender::poll_job`]. Run it
+/// anywhere with [`Job::run`], on any thread, and feed the result back with
+/// [`Sender::handle_job`] in any order.
+#[derive(Clone)]
+pub struct Job {
+    seq: u64,
+    data: Bytes,
+    compress: JobCompress,
+    seal: Option<(Cipher, [u8; 32])>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("seq", &self.seq)
+            .field("len", &self.data.len())
+            .field("compress", &self.compress)
+            .field("encrypt", &self.seal.is_some())
+            .finish()
+    }
+}
+
+/// A finished [`Job`].
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    seq: u64,
+    /// P(k): the payload before encryption, which the chain covers.
+    plain: Bytes,
+    /// 40 bytes of room for the header, then the payload as sent.
+    frame: Vec<u8>,
+    compressed: bool,
+}
+
+impl Job {
+    /// Whether the job is cheap enough to run inline on an event loop (no compression,
+    /// no encryption: only a copy).
+    pub fn is_light(&self) -> bool {
+        self.compress == JobCompress::No && self.seal.is_none()
+    }
+
+    /// Do the work.
+    pub fn run(self) -> JobResult {
+        let (plain, compressed) = match self.compress {
+            JobCompress::No => (self.data, false),
+            JobCompress::Yes => (Bytes::from(crate::compress::compress(&self.data)), true),
+            JobCompress::Decide => {
+                let packed = crate::compress::compress(&self.data);
+                if shrinks_enough(packed.len(), self.data.len()) {
+                    (Bytes::from(packed), true)
+                } else {
+                    (self.data, false)
+                }
+            }
+        };
+        let mut frame = Vec::with_capacity(DATA_HEADER_LEN + plain.len() + wire::TAG_LEN);
+        frame.resize(DATA_HEADER_LEN, 0);
+        frame.extend_from_slice(&plain);
+        if let Some((cipher, nonce)) = &self.seal {
+            cipher.seal_in_place(nonce, &mut frame, DATA_HEADER_LEN);
+        }
+        JobResult {
+            seq: self.seq,
+            plain,
+            frame,
+            compressed,
+        }
+    }
+}
+
+/// The auto-mode rule: compress when compressed / original < 0.95 (an empty piece
+/// never compresses).
+fn shrinks_enough(packed: usize, original: usize) -> bool {
+    original > 0 && (packed as f64) / (original as f64) < 0.95
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitReady { deadline: Instant },
+    AwaitAnswer { deadline: Instant },
+    Sending,
+    Done,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Streaming {
+    append_from: u64,
+    pieces: u64,
+    compression: Option<Compression>,
+    file_nonce: Option<[u8; 32]>,
+    next_job: u64,
+    jobs_out: usize,
+    results: BTreeMap<u64, JobResult>,
+    next_emit: u64,
+    chain: Chain,
+    sent: u64,
+}
+
+#[derive(Debug)]
+enum Stage {
+    Hashing {
+        want: (u64, [u8; 32]),
+        chain: Chain,
+    },
+    Streaming(Box<Streaming>),
+}
+
+#[derive(Debug)]
+struct Current {
+    index: usize,
+    reads: ReadPipe,
+    stage: Stage,
+}
+
+/// The sender state machine.
+///
+/// Inputs: [`handle_message`](Self::handle_message), [`handle_io`](Self::handle_io),
+/// [`handle_job`](Self::handle_job), [`handle_timeout`](Self::handle_timeout),
+/// [`handle_close`](Self::handle_close), [`cancel`](Self::cancel). After every input,
+/// drain [`poll_transmit`](Self::poll_transmit), [`poll_io`](Self::poll_io),
+/// [`poll_job`](Self::poll_job) and [`poll_event`](Self::poll_event) until `None`, then
+/// arm a timer at [`poll_timeout`](Self::poll_timeout).
+pub struct Sender {
+    config: SenderConfig,
+    cipher: Option<Cipher>,
+    nonces: Option<NonceChain>,
+    nonce_seed: [u8; 32],
+    files: Vec<SendFile>,
+    phase: Phase,
+    answers: HashMap<String, (u64, [u8; 32])>,
+    next_file: usize,
+    current: Option<Current>,
+    transmit: VecDeque<WireMessage>,
+    frames_queued: usize,
+    io: VecDeque<IoRequest>,
+    jobs: VecDeque<Job>,
+    events: VecDeque<Event>,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("phase", &self.phase)
+            .field("next_file", &self.next_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// A sender for `files`, which queues `hello` at once.
+    ///
+    /// `nonce_seed` is the 32 random bytes S of `enc_manifest` (unused without
+    /// encryption); the caller draws them from a secure source.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a path is not a valid relative path or a path repeats.
+    pub fn new(
+        now: Instant,
+        config: SenderConfig,
+        secrets: &Secrets,
+        files: Vec<SendFile>,
+        nonce_seed: [u8; 32],
+    ) -> Result<Sender, Error> {
+        let mut seen = std::collections::HashSet::new();
+        for f in &files {
+            crate::path::SafePath::parse(&f.path)
+                .map_err(|e| Error::Config(format!("cannot send {:?}: {e}", f.path)))?;
+            if !seen.insert(f.path.as_str()) {
+                return Err(Error::Config(format!("{:?} is listed twice", f.path)));
+            }
+        }
+        let mut s = Sender {
+            config: SenderConfig {
+                window: config.window.max(1),
+                ..config
+            },
+            cipher: secrets.cipher.clone(),
+            nonces: None,
+            nonce_seed: [0; 32],
+            files,
+            phase: Phase::AwaitReady {
+                deadline: now + config.ready_timeout,
+            },
+            answers: HashMap::new(),
+            next_file: 0,
+            current: None,
+            transmit: VecDeque::new(),
+            frames_queued: 0,
+            io: VecDeque::new(),
+            jobs: VecDeque::new(),
+            events: VecDeque::new(),
+            error: None,
+        };
+        s.transmit.push_back(
+            Control::Hello {
+                code_hash_hex: wire::hex(&secrets.code_hash),
+                role: Role::Sender,
+            }
+            .into(),
+        );
+        if s.cipher.is_some() {
+            s.nonces = Some(NonceChain::new(&nonce_seed));
+        }
+        s.nonce_seed = nonce_seed;
+        Ok(s)
+    }
+
+    // ---- outputs ----
+
+    /// The next message to send. Call when the connection can take a message; the sender
+    /// reads ahead only while few messages wait here, so draining at the socket's pace is
+    /// the backpressure.
+    pub fn poll_transmit(&mut self) -> Option<WireMessage> {
+        let m = self.transmit.pop_front()?;
+        if matches!(m, WireMessage::Binary(_)) {
+            self.frames_queued -= 1;
+            self.pump();
+        }
+        Some(m)
+    }
+
+    /// The next file access to carry out.
+    pub fn poll_io(&mut self) -> Option<IoRequest> {
+        self.io.pop_front()
+    }
+
+    /// The next piece of CPU work to run (see [`Job`]).
+    pub fn poll_job(&mut self) -> Option<Job> {
+        self.jobs.pop_front()
+    }
+
+    /// The next event for the user.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitReady { deadline } | Phase::AwaitAnswer { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// True once `eof` is queued (drain [`poll_transmit`](Self::poll_transmit), then
+    /// close the connection) or the session failed.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Done | Phase::Failed)
+    }
+
+    /// The sticky error, if the session failed.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    // ---- inputs ----
+
+    /// A message from the relay or the receiver.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] for anything but `ready` while waiting for it, and anything but
+    /// the resume answer while waiting for that; [`Error::Integrity`] when an encrypted
+    /// answer does not decrypt. Any earlier fatal error is returned again.
+    pub fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
+        self.check()?;
+        let r = self.on_message(now, msg);
+        self.settle(r)
+    }
+
+    /// A completed file access.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the access failed or returned fewer bytes than the file's
+    /// size promised; [`Error::Misuse`] for a completion nobody asked for.
+    pub fn handle_io(&mut self, _now: Instant, done: IoCompletion) -> Result<(), Error> {
+        self.check()?;
+        let r = self.on_io(done);
+        self.settle(r)
+    }
+
+    /// A finished [`Job`].
+    ///
+    /// # Errors
+    /// [`Error::Misuse`] for a result nobody asked for.
+    pub fn handle_job(&mut self, _now: Instant, done: JobResult) -> Result<(), Error> {
+        self.check()?;
+        let r = self.on_job(done);
+        self.settle(r)
+    }
+
+    /// Time has passed.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when no receiver paired in time or the resume answer is late.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        self.check()?;
+        let r = match self.phase {
+            Phase::AwaitReady { deadline } if now >= deadline => Err(Error::Timeout(format!(
+                "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay",
+                self.config.ready_timeout.as_secs()
+            ))),
+            Phase::AwaitAnswer { deadline } if now >= deadline => Err(Error::Timeout(format!(
+                "the receiver did not answer the resume request within {} s",
+                self.config.answer_timeout.as_secs()
+            ))),
+            _ => Ok(()),
+        };
+        self.settle(r)
+    }
+
+    /// The connection ended (closed by the relay, the peer or the network).
+    ///
+    /// `code` and `reason` are the close frame's, when there was one.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] unless the session had already finished.
+    pub fn handle_close(&mut self, _now: Instant, code: Option<u16>, reason: &str) -> Result<(), Error> {
+        self.check()?;
+        if matches!(self.phase, Phase::Done) {
+            return Ok(());
+        }
+        let e = closed_error(code, reason, "before the transfer was complete");
+        self.settle(Err(e))
+    }
+
+    /// Stop the session.
+    pub fn cancel(&mut self, reason: &str) {
+        if self.error.is_none() && !matches!(self.phase, Phase::Done) {
+            self.fail(Error::Cancelled(reason.to_owned()));
+        }
+    }
+
+    // ---- internals ----
+
+    fn check(&self) -> Result<(), Error> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn settle(&mut self, r: Result<(), Error>) -> Result<(), Error> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.phase = Phase::Failed;
+        self.jobs.clear();
+        self.io.clear();
+        self.current = None;
+        self.events.push_back(Event::Failed(e.clone()));
+        self.error = Some(e);
+    }
+
+    fn on_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
+        let WireMessage::Text(text) = msg else {
+            return Err(Error::peer("unexpected binary message to the sender"));
+        };
+        let c = Control::parse(&text)?;
+        match (&self.phase, c) {
+            (Phase::AwaitReady { .. }, Control::Ready) => {
+                self.events.push_back(Event::Paired);
+                self.send_manifest(now);
+                Ok(())
+            }
+            (Phase::AwaitAnswer { .. }, Control::ReceiverManifest { entries })
+                if self.cipher.is_none() =>
+            {
+                self.take_answer(entries)
+            }
+            (Phase::AwaitAnswer { .. }, Control::EncReceiverManifest { hidden_manifest })
+                if self.cipher.is_some() =>
+            {
+                let plain = self.open_hidden(&hidden_manifest, "resume answer")?;
+                match Control::parse(&plain)? {
+                    Control::ReceiverManifest { entries } => self.take_answer(entries),
+                    other => Err(Error::peer(format!(
+                        "encrypted resume answer holds a {} message",
+                        other.type_name()
+                    ))),
+                }
+            }
+            (_, c) => Err(Error::peer(format!(
+                "unexpected {} message to the sender",
+                c.type_name()
+            ))),
+        }
+    }
+
+    fn open_hidden(&mut self, hex: &str, what: &str) -> Result<String, Error> {
+        let sealed = wire::unhex(hex).ok_or_else(|| Error::peer(format!("{what} is not hex")))?;
+        let (Some(cipher), Some(nonces)) = (&self.cipher, &mut self.nonces) else {
+            return Err(Error::misuse("decrypting without a key"));
+        };
+        let plain = cipher
+            .open(&nonces.next(), &sealed)
+            .ok_or_else(|| Error::integrity(format!("{what} does not decrypt (wrong code?)")))?;
+        String::from_utf8(plain).map_err(|_| Error::peer(format!("{what} is not UTF-8")))
+    }
+
+    fn send_manifest(&mut self, now: Instant) {
+        let entries = self
+            .files
+            .iter()
+            .map(|f| ManifestEntry {
+                path: f.path.clone(),
+                size: f.size,
+            })
+            .collect();
+        let manifest = Control::Manifest {
+            resume: self.config.resume,
+            entries,
+        };
+        let msg = match (&self.cipher, &mut self.nonces) {
+            (Some(cipher), Some(nonces)) => Control::EncManifest {
+                nonce: wire::hex(&self.nonce_seed),
+                hidden_manifest: wire::hex(&cipher.seal(&nonces.next(), manifest.to_json().as_bytes())),
+            },
+            _ => manifest,
+        };
+        self.transmit.push_back(msg.into());
+        self.events.push_back(Event::Manifest {
+            files: self.files.len(),
+            bytes: self.files.iter().map(|f| f.size).sum(),
+        });
+        if self.config.resume {
+            self.phase = Phase::AwaitAnswer {
+                deadline: now + self.config.answer_timeout,
+            };
+        } else {
+            self.phase = Phase::Sending;
+            self.pump();
+        }
+    }
+
+    fn take_answer(&mut self, entries: Vec<wire::ResumeEntry>) -> Result<(), Error> {
+        for e in entries {
+            let chain = wire::unhex32(&e.chain_hex).ok_or_else(|| {
+                Error::peer_in(&e.path, "resume answer has a malformed chain_hex")
+            })?;
+            // Entries for paths never offered are ignored: they cannot change what is sent.
+            if self.files.iter().any(|f| f.path == e.path) {
+                self.answers.insert(e.path, (e.size, chain));
+            }
+        }
+        self.phase = Phase::Sending;
+        self.pump();
+        Ok(())
+    }
+
+    /// Start files, issue reads and jobs, and emit what is ready, as far as the window
+    /// allows.
+    fn pump(&mut self) {
+        loop {
+            if !matches!(self.phase, Phase::Sending) {
+                return;
+            }
+            if self.current.is_none() {
+                if self.next_file == self.files.len() {
+                    self.transmit.push_back(Control::Eof.into());
+                    self.phase = Phase::Done;
+                    self.events.push_back(Event::Done);
+                    return;
+                }
+                self.start_file();
+            }
+            let progressed = self.step();
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn start_file(&mut self) {
+        let index = self.next_file;
+        self.next_file += 1;
+        let f = &self.files[index];
+        let answer = self.answers.get(&f.path).copied();
+        let stage_reads = match answer {
+            Some((s, chain)) if s > 0 && s <= f.size => Some((s, chain)),
+            _ => None,
+        };
+        self.current = Some(match stage_reads {
+            Some(want) => Current {
+                index,
+                reads: ReadPipe::new(0, want.0),
+                stage: Stage::Hashing {
+                    want,
+                    chain: Chain::new(),
+                },
+            },
+            None => self.streaming(index, 0),
+        });
+    }
+
+    fn streaming(&mut self, index: usize, append_from: u64) -> Current {
+        let size = self.files[index].size;
+        let remaining = size - append_from;
+        let pieces = remaining.div_ceil(CHUNK_SIZE as u64).max(1);
+        let compression = match self.config.compress {
+            CompressMode::Off => Some(Compression::None),
+            CompressMode::On => Some(Compression::Zstd),
+            CompressMode::Auto => None,
+        };
+        let file_nonce = self.nonces.as_mut().map(NonceChain::next);
+        Current {
+            index,
+            reads: ReadPipe::new(append_from, size),
+            stage: Stage::Streaming(Box::new(Streaming {
+                append_from,
+                pieces,
+                compression,
+                file_nonce,
+                next_job: 0,
+                jobs_out: 0,
+                results: BTreeMap::new(),
+                next_emit: 0,
+                chain: Chain::new(),
+                sent: append_from,
+            })),
+        }
+    }
+
+    /// One round of progress on the current file. Returns whether anything moved that
+    /// could let the loop go on (a file finished or was skipped).
+    fn step(&mut self) -> bool {
+        let window = self.config.window;
+        let Some(cur) = self.current.as_mut() else {
+            return false;
+        };
+        let index = cur.index;
+        match &mut cur.stage {
+            Stage::Hashing { want, chain } => {
+                while let Some((_, data)) = cur.reads.take() {
+                    chain.next(&data);
+                }
+                if cur.reads.is_done() {
+                    let (s, c) = *want;
+                    let matches = chain.value() == Some(c);
+                    let size = self.files[index].size;
+                    if matches && s == size {
+                        let path = self.files[index].path.clone();
+                        self.io.push_back(IoRequest::Close { file: index });
+                        self.events.push_back(Event::FileSkipped { path, size });
+                        self.current = None;
+                        return true;
+                    }
+                    let append_from = if matches { s } else { 0 };
+                    let next = self.streaming(index, append_from);
+                    self.current = Some(next);
+                    return true;
+                }
+                while cur.reads.held() < window {
+                    match cur.reads.next_request() {
+                        Some((offset, len)) => self.io.push_back(IoRequest::Read {
+                            file: index,
+                            offset,
+                            len,
+                        }),
+                        None => break,
+                    }
+                }
+                false
+            }
+            Stage::Streaming(st) => {
+                // Emit finished pieces in order.
+                while let Some(r) = st.results.remove(&st.next_emit) {
+                    if st.next_emit == 0 {
+                        let compression = st.compression.unwrap_or(if r.compressed {
+                            Compression::Zstd
+                        } else {
+                            Compression::None
+                        });
+                        st.compression = Some(compression);
+                        let f = &self.files[index];
+                        let header = Control::File(FileHeader {
+                            path: f.path.clone(),
+                            size: f.size,
+                            compression,
+                            append_from: st.append_from,
+                        });
+                        let msg = match (&self.cipher, st.file_nonce) {
+                            (Some(cipher), Some(nonce)) => Control::EncFile {
+                                hidden_file: wire::hex(&cipher.seal(&nonce, header.to_json().as_bytes())),
+                            },
+                            _ => header,
+                        };
+                        self.transmit.push_back(msg.into());
+                        self.events.push_back(Event::FileStarted {
+                            path: f.path.clone(),
+                            size: f.size,
+                            append_from: st.append_from,
+                            compression,
+                        });
+                    }
+                    let chain = st.chain.next(&r.plain);
+                    let mut frame = r.frame;
+                    wire::write_header(&mut frame, st.next_emit, &chain);
+                    self.transmit.push_back(WireMessage::Binary(Bytes::from(frame)));
+                    self.frames_queued += 1;
+                    st.next_emit += 1;
+                    let raw_len = piece_len(self.files[index].size, st.append_from, st.next_emit - 1);
+                    st.sent += raw_len;
+                    self.events.push_back(Event::Progress {
+                        delta: raw_len,
+                        file_bytes: st.sent,
+                    });
+                }
+                if st.next_emit == st.pieces {
+                    let f = &self.files[index];
+                    self.transmit.push_back(Control::FileEof.into());
+                    self.io.push_back(IoRequest::Close { file: index });
+                    self.events.push_back(Event::FileDone {
+                        path: f.path.clone(),
+                        size: f.size,
+                    });
+                    self.current = None;
+                    return true;
+                }
+                // Turn arrived pieces into jobs (after the first piece only once the
+                // compression decision is known).
+                loop {
+                    if st.next_job > 0 && st.compression.is_none() {
+                        break;
+                    }
+                    let data = if st.next_job == 0 && st.append_from == self.files[index].size {
+                        // Nothing to read (an empty file): still one, empty, piece.
+                        Bytes::new()
+                    } else if st.next_job == st.pieces {
+                        break;
+                    } else {
+                        match cur.reads.take() {
+                            Some((_, d)) => d,
+                            None => break,
+                        }
+                    };
+                    let compress = match (st.compression, st.next_job) {
+                        (Some(Compression::Zstd), _) => JobCompress::Yes,
+                        (Some(Compression::None), _) => JobCompress::No,
+                        (None, _) => JobCompress::Decide,
+                    };
+                    let seal = match (&self.cipher, &mut self.nonces) {
+                        (Some(c), Some(n)) => Some((c.clone(), n.next())),
+                        _ => None,
+                    };
+                    self.jobs.push_back(Job {
+                        seq: st.next_job,
+                        data,
+                        compress,
+                        seal,
+                    });
+                    st.next_job += 1;
+                    st.jobs_out += 1;
+                }
+                // Read ahead within the window.
+                loop {
+                    let held = cur.reads.held() + st.jobs_out + st.results.len() + self.frames_queued;
+                    if held >= window {
+                        break;
+                    }
+                    match cur.reads.next_request() {
+                        Some((offset, len)) => self.io.push_back(IoRequest::Read {
+                            file: index,
+                            offset,
+                            len,
+                        }),
+                        None => break,
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    fn on_io(&mut self, done: IoCompletion) -> Result<(), Error> {
+        match done {
+            IoCompletion::Failed { file, reason } => {
+                let path = self.files.get(file).map_or("?", |f| f.path.as_str());
+                Err(Error::io_in(path, reason))
+            }
+            IoCompletion::Read { file, offset, data } => {
+                let cur = match self.current.as_mut() {
+                    Some(c) if c.index == file => c,
+                    _ => {
+                        return Err(Error::misuse(format!(
+                            "read completion for file {file}, which is not being read"
+                        )))
+                    }
+                };
+                if let Err(reason) = cur.reads.complete(offset, data) {
+                    let path = &self.files[file].path;
+                    return Err(Error::io_in(path, reason));
+                }
+                self.pump();
+                Ok(())
+            }
+        }
+    }
+
+    fn on_job(&mut self, done: JobResult) -> Result<(), Error> {
+        let Some(Current {
+            stage: Stage::Streaming(st),
+            ..
+        }) = self.current.as_mut()
+        else {
+            return Err(Error::misuse("job result while no file is streaming"));
+        };
+        if done.seq < st.next_emit || done.seq >= st.next_job || st.results.contains_key(&done.seq) {
+            return Err(Error::misuse(format!("job result for piece {} nobody asked for", done.seq)));
+        }
+        st.jobs_out -= 1;
+        st.results.insert(done.seq, done);
+        self.pump();
+        Ok(())
+    }
+}
+
+/// Raw length of piece `k` of a file sent from `append_from`.
+fn piece_len(size: u64, append_from: u64, k: u64) -> u64 {
+    let start = append_from + k * CHUNK_SIZE as u64;
+    (size.saturating_sub(start)).min(CHUNK_SIZE as u64)
+}
+
+pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error {
+    match code {
+        Some(1013) => Error::Peer {
+            file: None,
+            reason: format!(
+                "the relay closed the connection: {} (someone else is using this code in the same role)",
+                crate::path::escape(if reason.is_empty() { "duplicate role for code" } else { reason })
+            ),
+        },
+        Some(1002) => Error::Peer {
+            file: None,
+            reason: format!("the relay refused the hello: {}", crate::path::escape(reason)),
+        },
+        _ => Error::Peer {
+            file: None,
+            reason: format!("the connection closed {when}"),
+        },
+    }
+}

@@ -1,0 +1,371 @@
+//! Encoding and decoding of v1 messages: JSON text control messages and binary data
+//! messages (`seq` ‖ `chain` ‖ `payload`).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Largest WebSocket message any peer sends or accepts: 2 MiB.
+pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
+/// Size of a file piece: every data message carries one piece (the last may be shorter).
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+/// Length of a data message header: 8-byte big-endian `seq` and 32-byte `chain`.
+pub const DATA_HEADER_LEN: usize = 40;
+/// Length of the AES-GCM tag appended to every encrypted item.
+pub const TAG_LEN: usize = 16;
+
+/// One WebSocket message, as the core sees it. The core knows nothing of any WebSocket
+/// library: the runtime converts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireMessage {
+    /// A text message: one JSON object.
+    Text(String),
+    /// A binary message: a data message.
+    Binary(Bytes),
+}
+
+impl WireMessage {
+    /// Length of the message payload in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            WireMessage::Text(t) => t.len(),
+            WireMessage::Binary(b) => b.len(),
+        }
+    }
+
+    /// True for an empty payload.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The role a client announces in `hello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The side that sends files.
+    Sender,
+    /// The side that receives files.
+    Receiver,
+}
+
+impl Role {
+    /// The other role.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Sender => Role::Receiver,
+            Role::Receiver => Role::Sender,
+        }
+    }
+}
+
+/// Compression of a file's pieces, announced in `file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Every piece is one complete zstd frame.
+    Zstd,
+    /// Pieces are sent as read.
+    None,
+}
+
+fn compression_none() -> Compression {
+    Compression::None
+}
+
+/// One entry of the sender's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// Relative `/`-separated path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One entry of the receiver's resume answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeEntry {
+    /// Relative `/`-separated path, as in the manifest.
+    pub path: String,
+    /// Bytes the receiver already has.
+    pub size: u64,
+    /// Lowercase hex of the resume chain over those bytes.
+    pub chain_hex: String,
+}
+
+/// The contents of a `file` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// Relative `/`-separated path.
+    pub path: String,
+    /// The whole file's size, even when appending.
+    pub size: u64,
+    /// How the pieces are compressed.
+    #[serde(default = "compression_none")]
+    pub compression: Compression,
+    /// Offset the data starts at; the receiver appends after this many bytes.
+    #[serde(default)]
+    pub append_from: u64,
+}
+
+/// A v1 control message (a JSON object with a `type` key).
+///
+/// Serialises compactly with keys in the reference order; parses any key order and
+/// whitespace and ignores unknown keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// First message of every client to the relay.
+    Hello {
+        /// Lowercase hex of the code hash.
+        code_hash_hex: String,
+        /// The client's role.
+        role: Role,
+    },
+    /// Relay to sender: a receiver is paired.
+    Ready,
+    /// Sender's list of files.
+    Manifest {
+        /// Whether the sender asks for a resume answer.
+        #[serde(default)]
+        resume: bool,
+        /// The files.
+        #[serde(default)]
+        entries: Vec<ManifestEntry>,
+    },
+    /// Encrypted manifest.
+    EncManifest {
+        /// Hex of the 32-byte nonce seed.
+        nonce: String,
+        /// Hex of the sealed manifest JSON.
+        hidden_manifest: String,
+    },
+    /// Receiver's resume answer.
+    ReceiverManifest {
+        /// Files the receiver already has (partly).
+        #[serde(default)]
+        entries: Vec<ResumeEntry>,
+    },
+    /// Encrypted resume answer.
+    EncReceiverManifest {
+        /// Hex of the sealed resume answer JSON.
+        hidden_manifest: String,
+    },
+    /// Start of a file.
+    File(FileHeader),
+    /// Encrypted start of a file.
+    EncFile {
+        /// Hex of the sealed `file` JSON.
+        hidden_file: String,
+    },
+    /// End of a file's data.
+    FileEof,
+    /// End of the session.
+    Eof,
+}
+
+impl Control {
+    /// The compact JSON text, as the reference produces it.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain types cannot fail: no maps with non-string keys, no
+        // custom serialisers.
+        serde_json::to_string(self).expect("control messages always serialise")
+    }
+
+    /// Parse a control message from JSON text.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] when the text is not JSON, not an object, has an unknown `type`
+    /// or lacks or mistypes a key.
+    pub fn parse(text: &str) -> Result<Control, Error> {
+        serde_json::from_str(text).map_err(|e| Error::peer(format!("bad control message: {e}")))
+    }
+
+    /// The `type` name, for messages and logs.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Control::Hello { .. } => "hello",
+            Control::Ready => "ready",
+            Control::Manifest { .. } => "manifest",
+            Control::EncManifest { .. } => "enc_manifest",
+            Control::ReceiverManifest { .. } => "receiver_manifest",
+            Control::EncReceiverManifest { .. } => "enc_receiver_manifest",
+            Control::File(_) => "file",
+            Control::EncFile { .. } => "enc_file",
+            Control::FileEof => "file_eof",
+            Control::Eof => "eof",
+        }
+    }
+}
+
+impl From<Control> for WireMessage {
+    fn from(c: Control) -> Self {
+        WireMessage::Text(c.to_json())
+    }
+}
+
+/// A decoded data message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataMessage {
+    /// Index of the piece within the file, from 0.
+    pub seq: u64,
+    /// The chain value after this piece.
+    pub chain: [u8; 32],
+    /// The payload (a slice of the received message, not a copy).
+    pub payload: Bytes,
+}
+
+impl DataMessage {
+    /// Split a binary message into header and payload without copying.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] when the message is shorter than the 40-byte header.
+    pub fn decode(mut frame: Bytes) -> Result<DataMessage, Error> {
+        if frame.len() < DATA_HEADER_LEN {
+            return Err(Error::peer(format!(
+                "data message of {} bytes is shorter than its 40-byte header",
+                frame.len()
+            )));
+        }
+        let header = frame.split_to(DATA_HEADER_LEN);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&header[..8]);
+        let mut chain = [0u8; 32];
+        chain.copy_from_slice(&header[8..]);
+        Ok(DataMessage {
+            seq: u64::from_be_bytes(seq),
+            chain,
+            payload: frame,
+        })
+    }
+
+    /// Encode header and payload into one buffer.
+    pub fn encode(seq: u64, chain: &[u8; 32], payload: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(DATA_HEADER_LEN + payload.len());
+        out.put_u64(seq);
+        out.put_slice(chain);
+        out.put_slice(payload);
+        out.freeze()
+    }
+}
+
+/// Write a data header into the first 40 bytes of a frame that was built with room for
+/// it (see [`crate::sender::Job`]).
+pub(crate) fn write_header(frame: &mut [u8], seq: u64, chain: &[u8; 32]) {
+    frame[..8].copy_from_slice(&seq.to_be_bytes());
+    frame[8..DATA_HEADER_LEN].copy_from_slice(chain);
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// Parse hex (either case). `None` on odd length or a non-hex digit.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
+}
+
+/// Parse exactly 32 bytes of hex.
+pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
+    unhex(s)?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_serialise_like_the_reference() {
+        let m = Control::Manifest {
+            resume: false,
+            entries: vec![ManifestEntry {
+                path: "dir/ä.txt".into(),
+                size: 12,
+            }],
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"manifest","resume":false,"entries":[{"path":"dir/ä.txt","size":12}]}"#
+        );
+        let f = Control::File(FileHeader {
+            path: "a".into(),
+            size: 3,
+            compression: Compression::Zstd,
+            append_from: 0,
+        });
+        assert_eq!(
+            f.to_json(),
+            r#"{"type":"file","path":"a","size":3,"compression":"zstd","append_from":0}"#
+        );
+        assert_eq!(Control::Eof.to_json(), r#"{"type":"eof"}"#);
+    }
+
+    #[test]
+    fn parse_accepts_any_order_whitespace_and_unknown_keys() {
+        let c = Control::parse(r#" { "size" : 5, "x": [1], "path":"p", "type":"file" } "#).unwrap();
+        assert_eq!(
+            c,
+            Control::File(FileHeader {
+                path: "p".into(),
+                size: 5,
+                compression: Compression::None,
+                append_from: 0
+            })
+        );
+    }
+
+    #[test]
+    fn parse_refuses_bad_messages() {
+        for bad in [
+            "not json",
+            "[1,2]",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"file","path":"a"}"#,
+            r#"{"type":"file","path":"a","size":-1}"#,
+            r#"{"type":"file","path":"a","size":1,"compression":"gzip"}"#,
+            r#"{"type":"hello","code_hash_hex":"x","role":"boss"}"#,
+        ] {
+            assert!(matches!(Control::parse(bad), Err(Error::Peer { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn data_message_round_trips_and_refuses_short_frames() {
+        let frame = DataMessage::encode(7, &[9; 32], b"payload");
+        let d = DataMessage::decode(frame).unwrap();
+        assert_eq!((d.seq, d.chain, &d.payload[..]), (7, [9; 32], &b"payload"[..]));
+        assert!(DataMessage::decode(Bytes::from_static(&[0; 39])).is_err());
+        assert!(DataMessage::decode(Bytes::from_static(&[0; 40])).is_ok());
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+        assert_eq!(unhex("000FfF"), Some(vec![0, 15, 255]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}
