@@ -10,6 +10,8 @@ mod event;
 pub mod parallel;
 pub mod path;
 mod pipe;
+pub mod receiver;
+pub mod relay;
 pub mod sender;
 pub mod wire;
 

@@ -1,0 +1,1096 @@
+//! The receiving side of a session.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::chain::Chain;
+use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::event::Event;
+use crate::path::SafePath;
+use crate::pipe::ReadPipe;
+use crate::wire::{
+    self, Compression, Control, DataMessage, FileHeader, ManifestEntry, ResumeEntry, Role,
+    WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
+};
+use crate::Error;
+
+/// Receiver settings.
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    /// How long to wait for the sender's manifest after `hello` (no sender with the same
+    /// code and mode, or a sender that never starts).
+    pub manifest_timeout: Duration,
+    /// Longest silence allowed from the sender once the manifest arrived.
+    pub idle_timeout: Duration,
+    /// Pieces in flight at once (work items and writes together).
+    pub window: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            manifest_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(120),
+            window: 4,
+        }
+    }
+}
+
+/// What the runtime found locally for a path (see [`IoRequest::Stat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalCopy {
+    /// Its length in bytes.
+    pub size: u64,
+    /// True for the file under its final name, false for a partial file left by an
+    /// earlier, unfinished transfer.
+    pub complete: bool,
+}
+
+/// File access the receiver asks the runtime for. `file` is the index of the entry in the
+/// manifest. Requests for one file must be carried out in the order polled; requests
+/// for different files may run concurrently.
+///
+/// Every received file is written to a partial file beside its final name and renamed
+/// into place by [`IoRequest::Finish`] only once complete and verified. The runtime must
+/// create missing parent directories under the output directory and refuse to follow a
+/// symlink in any of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoRequest {
+    /// Find the resumable local copy of `path`: the partial file if one exists, else the
+    /// complete file. Answer with [`IoCompletion::Stat`] (regular files only).
+    Stat {
+        /// Manifest index.
+        file: usize,
+        /// The checked path.
+        path: SafePath,
+    },
+    /// Read `len` bytes at `offset` of the copy [`IoRequest::Stat`] found. Answer with
+    /// [`IoCompletion::ReadBack`].
+    ReadBack {
+        /// Manifest index.
+        file: usize,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes to read.
+        len: usize,
+    },
+    /// Open the partial file for `path` for writing. With `append_from` = 0 start it
+    /// empty; otherwise continue from the copy [`IoRequest::Stat`] found (copying a
+    /// complete file to the partial name first), which must be exactly `append_from`
+    /// bytes long. Answer with [`IoCompletion::Opened`].
+    Open {
+        /// Manifest index.
+        file: usize,
+        /// The checked path.
+        path: SafePath,
+        /// Bytes kept from the local copy.
+        append_from: u64,
+    },
+    /// Write `data` at absolute `offset` of the open partial file. Answer with
+    /// [`IoCompletion::Written`].
+    Write {
+        /// Manifest index.
+        file: usize,
+        /// Byte offset in the file.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Flush and sync the partial file, close it and rename it to its final name,
+    /// replacing any older file. Answer with [`IoCompletion::Finished`].
+    Finish {
+        /// Manifest index.
+        file: usize,
+    },
+}
+
+/// The runtime's answer to an [`IoRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoCompletion {
+    /// Answer to [`IoRequest::Stat`].
+    Stat {
+        /// Manifest index.
+        file: usize,
+        /// The copy found, if any.
+        found: Option<LocalCopy>,
+    },
+    /// Answer to [`IoRequest::ReadBack`].
+    ReadBack {
+        /// Manifest index.
+        file: usize,
+        /// Byte offset.
+        offset: u64,
+        /// Exactly the requested bytes.
+        data: Bytes,
+    },
+    /// Answer to [`IoRequest::Open`].
+    Opened {
+        /// Manifest index.
+        file: usize,
+    },
+    /// Answer to [`IoRequest::Write`].
+    Written {
+        /// Manifest index.
+        file: usize,
+    },
+    /// Answer to [`IoRequest::Finish`].
+    Finished {
+        /// Manifest index.
+        file: usize,
+    },
+    /// A request failed.
+    Failed {
+        /// Manifest index.
+        file: usize,
+        /// The operating system's message.
+        reason: String,
+    },
+}
+
+/// Per-piece CPU work (decrypt, decompress) handed out by [`Receiver::poll_job`]. Run it
+/// anywhere with [`Job::run`] and feed the result to [`Receiver::handle_job`] in any
+/// order; the receiver verifies the chain and writes in order.
+#[derive(Clone)]
+pub struct Job {
+    seq: u64,
+    chain: [u8; 32],
+    payload: Bytes,
+    open: Option<(Cipher, [u8; 32])>,
+    decompress: bool,
+    expect_len: usize,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("seq", &self.seq)
+            .field("len", &self.payload.len())
+            .field("decrypt", &self.open.is_some())
+            .field("decompress", &self.decompress)
+            .finish()
+    }
+}
+
+/// A finished receiver [`Job`].
+#[derive(Debug, Clone)]
+pub struct JobResult {
+    seq: u64,
+    chain: [u8; 32],
+    outcome: Result<(Bytes, Bytes), String>,
+}
+
+impl Job {
+    /// Whether the job is cheap enough to run inline (nothing to decrypt or decompress).
+    pub fn is_light(&self) -> bool {
+        self.open.is_none() && !self.decompress
+    }
+
+    /// Do the work: decrypt, then decompress with the cap set to the piece's expected
+    /// length.
+    pub fn run(self) -> JobResult {
+        JobResult {
+            seq: self.seq,
+            chain: self.chain,
+            outcome: self.work(),
+        }
+    }
+
+    fn work(&self) -> Result<(Bytes, Bytes), String> {
+        let plain = match &self.open {
+            Some((cipher, nonce)) => match cipher.open(nonce, &self.payload) {
+                Some(p) => Bytes::from(p),
+                None => {
+                    return Err("data does not decrypt (tampered, reordered or wrong key)".into())
+                }
+            },
+            None => self.payload.clone(),
+        };
+        if !self.decompress {
+            return Ok((plain.clone(), plain));
+        }
+        match crate::compress::decompress_capped(&plain, self.expect_len) {
+            Ok(raw) => Ok((plain, Bytes::from(raw))),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryState {
+    Pending,
+    Receiving,
+    Finishing,
+    Done,
+}
+
+#[derive(Debug)]
+struct Entry {
+    path: SafePath,
+    size: u64,
+    found: Option<LocalCopy>,
+    /// The size and chain sent in the resume answer.
+    reported: Option<(u64, [u8; 32])>,
+    state: EntryState,
+}
+
+#[derive(Debug)]
+struct Hashing {
+    file: usize,
+    reads: ReadPipe,
+    chain: Chain,
+}
+
+#[derive(Debug)]
+struct Resuming {
+    next_stat: usize,
+    stats_out: usize,
+    to_hash: VecDeque<usize>,
+    hashing: Option<Hashing>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitManifest,
+    Resuming(Resuming),
+    Streaming,
+    /// `eof` arrived; waiting for the last files to be finished.
+    Closing,
+    Done,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Incoming {
+    file: usize,
+    append_from: u64,
+    pieces: u64,
+    compression: Compression,
+    next_seq: u64,
+    jobs_out: usize,
+    results: BTreeMap<u64, JobResult>,
+    next_verify: u64,
+    chain: Chain,
+    done_bytes: u64,
+    eof_seen: bool,
+}
+
+/// Most messages held back while the receiver waits for its own work to finish; a
+/// runtime that honours [`Receiver::wants_input`] never gets near it.
+const BACKLOG_LIMIT: usize = 64;
+
+/// The receiver state machine.
+///
+/// Inputs: [`handle_message`](Self::handle_message), [`handle_io`](Self::handle_io),
+/// [`handle_job`](Self::handle_job), [`handle_timeout`](Self::handle_timeout),
+/// [`handle_close`](Self::handle_close), [`cancel`](Self::cancel). After every input,
+/// drain [`poll_transmit`](Self::poll_transmit), [`poll_io`](Self::poll_io),
+/// [`poll_job`](Self::poll_job) and [`poll_event`](Self::poll_event) until `None`, then
+/// arm a timer at [`poll_timeout`](Self::poll_timeout). Read the next message from the
+/// connection only while [`wants_input`](Self::wants_input) is true.
+pub struct Receiver {
+    config: ReceiverConfig,
+    cipher: Option<Cipher>,
+    nonces: Option<NonceChain>,
+    phase: Phase,
+    deadline: Instant,
+    entries: Vec<Entry>,
+    by_path: HashMap<String, usize>,
+    current: Option<Incoming>,
+    io_out: usize,
+    writes_out: usize,
+    backlog: VecDeque<WireMessage>,
+    transmit: VecDeque<WireMessage>,
+    io: VecDeque<IoRequest>,
+    jobs: VecDeque<Job>,
+    events: VecDeque<Event>,
+    error: Option<Error>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("phase", &self.phase)
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// A receiver, which queues `hello` at once.
+    pub fn new(now: Instant, config: ReceiverConfig, secrets: &Secrets) -> Receiver {
+        let mut r = Receiver {
+            deadline: now + config.manifest_timeout,
+            config: ReceiverConfig {
+                window: config.window.max(1),
+                ..config
+            },
+            cipher: secrets.cipher.clone(),
+            nonces: None,
+            phase: Phase::AwaitManifest,
+            entries: Vec::new(),
+            by_path: HashMap::new(),
+            current: None,
+            io_out: 0,
+            writes_out: 0,
+            backlog: VecDeque::new(),
+            transmit: VecDeque::new(),
+            io: VecDeque::new(),
+            jobs: VecDeque::new(),
+            events: VecDeque::new(),
+            error: None,
+        };
+        r.transmit.push_back(
+            Control::Hello {
+                code_hash_hex: wire::hex(&secrets.code_hash),
+                role: Role::Receiver,
+            }
+            .into(),
+        );
+        r
+    }
+
+    // ---- outputs ----
+
+    /// The next message to send (`hello`, then the resume answer when asked).
+    pub fn poll_transmit(&mut self) -> Option<WireMessage> {
+        self.transmit.pop_front()
+    }
+
+    /// The next file access to carry out.
+    pub fn poll_io(&mut self) -> Option<IoRequest> {
+        self.io.pop_front()
+    }
+
+    /// The next piece of CPU work to run (see [`Job`]).
+    pub fn poll_job(&mut self) -> Option<Job> {
+        self.jobs.pop_front()
+    }
+
+    /// The next event for the user.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitManifest | Phase::Streaming => Some(self.deadline),
+            _ => None,
+        }
+    }
+
+    /// Whether the receiver wants the next message from the connection now. False while
+    /// it waits for its own work (I/O, jobs) to catch up: stop reading the socket, so the
+    /// sender is slowed by the transport's backpressure.
+    pub fn wants_input(&self) -> bool {
+        self.backlog.is_empty()
+            && match self.phase {
+                Phase::AwaitManifest => true,
+                Phase::Streaming => self.in_flight() < self.config.window,
+                _ => false,
+            }
+    }
+
+    /// True once the session is complete or failed.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Done | Phase::Failed)
+    }
+
+    /// The sticky error, if the session failed.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    // ---- inputs ----
+
+    /// A message from the sender (through the relay).
+    ///
+    /// # Errors
+    /// [`Error::Peer`] for a message the protocol does not allow here or an unsafe path;
+    /// [`Error::Integrity`] for a wrong `seq`, chain, tag, size or compressed frame;
+    /// [`Error::Misuse`] when the runtime ignores [`wants_input`](Self::wants_input)
+    /// far too long. Any earlier fatal error is returned again.
+    pub fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
+        self.check()?;
+        if matches!(self.phase, Phase::Done) {
+            return Ok(());
+        }
+        if msg.len() > MAX_MESSAGE_LEN {
+            let e = Error::peer(format!("message of {} bytes exceeds the 2 MiB limit", msg.len()));
+            return self.settle(Err(e));
+        }
+        if matches!(self.phase, Phase::AwaitManifest | Phase::Streaming) {
+            self.deadline = now + self.config.idle_timeout;
+        }
+        if self.backlog.len() >= BACKLOG_LIMIT {
+            return self.settle(Err(Error::misuse(
+                "messages fed while the receiver did not want input",
+            )));
+        }
+        self.backlog.push_back(msg);
+        let r = self.drain_backlog();
+        self.settle(r)
+    }
+
+    /// A completed file access.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the access failed; [`Error::Misuse`] for a completion nobody
+    /// asked for.
+    pub fn handle_io(&mut self, _now: Instant, done: IoCompletion) -> Result<(), Error> {
+        self.check()?;
+        let r = self.on_io(done).and_then(|()| self.drain_backlog());
+        self.settle(r)
+    }
+
+    /// A finished [`Job`].
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] when the piece fails decryption, decompression, its size or
+    /// its chain; [`Error::Misuse`] for a result nobody asked for.
+    pub fn handle_job(&mut self, _now: Instant, done: JobResult) -> Result<(), Error> {
+        self.check()?;
+        let r = self.on_job(done).and_then(|()| self.drain_backlog());
+        self.settle(r)
+    }
+
+    /// Time has passed.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when no manifest arrived in time or the sender went silent.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        self.check()?;
+        if now < self.deadline {
+            return Ok(());
+        }
+        let r = match self.phase {
+            Phase::AwaitManifest => Err(Error::Timeout(format!(
+                "no sender joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay",
+                self.config.manifest_timeout.as_secs()
+            ))),
+            Phase::Streaming => Err(Error::Timeout(format!(
+                "the sender sent nothing for {} s",
+                self.config.idle_timeout.as_secs()
+            ))),
+            _ => Ok(()),
+        };
+        self.settle(r)
+    }
+
+    /// The connection ended.
+    ///
+    /// # Errors
+    /// [`Error::Peer`] unless `eof` had arrived.
+    pub fn handle_close(&mut self, _now: Instant, code: Option<u16>, reason: &str) -> Result<(), Error> {
+        self.check()?;
+        if matches!(self.phase, Phase::Done | Phase::Closing) {
+            return Ok(());
+        }
+        let when = match self.current.as_ref() {
+            Some(c) => format!(
+                "in the middle of {} (the sender stopped or the relay dropped the pair; run again with --resume to continue)",
+                self.entries[c.file].path
+            ),
+            None => "before the transfer was complete".to_owned(),
+        };
+        let e = crate::sender::closed_error(code, reason, &when);
+        self.settle(Err(e))
+    }
+
+    /// Stop the session. Partial files stay for a later `--resume`.
+    pub fn cancel(&mut self, reason: &str) {
+        if self.error.is_none() && !matches!(self.phase, Phase::Done) {
+            self.fail(Error::Cancelled(reason.to_owned()));
+        }
+    }
+
+    // ---- internals ----
+
+    fn in_flight(&self) -> usize {
+        let held = self
+            .current
+            .as_ref()
+            .map_or(0, |c| c.jobs_out + c.results.len());
+        held + self.writes_out
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn settle(&mut self, r: Result<(), Error>) -> Result<(), Error> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&mut self, e: Error) {
+        self.phase = Phase::Failed;
+        self.jobs.clear();
+        self.io.clear();
+        self.transmit.clear();
+        self.backlog.clear();
+        self.current = None;
+        self.events.push_back(Event::Failed(e.clone()));
+        self.error = Some(e);
+    }
+
+    /// Whether a message may be processed now: control messages wait until the current
+    /// file's pieces are all verified, data waits for room in the window.
+    fn ready_for(&self, msg: &WireMessage) -> bool {
+        match self.phase {
+            Phase::AwaitManifest => true,
+            Phase::Streaming => match msg {
+                WireMessage::Binary(_) => self.in_flight() < self.config.window,
+                WireMessage::Text(_) => self
+                    .current
+                    .as_ref()
+                    .is_none_or(|c| c.jobs_out == 0 && c.results.is_empty()),
+            },
+            Phase::Done | Phase::Failed => true,
+            Phase::Resuming(_) | Phase::Closing => false,
+        }
+    }
+
+    fn drain_backlog(&mut self) -> Result<(), Error> {
+        while let Some(msg) = self.backlog.front() {
+            if matches!(self.phase, Phase::Closing) {
+                // Anything after `eof` is ignored, as the reference does.
+                self.backlog.clear();
+                break;
+            }
+            if !self.ready_for(msg) {
+                break;
+            }
+            // The front exists: checked by the loop condition.
+            let msg = self.backlog.pop_front().expect("front exists");
+            self.on_message(msg)?;
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: WireMessage) -> Result<(), Error> {
+        match msg {
+            WireMessage::Binary(b) => self.on_data(b),
+            WireMessage::Text(t) => {
+                let c = Control::parse(&t)?;
+                self.on_control(c)
+            }
+        }
+    }
+
+    fn open_hidden(&mut self, hex: &str, what: &str) -> Result<String, Error> {
+        let sealed = wire::unhex(hex).ok_or_else(|| Error::peer(format!("{what} is not hex")))?;
+        let (Some(cipher), Some(nonces)) = (&self.cipher, &mut self.nonces) else {
+            return Err(Error::peer(format!("{what} before the encrypted manifest")));
+        };
+        let plain = cipher.open(&nonces.next(), &sealed).ok_or_else(|| {
+            Error::integrity(format!("{what} does not decrypt (tampered, replayed or wrong code)"))
+        })?;
+        String::from_utf8(plain).map_err(|_| Error::peer(format!("{what} is not UTF-8")))
+    }
+
+    fn on_control(&mut self, c: Control) -> Result<(), Error> {
+        let encrypted = self.cipher.is_some();
+        match (&self.phase, c) {
+            (Phase::AwaitManifest, Control::Manifest { resume, entries }) if !encrypted => {
+                self.on_manifest(resume, entries)
+            }
+            (Phase::AwaitManifest, Control::EncManifest { nonce, hidden_manifest }) if encrypted => {
+                let seed = wire::unhex(&nonce)
+                    .ok_or_else(|| Error::peer("enc_manifest nonce is not hex"))?;
+                self.nonces = Some(NonceChain::new(&seed));
+                let plain = self.open_hidden(&hidden_manifest, "encrypted manifest")?;
+                match Control::parse(&plain)? {
+                    Control::Manifest { resume, entries } => self.on_manifest(resume, entries),
+                    other => Err(Error::peer(format!(
+                        "encrypted manifest holds a {} message",
+                        other.type_name()
+                    ))),
+                }
+            }
+            (Phase::Streaming, Control::File(h)) if !encrypted => self.on_file(h),
+            (Phase::Streaming, Control::EncFile { hidden_file }) if encrypted => {
+                let plain = self.open_hidden(&hidden_file, "encrypted file header")?;
+                match Control::parse(&plain)? {
+                    Control::File(h) => self.on_file(h),
+                    other => Err(Error::peer(format!(
+                        "encrypted file header holds a {} message",
+                        other.type_name()
+                    ))),
+                }
+            }
+            (Phase::Streaming, Control::FileEof) => self.on_file_eof(),
+            (Phase::Streaming, Control::Eof) => self.on_eof(),
+            (_, c @ (Control::Manifest { .. } | Control::File(_))) if encrypted => Err(Error::peer(
+                format!(
+                    "plain {} message to an encrypting receiver (the sender did not use --encrypt)",
+                    c.type_name()
+                ),
+            )),
+            (_, c @ (Control::EncManifest { .. } | Control::EncFile { .. })) if !encrypted => {
+                Err(Error::peer(format!(
+                    "{} message to a receiver without --encrypt (the sender used --encrypt)",
+                    c.type_name()
+                )))
+            }
+            (_, c) => Err(Error::peer(format!("unexpected {} message", c.type_name()))),
+        }
+    }
+
+    fn on_manifest(&mut self, resume: bool, entries: Vec<ManifestEntry>) -> Result<(), Error> {
+        let mut files: HashSet<&str> = HashSet::new();
+        for e in &entries {
+            if !files.insert(e.path.as_str()) {
+                return Err(Error::peer_in(&e.path, "the manifest lists this path twice"));
+            }
+        }
+        let mut checked = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let path = SafePath::parse(&e.path)
+                .map_err(|why| Error::peer_in(&e.path, format!("refused unsafe path: {why}")))?;
+            if let Some(dir) = path.ancestors().find(|a| files.contains(a)) {
+                return Err(Error::peer_in(
+                    &e.path,
+                    format!("the manifest also lists its parent {} as a file", crate::path::escape(dir)),
+                ));
+            }
+            self.by_path.insert(e.path.clone(), i);
+            checked.push(Entry {
+                path,
+                size: e.size,
+                found: None,
+                reported: None,
+                state: EntryState::Pending,
+            });
+        }
+        self.entries = checked;
+        self.events.push_back(Event::Manifest {
+            files: self.entries.len(),
+            bytes: self.entries.iter().map(|e| e.size).sum(),
+        });
+        if resume {
+            self.phase = Phase::Resuming(Resuming {
+                next_stat: 0,
+                stats_out: 0,
+                to_hash: VecDeque::new(),
+                hashing: None,
+            });
+            self.pump_resume();
+        } else {
+            self.phase = Phase::Streaming;
+        }
+        Ok(())
+    }
+
+    /// Stat entries, hash what exists, and send the answer when all is known.
+    fn pump_resume(&mut self) {
+        const STATS_IN_FLIGHT: usize = 32;
+        let window = self.config.window;
+        let Phase::Resuming(rs) = &mut self.phase else {
+            return;
+        };
+        while rs.stats_out < STATS_IN_FLIGHT && rs.next_stat < self.entries.len() {
+            let i = rs.next_stat;
+            rs.next_stat += 1;
+            rs.stats_out += 1;
+            self.io_out += 1;
+            self.io.push_back(IoRequest::Stat {
+                file: i,
+                path: self.entries[i].path.clone(),
+            });
+        }
+        loop {
+            if rs.hashing.is_none() {
+                let Some(i) = rs.to_hash.pop_front() else {
+                    break;
+                };
+                // Only entries with a found copy are queued.
+                let size = self.entries[i].found.map_or(0, |f| f.size);
+                rs.hashing = Some(Hashing {
+                    file: i,
+                    reads: ReadPipe::new(0, size),
+                    chain: Chain::new(),
+                });
+            }
+            let Some(h) = rs.hashing.as_mut() else {
+                break;
+            };
+            while let Some((_, data)) = h.reads.take() {
+                h.chain.next(&data);
+            }
+            if h.reads.is_done() {
+                let e = &mut self.entries[h.file];
+                let size = e.found.map_or(0, |f| f.size);
+                e.reported = h.chain.value().map(|c| (size, c));
+                rs.hashing = None;
+                continue;
+            }
+            while h.reads.held() < window {
+                match h.reads.next_request() {
+                    Some((offset, len)) => {
+                        self.io_out += 1;
+                        self.io.push_back(IoRequest::ReadBack {
+                            file: h.file,
+                            offset,
+                            len,
+                        });
+                    }
+                    None => break,
+                }
+            }
+            break;
+        }
+        let all_known = rs.next_stat == self.entries.len()
+            && rs.stats_out == 0
+            && rs.to_hash.is_empty()
+            && rs.hashing.is_none();
+        if all_known {
+            self.send_answer();
+        }
+    }
+
+    fn send_answer(&mut self) {
+        let entries: Vec<ResumeEntry> = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let (size, chain) = e.reported?;
+                Some(ResumeEntry {
+                    path: e.path.as_str().to_owned(),
+                    size,
+                    chain_hex: wire::hex(&chain),
+                })
+            })
+            .collect();
+        let answer = Control::ReceiverManifest { entries };
+        let msg = match (&self.cipher, &mut self.nonces) {
+            (Some(cipher), Some(nonces)) => Control::EncReceiverManifest {
+                hidden_manifest: wire::hex(&cipher.seal(&nonces.next(), answer.to_json().as_bytes())),
+            },
+            _ => answer,
+        };
+        self.transmit.push_back(msg.into());
+        self.phase = Phase::Streaming;
+    }
+
+    fn on_file(&mut self, h: FileHeader) -> Result<(), Error> {
+        if let Some(c) = &self.current {
+            return Err(Error::peer_in(
+                self.entries[c.file].path.as_str(),
+                format!("a new file ({}) started before this one ended", crate::path::escape(&h.path)),
+            ));
+        }
+        let Some(&file) = self.by_path.get(&h.path) else {
+            return Err(Error::peer_in(&h.path, "file is not in the manifest"));
+        };
+        let e = &mut self.entries[file];
+        if e.state != EntryState::Pending {
+            return Err(Error::peer_in(&h.path, "file sent twice"));
+        }
+        if h.size != e.size {
+            return Err(Error::peer_in(
+                &h.path,
+                format!("size {} differs from the manifest's {}", h.size, e.size),
+            ));
+        }
+        if h.append_from > h.size {
+            return Err(Error::peer_in(
+                &h.path,
+                format!("append_from {} is beyond the size {}", h.append_from, h.size),
+            ));
+        }
+        if h.append_from > 0 && e.reported.map(|r| r.0) != Some(h.append_from) {
+            return Err(Error::peer_in(
+                &h.path,
+                format!(
+                    "the sender asked to append at byte {} but this side has no verified copy of that length",
+                    h.append_from
+                ),
+            ));
+        }
+        e.state = EntryState::Receiving;
+        let remaining = h.size - h.append_from;
+        self.io_out += 1;
+        self.io.push_back(IoRequest::Open {
+            file,
+            path: e.path.clone(),
+            append_from: h.append_from,
+        });
+        self.events.push_back(Event::FileStarted {
+            path: h.path,
+            size: h.size,
+            append_from: h.append_from,
+            compression: h.compression,
+        });
+        self.current = Some(Incoming {
+            file,
+            append_from: h.append_from,
+            pieces: remaining.div_ceil(CHUNK_SIZE as u64).max(1),
+            compression: h.compression,
+            next_seq: 0,
+            jobs_out: 0,
+            results: BTreeMap::new(),
+            next_verify: 0,
+            chain: Chain::new(),
+            done_bytes: h.append_from,
+            eof_seen: false,
+        });
+        Ok(())
+    }
+
+    fn on_data(&mut self, frame: Bytes) -> Result<(), Error> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Error::peer("data message outside a file"));
+        };
+        let e = &self.entries[cur.file];
+        let d = DataMessage::decode(frame)
+            .map_err(|err| Error::peer_in(e.path.as_str(), err.to_string()))?;
+        if d.seq != cur.next_seq {
+            return Err(Error::integrity_in(
+                e.path.as_str(),
+                format!("piece {} arrived where piece {} was expected", d.seq, cur.next_seq),
+            ));
+        }
+        if d.seq >= cur.pieces {
+            return Err(Error::integrity_in(
+                e.path.as_str(),
+                format!("more data than the declared {} bytes", e.size),
+            ));
+        }
+        let start = cur.append_from + d.seq * CHUNK_SIZE as u64;
+        let expect_len = (e.size - start).min(CHUNK_SIZE as u64) as usize;
+        let open = match (&self.cipher, &mut self.nonces) {
+            (Some(c), Some(n)) => Some((c.clone(), n.next())),
+            _ => None,
+        };
+        cur.next_seq += 1;
+        cur.jobs_out += 1;
+        self.jobs.push_back(Job {
+            seq: d.seq,
+            chain: d.chain,
+            payload: d.payload,
+            open,
+            decompress: cur.compression == Compression::Zstd,
+            expect_len,
+        });
+        Ok(())
+    }
+
+    fn on_job(&mut self, done: JobResult) -> Result<(), Error> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Error::misuse("job result while no file is open"));
+        };
+        if done.seq < cur.next_verify || done.seq >= cur.next_seq || cur.results.contains_key(&done.seq) {
+            return Err(Error::misuse(format!("job result for piece {} nobody asked for", done.seq)));
+        }
+        cur.jobs_out -= 1;
+        cur.results.insert(done.seq, done);
+        self.verify_in_order()
+    }
+
+    /// Check finished pieces in `seq` order and write the good ones.
+    fn verify_in_order(&mut self) -> Result<(), Error> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let e = &self.entries[cur.file];
+        while let Some(r) = cur.results.remove(&cur.next_verify) {
+            let (plain, raw) = r
+                .outcome
+                .map_err(|why| Error::integrity_in(e.path.as_str(), why))?;
+            if cur.chain.next(&plain) != r.chain {
+                return Err(Error::integrity_in(
+                    e.path.as_str(),
+                    format!("chain mismatch at piece {}", r.seq),
+                ));
+            }
+            let start = cur.append_from + r.seq * CHUNK_SIZE as u64;
+            let expect_len = (e.size - start).min(CHUNK_SIZE as u64);
+            if raw.len() as u64 != expect_len {
+                return Err(Error::integrity_in(
+                    e.path.as_str(),
+                    format!(
+                        "piece {} holds {} bytes where {} were expected",
+                        r.seq,
+                        raw.len(),
+                        expect_len
+                    ),
+                ));
+            }
+            cur.next_verify += 1;
+            cur.done_bytes += expect_len;
+            if !raw.is_empty() {
+                self.io_out += 1;
+                self.writes_out += 1;
+                self.io.push_back(IoRequest::Write {
+                    file: cur.file,
+                    offset: start,
+                    data: raw,
+                });
+            }
+            self.events.push_back(Event::Progress {
+                delta: expect_len,
+                file_bytes: cur.done_bytes,
+            });
+        }
+        if cur.eof_seen && cur.jobs_out == 0 && cur.results.is_empty() {
+            self.close_current()?;
+        }
+        Ok(())
+    }
+
+    fn on_file_eof(&mut self) -> Result<(), Error> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Error::peer("file_eof outside a file"));
+        };
+        if cur.next_seq != cur.pieces {
+            let e = &self.entries[cur.file];
+            return Err(Error::integrity_in(
+                e.path.as_str(),
+                format!(
+                    "file ended after {} of {} pieces: less data than the declared {} bytes",
+                    cur.next_seq, cur.pieces, e.size
+                ),
+            ));
+        }
+        cur.eof_seen = true;
+        self.verify_in_order()
+    }
+
+    fn close_current(&mut self) -> Result<(), Error> {
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        self.entries[cur.file].state = EntryState::Finishing;
+        self.io_out += 1;
+        self.io.push_back(IoRequest::Finish { file: cur.file });
+        Ok(())
+    }
+
+    fn on_eof(&mut self) -> Result<(), Error> {
+        if let Some(c) = &self.current {
+            return Err(Error::peer_in(
+                self.entries[c.file].path.as_str(),
+                "the session ended in the middle of this file",
+            ));
+        }
+        for i in 0..self.entries.len() {
+            let e = &mut self.entries[i];
+            if e.state != EntryState::Pending {
+                continue;
+            }
+            let complete_here = e.size > 0 && e.reported.map(|r| r.0) == Some(e.size);
+            if complete_here {
+                self.events.push_back(Event::FileSkipped {
+                    path: e.path.as_str().to_owned(),
+                    size: e.size,
+                });
+                if e.found.is_some_and(|f| f.complete) {
+                    e.state = EntryState::Done;
+                    continue;
+                }
+                // A partial file that is already whole: put it in place.
+            } else if e.size > 0 {
+                return Err(Error::peer_in(
+                    e.path.as_str(),
+                    "the sender ended the session without sending this file",
+                ));
+            }
+            // Empty files (which p2p-copy 0.1.2 skips when resuming) and whole partial
+            // files: open without writing, then finish.
+            e.state = EntryState::Finishing;
+            let append_from = if complete_here { e.size } else { 0 };
+            self.io_out += 2;
+            self.io.push_back(IoRequest::Open {
+                file: i,
+                path: e.path.clone(),
+                append_from,
+            });
+            self.io.push_back(IoRequest::Finish { file: i });
+        }
+        self.phase = Phase::Closing;
+        self.maybe_done();
+        Ok(())
+    }
+
+    fn maybe_done(&mut self) {
+        if matches!(self.phase, Phase::Closing) && self.io_out == 0 {
+            self.phase = Phase::Done;
+            self.events.push_back(Event::Done);
+        }
+    }
+
+    fn on_io(&mut self, done: IoCompletion) -> Result<(), Error> {
+        let file = match &done {
+            IoCompletion::Stat { file, .. }
+            | IoCompletion::ReadBack { file, .. }
+            | IoCompletion::Opened { file }
+            | IoCompletion::Written { file }
+            | IoCompletion::Finished { file }
+            | IoCompletion::Failed { file, .. } => *file,
+        };
+        if file >= self.entries.len() || self.io_out == 0 {
+            return Err(Error::misuse(format!("I/O completion for file {file} nobody asked for")));
+        }
+        self.io_out -= 1;
+        match done {
+            IoCompletion::Failed { reason, .. } => {
+                Err(Error::io_in(self.entries[file].path.as_str(), reason))
+            }
+            IoCompletion::Stat { found, .. } => {
+                let Phase::Resuming(rs) = &mut self.phase else {
+                    return Err(Error::misuse("stat completion outside resume"));
+                };
+                rs.stats_out -= 1;
+                let e = &mut self.entries[file];
+                e.found = found;
+                if found.is_some_and(|f| f.size > 0) {
+                    rs.to_hash.push_back(file);
+                }
+                self.pump_resume();
+                Ok(())
+            }
+            IoCompletion::ReadBack { offset, data, .. } => {
+                let Phase::Resuming(Resuming {
+                    hashing: Some(h), ..
+                }) = &mut self.phase
+                else {
+                    return Err(Error::misuse("read-back completion outside resume"));
+                };
+                if h.file != file {
+                    return Err(Error::misuse("read-back completion for another file"));
+                }
+                h.reads
+                    .complete(offset, data)
+                    .map_err(|why| Error::io_in(self.entries[file].path.as_str(), why))?;
+                self.pump_resume();
+                Ok(())
+            }
+            IoCompletion::Opened { .. } => Ok(()),
+            IoCompletion::Written { .. } => {
+                self.writes_out = self.writes_out.saturating_sub(1);
+                Ok(())
+            }
+            IoCompletion::Finished { .. } => {
+                let e = &mut self.entries[file];
+                e.state = EntryState::Done;
+                self.events.push_back(Event::FileDone {
+                    path: e.path.as_str().to_owned(),
+                    size: e.size,
+                });
+                self.maybe_done();
+                Ok(())
+            }
+        }
+    }
+}
