@@ -44,7 +44,10 @@ impl std::fmt::Display for DecompressError {
         match self {
             DecompressError::NoContentSize => write!(f, "zstd frame without a content size"),
             DecompressError::TooLarge(n) => {
-                write!(f, "zstd frame would expand to {n} bytes, over the piece size")
+                write!(
+                    f,
+                    "zstd frame would expand to {n} bytes, over the piece size"
+                )
             }
             DecompressError::Corrupt(e) => write!(f, "corrupt zstd frame: {e}"),
         }
@@ -66,8 +69,16 @@ pub fn decompress_capped(frame: &[u8], cap: usize) -> Result<Vec<u8>, Decompress
     }
     match zstd::zstd_safe::find_frame_compressed_size(frame) {
         Ok(n) if n == frame.len() => {}
-        Ok(_) => return Err(DecompressError::Corrupt("trailing bytes after the frame".into())),
-        Err(code) => return Err(DecompressError::Corrupt(zstd::zstd_safe::get_error_name(code).into())),
+        Ok(_) => {
+            return Err(DecompressError::Corrupt(
+                "trailing bytes after the frame".into(),
+            ))
+        }
+        Err(code) => {
+            return Err(DecompressError::Corrupt(
+                zstd::zstd_safe::get_error_name(code).into(),
+            ))
+        }
     }
     let out = DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -119,7 +130,10 @@ mod tests {
         enc.include_contentsize(false).unwrap();
         std::io::Write::write_all(&mut enc, b"abcabcabc").unwrap();
         let frame = enc.finish().unwrap();
-        assert_eq!(decompress_capped(&frame, 100), Err(DecompressError::NoContentSize));
+        assert_eq!(
+            decompress_capped(&frame, 100),
+            Err(DecompressError::NoContentSize)
+        );
     }
 
     #[test]

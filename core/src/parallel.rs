@@ -97,6 +97,9 @@ mod tests {
         let sizes = [1, 10, 5, 5, 0];
         assert_eq!(split_by_size(&sizes, 1), vec![vec![1, 2, 3, 0, 4]]);
         assert_eq!(split_by_size(&sizes, 2), vec![vec![1, 0], vec![2, 3, 4]]);
-        assert_eq!(split_by_size(&sizes, 4), vec![vec![1], vec![2], vec![3], vec![0, 4]]);
+        assert_eq!(
+            split_by_size(&sizes, 4),
+            vec![vec![1], vec![2], vec![3], vec![0, 4]]
+        );
     }
 }

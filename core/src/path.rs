@@ -107,9 +107,7 @@ impl SafePath {
     /// The parent directories, outermost first, as prefixes of this path (`a`, `a/b`
     /// for `a/b/c`).
     pub fn ancestors(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .match_indices('/')
-            .map(move |(i, _)| &self.0[..i])
+        self.0.match_indices('/').map(move |(i, _)| &self.0[..i])
     }
 }
 
@@ -173,7 +171,10 @@ mod tests {
             assert_eq!(SafePath::parse(raw), Err(why), "{raw:?}");
         }
         assert_eq!(SafePath::parse(&"x".repeat(256)), Err(PathError::TooLong));
-        assert_eq!(SafePath::parse(&["d"; 200].join("/")), Err(PathError::TooLong));
+        assert_eq!(
+            SafePath::parse(&["d"; 200].join("/")),
+            Err(PathError::TooLong)
+        );
         assert_eq!(SafePath::parse(&"x/".repeat(2100)), Err(PathError::TooLong));
     }
 

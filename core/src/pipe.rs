@@ -46,7 +46,9 @@ impl ReadPipe {
     /// A message when no read of that offset is outstanding or the length differs.
     pub(crate) fn complete(&mut self, offset: u64, data: Bytes) -> Result<(), String> {
         let Some(len) = self.requested.remove(&offset) else {
-            return Err(format!("completion for a read at offset {offset} nobody asked for"));
+            return Err(format!(
+                "completion for a read at offset {offset} nobody asked for"
+            ));
         };
         if data.len() != len {
             return Err(format!(

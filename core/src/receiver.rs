@@ -295,6 +295,8 @@ pub struct Receiver {
     nonces: Option<NonceChain>,
     phase: Phase,
     deadline: Instant,
+    /// The latest `now` given, for deadlines set by work that finishes inside the core.
+    last_now: Instant,
     entries: Vec<Entry>,
     by_path: HashMap<String, usize>,
     current: Option<Incoming>,
@@ -322,6 +324,7 @@ impl Receiver {
     pub fn new(now: Instant, config: ReceiverConfig, secrets: &Secrets) -> Receiver {
         let mut r = Receiver {
             deadline: now + config.manifest_timeout,
+            last_now: now,
             config: ReceiverConfig {
                 window: config.window.max(1),
                 ..config
@@ -414,11 +417,15 @@ impl Receiver {
     /// far too long. Any earlier fatal error is returned again.
     pub fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
         self.check()?;
+        self.last_now = now;
         if matches!(self.phase, Phase::Done) {
             return Ok(());
         }
         if msg.len() > MAX_MESSAGE_LEN {
-            let e = Error::peer(format!("message of {} bytes exceeds the 2 MiB limit", msg.len()));
+            let e = Error::peer(format!(
+                "message of {} bytes exceeds the 2 MiB limit",
+                msg.len()
+            ));
             return self.settle(Err(e));
         }
         if matches!(self.phase, Phase::AwaitManifest | Phase::Streaming) {
@@ -439,8 +446,9 @@ impl Receiver {
     /// # Errors
     /// [`Error::Io`] when the access failed; [`Error::Misuse`] for a completion nobody
     /// asked for.
-    pub fn handle_io(&mut self, _now: Instant, done: IoCompletion) -> Result<(), Error> {
+    pub fn handle_io(&mut self, now: Instant, done: IoCompletion) -> Result<(), Error> {
         self.check()?;
+        self.last_now = now;
         let r = self.on_io(done).and_then(|()| self.drain_backlog());
         self.settle(r)
     }
@@ -450,8 +458,9 @@ impl Receiver {
     /// # Errors
     /// [`Error::Integrity`] when the piece fails decryption, decompression, its size or
     /// its chain; [`Error::Misuse`] for a result nobody asked for.
-    pub fn handle_job(&mut self, _now: Instant, done: JobResult) -> Result<(), Error> {
+    pub fn handle_job(&mut self, now: Instant, done: JobResult) -> Result<(), Error> {
         self.check()?;
+        self.last_now = now;
         let r = self.on_job(done).and_then(|()| self.drain_backlog());
         self.settle(r)
     }
@@ -483,7 +492,12 @@ impl Receiver {
     ///
     /// # Errors
     /// [`Error::Peer`] unless `eof` had arrived.
-    pub fn handle_close(&mut self, _now: Instant, code: Option<u16>, reason: &str) -> Result<(), Error> {
+    pub fn handle_close(
+        &mut self,
+        _now: Instant,
+        code: Option<u16>,
+        reason: &str,
+    ) -> Result<(), Error> {
         self.check()?;
         if matches!(self.phase, Phase::Done | Phase::Closing) {
             return Ok(());
@@ -594,7 +608,9 @@ impl Receiver {
             return Err(Error::peer(format!("{what} before the encrypted manifest")));
         };
         let plain = cipher.open(&nonces.next(), &sealed).ok_or_else(|| {
-            Error::integrity(format!("{what} does not decrypt (tampered, replayed or wrong code)"))
+            Error::integrity(format!(
+                "{what} does not decrypt (tampered, replayed or wrong code)"
+            ))
         })?;
         String::from_utf8(plain).map_err(|_| Error::peer(format!("{what} is not UTF-8")))
     }
@@ -605,7 +621,13 @@ impl Receiver {
             (Phase::AwaitManifest, Control::Manifest { resume, entries }) if !encrypted => {
                 self.on_manifest(resume, entries)
             }
-            (Phase::AwaitManifest, Control::EncManifest { nonce, hidden_manifest }) if encrypted => {
+            (
+                Phase::AwaitManifest,
+                Control::EncManifest {
+                    nonce,
+                    hidden_manifest,
+                },
+            ) if encrypted => {
                 let seed = wire::unhex(&nonce)
                     .ok_or_else(|| Error::peer("enc_manifest nonce is not hex"))?;
                 self.nonces = Some(NonceChain::new(&seed));
@@ -631,12 +653,12 @@ impl Receiver {
             }
             (Phase::Streaming, Control::FileEof) => self.on_file_eof(),
             (Phase::Streaming, Control::Eof) => self.on_eof(),
-            (_, c @ (Control::Manifest { .. } | Control::File(_))) if encrypted => Err(Error::peer(
-                format!(
+            (_, c @ (Control::Manifest { .. } | Control::File(_))) if encrypted => {
+                Err(Error::peer(format!(
                     "plain {} message to an encrypting receiver (the sender did not use --encrypt)",
                     c.type_name()
-                ),
-            )),
+                )))
+            }
             (_, c @ (Control::EncManifest { .. } | Control::EncFile { .. })) if !encrypted => {
                 Err(Error::peer(format!(
                     "{} message to a receiver without --encrypt (the sender used --encrypt)",
@@ -651,7 +673,10 @@ impl Receiver {
         let mut files: HashSet<&str> = HashSet::new();
         for e in &entries {
             if !files.insert(e.path.as_str()) {
-                return Err(Error::peer_in(&e.path, "the manifest lists this path twice"));
+                return Err(Error::peer_in(
+                    &e.path,
+                    "the manifest lists this path twice",
+                ));
             }
         }
         let mut checked = Vec::with_capacity(entries.len());
@@ -661,7 +686,10 @@ impl Receiver {
             if let Some(dir) = path.ancestors().find(|a| files.contains(a)) {
                 return Err(Error::peer_in(
                     &e.path,
-                    format!("the manifest also lists its parent {} as a file", crate::path::escape(dir)),
+                    format!(
+                        "the manifest also lists its parent {} as a file",
+                        crate::path::escape(dir)
+                    ),
                 ));
             }
             self.by_path.insert(e.path.clone(), i);
@@ -775,19 +803,26 @@ impl Receiver {
         let answer = Control::ReceiverManifest { entries };
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncReceiverManifest {
-                hidden_manifest: wire::hex(&cipher.seal(&nonces.next(), answer.to_json().as_bytes())),
+                hidden_manifest: wire::hex(
+                    &cipher.seal(&nonces.next(), answer.to_json().as_bytes()),
+                ),
             },
             _ => answer,
         };
         self.transmit.push_back(msg.into());
         self.phase = Phase::Streaming;
+        // Hashing local copies may take long; the sender's silence meanwhile is expected.
+        self.deadline = self.last_now + self.config.idle_timeout;
     }
 
     fn on_file(&mut self, h: FileHeader) -> Result<(), Error> {
         if let Some(c) = &self.current {
             return Err(Error::peer_in(
                 self.entries[c.file].path.as_str(),
-                format!("a new file ({}) started before this one ended", crate::path::escape(&h.path)),
+                format!(
+                    "a new file ({}) started before this one ended",
+                    crate::path::escape(&h.path)
+                ),
             ));
         }
         let Some(&file) = self.by_path.get(&h.path) else {
@@ -806,7 +841,10 @@ impl Receiver {
         if h.append_from > h.size {
             return Err(Error::peer_in(
                 &h.path,
-                format!("append_from {} is beyond the size {}", h.append_from, h.size),
+                format!(
+                    "append_from {} is beyond the size {}",
+                    h.append_from, h.size
+                ),
             ));
         }
         if h.append_from > 0 && e.reported.map(|r| r.0) != Some(h.append_from) {
@@ -858,7 +896,10 @@ impl Receiver {
         if d.seq != cur.next_seq {
             return Err(Error::integrity_in(
                 e.path.as_str(),
-                format!("piece {} arrived where piece {} was expected", d.seq, cur.next_seq),
+                format!(
+                    "piece {} arrived where piece {} was expected",
+                    d.seq, cur.next_seq
+                ),
             ));
         }
         if d.seq >= cur.pieces {
@@ -890,8 +931,14 @@ impl Receiver {
         let Some(cur) = self.current.as_mut() else {
             return Err(Error::misuse("job result while no file is open"));
         };
-        if done.seq < cur.next_verify || done.seq >= cur.next_seq || cur.results.contains_key(&done.seq) {
-            return Err(Error::misuse(format!("job result for piece {} nobody asked for", done.seq)));
+        if done.seq < cur.next_verify
+            || done.seq >= cur.next_seq
+            || cur.results.contains_key(&done.seq)
+        {
+            return Err(Error::misuse(format!(
+                "job result for piece {} nobody asked for",
+                done.seq
+            )));
         }
         cur.jobs_out -= 1;
         cur.results.insert(done.seq, done);
@@ -1040,7 +1087,9 @@ impl Receiver {
             | IoCompletion::Failed { file, .. } => *file,
         };
         if file >= self.entries.len() || self.io_out == 0 {
-            return Err(Error::misuse(format!("I/O completion for file {file} nobody asked for")));
+            return Err(Error::misuse(format!(
+                "I/O completion for file {file} nobody asked for"
+            )));
         }
         self.io_out -= 1;
         match done {

@@ -123,7 +123,11 @@ enum ConnState {
     /// Hello received; waiting for a peer under this hash.
     Waiting { hash: String, deadline: Instant },
     /// Paired with `partner`.
-    Paired { partner: ConnId, role: Role, since: Instant },
+    Paired {
+        partner: ConnId,
+        role: Role,
+        since: Instant,
+    },
     /// Told to close; dropped at the deadline if still there.
     Closing { deadline: Instant },
 }
@@ -289,7 +293,8 @@ impl Relay {
                     msg: Control::Ready.into(),
                 });
                 self.out.push_back(RelayOutput::Paired { sender, receiver });
-                self.events.push_back(RelayEvent::Paired { sender, receiver });
+                self.events
+                    .push_back(RelayEvent::Paired { sender, receiver });
             }
             None => {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -317,7 +322,8 @@ impl Relay {
         c.state = ConnState::Closing {
             deadline: now + self.config.close_grace,
         };
-        self.out.push_back(RelayOutput::Close { conn, code, reason });
+        self.out
+            .push_back(RelayOutput::Close { conn, code, reason });
         self.events.push_back(RelayEvent::Refused { conn, reason });
     }
 
@@ -339,7 +345,11 @@ impl Relay {
                     self.waiting.remove(&hash);
                 }
             }
-            ConnState::Paired { partner, role, since } => {
+            ConnState::Paired {
+                partner,
+                role,
+                since,
+            } => {
                 let (sender, receiver) = match role {
                     Role::Sender => (conn, partner),
                     Role::Receiver => (partner, conn),
@@ -371,7 +381,9 @@ impl Relay {
             .conns
             .iter()
             .filter_map(|(id, c)| match c.state {
-                ConnState::New { deadline } | ConnState::Waiting { deadline, .. } if now >= deadline => {
+                ConnState::New { deadline } | ConnState::Waiting { deadline, .. }
+                    if now >= deadline =>
+                {
                     Some((*id, false))
                 }
                 ConnState::Closing { deadline } if now >= deadline => Some((*id, true)),
@@ -400,7 +412,10 @@ fn parse_hello(text: &str) -> Result<(String, Role), &'static str> {
     if v.get("type").and_then(|t| t.as_str()) != Some("hello") {
         return Err("First frame must be hello");
     }
-    let hash = v.get("code_hash_hex").and_then(|h| h.as_str()).unwrap_or("");
+    let hash = v
+        .get("code_hash_hex")
+        .and_then(|h| h.as_str())
+        .unwrap_or("");
     let role = match v.get("role").and_then(|r| r.as_str()) {
         Some("sender") => Some(Role::Sender),
         Some("receiver") => Some(Role::Receiver),

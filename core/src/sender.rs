@@ -10,8 +10,8 @@ use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::event::Event;
 use crate::pipe::ReadPipe;
 use crate::wire::{
-    self, Compression, Control, FileHeader, ManifestEntry, Role, WireMessage,
-    CHUNK_SIZE, DATA_HEADER_LEN,
+    self, Compression, Control, FileHeader, ManifestEntry, Role, WireMessage, CHUNK_SIZE,
+    DATA_HEADER_LEN,
 };
 use crate::Error;
 
@@ -214,10 +214,7 @@ struct Streaming {
 
 #[derive(Debug)]
 enum Stage {
-    Hashing {
-        want: (u64, [u8; 32]),
-        chain: Chain,
-    },
+    Hashing { want: (u64, [u8; 32]), chain: Chain },
     Streaming(Box<Streaming>),
 }
 
@@ -380,6 +377,9 @@ impl Sender {
     /// answer does not decrypt. Any earlier fatal error is returned again.
     pub fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
         self.check()?;
+        if matches!(self.phase, Phase::Done) {
+            return Ok(());
+        }
         let r = self.on_message(now, msg);
         self.settle(r)
     }
@@ -431,7 +431,12 @@ impl Sender {
     ///
     /// # Errors
     /// [`Error::Peer`] unless the session had already finished.
-    pub fn handle_close(&mut self, _now: Instant, code: Option<u16>, reason: &str) -> Result<(), Error> {
+    pub fn handle_close(
+        &mut self,
+        _now: Instant,
+        code: Option<u16>,
+        reason: &str,
+    ) -> Result<(), Error> {
         self.check()?;
         if matches!(self.phase, Phase::Done) {
             return Ok(());
@@ -537,7 +542,9 @@ impl Sender {
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncManifest {
                 nonce: wire::hex(&self.nonce_seed),
-                hidden_manifest: wire::hex(&cipher.seal(&nonces.next(), manifest.to_json().as_bytes())),
+                hidden_manifest: wire::hex(
+                    &cipher.seal(&nonces.next(), manifest.to_json().as_bytes()),
+                ),
             },
             _ => manifest,
         };
@@ -704,7 +711,9 @@ impl Sender {
                         });
                         let msg = match (&self.cipher, st.file_nonce) {
                             (Some(cipher), Some(nonce)) => Control::EncFile {
-                                hidden_file: wire::hex(&cipher.seal(&nonce, header.to_json().as_bytes())),
+                                hidden_file: wire::hex(
+                                    &cipher.seal(&nonce, header.to_json().as_bytes()),
+                                ),
                             },
                             _ => header,
                         };
@@ -719,10 +728,12 @@ impl Sender {
                     let chain = st.chain.next(&r.plain);
                     let mut frame = r.frame;
                     wire::write_header(&mut frame, st.next_emit, &chain);
-                    self.transmit.push_back(WireMessage::Binary(Bytes::from(frame)));
+                    self.transmit
+                        .push_back(WireMessage::Binary(Bytes::from(frame)));
                     self.frames_queued += 1;
                     st.next_emit += 1;
-                    let raw_len = piece_len(self.files[index].size, st.append_from, st.next_emit - 1);
+                    let raw_len =
+                        piece_len(self.files[index].size, st.append_from, st.next_emit - 1);
                     st.sent += raw_len;
                     self.events.push_back(Event::Progress {
                         delta: raw_len,
@@ -777,7 +788,8 @@ impl Sender {
                 }
                 // Read ahead within the window.
                 loop {
-                    let held = cur.reads.held() + st.jobs_out + st.results.len() + self.frames_queued;
+                    let held =
+                        cur.reads.held() + st.jobs_out + st.results.len() + self.frames_queued;
                     if held >= window {
                         break;
                     }
@@ -828,8 +840,12 @@ impl Sender {
         else {
             return Err(Error::misuse("job result while no file is streaming"));
         };
-        if done.seq < st.next_emit || done.seq >= st.next_job || st.results.contains_key(&done.seq) {
-            return Err(Error::misuse(format!("job result for piece {} nobody asked for", done.seq)));
+        if done.seq < st.next_emit || done.seq >= st.next_job || st.results.contains_key(&done.seq)
+        {
+            return Err(Error::misuse(format!(
+                "job result for piece {} nobody asked for",
+                done.seq
+            )));
         }
         st.jobs_out -= 1;
         st.results.insert(done.seq, done);
@@ -857,9 +873,16 @@ pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error
             file: None,
             reason: format!("the relay refused the hello: {}", crate::path::escape(reason)),
         },
-        _ => Error::Peer {
+        _ if reason.is_empty() => Error::Peer {
             file: None,
             reason: format!("the connection closed {when}"),
+        },
+        _ => Error::Peer {
+            file: None,
+            reason: format!(
+                "the connection closed {when} (close reason: {})",
+                crate::path::escape(reason)
+            ),
         },
     }
 }

@@ -348,7 +348,10 @@ mod tests {
             r#"{"type":"file","path":"a","size":1,"compression":"gzip"}"#,
             r#"{"type":"hello","code_hash_hex":"x","role":"boss"}"#,
         ] {
-            assert!(matches!(Control::parse(bad), Err(Error::Peer { .. })), "{bad}");
+            assert!(
+                matches!(Control::parse(bad), Err(Error::Peer { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -356,7 +359,10 @@ mod tests {
     fn data_message_round_trips_and_refuses_short_frames() {
         let frame = DataMessage::encode(7, &[9; 32], b"payload");
         let d = DataMessage::decode(frame).unwrap();
-        assert_eq!((d.seq, d.chain, &d.payload[..]), (7, [9; 32], &b"payload"[..]));
+        assert_eq!(
+            (d.seq, d.chain, &d.payload[..]),
+            (7, [9; 32], &b"payload"[..])
+        );
         assert!(DataMessage::decode(Bytes::from_static(&[0; 39])).is_err());
         assert!(DataMessage::decode(Bytes::from_static(&[0; 40])).is_ok());
     }
