@@ -125,9 +125,15 @@ fn run_receiver(
                     open[file].as_mut().unwrap().write_all(&data)?;
                     C::Written { file }
                 }
-                Q::Finish { file } => {
+                Q::Close { file } => {
                     open[file].take().unwrap().sync_all()?;
-                    C::Finished { file }
+                    C::Closed { file }
+                }
+                Q::Sync => C::Synced, // each file was synced when closed
+                Q::Commit { file, path } => {
+                    std::fs::rename(part(path.as_str()), out.join(path.as_str()))?;
+                    println!("received {path}"); // SafePath displays escaped
+                    C::Committed { file }
                 }
                 Q::Stat { file, .. } => C::Stat { file, found: None },
                 Q::ReadBack { file, .. } => C::Failed {
@@ -140,12 +146,7 @@ fn run_receiver(
         while let Some(job) = r.poll_job() {
             r.handle_job(Instant::now(), job.run())?;
         }
-        while let Some(ev) = r.poll_event() {
-            if let p2p_copy_core::Event::FileDone { path, .. } = &ev {
-                std::fs::rename(part(path), out.join(path))?;
-                println!("received {}", p2p_copy_core::path::escape(path));
-            }
-        }
+        while r.poll_event().is_some() {}
         if r.is_finished() {
             return Ok(());
         }

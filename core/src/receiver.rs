@@ -52,8 +52,11 @@ pub struct LocalCopy {
 /// manifest. Requests for one file must be carried out in the order polled; requests
 /// for different files may run concurrently.
 ///
-/// Every received file is written to a partial file beside its final name and renamed
-/// into place by [`IoRequest::Finish`] only once complete and verified. The runtime must
+/// Every received file is written to a partial file beside its final name. A session
+/// commits at its end: only after `eof`, with every file verified and closed, does the
+/// receiver ask for [`IoRequest::Sync`] and then [`IoRequest::Commit`] of each file, so a
+/// failed or tampered session never leaves a file under its final name, and an earlier
+/// complete file is never damaged. Partial files stay for a later resume. The runtime must
 /// create missing parent directories under the output directory and refuse to follow a
 /// symlink in any of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,11 +101,23 @@ pub enum IoRequest {
         /// The bytes.
         data: Bytes,
     },
-    /// Flush and sync the partial file, close it and rename it to its final name,
-    /// replacing any older file. Answer with [`IoCompletion::Finished`].
-    Finish {
+    /// All data of this file is written: close the partial file. Answer with
+    /// [`IoCompletion::Closed`].
+    Close {
         /// Manifest index.
         file: usize,
+    },
+    /// Make every partial file of this session durable (for example `syncfs` on the
+    /// output directory, or `fsync` of each). Issued once, when nothing else is in
+    /// flight. Answer with [`IoCompletion::Synced`].
+    Sync,
+    /// Rename the closed partial file of `path` to its final name, replacing any older
+    /// file. Answer with [`IoCompletion::Committed`].
+    Commit {
+        /// Manifest index.
+        file: usize,
+        /// The checked path.
+        path: SafePath,
     },
 }
 
@@ -135,14 +150,21 @@ pub enum IoCompletion {
         /// Manifest index.
         file: usize,
     },
-    /// Answer to [`IoRequest::Finish`].
-    Finished {
+    /// Answer to [`IoRequest::Close`].
+    Closed {
+        /// Manifest index.
+        file: usize,
+    },
+    /// Answer to [`IoRequest::Sync`].
+    Synced,
+    /// Answer to [`IoRequest::Commit`].
+    Committed {
         /// Manifest index.
         file: usize,
     },
     /// A request failed.
     Failed {
-        /// Manifest index.
+        /// Manifest index (0 for [`IoRequest::Sync`]).
         file: usize,
         /// The operating system's message.
         reason: String,
@@ -221,7 +243,9 @@ impl Job {
 enum EntryState {
     Pending,
     Receiving,
-    Finishing,
+    /// Verified (or already whole here) and closed or closing: to be committed at the end.
+    Verified,
+    /// Already in place under its final name (skipped as complete) or committed.
     Done,
 }
 
@@ -255,10 +279,18 @@ enum Phase {
     AwaitManifest,
     Resuming(Resuming),
     Streaming,
-    /// `eof` arrived; waiting for the last files to be finished.
-    Closing,
+    /// `eof` arrived; waiting for the last files to be closed, then synced, then
+    /// committed.
+    Closing(Commit),
     Done,
     Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Draining,
+    Syncing,
+    Renaming,
 }
 
 #[derive(Debug)]
@@ -303,6 +335,8 @@ pub struct Receiver {
     io_out: usize,
     writes_out: usize,
     backlog: VecDeque<WireMessage>,
+    /// A close reported while messages were still held back: it takes effect after them.
+    pending_close: Option<(Option<u16>, String)>,
     transmit: VecDeque<WireMessage>,
     io: VecDeque<IoRequest>,
     jobs: VecDeque<Job>,
@@ -338,6 +372,7 @@ impl Receiver {
             io_out: 0,
             writes_out: 0,
             backlog: VecDeque::new(),
+            pending_close: None,
             transmit: VecDeque::new(),
             io: VecDeque::new(),
             jobs: VecDeque::new(),
@@ -499,7 +534,17 @@ impl Receiver {
         reason: &str,
     ) -> Result<(), Error> {
         self.check()?;
-        if matches!(self.phase, Phase::Done | Phase::Closing) {
+        if !self.backlog.is_empty() {
+            // Messages that arrived before the close are still waiting for room.
+            self.pending_close = Some((code, reason.to_owned()));
+            return Ok(());
+        }
+        let r = self.on_close(code, reason);
+        self.settle(r)
+    }
+
+    fn on_close(&mut self, code: Option<u16>, reason: &str) -> Result<(), Error> {
+        if matches!(self.phase, Phase::Done | Phase::Closing(_)) {
             return Ok(());
         }
         let when = match self.current.as_ref() {
@@ -507,10 +552,9 @@ impl Receiver {
                 "in the middle of {} (the sender stopped or the relay dropped the pair; run again with --resume to continue)",
                 self.entries[c.file].path
             ),
-            None => "before the transfer was complete".to_owned(),
+            None => "before the transfer was complete (run again with --resume to continue)".to_owned(),
         };
-        let e = crate::sender::closed_error(code, reason, &when);
-        self.settle(Err(e))
+        Err(crate::sender::closed_error(code, reason, &when))
     }
 
     /// Stop the session. Partial files stay for a later `--resume`.
@@ -571,13 +615,13 @@ impl Receiver {
                     .is_none_or(|c| c.jobs_out == 0 && c.results.is_empty()),
             },
             Phase::Done | Phase::Failed => true,
-            Phase::Resuming(_) | Phase::Closing => false,
+            Phase::Resuming(_) | Phase::Closing(_) => false,
         }
     }
 
     fn drain_backlog(&mut self) -> Result<(), Error> {
         while let Some(msg) = self.backlog.front() {
-            if matches!(self.phase, Phase::Closing) {
+            if matches!(self.phase, Phase::Closing(_)) {
                 // Anything after `eof` is ignored, as the reference does.
                 self.backlog.clear();
                 break;
@@ -588,6 +632,11 @@ impl Receiver {
             // The front exists: checked by the loop condition.
             let msg = self.backlog.pop_front().expect("front exists");
             self.on_message(msg)?;
+        }
+        if self.backlog.is_empty() {
+            if let Some((code, reason)) = self.pending_close.take() {
+                return self.on_close(code, &reason);
+            }
         }
         Ok(())
     }
@@ -704,7 +753,10 @@ impl Receiver {
         self.entries = checked;
         self.events.push_back(Event::Manifest {
             files: self.entries.len(),
-            bytes: self.entries.iter().map(|e| e.size).sum(),
+            bytes: self
+                .entries
+                .iter()
+                .fold(0u64, |a, e| a.saturating_add(e.size)),
         });
         if resume {
             self.phase = Phase::Resuming(Resuming {
@@ -1018,9 +1070,14 @@ impl Receiver {
         let Some(cur) = self.current.take() else {
             return Ok(());
         };
-        self.entries[cur.file].state = EntryState::Finishing;
+        let e = &mut self.entries[cur.file];
+        e.state = EntryState::Verified;
         self.io_out += 1;
-        self.io.push_back(IoRequest::Finish { file: cur.file });
+        self.io.push_back(IoRequest::Close { file: cur.file });
+        self.events.push_back(Event::FileDone {
+            path: e.path.as_str().to_owned(),
+            size: e.size,
+        });
         Ok(())
     }
 
@@ -1042,38 +1099,69 @@ impl Receiver {
                     path: e.path.as_str().to_owned(),
                     size: e.size,
                 });
-                if e.found.is_some_and(|f| f.complete) {
-                    e.state = EntryState::Done;
-                    continue;
-                }
-                // A partial file that is already whole: put it in place.
-            } else if e.size > 0 {
+                // A whole partial file is committed like a received one; a whole file
+                // under its final name is already in place.
+                let in_place = e.found.is_some_and(|f| f.complete);
+                e.state = if in_place {
+                    EntryState::Done
+                } else {
+                    EntryState::Verified
+                };
+                continue;
+            }
+            if e.size > 0 {
                 return Err(Error::peer_in(
                     e.path.as_str(),
                     "the sender ended the session without sending this file",
                 ));
             }
-            // Empty files (which p2p-copy 0.1.2 skips when resuming) and whole partial
-            // files: open without writing, then finish.
-            e.state = EntryState::Finishing;
-            let append_from = if complete_here { e.size } else { 0 };
+            // Empty files, which p2p-copy 0.1.2 does not send when resuming.
+            e.state = EntryState::Verified;
             self.io_out += 2;
             self.io.push_back(IoRequest::Open {
                 file: i,
                 path: e.path.clone(),
-                append_from,
+                append_from: 0,
             });
-            self.io.push_back(IoRequest::Finish { file: i });
+            self.io.push_back(IoRequest::Close { file: i });
         }
-        self.phase = Phase::Closing;
-        self.maybe_done();
+        self.phase = Phase::Closing(Commit::Draining);
+        self.advance_commit();
         Ok(())
     }
 
-    fn maybe_done(&mut self) {
-        if matches!(self.phase, Phase::Closing) && self.io_out == 0 {
-            self.phase = Phase::Done;
-            self.events.push_back(Event::Done);
+    /// After `eof`: once every file is closed, sync; once synced, commit every verified
+    /// file; once all are committed, the session is done.
+    fn advance_commit(&mut self) {
+        let Phase::Closing(step) = self.phase else {
+            return;
+        };
+        if self.io_out > 0 {
+            return;
+        }
+        match step {
+            Commit::Draining => {
+                self.phase = Phase::Closing(Commit::Syncing);
+                self.io_out += 1;
+                self.io.push_back(IoRequest::Sync);
+            }
+            Commit::Syncing => {
+                self.phase = Phase::Closing(Commit::Renaming);
+                for (i, e) in self.entries.iter().enumerate() {
+                    if e.state == EntryState::Verified {
+                        self.io_out += 1;
+                        self.io.push_back(IoRequest::Commit {
+                            file: i,
+                            path: e.path.clone(),
+                        });
+                    }
+                }
+                self.advance_commit();
+            }
+            Commit::Renaming => {
+                self.phase = Phase::Done;
+                self.events.push_back(Event::Done);
+            }
         }
     }
 
@@ -1083,19 +1171,22 @@ impl Receiver {
             | IoCompletion::ReadBack { file, .. }
             | IoCompletion::Opened { file }
             | IoCompletion::Written { file }
-            | IoCompletion::Finished { file }
+            | IoCompletion::Closed { file }
+            | IoCompletion::Committed { file }
             | IoCompletion::Failed { file, .. } => *file,
+            IoCompletion::Synced => 0,
         };
-        if file >= self.entries.len() || self.io_out == 0 {
+        if (file >= self.entries.len() && !self.entries.is_empty()) || self.io_out == 0 {
             return Err(Error::misuse(format!(
                 "I/O completion for file {file} nobody asked for"
             )));
         }
         self.io_out -= 1;
         match done {
-            IoCompletion::Failed { reason, .. } => {
-                Err(Error::io_in(self.entries[file].path.as_str(), reason))
-            }
+            IoCompletion::Failed { reason, .. } => match self.entries.get(file) {
+                Some(e) => Err(Error::io_in(e.path.as_str(), reason)),
+                None => Err(Error::Io { file: None, reason }),
+            },
             IoCompletion::Stat { found, .. } => {
                 let Phase::Resuming(rs) = &mut self.phase else {
                     return Err(Error::misuse("stat completion outside resume"));
@@ -1125,19 +1216,22 @@ impl Receiver {
                 self.pump_resume();
                 Ok(())
             }
-            IoCompletion::Opened { .. } => Ok(()),
-            IoCompletion::Written { .. } => {
-                self.writes_out = self.writes_out.saturating_sub(1);
+            IoCompletion::Opened { .. } => {
+                self.advance_commit();
                 Ok(())
             }
-            IoCompletion::Finished { .. } => {
-                let e = &mut self.entries[file];
-                e.state = EntryState::Done;
-                self.events.push_back(Event::FileDone {
-                    path: e.path.as_str().to_owned(),
-                    size: e.size,
-                });
-                self.maybe_done();
+            IoCompletion::Written { .. } => {
+                self.writes_out = self.writes_out.saturating_sub(1);
+                self.advance_commit();
+                Ok(())
+            }
+            IoCompletion::Closed { .. } | IoCompletion::Synced => {
+                self.advance_commit();
+                Ok(())
+            }
+            IoCompletion::Committed { .. } => {
+                self.entries[file].state = EntryState::Done;
+                self.advance_commit();
                 Ok(())
             }
         }

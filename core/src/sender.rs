@@ -551,7 +551,10 @@ impl Sender {
         self.transmit.push_back(msg.into());
         self.events.push_back(Event::Manifest {
             files: self.files.len(),
-            bytes: self.files.iter().map(|f| f.size).sum(),
+            bytes: self
+                .files
+                .iter()
+                .fold(0u64, |a, f| a.saturating_add(f.size)),
         });
         if self.config.resume {
             self.phase = Phase::AwaitAnswer {

@@ -378,10 +378,13 @@ fn run_receiver(case: &Value, secrets: &Secrets) -> (Vec<WireMessage>, BTreeMap<
                     d.extend_from_slice(&data);
                     C::Written { file }
                 }
-                Q::Finish { file } => {
+                Q::Close { file } => C::Closed { file },
+                Q::Sync => C::Synced,
+                Q::Commit { file, path } => {
                     let (p, d) = partial.remove(&file).unwrap();
+                    assert_eq!(p, path.as_str());
                     files.insert(p, d);
-                    C::Finished { file }
+                    C::Committed { file }
                 }
             };
             rx.handle_io(now, done).unwrap();
