@@ -44,7 +44,9 @@ pub enum Event {
         /// Its size.
         size: u64,
     },
-    /// A file is complete (sender: all data sent; receiver: verified and in place).
+    /// A file is complete (sender: all data sent; receiver: all data verified and
+    /// written; it is put in place under its final name when the session commits, just
+    /// before [`Event::Done`]).
     FileDone {
         /// Its path.
         path: String,

@@ -13,6 +13,10 @@ mod pipe;
 pub mod receiver;
 pub mod relay;
 pub mod sender;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod sim;
+#[cfg(test)]
+mod tests;
 pub mod wire;
 
 pub use crypto::Secrets;

@@ -1166,23 +1166,38 @@ impl Receiver {
     }
 
     fn on_io(&mut self, done: IoCompletion) -> Result<(), Error> {
+        let syncing = matches!(self.phase, Phase::Closing(Commit::Syncing));
         let file = match &done {
             IoCompletion::Stat { file, .. }
             | IoCompletion::ReadBack { file, .. }
             | IoCompletion::Opened { file }
             | IoCompletion::Written { file }
             | IoCompletion::Closed { file }
-            | IoCompletion::Committed { file }
-            | IoCompletion::Failed { file, .. } => *file,
-            IoCompletion::Synced => 0,
+            | IoCompletion::Committed { file } => Some(*file),
+            IoCompletion::Failed { file, .. } if !syncing => Some(*file),
+            IoCompletion::Failed { .. } | IoCompletion::Synced => None,
         };
-        if (file >= self.entries.len() && !self.entries.is_empty()) || self.io_out == 0 {
+        let unknown_file = file.is_some_and(|f| f >= self.entries.len());
+        let stray_sync = matches!(done, IoCompletion::Synced) && !syncing;
+        if unknown_file || stray_sync || self.io_out == 0 {
+            let file = file.map_or("sync".to_owned(), |f| f.to_string());
             return Err(Error::misuse(format!(
                 "I/O completion for file {file} nobody asked for"
             )));
         }
         self.io_out -= 1;
+        // Only the sync's completions have no file, and they do not index entries.
+        let file = file.unwrap_or_default();
         match done {
+            // Sync is issued alone, so a failure while it is out is the sync's.
+            IoCompletion::Failed { reason, .. }
+                if matches!(self.phase, Phase::Closing(Commit::Syncing)) =>
+            {
+                Err(Error::Io {
+                    file: None,
+                    reason: format!("syncing the received files: {reason}"),
+                })
+            }
             IoCompletion::Failed { reason, .. } => match self.entries.get(file) {
                 Some(e) => Err(Error::io_in(e.path.as_str(), reason)),
                 None => Err(Error::Io { file: None, reason }),

@@ -23,8 +23,12 @@ pub struct RelayConfig {
     pub hello_timeout: Duration,
     /// How long a client may wait for its peer.
     pub wait_timeout: Duration,
-    /// How long the partner of a departed client gets to finish before it is dropped.
+    /// How long a closing connection gets, once everything queued for it was delivered,
+    /// before it is dropped (see [`Relay::handle_flushed`]).
     pub close_grace: Duration,
+    /// How long a closing connection may take to take delivery of what is queued for it
+    /// (a slow receiver finishing the last pieces) before it is dropped anyway.
+    pub drain_timeout: Duration,
     /// Most connections at once.
     pub max_connections: usize,
     /// Most connections at once from one client address.
@@ -37,6 +41,7 @@ impl Default for RelayConfig {
             hello_timeout: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(600),
             close_grace: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_per_address: 64,
         }
@@ -361,7 +366,7 @@ impl Relay {
                 });
                 if let Some(p) = self.conns.get_mut(&partner) {
                     p.state = ConnState::Closing {
-                        deadline: now + self.config.close_grace,
+                        deadline: now + self.config.drain_timeout,
                     };
                     self.out.push_back(RelayOutput::Close {
                         conn: partner,
@@ -371,6 +376,18 @@ impl Relay {
                 }
             }
             ConnState::New { .. } | ConnState::Closing { .. } => {}
+        }
+    }
+
+    /// Everything queued for a closing connection was delivered and its close frame sent:
+    /// from now on it only gets the close grace period.
+    pub fn handle_flushed(&mut self, now: Instant, conn: ConnId) {
+        if let Some(Conn {
+            state: ConnState::Closing { deadline },
+            ..
+        }) = self.conns.get_mut(&conn)
+        {
+            *deadline = (*deadline).min(now + self.config.close_grace);
         }
     }
 

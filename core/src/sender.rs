@@ -475,6 +475,8 @@ impl Sender {
         self.phase = Phase::Failed;
         self.jobs.clear();
         self.io.clear();
+        self.transmit.clear();
+        self.frames_queued = 0;
         self.current = None;
         self.events.push_back(Event::Failed(e.clone()));
         self.error = Some(e);

@@ -1,0 +1,474 @@
+//! The command line, compatible with `p2p-copy` 0.1.x (`send`, `receive`,
+//! `run-relay-server` with the same arguments, options and defaults), plus options of our
+//! own for output, timeouts, a private CA and the relay's limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use p2p_copy_core::relay::RelayConfig;
+
+use crate::backend::{ClientConfig, CompressMode, RelayServerConfig, SendOptions};
+
+const AFTER_HELP: &str = "\
+A code of the form n=<N>=n<rest> (e.g. n=4=nMySecret) moves the files over N parallel
+connections; both sides must use the same code.
+
+Exit codes: 0 ok, 1 usage or invalid settings, 2 relay or connection problem,
+3 timeout (no peer: wrong code, mismatched --encrypt, other relay), 4 protocol violation
+by the peer, 5 integrity failure, 6 local I/O error, 130 interrupted (Ctrl-C).";
+
+/// p2p-copy — chunked file transfer over WebSocket relays (ws:// and wss://).
+#[derive(Debug, Parser)]
+#[command(name = "p2p-copy", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// How much to print.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send files and/or directories to the receiver that uses the same code.
+    ///
+    /// Directories are sent recursively (regular files only, sorted), under their own
+    /// name. With --resume, files the receiver already has are skipped and partial files
+    /// are completed.
+    #[command(after_help = "Examples:\n  \
+        p2p-copy send wss://relay.example.com:443 mycode /path/to/file.txt\n  \
+        p2p-copy send wss://relay.example.com:443 mycode /path/to/dir --compress on --resume\n  \
+        p2p-copy send ws://localhost:8765 mycode *.txt --encrypt")]
+    Send(SendArgs),
+    /// Receive files from the sender that uses the same code, into --out.
+    ///
+    /// Files are written as .<name>.p2p-copy-part and renamed into place once complete
+    /// and verified; an interrupted transfer leaves those partial files for the sender's
+    /// --resume.
+    #[command(after_help = "Examples:\n  \
+        p2p-copy receive wss://relay.example.com:443 mycode\n  \
+        p2p-copy receive ws://localhost:8765 mycode --out /tmp/downloads --encrypt")]
+    Receive(ReceiveArgs),
+    /// Run the relay that pairs a sender and a receiver by code and forwards their data.
+    ///
+    /// It stores nothing. TLS (wss://) is on unless --no-tls is given, and then needs
+    /// --certfile and --keyfile. Stops on Ctrl-C or SIGTERM.
+    #[command(after_help = "Examples:\n  \
+        p2p-copy run-relay-server localhost 8765 --no-tls\n  \
+        p2p-copy run-relay-server 0.0.0.0 443 --tls --certfile cert.pem --keyfile key.pem")]
+    RunRelayServer(RelayArgs),
+}
+
+/// Verbosity, accepted before or after the subcommand.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Print nothing but errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print every file and what the relay does.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// What `send` and `receive` share: where the relay is, the code, encryption, timeouts.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Relay URL, e.g. wss://relay.example:443 or ws://localhost:8765.
+    pub server: String,
+    /// Shared code; the other side must use exactly the same one.
+    pub code: String,
+    /// Encrypt end to end (AES-256-GCM, key derived from the code); both sides must agree.
+    #[arg(long, overrides_with = "no_encrypt")]
+    pub encrypt: bool,
+    /// Do not encrypt (the default).
+    #[arg(long = "no-encrypt", overrides_with = "encrypt")]
+    pub no_encrypt: bool,
+    /// Also trust this CA certificate (PEM) for wss://, e.g. for a self-hosted relay.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Give up when no peer pairs within this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
+    pub timeout: Duration,
+    /// Give up when the peer goes silent mid-transfer for this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+}
+
+impl ClientArgs {
+    /// The runtime's client configuration.
+    pub fn config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new(self.server.clone(), self.code.clone());
+        cfg.encrypt = self.encrypt;
+        cfg.ca_file = self.ca_file.clone();
+        cfg.pair_timeout = self.timeout;
+        cfg.idle_timeout = self.idle_timeout;
+        cfg
+    }
+}
+
+/// `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Relay, code, encryption and timeouts.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Files and/or directories to send.
+    #[arg(required = true, value_name = "FILES")]
+    pub files: Vec<PathBuf>,
+    /// Compress with zstd: auto decides per file from its first MiB.
+    #[arg(long, value_enum, default_value_t = Compress::Auto)]
+    pub compress: Compress,
+    /// Skip files the receiver already has and complete partial ones.
+    #[arg(long, overrides_with = "no_resume")]
+    pub resume: bool,
+    /// Send every file whole (the default).
+    #[arg(long = "no-resume", overrides_with = "resume")]
+    pub no_resume: bool,
+}
+
+impl SendArgs {
+    /// The runtime's send options.
+    pub fn options(&self) -> SendOptions {
+        SendOptions {
+            compress: match self.compress {
+                Compress::Auto => CompressMode::Auto,
+                Compress::On => CompressMode::On,
+                Compress::Off => CompressMode::Off,
+            },
+            resume: self.resume,
+        }
+    }
+}
+
+/// `--compress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    /// Compress a file when its first piece shrinks below 95 %.
+    Auto,
+    /// Compress every file.
+    On,
+    /// Compress nothing.
+    Off,
+}
+
+/// `receive`.
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Relay, code, encryption and timeouts.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+}
+
+/// `run-relay-server`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Host name or address to listen on.
+    pub server_host: String,
+    /// Port to listen on (0 picks a free one and prints it).
+    pub server_port: u16,
+    /// Serve wss:// (the default); needs --certfile and --keyfile.
+    #[arg(long, overrides_with = "no_tls")]
+    pub tls: bool,
+    /// Serve plain ws://, e.g. on 127.0.0.1 or behind a TLS-terminating proxy.
+    #[arg(long = "no-tls", overrides_with = "tls")]
+    pub no_tls: bool,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub certfile: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub keyfile: Option<PathBuf>,
+    /// Close a connection that does not say hello within this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub hello_timeout: Duration,
+    /// Close a client whose peer does not arrive within this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
+    pub wait_timeout: Duration,
+    /// Most connections at once.
+    #[arg(long, value_name = "N", default_value = "4096", value_parser = count)]
+    pub max_connections: usize,
+    /// Most connections at once from one client address.
+    #[arg(long, value_name = "N", default_value = "64", value_parser = count)]
+    pub max_per_address: usize,
+}
+
+/// Why the relay's settings cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TlsUsage(pub &'static str);
+
+impl RelayArgs {
+    /// The runtime's relay configuration.
+    ///
+    /// # Errors
+    /// TLS is on (the default) but the certificate or the key is missing.
+    pub fn config(&self) -> Result<RelayServerConfig, TlsUsage> {
+        let tls = match (self.no_tls, &self.certfile, &self.keyfile) {
+            (true, _, _) => None,
+            (false, Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (false, _, _) => {
+                return Err(TlsUsage(
+                    "TLS is on by default and needs --certfile and --keyfile; \
+                     add --no-tls to serve plain ws://",
+                ))
+            }
+        };
+        let relay = RelayConfig {
+            hello_timeout: self.hello_timeout,
+            wait_timeout: self.wait_timeout,
+            max_connections: self.max_connections,
+            max_per_address: self.max_per_address,
+            ..RelayConfig::default()
+        };
+        Ok(RelayServerConfig {
+            host: self.server_host.clone(),
+            port: self.server_port,
+            tls,
+            relay,
+        })
+    }
+}
+
+/// Seconds, whole or fractional, greater than zero.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 1e9) {
+        return Err(format!("`{s}` is not between 0 and 1e9 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A count of at least 1.
+fn count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number of at least 1")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("p2p-copy").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn parse_err(args: &[&str]) -> clap::Error {
+        Cli::try_parse_from(std::iter::once("p2p-copy").chain(args.iter().copied()))
+            .expect_err("must be refused")
+    }
+
+    #[test]
+    fn send_defaults_match_the_python_tool() {
+        let Command::Send(a) = parse(&["send", "ws://h:1", "c", "a", "b/"]).command else {
+            panic!("send")
+        };
+        assert_eq!(a.client.server, "ws://h:1");
+        assert_eq!(a.client.code, "c");
+        assert_eq!(a.files, [PathBuf::from("a"), PathBuf::from("b/")]);
+        let cfg = a.client.config();
+        assert!(!cfg.encrypt);
+        assert_eq!(cfg.pair_timeout, Duration::from_secs(300));
+        assert_eq!(
+            a.options(),
+            SendOptions {
+                compress: CompressMode::Auto,
+                resume: false
+            }
+        );
+    }
+
+    #[test]
+    fn send_accepts_every_python_option_spelling_anywhere() {
+        let Command::Send(a) = parse(&[
+            "send",
+            "--encrypt",
+            "ws://h:1",
+            "c",
+            "f",
+            "--compress=on",
+            "--resume",
+            "g",
+        ])
+        .command
+        else {
+            panic!("send")
+        };
+        assert!(a.client.config().encrypt);
+        assert_eq!(a.files, [PathBuf::from("f"), PathBuf::from("g")]);
+        assert_eq!(
+            a.options(),
+            SendOptions {
+                compress: CompressMode::On,
+                resume: true
+            }
+        );
+        let Command::Send(a) = parse(&[
+            "send",
+            "ws://h:1",
+            "c",
+            "f",
+            "--compress",
+            "off",
+            "--encrypt",
+            "--no-encrypt",
+            "--resume",
+            "--no-resume",
+        ])
+        .command
+        else {
+            panic!("send")
+        };
+        assert!(!a.client.config().encrypt);
+        assert_eq!(a.options().compress, CompressMode::Off);
+        assert!(!a.options().resume);
+    }
+
+    #[test]
+    fn send_needs_at_least_one_file_and_a_known_compress_mode() {
+        parse_err(&["send", "ws://h:1", "c"]);
+        parse_err(&["send", "ws://h:1", "c", "f", "--compress", "maybe"]);
+    }
+
+    #[test]
+    fn receive_defaults_and_options() {
+        let Command::Receive(a) = parse(&["receive", "ws://h:1", "c"]).command else {
+            panic!("receive")
+        };
+        assert_eq!(a.out, PathBuf::from("."));
+        assert!(!a.client.config().encrypt);
+        let cli = parse(&[
+            "-q",
+            "receive",
+            "wss://h:443",
+            "n=4=nc",
+            "--out",
+            "/tmp/x",
+            "--encrypt",
+            "--ca-file",
+            "ca.pem",
+            "--timeout",
+            "2.5",
+        ]);
+        assert!(cli.output.quiet);
+        let Command::Receive(a) = cli.command else {
+            panic!("receive")
+        };
+        let cfg = a.client.config();
+        assert_eq!(a.out, PathBuf::from("/tmp/x"));
+        assert_eq!(cfg.code, "n=4=nc");
+        assert!(cfg.encrypt);
+        assert_eq!(cfg.ca_file, Some(PathBuf::from("ca.pem")));
+        assert_eq!(cfg.pair_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_numbers() {
+        parse_err(&["receive", "ws://h:1", "c", "--timeout", "0"]);
+        parse_err(&["receive", "ws://h:1", "c", "--timeout", "-1"]);
+        parse_err(&["receive", "ws://h:1", "c", "--timeout", "soon"]);
+        parse_err(&["receive", "ws://h:1", "c", "--timeout", "NaN"]);
+    }
+
+    #[test]
+    fn quiet_and_verbose_exclude_each_other() {
+        parse_err(&["-q", "-v", "receive", "ws://h:1", "c"]);
+        assert!(
+            parse(&["receive", "ws://h:1", "c", "--verbose"])
+                .output
+                .verbose
+        );
+    }
+
+    #[test]
+    fn relay_defaults_are_the_core_defaults() {
+        let Command::RunRelayServer(a) =
+            parse(&["run-relay-server", "127.0.0.1", "0", "--no-tls"]).command
+        else {
+            panic!("relay")
+        };
+        let cfg = a.config().unwrap();
+        let d = RelayConfig::default();
+        assert_eq!(cfg.relay.hello_timeout, d.hello_timeout);
+        assert_eq!(cfg.relay.wait_timeout, d.wait_timeout);
+        assert_eq!(cfg.relay.max_connections, d.max_connections);
+        assert_eq!(cfg.relay.max_per_address, d.max_per_address);
+    }
+
+    #[test]
+    fn relay_needs_certificates_unless_no_tls() {
+        let Command::RunRelayServer(a) = parse(&["run-relay-server", "localhost", "8765"]).command
+        else {
+            panic!("relay")
+        };
+        assert!(a.config().is_err());
+
+        let Command::RunRelayServer(a) =
+            parse(&["run-relay-server", "127.0.0.1", "0", "--no-tls"]).command
+        else {
+            panic!("relay")
+        };
+        let cfg = a.config().unwrap();
+        assert_eq!(
+            (cfg.host.as_str(), cfg.port, cfg.tls),
+            ("127.0.0.1", 0, None)
+        );
+
+        let Command::RunRelayServer(a) = parse(&[
+            "run-relay-server",
+            "0.0.0.0",
+            "443",
+            "--no-tls",
+            "--tls",
+            "--certfile",
+            "c.pem",
+            "--keyfile",
+            "k.pem",
+            "--hello-timeout",
+            "1.5",
+            "--wait-timeout",
+            "60",
+            "--max-connections",
+            "10",
+            "--max-per-address",
+            "2",
+        ])
+        .command
+        else {
+            panic!("relay")
+        };
+        let cfg = a.config().unwrap();
+        assert_eq!(
+            cfg.tls,
+            Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
+        );
+        assert_eq!(cfg.relay.hello_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.relay.wait_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (cfg.relay.max_connections, cfg.relay.max_per_address),
+            (10, 2)
+        );
+    }
+
+    #[test]
+    fn relay_refuses_bad_ports_and_limits() {
+        parse_err(&["run-relay-server", "h", "65536", "--no-tls"]);
+        parse_err(&[
+            "run-relay-server",
+            "h",
+            "1",
+            "--no-tls",
+            "--max-connections",
+            "0",
+        ]);
+    }
+}

@@ -1,0 +1,31 @@
+//! The async runtime the command runs on, chosen by cargo feature: `smol` (the default)
+//! or `async-std`. Both crates expose the same functions; only `block_on` differs.
+
+use std::future::Future;
+
+#[cfg(not(any(feature = "smol", feature = "async-std")))]
+compile_error!("enable the `smol` or the `async-std` feature of p2p-copy");
+
+#[cfg(feature = "smol")]
+pub use p2p_copy_smol::{
+    receive, send, ClientConfig, CompressMode, RelayServer, RelayServerConfig, SendOptions,
+    SessionEvent, Summary, TransferError,
+};
+
+#[cfg(all(feature = "async-std", not(feature = "smol")))]
+pub use p2p_copy_async_std::{
+    receive, send, ClientConfig, CompressMode, RelayServer, RelayServerConfig, SendOptions,
+    SessionEvent, Summary, TransferError,
+};
+
+/// Run `fut` to completion on this thread.
+#[cfg(feature = "smol")]
+pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
+    smol::block_on(fut)
+}
+
+/// Run `fut` to completion on this thread.
+#[cfg(all(feature = "async-std", not(feature = "smol")))]
+pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
+    async_std::task::block_on(fut)
+}

@@ -1,0 +1,152 @@
+//! `p2p-copy`: send files and folders to another machine through a WebSocket relay,
+//! compatible with p2p-copy 0.1.x. This binary parses arguments, calls the runtime
+//! library, shows progress and turns errors into one-line messages and exit codes.
+
+mod args;
+mod backend;
+mod interrupt;
+mod progress;
+mod stderr_log;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::LevelFilter;
+use p2p_copy_core::path::escape;
+
+use crate::args::{Cli, Command, OutputArgs, ReceiveArgs, RelayArgs, SendArgs, TlsUsage};
+use crate::backend::{RelayServer, Summary, TransferError};
+use crate::interrupt::{Ended, Interrupts};
+use crate::progress::{Progress, Role, Style};
+
+/// Exit code for a bad command line or invalid settings.
+const EXIT_USAGE: u8 = 1;
+/// Exit code when the relay cannot be started or reached.
+const EXIT_RELAY: u8 = 2;
+/// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap's own code for usage errors is 2, which p2p-copy keeps for the relay.
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let out = cli.output;
+    stderr_log::init(if out.quiet {
+        LevelFilter::Error
+    } else if out.verbose {
+        LevelFilter::Debug
+    } else if matches!(cli.command, Command::RunRelayServer(_)) {
+        LevelFilter::Info
+    } else {
+        LevelFilter::Warn
+    });
+    ExitCode::from(match cli.command {
+        Command::Send(a) => send(a, out),
+        Command::Receive(a) => receive(a, out),
+        Command::RunRelayServer(a) => relay(a, out),
+    })
+}
+
+fn send(a: SendArgs, out: OutputArgs) -> u8 {
+    let interrupts = Interrupts::install();
+    let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
+    let transfer = backend::send(
+        a.client.config(),
+        a.files.clone(),
+        a.options(),
+        progress.callback(),
+    );
+    let ended = backend::block_on(interrupts.run(transfer));
+    finish(
+        &progress,
+        ended,
+        "interrupted; the receiver keeps what it got: run the same send with --resume to continue",
+    )
+}
+
+fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
+    let interrupts = Interrupts::install();
+    let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
+    let config = a.client.config();
+    let transfer = backend::receive(config, a.out.clone(), progress.callback());
+    let ended = backend::block_on(interrupts.run(transfer));
+    let interrupted = format!(
+        "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again and \
+         have the sender use --resume to continue",
+        shown(&a.out)
+    );
+    finish(&progress, ended, &interrupted)
+}
+
+/// Clear the progress display, print the summary or the error, and pick the exit code.
+fn finish(
+    progress: &Progress,
+    ended: Ended<Result<Summary, TransferError>>,
+    interrupted: &str,
+) -> u8 {
+    progress.finish();
+    match ended {
+        Ended::Done(Ok(summary)) => {
+            progress.summary(&summary);
+            0
+        }
+        Ended::Done(Err(e)) => {
+            eprintln!("error: {e}");
+            u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE)
+        }
+        Ended::Interrupted => {
+            eprintln!("{interrupted}");
+            EXIT_INTERRUPTED
+        }
+    }
+}
+
+fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
+    let config = match a.config() {
+        Ok(c) => c,
+        Err(TlsUsage(msg)) => {
+            eprintln!("error: {msg}");
+            return EXIT_USAGE;
+        }
+    };
+    let interrupts = Interrupts::install();
+    let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+    let place = format!("{}:{}", escape(&config.host), config.port);
+    backend::block_on(async {
+        let server = match RelayServer::bind(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot start the relay on {place}: {e}");
+                return EXIT_RELAY;
+            }
+        };
+        if !out.quiet {
+            // On stdout so scripts (and tests) can read the port chosen for port 0.
+            println!("relay listening on {scheme}://{}", server.local_addr());
+        }
+        match interrupts.run(server.run()).await {
+            Ended::Done(Ok(())) => 0,
+            Ended::Interrupted => {
+                if !out.quiet {
+                    eprintln!("relay stopped");
+                }
+                0
+            }
+            Ended::Done(Err(e)) => {
+                eprintln!("error: the relay stopped: {e}");
+                EXIT_RELAY
+            }
+        }
+    })
+}
+
+/// A local path as the user can read it, with terminal controls escaped.
+fn shown(p: &Path) -> String {
+    escape(&p.display().to_string())
+}

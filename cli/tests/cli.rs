@@ -1,0 +1,340 @@
+//! The `p2p-copy` binary as users run it: a relay, a sender and a receiver as separate
+//! processes on 127.0.0.1, checked by exit code, message and the received bytes.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use p2p_copy_tests::deadline::wait_for;
+use p2p_copy_tests::process::{start_cli_relay, ChildGuard, Finished};
+use p2p_copy_tests::scene::Scene;
+use p2p_copy_tests::tls::TestPki;
+use p2p_copy_tests::tree::{
+    assert_same_tree, partial_path, random_bytes, standard_tree, write_tree, FileSpec, MIB,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2p-copy");
+/// Longest any single command of these tests may take.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn p2p_copy(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    cmd
+}
+
+fn spawn(args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(&mut p2p_copy(args))
+}
+
+fn run(args: &[&str]) -> Finished {
+    spawn(args).wait(LIMIT)
+}
+
+fn plain_relay() -> (ChildGuard, String) {
+    start_cli_relay(Path::new(BIN), &["--no-tls"])
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// Run a receiver and a sender with these extra arguments each; both must exit 0.
+fn transfer(
+    url: &str,
+    code: &str,
+    s: &Scene,
+    send_extra: &[&str],
+    recv_extra: &[&str],
+) -> (Finished, Finished) {
+    let mut recv_args = vec!["receive", url, code, "--out", arg(&s.out)];
+    recv_args.extend_from_slice(recv_extra);
+    let receiver = spawn(&recv_args);
+    let mut send_args = vec!["send", url, code];
+    send_args.push(arg(&s.src));
+    send_args.extend_from_slice(send_extra);
+    let sender = run(&send_args);
+    let received = receiver.wait(LIMIT);
+    assert_eq!(sender.code(), 0, "sender: {sender:?}");
+    assert_eq!(received.code(), 0, "receiver: {received:?}");
+    (sender, received)
+}
+
+#[test]
+fn help_lists_the_commands_and_exits_0() {
+    let out = run(&["--help"]);
+    assert_eq!(out.code(), 0);
+    for cmd in ["send", "receive", "run-relay-server", "Exit codes"] {
+        assert!(
+            out.stdout.contains(cmd),
+            "--help lacks {cmd}: {}",
+            out.stdout
+        );
+    }
+    let out = run(&["send", "--help"]);
+    for opt in [
+        "--encrypt",
+        "--no-encrypt",
+        "--compress",
+        "--resume",
+        "--ca-file",
+        "--timeout",
+    ] {
+        assert!(out.stdout.contains(opt), "send --help lacks {opt}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_1() {
+    for args in [
+        &["send", "ws://127.0.0.1:1", "code"][..],
+        &[
+            "send",
+            "ws://127.0.0.1:1",
+            "code",
+            "f",
+            "--compress",
+            "maybe",
+        ],
+        &["receive", "ws://127.0.0.1:1"],
+        &["frobnicate"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.code(), 1, "{args:?}: {out:?}");
+        assert!(out.stderr.contains("error"), "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn relay_with_tls_but_no_certificate_exits_1_and_suggests_no_tls() {
+    let out = run(&["run-relay-server", "127.0.0.1", "0"]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("--no-tls"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+}
+
+#[test]
+fn tree_moves_through_the_cli_relay_with_plain_progress_lines() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &standard_tree());
+    let (sent, received) = transfer(&url, "cli-tree", &s, &[], &[]);
+    assert_same_tree(&s.src, &s.out.join("src"));
+    // stderr is a pipe here, so progress comes as plain lines.
+    assert!(
+        sent.stderr.contains("waiting for the receiver"),
+        "{}",
+        sent.stderr
+    );
+    assert!(
+        sent.stderr.contains("paired with the receiver"),
+        "{}",
+        sent.stderr
+    );
+    let n = standard_tree().len();
+    assert!(
+        sent.stderr.contains(&format!("sent {n} files")),
+        "{}",
+        sent.stderr
+    );
+    assert!(
+        received.stderr.contains(&format!("received {n} files")),
+        "{}",
+        received.stderr
+    );
+}
+
+#[test]
+fn quiet_prints_nothing_and_options_of_the_python_tool_work() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &standard_tree()[..6]);
+    let (sent, received) = transfer(
+        &url,
+        "cli-quiet",
+        &s,
+        &["-q", "--encrypt", "--compress", "on", "--resume"],
+        &["--quiet", "--encrypt"],
+    );
+    assert_same_tree(&s.src, &s.out.join("src"));
+    assert_eq!(sent.stderr, "");
+    assert_eq!(received.stderr, "");
+}
+
+#[test]
+fn verbose_names_every_file_escaped() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(
+        &s.src,
+        &[
+            FileSpec::random("evil\u{1b}[31m.txt", 10, 1),
+            FileSpec::random("ok.txt", 5, 2),
+        ],
+    );
+    let (_, received) = transfer(&url, "cli-verbose", &s, &[], &["--verbose"]);
+    assert_same_tree(&s.src, &s.out.join("src"));
+    assert!(
+        received.stderr.contains("src/evil\\u{1b}[31m.txt"),
+        "{}",
+        received.stderr
+    );
+    assert!(
+        received.stderr.contains("src/ok.txt"),
+        "{}",
+        received.stderr
+    );
+    assert!(!received.stderr.contains('\u{1b}'), "raw escape printed");
+}
+
+#[test]
+fn wss_relay_with_a_generated_certificate_and_ca_file() {
+    let s = Scene::new();
+    let pki = TestPki::generate(s.dir.path());
+    let (_relay, url) = start_cli_relay(
+        Path::new(BIN),
+        &[
+            "--certfile",
+            arg(&pki.cert_file),
+            "--keyfile",
+            arg(&pki.key_file),
+        ],
+    );
+    assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
+    write_tree(&s.src, &standard_tree()[..4]);
+    let ca = arg(&pki.ca_file);
+    transfer(&url, "cli-tls", &s, &["--ca-file", ca], &["--ca-file", ca]);
+    assert_same_tree(&s.src, &s.out.join("src"));
+}
+
+#[test]
+fn wrong_code_exits_3_and_says_why() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let out = arg(&s.out);
+    let receiver = spawn(&["receive", &url, "one code", "--out", out, "--timeout", "2"]);
+    let sender = run(&["send", &url, "another code", arg(&s.src), "--timeout", "2"]);
+    let receiver = receiver.wait(LIMIT);
+    for (who, r) in [("sender", &sender), ("receiver", &receiver)] {
+        assert_eq!(r.code(), 3, "{who}: {r:?}");
+        let last = r.stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: "), "{who}: {}", r.stderr);
+        assert!(
+            last.contains("code") && last.contains("--encrypt"),
+            "{who}: {last}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_relay_exits_2() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let url = format!("ws://127.0.0.1:{port}");
+    let out = run(&["send", &url, "code", arg(&s.src)]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("error: "), "{}", out.stderr);
+}
+
+#[test]
+fn missing_source_exits_6_naming_it() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    let missing = s.src.join("not-here");
+    let out = run(&["send", &url, "code", arg(&missing)]);
+    assert_eq!(out.code(), 6, "{out:?}");
+    assert!(out.stderr.contains("not-here"), "{}", out.stderr);
+}
+
+#[test]
+fn relay_stops_on_sigterm_with_exit_0() {
+    let (relay, _url) = plain_relay();
+    relay.signal("TERM");
+    let out = relay.wait(Duration::from_secs(10));
+    assert_eq!(out.code(), 0, "{out:?}");
+}
+
+/// A file big enough that a transfer over loopback is still running when the test
+/// interrupts it.
+const BIG: u64 = 160 * MIB + 3;
+
+/// Start a transfer of one big file, wait until the receiver's partial file holds at
+/// least 8 MiB, and return both processes.
+fn start_big_transfer(url: &str, code: &str, s: &Scene) -> (ChildGuard, ChildGuard) {
+    fs::write(s.src.join("big.bin"), random_bytes(BIG, 5)).unwrap();
+    let receiver = spawn(&["receive", url, code, "--out", arg(&s.out)]);
+    let sender = spawn(&["send", url, code, arg(&s.src.join("big.bin"))]);
+    let partial = partial_path(&s.out, "big.bin");
+    wait_for(Duration::from_secs(30), "partial file grows", || {
+        let len = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        (len >= 8 * MIB).then_some(())
+    });
+    (sender, receiver)
+}
+
+/// Resume the transfer and check the result is byte-identical and really resumed.
+fn resume_big_transfer(url: &str, code: &str, s: &Scene) {
+    let partial = partial_path(&s.out, "big.bin");
+    let kept = fs::metadata(&partial)
+        .unwrap_or_else(|e| panic!("partial file kept: {e}"))
+        .len();
+    assert!(kept > 0 && kept < BIG, "partial file holds {kept} bytes");
+    assert!(!s.out.join("big.bin").exists());
+
+    let receiver = spawn(&["receive", url, code, "--out", arg(&s.out), "--verbose"]);
+    let sender = run(&["send", url, code, arg(&s.src.join("big.bin")), "--resume"]);
+    let receiver = receiver.wait(LIMIT);
+    assert_eq!(sender.code(), 0, "{sender:?}");
+    assert_eq!(receiver.code(), 0, "{receiver:?}");
+    assert!(
+        receiver.stderr.contains("resuming at"),
+        "the receiver appends to its partial file: {}",
+        receiver.stderr
+    );
+    assert_same_tree(&s.src, &s.out);
+}
+
+#[test]
+fn killed_sender_then_resume_is_byte_identical() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    let (mut sender, receiver) = start_big_transfer(&url, "cli-kill", &s);
+    sender.kill();
+    let receiver = receiver.wait(LIMIT);
+    assert_ne!(
+        receiver.code(),
+        0,
+        "the receiver fails when the sender vanishes"
+    );
+    resume_big_transfer(&url, "cli-kill", &s);
+}
+
+#[test]
+fn ctrl_c_on_the_receiver_exits_130_and_keeps_the_partial_file() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    let (sender, receiver) = start_big_transfer(&url, "cli-int", &s);
+    receiver.signal("INT");
+    let receiver = receiver.wait(LIMIT);
+    assert_eq!(receiver.code(), 130, "{receiver:?}");
+    assert!(
+        receiver.stderr.contains("--resume"),
+        "says how to continue: {}",
+        receiver.stderr
+    );
+    let sender = sender.wait(LIMIT);
+    assert_ne!(
+        sender.code(),
+        0,
+        "the sender fails when the receiver vanishes"
+    );
+    resume_big_transfer(&url, "cli-int", &s);
+}

@@ -1,0 +1,11 @@
+//! Whole-session property tests on the in-memory [`sim`](crate::sim) and transcripts of
+//! each state machine fed by hand.
+
+mod fixtures;
+mod order;
+mod resume;
+mod roundtrip;
+mod tamper;
+mod transcripts_receiver;
+mod transcripts_relay;
+mod transcripts_sender;

@@ -1,0 +1,465 @@
+//! The relay fed connection events by hand: every pairing rule, with the exact outputs
+//! (close codes and the reference relay's reasons).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::relay::{
+    ConnId, Relay, RelayConfig, RelayEvent, RelayOutput, CLOSE_NORMAL, CLOSE_POLICY,
+    CLOSE_PROTOCOL, CLOSE_TRY_AGAIN,
+};
+use crate::wire::{Control, Role};
+use crate::WireMessage;
+
+const HASH: &str = "ab12";
+
+fn addr(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn hello(hash: &str, role: Role) -> WireMessage {
+    Control::Hello {
+        code_hash_hex: hash.into(),
+        role,
+    }
+    .into()
+}
+
+fn outputs(r: &mut Relay) -> Vec<RelayOutput> {
+    std::iter::from_fn(|| r.poll_output()).collect()
+}
+
+fn events(r: &mut Relay) -> Vec<RelayEvent> {
+    std::iter::from_fn(|| r.poll_event()).collect()
+}
+
+fn close(conn: u64, code: u16, reason: &'static str) -> RelayOutput {
+    RelayOutput::Close {
+        conn: ConnId(conn),
+        code,
+        reason,
+    }
+}
+
+fn connected(n: u64, now: Instant) -> Relay {
+    let mut r = Relay::new(RelayConfig::default());
+    for i in 1..=n {
+        assert!(r.handle_connect(now, ConnId(i), addr(1)));
+    }
+    assert!(outputs(&mut r).is_empty());
+    r
+}
+
+fn refused_hello(msg: WireMessage, reason: &'static str) {
+    let now = Instant::now();
+    let mut r = connected(1, now);
+    r.handle_message(now, ConnId(1), msg);
+    assert_eq!(outputs(&mut r), vec![close(1, CLOSE_PROTOCOL, reason)]);
+    assert_eq!(
+        events(&mut r),
+        vec![RelayEvent::Refused {
+            conn: ConnId(1),
+            reason
+        }]
+    );
+    assert_eq!(r.waiting_count(), 0);
+    // Closed connections say nothing more to the relay.
+    r.handle_message(now, ConnId(1), hello(HASH, Role::Sender));
+    assert!(outputs(&mut r).is_empty());
+}
+
+#[test]
+fn binary_hello_is_closed_with_1002() {
+    refused_hello(
+        WireMessage::Binary(Bytes::from_static(b"{\"type\":\"hello\"}")),
+        "First frame must be hello text",
+    );
+}
+
+#[test]
+fn hello_that_is_not_json_is_closed_with_1002() {
+    for bad in ["hello", "{", "", "{\"type\":\"hello\",}"] {
+        refused_hello(WireMessage::Text(bad.into()), "Bad hello json");
+    }
+}
+
+#[test]
+fn hello_of_another_type_is_closed_with_1002() {
+    for bad in [
+        r#"{"type":"manifest","code_hash_hex":"ab","role":"sender"}"#,
+        r#"{"code_hash_hex":"ab","role":"sender"}"#,
+        r#"{"type":"HELLO","code_hash_hex":"ab","role":"sender"}"#,
+        r#"{"type":1}"#,
+        "[1,2]",
+        "\"hello\"",
+        "null",
+    ] {
+        refused_hello(WireMessage::Text(bad.into()), "First frame must be hello");
+    }
+}
+
+#[test]
+fn hello_without_hash_or_with_a_bad_role_is_closed_with_1002() {
+    for bad in [
+        r#"{"type":"hello","role":"sender"}"#,
+        r#"{"type":"hello","code_hash_hex":"","role":"sender"}"#,
+        r#"{"type":"hello","code_hash_hex":null,"role":"receiver"}"#,
+        r#"{"type":"hello","code_hash_hex":"ab"}"#,
+        r#"{"type":"hello","code_hash_hex":"ab","role":"relay"}"#,
+        r#"{"type":"hello","code_hash_hex":"ab","role":"Sender"}"#,
+        r#"{"type":"hello","code_hash_hex":"ab","role":null}"#,
+    ] {
+        refused_hello(WireMessage::Text(bad.into()), "Bad hello");
+    }
+}
+
+#[test]
+fn hello_with_extra_keys_and_spaces_is_accepted() {
+    let now = Instant::now();
+    let mut r = connected(1, now);
+    let m = r#" { "role" : "sender", "x": [1], "code_hash_hex": "ab12", "type": "hello" } "#;
+    r.handle_message(now, ConnId(1), WireMessage::Text(m.into()));
+    assert!(outputs(&mut r).is_empty());
+    assert_eq!(r.waiting_count(), 1);
+}
+
+#[test]
+fn the_first_client_of_a_code_waits_silently() {
+    for role in [Role::Sender, Role::Receiver] {
+        let now = Instant::now();
+        let mut r = connected(1, now);
+        r.handle_message(now, ConnId(1), hello(HASH, role));
+        assert!(outputs(&mut r).is_empty());
+        assert!(events(&mut r).is_empty());
+        assert_eq!(r.waiting_count(), 1);
+        assert_eq!(
+            r.poll_timeout(),
+            Some(now + RelayConfig::default().wait_timeout)
+        );
+    }
+}
+
+#[test]
+fn pairing_sends_ready_to_the_sender_only_then_paired() {
+    for sender_first in [true, false] {
+        let now = Instant::now();
+        let mut r = connected(2, now);
+        let (first, second) = if sender_first {
+            ((1, Role::Sender), (2, Role::Receiver))
+        } else {
+            ((2, Role::Receiver), (1, Role::Sender))
+        };
+        r.handle_message(now, ConnId(first.0), hello(HASH, first.1));
+        r.handle_message(now, ConnId(second.0), hello(HASH, second.1));
+        assert_eq!(
+            outputs(&mut r),
+            vec![
+                RelayOutput::Send {
+                    conn: ConnId(1),
+                    msg: WireMessage::Text(r#"{"type":"ready"}"#.into()),
+                },
+                RelayOutput::Paired {
+                    sender: ConnId(1),
+                    receiver: ConnId(2),
+                },
+            ]
+        );
+        assert_eq!(
+            events(&mut r),
+            vec![RelayEvent::Paired {
+                sender: ConnId(1),
+                receiver: ConnId(2)
+            }]
+        );
+        assert_eq!(r.waiting_count(), 0);
+        assert_eq!(
+            r.poll_timeout(),
+            None,
+            "paired connections have no deadline"
+        );
+    }
+}
+
+#[test]
+fn different_codes_do_not_pair() {
+    let now = Instant::now();
+    let mut r = connected(2, now);
+    r.handle_message(now, ConnId(1), hello("aa", Role::Sender));
+    r.handle_message(now, ConnId(2), hello("bb", Role::Receiver));
+    assert!(outputs(&mut r).is_empty());
+    assert_eq!(r.waiting_count(), 2);
+}
+
+#[test]
+fn messages_of_paired_connections_are_left_to_the_runtime() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    r.handle_message(
+        now,
+        ConnId(1),
+        WireMessage::Binary(Bytes::from_static(b"x")),
+    );
+    r.handle_message(now, ConnId(2), WireMessage::Text("anything".into()));
+    assert!(outputs(&mut r).is_empty());
+}
+
+#[test]
+fn a_duplicate_role_closes_both_with_1013() {
+    for role in [Role::Sender, Role::Receiver] {
+        let now = Instant::now();
+        let mut r = connected(3, now);
+        r.handle_message(now, ConnId(1), hello(HASH, role));
+        r.handle_message(now, ConnId(2), hello(HASH, role));
+        assert_eq!(
+            outputs(&mut r),
+            vec![
+                close(1, CLOSE_TRY_AGAIN, "Duplicate role for code"),
+                close(2, CLOSE_TRY_AGAIN, "Duplicate role for code"),
+            ]
+        );
+        assert_eq!(r.waiting_count(), 0);
+        // The code is free again: a third client waits instead of pairing with a closed one.
+        r.handle_message(now, ConnId(3), hello(HASH, role.other()));
+        assert!(outputs(&mut r).is_empty());
+        assert_eq!(r.waiting_count(), 1);
+    }
+}
+
+fn paired(now: Instant) -> Relay {
+    let mut r = connected(2, now);
+    r.handle_message(now, ConnId(1), hello(HASH, Role::Sender));
+    r.handle_message(now, ConnId(2), hello(HASH, Role::Receiver));
+    outputs(&mut r);
+    events(&mut r);
+    r
+}
+
+#[test]
+fn a_departing_side_closes_its_partner_then_aborts_it_after_the_grace() {
+    for (gone, partner) in [(1u64, 2u64), (2, 1)] {
+        let now = Instant::now();
+        let mut r = paired(now);
+        let later = now + Duration::from_secs(7);
+        r.handle_disconnect(later, ConnId(gone));
+        assert_eq!(
+            outputs(&mut r),
+            vec![close(partner, CLOSE_NORMAL, "peer closed")]
+        );
+        assert_eq!(
+            events(&mut r),
+            vec![RelayEvent::PairEnded {
+                sender: ConnId(1),
+                receiver: ConnId(2),
+                lasted: Duration::from_secs(7),
+            }]
+        );
+        let grace = RelayConfig::default().close_grace;
+        assert_eq!(r.poll_timeout(), Some(later + grace));
+        r.handle_timeout(later + grace - Duration::from_millis(1));
+        assert!(outputs(&mut r).is_empty(), "nothing before the grace ends");
+        r.handle_timeout(later + grace);
+        assert_eq!(
+            outputs(&mut r),
+            vec![RelayOutput::Abort {
+                conn: ConnId(partner)
+            }]
+        );
+        assert_eq!(r.connection_count(), 0);
+        assert_eq!(r.poll_timeout(), None);
+    }
+}
+
+#[test]
+fn a_partner_that_leaves_within_the_grace_is_not_aborted() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    r.handle_disconnect(now, ConnId(1));
+    outputs(&mut r);
+    r.handle_disconnect(now, ConnId(2));
+    assert!(outputs(&mut r).is_empty());
+    r.handle_timeout(now + Duration::from_secs(60));
+    assert!(outputs(&mut r).is_empty());
+    assert_eq!(r.connection_count(), 0);
+}
+
+#[test]
+fn no_hello_in_time_is_closed_with_1008_then_aborted() {
+    let now = Instant::now();
+    let mut r = connected(1, now);
+    let hello_timeout = RelayConfig::default().hello_timeout;
+    assert_eq!(r.poll_timeout(), Some(now + hello_timeout));
+    r.handle_timeout(now + hello_timeout - Duration::from_millis(1));
+    assert!(outputs(&mut r).is_empty());
+    r.handle_timeout(now + hello_timeout);
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(1, CLOSE_POLICY, "no hello in time")]
+    );
+    let grace = RelayConfig::default().close_grace;
+    r.handle_timeout(now + hello_timeout + grace);
+    assert_eq!(
+        outputs(&mut r),
+        vec![RelayOutput::Abort { conn: ConnId(1) }]
+    );
+    assert_eq!(r.connection_count(), 0);
+}
+
+#[test]
+fn no_peer_in_time_is_closed_with_1008_and_frees_the_code() {
+    let now = Instant::now();
+    let mut r = connected(1, now);
+    r.handle_message(now, ConnId(1), hello(HASH, Role::Sender));
+    let wait = RelayConfig::default().wait_timeout;
+    r.handle_timeout(now + wait - Duration::from_millis(1));
+    assert!(outputs(&mut r).is_empty());
+    r.handle_timeout(now + wait);
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(1, CLOSE_POLICY, "no peer joined in time")]
+    );
+    assert_eq!(r.waiting_count(), 0);
+    // A receiver arriving now waits rather than pairing with the closed sender.
+    assert!(r.handle_connect(now + wait, ConnId(2), addr(1)));
+    r.handle_message(now + wait, ConnId(2), hello(HASH, Role::Receiver));
+    assert!(outputs(&mut r).is_empty());
+    assert_eq!(r.waiting_count(), 1);
+}
+
+#[test]
+fn a_message_from_a_waiting_client_is_closed_with_1002() {
+    let now = Instant::now();
+    let mut r = connected(1, now);
+    r.handle_message(now, ConnId(1), hello(HASH, Role::Receiver));
+    r.handle_message(now, ConnId(1), WireMessage::Text("{}".into()));
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(1, CLOSE_PROTOCOL, "message before a peer joined")]
+    );
+    assert_eq!(r.waiting_count(), 0);
+}
+
+#[test]
+fn a_waiting_client_that_leaves_frees_the_code() {
+    let now = Instant::now();
+    let mut r = connected(3, now);
+    r.handle_message(now, ConnId(1), hello(HASH, Role::Sender));
+    r.handle_disconnect(now, ConnId(1));
+    assert_eq!(r.waiting_count(), 0);
+    r.handle_message(now, ConnId(2), hello(HASH, Role::Sender));
+    assert!(outputs(&mut r).is_empty(), "no duplicate-role close");
+    r.handle_message(now, ConnId(3), hello(HASH, Role::Receiver));
+    assert!(matches!(
+        outputs(&mut r).as_slice(),
+        [
+            RelayOutput::Send {
+                conn: ConnId(2),
+                ..
+            },
+            RelayOutput::Paired { .. }
+        ]
+    ));
+}
+
+#[test]
+fn connections_over_the_per_address_limit_are_refused_with_1013() {
+    let now = Instant::now();
+    let mut r = Relay::new(RelayConfig {
+        max_per_address: 2,
+        ..RelayConfig::default()
+    });
+    assert!(r.handle_connect(now, ConnId(1), addr(1)));
+    assert!(r.handle_connect(now, ConnId(2), addr(1)));
+    assert!(!r.handle_connect(now, ConnId(3), addr(1)));
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(
+            3,
+            CLOSE_TRY_AGAIN,
+            "too many connections from this address"
+        )]
+    );
+    assert!(
+        r.handle_connect(now, ConnId(4), addr(2)),
+        "another address is fine"
+    );
+    assert_eq!(r.connection_count(), 3);
+    r.handle_disconnect(now, ConnId(1));
+    assert!(
+        r.handle_connect(now, ConnId(5), addr(1)),
+        "room again after a disconnect"
+    );
+    assert!(outputs(&mut r).is_empty());
+}
+
+#[test]
+fn connections_over_the_total_limit_are_refused_with_1013() {
+    let now = Instant::now();
+    let mut r = Relay::new(RelayConfig {
+        max_connections: 3,
+        ..RelayConfig::default()
+    });
+    for i in 1..=3 {
+        assert!(r.handle_connect(now, ConnId(i), addr(i as u8)));
+    }
+    assert!(!r.handle_connect(now, ConnId(4), addr(9)));
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(
+            4,
+            CLOSE_TRY_AGAIN,
+            "relay is at its connection limit"
+        )]
+    );
+    assert_eq!(r.connection_count(), 3);
+    // A refused connection is not tracked: its disconnect changes nothing.
+    r.handle_disconnect(now, ConnId(4));
+    assert_eq!(r.connection_count(), 3);
+    r.handle_disconnect(now, ConnId(2));
+    assert!(r.handle_connect(now, ConnId(5), addr(9)));
+}
+
+#[test]
+fn refused_and_timed_out_connections_release_their_address_slot() {
+    let now = Instant::now();
+    let mut r = Relay::new(RelayConfig {
+        max_per_address: 1,
+        ..RelayConfig::default()
+    });
+    assert!(r.handle_connect(now, ConnId(1), addr(1)));
+    r.handle_message(now, ConnId(1), WireMessage::Text("bad".into()));
+    outputs(&mut r);
+    let grace = RelayConfig::default().close_grace;
+    r.handle_timeout(now + grace);
+    assert_eq!(
+        outputs(&mut r),
+        vec![RelayOutput::Abort { conn: ConnId(1) }]
+    );
+    assert!(r.handle_connect(now + grace, ConnId(2), addr(1)));
+}
+
+#[test]
+fn thousands_of_idle_connections_are_all_closed_by_the_hello_timeout() {
+    let now = Instant::now();
+    let mut r = Relay::new(RelayConfig::default());
+    for i in 0..2000u64 {
+        assert!(r.handle_connect(now, ConnId(i), addr((i % 200) as u8 + 1)));
+    }
+    r.handle_timeout(now + RelayConfig::default().hello_timeout);
+    let closes = outputs(&mut r)
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o,
+                RelayOutput::Close {
+                    code: CLOSE_POLICY,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(closes, 2000);
+    r.handle_timeout(now + Duration::from_secs(60));
+    assert_eq!(r.connection_count(), 0);
+}

@@ -1,0 +1,643 @@
+//! The sender fed by hand: what it sends and when, its deadlines, and how it treats
+//! messages it does not expect.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::fixtures::{cipher, encrypted, plain, text, MIB};
+use crate::chain::resume_chain;
+use crate::crypto::NonceChain;
+use crate::sender::{CompressMode, IoCompletion, IoRequest, SendFile, Sender, SenderConfig};
+use crate::sim::SenderFs;
+use crate::wire::{self, Control, DataMessage, FileHeader, ResumeEntry};
+use crate::{Error, Event, Secrets, WireMessage};
+
+const SEED: [u8; 32] = [3; 32];
+
+struct Rig {
+    s: Sender,
+    fs: SenderFs,
+    now: Instant,
+    reads: Vec<IoRequest>,
+    events: Vec<Event>,
+}
+
+impl Rig {
+    fn new(config: SenderConfig, secrets: &Secrets, files: &[(&str, Bytes)]) -> Rig {
+        let now = Instant::now();
+        let list = files
+            .iter()
+            .map(|(p, d)| SendFile {
+                path: (*p).to_owned(),
+                size: d.len() as u64,
+            })
+            .collect();
+        Rig {
+            s: Sender::new(now, config, secrets, list, SEED).expect("valid files"),
+            fs: SenderFs::new(files.iter().map(|(_, d)| d.clone()).collect()),
+            now,
+            reads: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn plain(files: &[(&str, Bytes)]) -> Rig {
+        Rig::new(SenderConfig::default(), &plain(), files)
+    }
+
+    fn resuming(secrets: &Secrets, files: &[(&str, Bytes)]) -> Rig {
+        let config = SenderConfig {
+            resume: true,
+            ..SenderConfig::default()
+        };
+        Rig::new(config, secrets, files)
+    }
+
+    /// Run every read and job the sender asks for, without taking messages.
+    fn work(&mut self) {
+        loop {
+            let mut any = false;
+            while let Some(r) = self.s.poll_io() {
+                any = true;
+                self.reads.push(r.clone());
+                if let Some(done) = self.fs.execute(&r) {
+                    let _ = self.s.handle_io(self.now, done);
+                }
+            }
+            while let Some(j) = self.s.poll_job() {
+                any = true;
+                let _ = self.s.handle_job(self.now, j.run());
+            }
+            while let Some(e) = self.s.poll_event() {
+                self.events.push(e);
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// Run everything and take every message.
+    fn drain(&mut self) -> Vec<WireMessage> {
+        let mut out = Vec::new();
+        loop {
+            self.work();
+            match self.s.poll_transmit() {
+                Some(m) => out.push(m),
+                None => return out,
+            }
+        }
+    }
+
+    fn feed(&mut self, m: WireMessage) -> Result<(), Error> {
+        let r = self.s.handle_message(self.now, m);
+        self.work();
+        r
+    }
+
+    fn hello(&mut self) {
+        let m = self.s.poll_transmit().expect("hello");
+        assert!(matches!(&m, WireMessage::Text(t) if t.contains("\"type\":\"hello\"")));
+    }
+
+    fn failed(&mut self, kind: &str, needle: &str) {
+        let err = self.s.error().cloned().expect("the sender failed");
+        assert_eq!(err.kind(), kind, "{err}");
+        assert!(err.to_string().contains(needle), "{err} lacks {needle:?}");
+        assert!(self.s.is_finished());
+        assert_eq!(self.s.poll_io(), None);
+        assert!(self.s.poll_job().is_none());
+        assert_eq!(self.s.poll_timeout(), None);
+        assert!(self.events.contains(&Event::Failed(err.clone())));
+        assert_eq!(self.feed(text(r#"{"type":"ready"}"#)), Err(err));
+    }
+}
+
+fn ready() -> WireMessage {
+    Control::Ready.into()
+}
+
+fn bytes(n: usize) -> Bytes {
+    Bytes::from((0..n).map(|i| (i * 7 % 256) as u8).collect::<Vec<u8>>())
+}
+
+#[test]
+fn hello_is_the_only_message_before_ready() {
+    for secrets in [plain(), encrypted()] {
+        let mut r = Rig::new(SenderConfig::default(), &secrets, &[("a", bytes(5))]);
+        let want = format!(
+            r#"{{"type":"hello","code_hash_hex":"{}","role":"sender"}}"#,
+            wire::hex(&secrets.code_hash)
+        );
+        assert_eq!(r.drain(), vec![WireMessage::Text(want)]);
+        assert!(r.reads.is_empty(), "nothing is read before ready");
+        assert!(r.events.is_empty());
+        assert!(!r.s.is_finished());
+    }
+}
+
+#[test]
+fn the_plain_manifest_follows_ready() {
+    let mut r = Rig::plain(&[("dir/a", bytes(5)), ("b", bytes(0))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    assert_eq!(
+        r.events[..2],
+        [Event::Paired, Event::Manifest { files: 2, bytes: 5 }]
+    );
+    let msgs = r.drain();
+    assert_eq!(
+        msgs[0],
+        text(
+            r#"{"type":"manifest","resume":false,"entries":[{"path":"dir/a","size":5},{"path":"b","size":0}]}"#
+        )
+    );
+    assert_eq!(
+        msgs[1],
+        text(r#"{"type":"file","path":"dir/a","size":5,"compression":"none","append_from":0}"#)
+    );
+    assert_eq!(msgs.last(), Some(&text(r#"{"type":"eof"}"#)));
+    assert!(r.s.is_finished() && r.s.error().is_none());
+}
+
+#[test]
+fn the_encrypted_manifest_follows_ready_under_the_first_nonce() {
+    let files = [("a", bytes(5))];
+    let mut r = Rig::new(SenderConfig::default(), &encrypted(), &files);
+    r.hello();
+    r.feed(ready()).unwrap();
+    let msgs = r.drain();
+    let WireMessage::Text(t) = &msgs[0] else {
+        panic!("text expected")
+    };
+    let Control::EncManifest {
+        nonce,
+        hidden_manifest,
+    } = Control::parse(t).unwrap()
+    else {
+        panic!("enc_manifest expected, got {t}")
+    };
+    assert_eq!(nonce, wire::hex(&SEED));
+    let mut nonces = NonceChain::new(&SEED);
+    let plain = cipher()
+        .open(&nonces.next(), &wire::unhex(&hidden_manifest).unwrap())
+        .expect("decrypts with the first nonce");
+    assert_eq!(
+        String::from_utf8(plain).unwrap(),
+        r#"{"type":"manifest","resume":false,"entries":[{"path":"a","size":5}]}"#
+    );
+    let WireMessage::Text(f) = &msgs[1] else {
+        panic!("text expected")
+    };
+    assert!(matches!(
+        Control::parse(f).unwrap(),
+        Control::EncFile { .. }
+    ));
+    assert!(t.starts_with(r#"{"type":"enc_manifest","nonce":""#), "{t}");
+}
+
+#[test]
+fn no_ready_in_time_is_a_timeout() {
+    let mut r = Rig::plain(&[("a", bytes(5))]);
+    r.hello();
+    let deadline = r.now + Duration::from_secs(300);
+    assert_eq!(r.s.poll_timeout(), Some(deadline));
+    r.s.handle_timeout(deadline - Duration::from_millis(1))
+        .unwrap();
+    assert!(r.s.handle_timeout(deadline).is_err());
+    r.work();
+    r.failed("timeout", "no receiver joined within 300 s");
+    assert!(r.s.error().unwrap().to_string().contains("--encrypt"));
+    assert!(r.reads.is_empty());
+}
+
+#[test]
+fn no_resume_answer_in_time_is_a_timeout() {
+    for secrets in [plain(), encrypted()] {
+        let mut r = Rig::resuming(&secrets, &[("a", bytes(5))]);
+        r.hello();
+        r.now += Duration::from_secs(10);
+        r.feed(ready()).unwrap();
+        assert_eq!(r.drain().len(), 1, "only the manifest before the answer");
+        assert!(r.reads.is_empty(), "nothing is read before the answer");
+        let deadline = r.now + Duration::from_secs(30);
+        assert_eq!(r.s.poll_timeout(), Some(deadline));
+        r.s.handle_timeout(deadline - Duration::from_millis(1))
+            .unwrap();
+        let _ = r.s.handle_timeout(deadline);
+        r.work();
+        r.failed("timeout", "did not answer the resume request within 30 s");
+    }
+}
+
+#[test]
+fn messages_before_ready_are_refused() {
+    let bad = [
+        text(r#"{"type":"manifest","resume":false,"entries":[]}"#),
+        text(r#"{"type":"receiver_manifest","entries":[]}"#),
+        text(r#"{"type":"file_eof"}"#),
+        text(r#"{"type":"eof"}"#),
+        text("not json"),
+        text("[1]"),
+        text(r#"{"type":"whatever"}"#),
+        WireMessage::Binary(DataMessage::encode(0, &[0; 32], b"")),
+    ];
+    for m in bad {
+        let mut r = Rig::plain(&[("a", bytes(5))]);
+        r.hello();
+        let _ = r.feed(m.clone());
+        r.failed("peer", "");
+        assert!(r.reads.is_empty(), "{m:?}");
+    }
+}
+
+#[test]
+fn messages_while_waiting_for_the_answer_other_than_the_answer_are_refused() {
+    let mut r = Rig::resuming(&plain(), &[("a", bytes(5))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    let _ = r.feed(ready());
+    r.failed("peer", "unexpected ready message");
+
+    let mut r = Rig::resuming(&plain(), &[("a", bytes(5))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    let _ = r.feed(
+        Control::EncReceiverManifest {
+            hidden_manifest: "00".into(),
+        }
+        .into(),
+    );
+    r.failed("peer", "unexpected enc_receiver_manifest");
+
+    let mut r = Rig::resuming(&encrypted(), &[("a", bytes(5))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    let _ = r.feed(Control::ReceiverManifest { entries: vec![] }.into());
+    r.failed("peer", "unexpected receiver_manifest");
+}
+
+#[test]
+fn messages_while_sending_are_refused() {
+    for m in [
+        ready(),
+        Control::ReceiverManifest { entries: vec![] }.into(),
+        WireMessage::Binary(Bytes::from_static(b"x")),
+    ] {
+        // Larger than the window, so the sender is still sending.
+        let mut r = Rig::plain(&[("a", bytes(10 * MIB))]);
+        r.hello();
+        r.feed(ready()).unwrap();
+        assert!(!r.s.is_finished());
+        let _ = r.feed(m);
+        r.failed("peer", "");
+    }
+}
+
+fn answer(entries: Vec<ResumeEntry>) -> WireMessage {
+    Control::ReceiverManifest { entries }.into()
+}
+
+fn headers(msgs: &[WireMessage]) -> Vec<FileHeader> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            WireMessage::Text(t) => match Control::parse(t).ok()? {
+                Control::File(h) => Some(h),
+                _ => None,
+            },
+            WireMessage::Binary(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn resume_entries_for_paths_never_offered_are_ignored() {
+    let data = bytes(10);
+    let mut r = Rig::resuming(&plain(), &[("a", data.clone())]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    r.drain();
+    r.feed(answer(vec![
+        ResumeEntry {
+            path: "other".into(),
+            size: 5,
+            chain_hex: wire::hex(&resume_chain(&data[..5]).unwrap()),
+        },
+        ResumeEntry {
+            path: "../a".into(),
+            size: 5,
+            chain_hex: wire::hex(&resume_chain(&data[..5]).unwrap()),
+        },
+    ]))
+    .unwrap();
+    let msgs = r.drain();
+    assert_eq!(headers(&msgs)[0].append_from, 0);
+    assert_eq!(
+        r.reads[0],
+        IoRequest::Read {
+            file: 0,
+            offset: 0,
+            len: 10
+        }
+    );
+    assert!(r.s.error().is_none() && r.s.is_finished());
+}
+
+#[test]
+fn a_resume_answer_with_a_malformed_chain_is_refused() {
+    for chain_hex in ["zz".repeat(32), "00".repeat(31), String::new()] {
+        let mut r = Rig::resuming(&plain(), &[("a", bytes(10))]);
+        r.hello();
+        r.feed(ready()).unwrap();
+        let _ = r.feed(answer(vec![ResumeEntry {
+            path: "a".into(),
+            size: 5,
+            chain_hex,
+        }]));
+        r.failed("peer", "malformed chain_hex");
+        assert!(r.reads.is_empty());
+    }
+}
+
+#[test]
+fn an_encrypted_resume_answer_that_does_not_decrypt_is_refused() {
+    let mut r = Rig::resuming(&encrypted(), &[("a", bytes(10))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    // Sealed under the first nonce instead of the second: a replayed or forged answer.
+    let mut nonces = NonceChain::new(&SEED);
+    let sealed = cipher().seal(
+        &nonces.next(),
+        Control::ReceiverManifest { entries: vec![] }
+            .to_json()
+            .as_bytes(),
+    );
+    let _ = r.feed(
+        Control::EncReceiverManifest {
+            hidden_manifest: wire::hex(&sealed),
+        }
+        .into(),
+    );
+    r.failed("integrity", "does not decrypt");
+}
+
+#[test]
+fn an_encrypted_resume_answer_under_the_second_nonce_is_used() {
+    let data = bytes(3000);
+    let mut r = Rig::resuming(&encrypted(), &[("a", data.clone())]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    r.drain();
+    let mut nonces = NonceChain::new(&SEED);
+    nonces.next();
+    let entries = vec![ResumeEntry {
+        path: "a".into(),
+        size: 1000,
+        chain_hex: wire::hex(&resume_chain(&data[..1000]).unwrap()),
+    }];
+    let sealed = cipher().seal(
+        &nonces.next(),
+        Control::ReceiverManifest { entries }.to_json().as_bytes(),
+    );
+    r.feed(
+        Control::EncReceiverManifest {
+            hidden_manifest: wire::hex(&sealed),
+        }
+        .into(),
+    )
+    .unwrap();
+    let msgs = r.drain();
+    let WireMessage::Text(t) = &msgs[0] else {
+        panic!("text expected")
+    };
+    let Control::EncFile { hidden_file } = Control::parse(t).unwrap() else {
+        panic!("enc_file expected")
+    };
+    let header = cipher()
+        .open(&nonces.next(), &wire::unhex(&hidden_file).unwrap())
+        .expect("the file header takes the third nonce");
+    let header = String::from_utf8(header).unwrap();
+    assert!(header.contains(r#""append_from":1000"#), "{header}");
+}
+
+#[test]
+fn a_resume_answer_beyond_the_file_or_not_matching_sends_it_whole() {
+    let data = bytes(100);
+    for (size, chain) in [
+        (
+            101u64,
+            resume_chain(&[data.as_ref(), b"x"].concat()).unwrap(),
+        ),
+        (50, [0u8; 32]),
+        (0, Sha256::digest(b"").into()),
+    ] {
+        let mut r = Rig::resuming(&plain(), &[("a", data.clone())]);
+        r.hello();
+        r.feed(ready()).unwrap();
+        r.drain();
+        r.feed(answer(vec![ResumeEntry {
+            path: "a".into(),
+            size,
+            chain_hex: wire::hex(&chain),
+        }]))
+        .unwrap();
+        let msgs = r.drain();
+        assert_eq!(headers(&msgs)[0].append_from, 0, "answer of {size} bytes");
+        for read in &r.reads {
+            if let IoRequest::Read { offset, len, .. } = read {
+                assert!(offset + *len as u64 <= 100, "read past the end: {read:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_whole_copy_at_the_receiver_is_skipped() {
+    let data = bytes(MIB + 1);
+    let mut r = Rig::resuming(&plain(), &[("a", data.clone()), ("b", bytes(1))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    r.drain();
+    r.feed(answer(vec![ResumeEntry {
+        path: "a".into(),
+        size: data.len() as u64,
+        chain_hex: wire::hex(&resume_chain(&data).unwrap()),
+    }]))
+    .unwrap();
+    let msgs = r.drain();
+    assert_eq!(
+        headers(&msgs)
+            .iter()
+            .map(|h| h.path.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(r.events.contains(&Event::FileSkipped {
+        path: "a".into(),
+        size: MIB as u64 + 1
+    }));
+}
+
+#[test]
+fn a_short_read_fails_the_sender() {
+    let mut r = Rig::plain(&[("a", bytes(10))]);
+    r.hello();
+    let _ = r.s.handle_message(r.now, ready());
+    let Some(IoRequest::Read { file, offset, .. }) = r.s.poll_io() else {
+        panic!("a read expected")
+    };
+    let _ = r.s.handle_io(
+        r.now,
+        IoCompletion::Read {
+            file,
+            offset,
+            data: Bytes::from_static(b"short"),
+        },
+    );
+    r.work();
+    r.failed("io", "file changed while being read");
+}
+
+#[test]
+fn a_failed_read_fails_the_sender() {
+    let mut r = Rig::plain(&[("a", bytes(10))]);
+    r.hello();
+    let _ = r.s.handle_message(r.now, ready());
+    let _ = r.s.handle_io(
+        r.now,
+        IoCompletion::Failed {
+            file: 0,
+            reason: "permission denied".into(),
+        },
+    );
+    r.work();
+    r.failed("io", "permission denied");
+}
+
+#[test]
+fn a_close_before_the_end_is_a_peer_error_naming_the_cause() {
+    let cases = [
+        (
+            Some(1013),
+            "Duplicate role for code",
+            "someone else is using this code",
+        ),
+        (Some(1002), "Bad hello", "refused the hello: Bad hello"),
+        (
+            Some(1000),
+            "peer closed",
+            "closed before the transfer was complete",
+        ),
+        (None, "", "closed before the transfer was complete"),
+    ];
+    for (code, reason, needle) in cases {
+        let mut r = Rig::plain(&[("a", bytes(10))]);
+        r.hello();
+        let _ = r.s.handle_close(r.now, code, reason);
+        r.work();
+        r.failed("peer", needle);
+    }
+}
+
+#[test]
+fn a_close_after_eof_is_not_an_error() {
+    let mut r = Rig::plain(&[("a", bytes(10))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    r.drain();
+    assert!(r.s.is_finished());
+    r.s.handle_close(r.now, Some(1000), "peer closed").unwrap();
+    assert!(r.s.error().is_none());
+}
+
+#[test]
+fn an_empty_file_is_sent_as_one_empty_piece() {
+    for compress in [CompressMode::Auto, CompressMode::Off] {
+        let config = SenderConfig {
+            compress,
+            ..SenderConfig::default()
+        };
+        let mut r = Rig::new(config, &plain(), &[("e", Bytes::new())]);
+        r.hello();
+        r.feed(ready()).unwrap();
+        let msgs = r.drain();
+        let empty_chain: [u8; 32] = Sha256::digest(b"").into();
+        assert_eq!(
+            msgs[1..],
+            [
+                text(r#"{"type":"file","path":"e","size":0,"compression":"none","append_from":0}"#),
+                WireMessage::Binary(DataMessage::encode(0, &empty_chain, b"")),
+                text(r#"{"type":"file_eof"}"#),
+                text(r#"{"type":"eof"}"#),
+            ]
+        );
+        assert!(!r.reads.iter().any(|q| matches!(q, IoRequest::Read { .. })));
+    }
+}
+
+#[test]
+fn read_ahead_stops_at_the_window_while_messages_are_not_taken() {
+    for window in [1usize, 3] {
+        let config = SenderConfig {
+            window,
+            compress: CompressMode::Off,
+            ..SenderConfig::default()
+        };
+        let mut r = Rig::new(config, &plain(), &[("a", bytes(20 * MIB))]);
+        r.hello();
+        r.feed(ready()).unwrap();
+        let count_reads = |r: &Rig| {
+            r.reads
+                .iter()
+                .filter(|q| matches!(q, IoRequest::Read { .. }))
+                .count()
+        };
+        assert!(count_reads(&r) <= window, "{} reads", count_reads(&r));
+        // Taking one data message lets exactly one more piece in.
+        let mut taken = 0;
+        for _ in 0..10 {
+            if taken == 2 {
+                break;
+            }
+            if let Some(WireMessage::Binary(_)) = r.s.poll_transmit() {
+                taken += 1;
+            }
+            r.work();
+        }
+        assert_eq!(taken, 2);
+        assert!(count_reads(&r) <= window + 2, "{} reads", count_reads(&r));
+    }
+}
+
+#[test]
+fn unsafe_or_repeated_paths_are_refused_at_creation() {
+    for files in [
+        vec!["../a"],
+        vec!["/abs"],
+        vec!["a//b"],
+        vec!["a", "a"],
+        vec![""],
+    ] {
+        let list = files
+            .iter()
+            .map(|p| SendFile {
+                path: (*p).to_owned(),
+                size: 1,
+            })
+            .collect();
+        let r = Sender::new(
+            Instant::now(),
+            SenderConfig::default(),
+            &plain(),
+            list,
+            SEED,
+        );
+        assert_eq!(
+            r.map(|_| ()).map_err(|e| e.kind()),
+            Err("config"),
+            "{files:?}"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! p2p-copy on the [async-std](https://docs.rs/async-std) runtime: send and receive files through
+//! a relay, or run the relay.
+//!
+//! The work is done by `p2p-copy-runtime`; this crate supplies async-std's executor,
+//! blocking pool, timers and TCP. async-std is discontinued upstream; this crate stays
+//! small so it can be dropped without touching anything else.
+//!
+//! # Example
+//! ```no_run
+//! use p2p_copy_async_std::{receive, send, ClientConfig, RelayServer, RelayServerConfig, SendOptions};
+//!
+//! async_std::task::block_on(async {
+//!     let relay = RelayServer::bind(RelayServerConfig {
+//!         host: "127.0.0.1".into(),
+//!         port: 0,
+//!         tls: None,
+//!         relay: Default::default(),
+//!     })
+//!     .await?;
+//!     let url = format!("ws://{}", relay.local_addr());
+//!     let serving = async_std::task::spawn(relay.run());
+//!
+//!     let cfg = ClientConfig::new(url, "a long random code");
+//!     let receiving = async_std::task::spawn(receive(cfg.clone(), "inbox".into(), |e| {
+//!         eprintln!("{:?}", e.event)
+//!     }));
+//!     let sent = send(cfg, vec!["photos".into()], SendOptions::default(), |_| {}).await?;
+//!     let received = receiving.await?;
+//!     println!("sent {} files, received {}", sent.files, received.files);
+//!     serving.cancel().await;
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub use p2p_copy_runtime::{
+    ClientConfig, CompressMode, RelayConfig, RelayServerConfig, SendOptions, SessionEvent, Summary,
+    TransferError,
+};
+
+/// async-std's services for the generic loop.
+#[derive(Debug, Clone, Copy, Default)]
+struct AsyncStd;
+
+// `async fn` here would borrow `self`; the trait asks for futures that own everything.
+#[allow(clippy::manual_async_fn)]
+impl p2p_copy_runtime::Rt for AsyncStd {
+    type TcpStream = async_std::net::TcpStream;
+    type TcpListener = async_std::net::TcpListener;
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        // Dropping the handle detaches the task.
+        drop(async_std::task::spawn(task));
+    }
+
+    fn spawn_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = T> + Send + 'static {
+        async_std::task::spawn_blocking(work)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        async_std::task::sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn connect(
+        &self,
+        host: String,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
+        async move { async_std::net::TcpStream::connect((host.as_str(), port)).await }
+    }
+
+    fn bind(
+        &self,
+        host: String,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Self::TcpListener>> + Send + 'static {
+        async move { async_std::net::TcpListener::bind((host.as_str(), port)).await }
+    }
+
+    fn local_addr(listener: &Self::TcpListener) -> io::Result<SocketAddr> {
+        listener.local_addr()
+    }
+
+    fn accept(
+        listener: &Self::TcpListener,
+    ) -> impl Future<Output = io::Result<(Self::TcpStream, SocketAddr)>> + Send + '_ {
+        listener.accept()
+    }
+
+    fn set_nodelay(stream: &Self::TcpStream) -> io::Result<()> {
+        stream.set_nodelay(true)
+    }
+}
+
+/// Send files and directories through the relay in `cfg`.
+///
+/// `paths` as given on the command line: a file is sent under its own name, a directory
+/// `D` as every regular file below it (`D/sub/…`). Events from every parallel session
+/// go to `on_event`. Dropping the future cancels the transfer.
+///
+/// # Errors
+/// See [`TransferError`]; [`TransferError::exit_code`] maps it to the process exit code.
+///
+/// # Example
+/// ```no_run
+/// # async_std::task::block_on(async {
+/// let cfg = p2p_copy_async_std::ClientConfig::new("wss://relay.example:443", "a long random code");
+/// let summary = p2p_copy_async_std::send(cfg, vec!["report.pdf".into()], Default::default(), |e| {
+///     eprintln!("{:?}", e.event)
+/// })
+/// .await?;
+/// println!("{} files, {} bytes in {:?}", summary.files, summary.bytes, summary.elapsed);
+/// # Ok::<_, p2p_copy_async_std::TransferError>(())
+/// # }).unwrap();
+/// ```
+pub async fn send(
+    cfg: ClientConfig,
+    paths: Vec<PathBuf>,
+    opts: SendOptions,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    p2p_copy_runtime::send(AsyncStd, cfg, paths, opts, on_event).await
+}
+
+/// Receive into `out_dir` (created if missing). Files arrive as
+/// `.<name>.p2p-copy-part` and are renamed into place once complete and verified.
+/// Dropping the future cancels the transfer; partial files stay for a resume.
+///
+/// # Errors
+/// See [`TransferError`].
+///
+/// # Example
+/// ```no_run
+/// # async_std::task::block_on(async {
+/// let cfg = p2p_copy_async_std::ClientConfig::new("ws://127.0.0.1:8765", "a long random code");
+/// let summary = p2p_copy_async_std::receive(cfg, "inbox".into(), |_| {}).await?;
+/// println!("{} files received", summary.files);
+/// # Ok::<_, p2p_copy_async_std::TransferError>(())
+/// # }).unwrap();
+/// ```
+pub async fn receive(
+    cfg: ClientConfig,
+    out_dir: PathBuf,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    p2p_copy_runtime::receive(AsyncStd, cfg, out_dir, on_event).await
+}
+
+/// A bound relay server.
+#[derive(Debug)]
+pub struct RelayServer(p2p_copy_runtime::RelayServer<AsyncStd>);
+
+impl RelayServer {
+    /// Bind to `cfg.host:cfg.port` (port 0 picks a free port) and load the TLS files, if
+    /// any.
+    ///
+    /// # Errors
+    /// The bind error, or [`io::ErrorKind::InvalidInput`] for unusable TLS files.
+    pub async fn bind(cfg: RelayServerConfig) -> io::Result<RelayServer> {
+        p2p_copy_runtime::RelayServer::bind(AsyncStd, cfg)
+            .await
+            .map(RelayServer)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+
+    /// Serve until the future is dropped.
+    ///
+    /// # Errors
+    /// None in practice: failed accepts are logged and retried.
+    pub async fn run(self) -> io::Result<()> {
+        self.0.run().await
+    }
+}
+
+/// Bind and serve until Ctrl-C or SIGTERM, then stop accepting and return.
+///
+/// # Errors
+/// As [`RelayServer::bind`], or when the signal handlers cannot be installed.
+///
+/// # Example
+/// ```no_run
+/// let cfg = p2p_copy_async_std::RelayServerConfig {
+///     host: "0.0.0.0".into(),
+///     port: 8765,
+///     tls: None,
+///     relay: Default::default(),
+/// };
+/// async_std::task::block_on(p2p_copy_async_std::serve_relay(cfg)).unwrap();
+/// ```
+pub async fn serve_relay(cfg: RelayServerConfig) -> io::Result<()> {
+    p2p_copy_runtime::serve_relay(AsyncStd, cfg).await
+}

@@ -1,0 +1,202 @@
+//! `send` and `receive`: list or prepare files, derive the secrets, and run one session
+//! per connection of the code, all at once.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
+use p2p_copy_core::parallel::{session_codes, split_by_size};
+use p2p_copy_core::receiver::{Receiver, ReceiverConfig};
+use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
+use p2p_copy_core::Secrets;
+
+use crate::drive::{Driver, EventSink};
+use crate::files_receive::ReceiveFiles;
+use crate::files_send::SendFiles;
+use crate::io_worker::IoWorker;
+use crate::rt::Rt;
+use crate::source::{self, Source};
+use crate::transport;
+use crate::{ClientConfig, SendOptions, SessionEvent, Summary, TransferError};
+
+/// Derive each session's secrets on the blocking pool. With encryption every
+/// derivation is Argon2id with 32 MiB, so only a few run at once.
+async fn derive_all<R: Rt>(
+    rt: &R,
+    codes: Vec<String>,
+    encrypt: bool,
+) -> Result<Vec<Secrets>, TransferError> {
+    let at_once = match encrypt {
+        true => std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(4),
+        false => codes.len().max(1),
+    };
+    futures_util::stream::iter(codes)
+        .map(|code| rt.spawn_blocking(move || Secrets::derive(&code, encrypt)))
+        .buffered(at_once)
+        .try_collect()
+        .await
+        .map_err(TransferError::Session)
+}
+
+fn nonce_seed() -> Result<[u8; 32], TransferError> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| {
+        TransferError::Session(p2p_copy_core::Error::Config(format!(
+            "the operating system gave no random bytes: {e}"
+        )))
+    })?;
+    Ok(seed)
+}
+
+/// Send files and directories (see the crate docs for naming and ordering).
+///
+/// # Errors
+/// [`TransferError::Source`] for a path that cannot be sent, [`TransferError::Connect`]
+/// when the relay cannot be used, [`TransferError::Session`] when a session fails.
+pub async fn send<R: Rt>(
+    rt: R,
+    cfg: ClientConfig,
+    paths: Vec<PathBuf>,
+    opts: SendOptions,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    let start = Instant::now();
+    let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let sources = rt.spawn_blocking(move || source::list(&paths)).await?;
+    if sources.is_empty() {
+        return Err(TransferError::Source(
+            "nothing to send: the given paths hold no regular files".into(),
+        ));
+    }
+    let sizes: Vec<u64> = sources.iter().map(|s| s.file.size).collect();
+    let groups = split_by_size(&sizes, codes.len());
+    let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
+    let events: EventSink = Arc::new(Mutex::new(on_event));
+    let sessions = groups
+        .into_iter()
+        .zip(secrets)
+        .enumerate()
+        .map(|(i, (group, secrets))| {
+            let picked: Vec<Source> = group.into_iter().map(|k| sources[k].clone()).collect();
+            send_session(rt.clone(), &cfg, i, secrets, picked, opts, events.clone())
+        });
+    let done = try_join_all(sessions).await?;
+    Ok(total(&done, start))
+}
+
+async fn send_session<R: Rt>(
+    rt: R,
+    cfg: &ClientConfig,
+    index: usize,
+    secrets: Secrets,
+    picked: Vec<Source>,
+    opts: SendOptions,
+    events: EventSink,
+) -> Result<Summary, TransferError> {
+    let (files, locals): (Vec<SendFile>, Vec<PathBuf>) =
+        picked.into_iter().map(|s| (s.file, s.local)).unzip();
+    let seed = nonce_seed()?;
+    let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
+    let config = SenderConfig {
+        compress: opts.compress,
+        resume: opts.resume,
+        ready_timeout: cfg.pair_timeout,
+        ..SenderConfig::default()
+    };
+    let sender =
+        Sender::new(Instant::now(), config, &secrets, files, seed).map_err(|e| match e {
+            p2p_copy_core::Error::Config(m) => TransferError::Source(m),
+            other => TransferError::Session(other),
+        })?;
+    let files = IoWorker::start(SendFiles::new(locals)).map_err(worker_error)?;
+    Driver::new(rt, sender, ws, files, cfg.idle_timeout, index, events)
+        .run()
+        .await
+}
+
+/// Receive into `out_dir`, created if missing.
+///
+/// # Errors
+/// [`TransferError::Output`] when the directory cannot be used,
+/// [`TransferError::Connect`] when the relay cannot be used, [`TransferError::Session`]
+/// when a session fails.
+pub async fn receive<R: Rt>(
+    rt: R,
+    cfg: ClientConfig,
+    out_dir: PathBuf,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    let start = Instant::now();
+    let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let dir = out_dir.clone();
+    rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
+    let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
+    let events: EventSink = Arc::new(Mutex::new(on_event));
+    let sessions = secrets.into_iter().enumerate().map(|(i, secrets)| {
+        receive_session(
+            rt.clone(),
+            &cfg,
+            i,
+            secrets,
+            out_dir.clone(),
+            events.clone(),
+        )
+    });
+    let done = try_join_all(sessions).await?;
+    Ok(total(&done, start))
+}
+
+async fn receive_session<R: Rt>(
+    rt: R,
+    cfg: &ClientConfig,
+    index: usize,
+    secrets: Secrets,
+    out_dir: PathBuf,
+    events: EventSink,
+) -> Result<Summary, TransferError> {
+    let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
+    let config = ReceiverConfig {
+        manifest_timeout: cfg.pair_timeout,
+        idle_timeout: cfg.idle_timeout,
+        ..ReceiverConfig::default()
+    };
+    let receiver = Receiver::new(Instant::now(), config, &secrets);
+    let files = IoWorker::start(ReceiveFiles::new(out_dir)).map_err(worker_error)?;
+    Driver::new(rt, receiver, ws, files, cfg.idle_timeout, index, events)
+        .run()
+        .await
+}
+
+fn prepare_out_dir(dir: &std::path::Path) -> Result<(), TransferError> {
+    let shown = dir.display();
+    std::fs::create_dir_all(dir).map_err(|e| {
+        TransferError::Output(format!("cannot create the output directory {shown}: {e}"))
+    })?;
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        TransferError::Output(format!("cannot use the output directory {shown}: {e}"))
+    })?;
+    if !meta.is_dir() {
+        return Err(TransferError::Output(format!("{shown} is not a directory")));
+    }
+    Ok(())
+}
+
+fn worker_error(e: std::io::Error) -> TransferError {
+    TransferError::Session(p2p_copy_core::Error::Io {
+        file: None,
+        reason: format!("cannot start the file worker thread: {e}"),
+    })
+}
+
+fn total(parts: &[Summary], start: Instant) -> Summary {
+    let mut sum = Summary::default();
+    for p in parts {
+        sum.add(p);
+    }
+    sum.elapsed = start.elapsed();
+    sum
+}

@@ -1,0 +1,110 @@
+//! What the caller configures and what a transfer reports.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use p2p_copy_core::relay::RelayConfig;
+use p2p_copy_core::sender::CompressMode;
+use p2p_copy_core::Event;
+
+/// How a client reaches the relay and which session it joins.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The relay's URL: `ws://host:port` or `wss://host:port`; any path is accepted.
+    pub server: String,
+    /// The shared code. A parallel code `n=<N>=n…` runs N sessions over N connections.
+    pub code: String,
+    /// End-to-end encryption (both sides must agree, or they never pair).
+    pub encrypt: bool,
+    /// An extra CA certificate (PEM) to trust for `wss://`, for self-hosted relays. The
+    /// webpki roots are always trusted.
+    pub ca_file: Option<PathBuf>,
+    /// How long to wait for the peer: the sender for a receiver, the receiver for the
+    /// sender's manifest.
+    pub pair_timeout: Duration,
+    /// How long the peer may stay silent (or stop reading) in the middle of a transfer.
+    pub idle_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with the default timeouts (300 s to pair, 120 s of silence), no
+    /// encryption and the webpki roots only.
+    ///
+    /// ```
+    /// let mut cfg = p2p_copy_runtime::ClientConfig::new("ws://127.0.0.1:8765", "my code");
+    /// cfg.encrypt = true;
+    /// assert_eq!(cfg.pair_timeout.as_secs(), 300);
+    /// ```
+    pub fn new(server: impl Into<String>, code: impl Into<String>) -> Self {
+        ClientConfig {
+            server: server.into(),
+            code: code.into(),
+            encrypt: false,
+            ca_file: None,
+            pair_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Sender settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Compression mode (default [`CompressMode::Auto`]).
+    pub compress: CompressMode,
+    /// Ask the receiver what it already has and send only the rest.
+    pub resume: bool,
+}
+
+/// A core [`Event`] and the parallel session it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// Index of the parallel connection (0 for a plain code).
+    pub session: usize,
+    /// What happened.
+    pub event: Event,
+}
+
+/// What a finished transfer did, over all its sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Files completed (sent, or received and put in place).
+    pub files: usize,
+    /// Bytes of file data moved by this run (not counting resumed prefixes or skipped
+    /// files).
+    pub bytes: u64,
+    /// Files skipped because the receiver already had them.
+    pub skipped: usize,
+    /// Wall time of the whole transfer.
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub(crate) fn count(&mut self, event: &Event) {
+        match event {
+            Event::FileDone { .. } => self.files += 1,
+            Event::FileSkipped { .. } => self.skipped += 1,
+            Event::Progress { delta, .. } => self.bytes += delta,
+            _ => {}
+        }
+    }
+
+    pub(crate) fn add(&mut self, other: &Summary) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.skipped += other.skipped;
+    }
+}
+
+/// A relay server's address, TLS material and limits.
+#[derive(Debug, Clone)]
+pub struct RelayServerConfig {
+    /// Interface to listen on (a name or an address).
+    pub host: String,
+    /// Port; 0 picks a free one (see `RelayServer::local_addr`).
+    pub port: u16,
+    /// Certificate chain and private key (PEM files); `Some` serves `wss://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Pairing timeouts and connection limits.
+    pub relay: RelayConfig,
+}

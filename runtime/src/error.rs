@@ -1,0 +1,78 @@
+//! Why a transfer failed, and the exit code that says so.
+
+/// Why a transfer failed. The message is one line that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// The relay could not be reached, the TLS or WebSocket handshake failed, or the
+    /// relay refused the session.
+    #[error("cannot use the relay: {0}")]
+    Connect(String),
+    /// The session failed: the peer broke the protocol, data failed a check, local file
+    /// access failed, or a deadline passed.
+    #[error("{}", session_message(.0))]
+    Session(p2p_copy_core::Error),
+    /// A path given to the sender cannot be sent.
+    #[error("{0}")]
+    Source(String),
+    /// The receiver's output directory cannot be used.
+    #[error("{0}")]
+    Output(String),
+}
+
+fn session_message(e: &p2p_copy_core::Error) -> String {
+    use p2p_copy_core::Error;
+    match e {
+        Error::Integrity { .. } => {
+            format!("{e}; the data was damaged or tampered with on the way, run again (with --resume to keep the good part)")
+        }
+        Error::Io { .. } => format!("{e}; check the path, free space and permissions"),
+        _ => e.to_string(),
+    }
+}
+
+impl TransferError {
+    /// The process exit code for this error: 2 relay or connection problem, 3 timeout
+    /// (no peer: wrong code, mismatched `--encrypt`, different relay), 4 protocol
+    /// violation by the peer, 5 integrity failure, 6 local I/O error, 130 interrupted,
+    /// 1 for invalid settings.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TransferError::Connect(_) => 2,
+            TransferError::Source(_) | TransferError::Output(_) => 6,
+            TransferError::Session(e) => match e.kind() {
+                "timeout" => 3,
+                "peer" => 4,
+                "integrity" => 5,
+                "io" => 6,
+                "cancelled" => 130,
+                _ => 1,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2p_copy_core::Error;
+
+    #[test]
+    fn exit_codes_follow_the_fault() {
+        assert_eq!(TransferError::Connect("x".into()).exit_code(), 2);
+        assert_eq!(
+            TransferError::Session(Error::Timeout("t".into())).exit_code(),
+            3
+        );
+        assert_eq!(
+            TransferError::Session(Error::Cancelled("c".into())).exit_code(),
+            130
+        );
+        assert_eq!(TransferError::Source("s".into()).exit_code(), 6);
+        let integrity = Error::Integrity {
+            file: Some("a".into()),
+            reason: "chain mismatch".into(),
+        };
+        assert_eq!(TransferError::Session(integrity).exit_code(), 5);
+    }
+}

@@ -1,0 +1,69 @@
+//! The p2p-copy event loop, written once for any async runtime.
+//!
+//! This crate drives the sans-IO state machines of [`p2p_copy_core`] over real
+//! connections and files: a WebSocket client (`ws://`, or `wss://` with rustls), the
+//! sender's and receiver's file access on a blocking pool, and the relay server. It is
+//! generic over a small [`Rt`] trait; the crates `p2p-copy-smol` and
+//! `p2p-copy-async-std` implement it and re-export this API with the runtime filled in.
+//!
+//! What it guarantees:
+//! - Memory stays flat for any file size: the core bounds read-ahead and write-behind
+//!   to a few 1 MiB pieces, the connection is read only while the receiver wants input,
+//!   and the sender produces messages only as fast as the connection takes them.
+//! - File requests of a session run in order on the session's own file thread, off the
+//!   executor; compression and encryption run on the blocking pool, several pieces at
+//!   once.
+//! - The receiver writes `<dir>/.<name>.p2p-copy-part` and renames it to `<dir>/<name>`
+//!   only after the file is complete, verified and synced. It never follows a symlink
+//!   below the output directory and never writes outside it. Partial files stay after
+//!   a failure or cancellation (drop the future), for `--resume`.
+//! - A parallel code `n=<N>=n…` runs N sessions over N connections at once.
+//!
+//! # Example
+//! Code written against [`Rt`] runs on either runtime crate; the runtime crates expose
+//! the same functions with the runtime filled in (`p2p_copy_smol::receive(cfg, dir,
+//! on_event)`).
+//! ```no_run
+//! use p2p_copy_runtime::{receive, ClientConfig, Event, Rt, TransferError};
+//!
+//! async fn fetch<R: Rt>(rt: R) -> Result<(), TransferError> {
+//!     let mut cfg = ClientConfig::new("wss://relay.example:443", "a long random code");
+//!     cfg.encrypt = true;
+//!     let summary = receive(rt, cfg, "inbox".into(), |e| {
+//!         if let Event::FileDone { path, .. } = e.event {
+//!             eprintln!("got {}", p2p_copy_core::path::escape(&path));
+//!         }
+//!     })
+//!     .await?;
+//!     println!("{} files, {} bytes in {:?}", summary.files, summary.bytes, summary.elapsed);
+//!     Ok(())
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client;
+mod config;
+mod drive;
+mod error;
+mod files_receive;
+mod files_send;
+mod io_worker;
+mod machine;
+mod relay_conn;
+mod relay_hub;
+mod relay_server;
+mod rt;
+mod source;
+mod tls;
+mod transport;
+
+pub use client::{receive, send};
+pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, Summary};
+pub use error::TransferError;
+pub use files_receive::PART_SUFFIX;
+pub use p2p_copy_core::relay::RelayConfig;
+pub use p2p_copy_core::sender::CompressMode;
+pub use p2p_copy_core::Event;
+pub use relay_server::{serve_relay, RelayServer};
+pub use rt::Rt;

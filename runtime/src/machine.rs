@@ -1,0 +1,131 @@
+//! One interface over the sender and receiver state machines, so the loop that drives
+//! them is written once.
+
+use std::time::Instant;
+
+use p2p_copy_core::{receiver, sender, Error, Event, WireMessage};
+
+/// Carries out a state machine's file requests, one at a time, in order.
+pub(crate) trait FileIo: Send + 'static {
+    /// What the machine asks for.
+    type Request: Send + 'static;
+    /// The answer.
+    type Completion: Send + 'static;
+    /// Do one request; `None` for requests that need no answer.
+    fn run(&mut self, req: Self::Request) -> Option<Self::Completion>;
+    /// Whether an answer reports a failure (later requests are then not carried out).
+    fn is_failure(done: &Self::Completion) -> bool;
+}
+
+/// The sans-IO vocabulary shared by [`sender::Sender`] and [`receiver::Receiver`].
+pub(crate) trait Machine: Send + 'static {
+    type Files: FileIo;
+    type Job: Send + 'static;
+    type JobResult: Send + 'static;
+
+    fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error>;
+    fn handle_io(
+        &mut self,
+        now: Instant,
+        done: <Self::Files as FileIo>::Completion,
+    ) -> Result<(), Error>;
+    fn handle_job(&mut self, now: Instant, done: Self::JobResult) -> Result<(), Error>;
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), Error>;
+    fn handle_close(&mut self, now: Instant, code: Option<u16>, reason: &str) -> Result<(), Error>;
+
+    fn poll_transmit(&mut self) -> Option<WireMessage>;
+    fn poll_io(&mut self) -> Option<<Self::Files as FileIo>::Request>;
+    fn poll_job(&mut self) -> Option<Self::Job>;
+    fn poll_event(&mut self) -> Option<Event>;
+    fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Whether to read the next message from the connection now.
+    fn wants_input(&self) -> bool;
+    fn is_finished(&self) -> bool;
+    fn error(&self) -> Option<&Error>;
+
+    fn job_is_light(job: &Self::Job) -> bool;
+    fn run_job(job: Self::Job) -> Self::JobResult;
+}
+
+macro_rules! delegate {
+    () => {
+        fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
+            self.handle_message(now, msg)
+        }
+        fn handle_io(
+            &mut self,
+            now: Instant,
+            done: <Self::Files as FileIo>::Completion,
+        ) -> Result<(), Error> {
+            self.handle_io(now, done)
+        }
+        fn handle_job(&mut self, now: Instant, done: Self::JobResult) -> Result<(), Error> {
+            self.handle_job(now, done)
+        }
+        fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+            self.handle_timeout(now)
+        }
+        fn handle_close(
+            &mut self,
+            now: Instant,
+            code: Option<u16>,
+            reason: &str,
+        ) -> Result<(), Error> {
+            self.handle_close(now, code, reason)
+        }
+        fn poll_transmit(&mut self) -> Option<WireMessage> {
+            self.poll_transmit()
+        }
+        fn poll_io(&mut self) -> Option<<Self::Files as FileIo>::Request> {
+            self.poll_io()
+        }
+        fn poll_job(&mut self) -> Option<Self::Job> {
+            self.poll_job()
+        }
+        fn poll_event(&mut self) -> Option<Event> {
+            self.poll_event()
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.poll_timeout()
+        }
+        fn is_finished(&self) -> bool {
+            self.is_finished()
+        }
+        fn error(&self) -> Option<&Error> {
+            self.error()
+        }
+        fn job_is_light(job: &Self::Job) -> bool {
+            job.is_light()
+        }
+        fn run_job(job: Self::Job) -> Self::JobResult {
+            job.run()
+        }
+    };
+}
+
+impl Machine for sender::Sender {
+    type Files = crate::files_send::SendFiles;
+    type Job = sender::Job;
+    type JobResult = sender::JobResult;
+
+    delegate!();
+
+    /// The sender takes messages (`ready`, the resume answer) whenever they come; its
+    /// backpressure is on the sending side.
+    fn wants_input(&self) -> bool {
+        true
+    }
+}
+
+impl Machine for receiver::Receiver {
+    type Files = crate::files_receive::ReceiveFiles;
+    type Job = receiver::Job;
+    type JobResult = receiver::JobResult;
+
+    delegate!();
+
+    fn wants_input(&self) -> bool {
+        self.wants_input()
+    }
+}

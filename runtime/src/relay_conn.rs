@@ -1,0 +1,194 @@
+//! One relay connection's task: handshake, `hello` to the hub, then forwarding to the
+//! partner with a bounded queue, and the close the hub asks for.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::Message;
+use futures_rustls::TlsAcceptor;
+use futures_util::future::{select, Either};
+use futures_util::{SinkExt, StreamExt};
+use p2p_copy_core::relay::ConnId;
+
+use crate::relay_hub::{lock, Command, SharedHub};
+use crate::rt::Rt;
+use crate::transport::{self, to_wire, Conn, Ws};
+
+/// Messages queued for a connection from its partner. A reader waits while its
+/// partner's queue is full, so a slow receiver slows its sender.
+pub(crate) const FORWARD_QUEUE: usize = 2;
+
+/// Everything a connection's task needs.
+pub(crate) struct ConnTask<R: Rt> {
+    pub rt: R,
+    pub hub: SharedHub,
+    pub id: ConnId,
+    pub tcp: R::TcpStream,
+    pub tls: Option<TlsAcceptor>,
+    pub commands: async_channel::Receiver<Command>,
+    pub forward: async_channel::Receiver<Message>,
+    pub forwarded: Arc<AtomicU64>,
+    /// Longest the TLS and WebSocket handshakes may take.
+    pub handshake_timeout: Duration,
+}
+
+/// Reports the end of the connection to the hub however the task ends (returned,
+/// aborted, or dropped with the server).
+struct Departure {
+    hub: SharedHub,
+    id: ConnId,
+}
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        lock(&self.hub).depart(Instant::now(), self.id);
+        log::debug!("connection {}: ended", self.id.0);
+    }
+}
+
+/// The relay keeps a small read buffer: it may hold thousands of idle connections, and
+/// the buffer grows to a message's size only while one arrives.
+fn relay_ws_config() -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
+    transport::ws_config().read_buffer_size(16 * 1024)
+}
+
+async fn handshake(tcp: Box<dyn Conn>, tls: Option<TlsAcceptor>) -> Result<Ws, String> {
+    let stream: Box<dyn Conn> = match tls {
+        Some(acceptor) => Box::new(
+            acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?,
+        ),
+        None => tcp,
+    };
+    async_tungstenite::accept_async_with_config(stream, Some(relay_ws_config()))
+        .await
+        .map_err(|e| format!("WebSocket handshake failed: {e}"))
+}
+
+impl<R: Rt> ConnTask<R> {
+    pub(crate) async fn run(self) {
+        let ConnTask {
+            rt,
+            hub,
+            id,
+            tcp,
+            tls,
+            commands,
+            forward,
+            forwarded,
+            handshake_timeout,
+        } = self;
+        let _departure = Departure {
+            hub: hub.clone(),
+            id,
+        };
+        let deadline = Instant::now() + handshake_timeout;
+        let opening = Box::pin(handshake(Box::new(tcp), tls));
+        let ws = match select(opening, Box::pin(rt.sleep_until(deadline))).await {
+            Either::Left((Ok(ws), _)) => ws,
+            Either::Left((Err(e), _)) => {
+                log::debug!("connection {}: {e}", id.0);
+                return;
+            }
+            Either::Right(_) => {
+                log::debug!("connection {}: handshake timed out", id.0);
+                return;
+            }
+        };
+        let (tx, rx) = ws.split();
+        let reader = Box::pin(read(hub, id, rx, forwarded));
+        let writer = Box::pin(write(tx, commands, forward));
+        // Either end finishes the connection: the reader when the client leaves, the
+        // writer when its socket fails or the hub asked for a close and the client
+        // already went quiet.
+        let _ = select(reader, writer).await;
+    }
+}
+
+/// Read the client's messages: before pairing they go to the hub (`hello`), after it
+/// straight to the partner's queue.
+async fn read(
+    hub: SharedHub,
+    id: ConnId,
+    mut rx: async_tungstenite::WebSocketReceiver<Box<dyn Conn>>,
+    forwarded: Arc<AtomicU64>,
+) {
+    let mut partner: Option<async_channel::Sender<Message>> = None;
+    while let Some(next) = rx.next().await {
+        let msg = match next {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => m,
+            Ok(_) => continue,
+            Err(e) => {
+                log::debug!("connection {}: read failed: {e}", id.0);
+                break;
+            }
+        };
+        if partner.is_none() {
+            let mut h = lock(&hub);
+            partner = h.partner_queue(id);
+            if partner.is_none() {
+                if let Some(wire) = to_wire(msg) {
+                    h.relay.handle_message(Instant::now(), id, wire);
+                    h.after_input();
+                }
+                continue;
+            }
+        }
+        if let Some(queue) = &partner {
+            let len = match &msg {
+                Message::Text(t) => t.len(),
+                Message::Binary(b) => b.len(),
+                _ => 0,
+            };
+            // A closed queue means the partner is gone; the hub closes this side.
+            if queue.send(msg).await.is_ok() {
+                forwarded.fetch_add(len as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Write to the client: the hub's commands first, then the partner's messages.
+async fn write(
+    mut tx: async_tungstenite::WebSocketSender<Box<dyn Conn>>,
+    commands: async_channel::Receiver<Command>,
+    forward: async_channel::Receiver<Message>,
+) {
+    loop {
+        let next = match select(Box::pin(commands.recv()), Box::pin(forward.recv())).await {
+            Either::Left((Ok(c), _)) => Either::Left(c),
+            Either::Right((Ok(m), _)) => Either::Right(m),
+            // The hub dropped this connection's handles: the server is going away.
+            Either::Left((Err(_), _)) | Either::Right((Err(_), _)) => return,
+        };
+        match next {
+            Either::Left(Command::Send(m)) | Either::Right(m) => {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Either::Left(Command::Close(code, reason)) => {
+                while let Ok(m) = forward.try_recv() {
+                    if tx.feed(m).await.is_err() {
+                        return;
+                    }
+                }
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                if tx.send(Message::Close(Some(frame))).await.is_err() {
+                    return;
+                }
+                // The reader ends the task when the client answers the close; the hub
+                // aborts it when the grace period runs out.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The relay's shared state: the core's pairing machine and, per connection, the
+//! channels its task listens on. Every input goes through [`Hub::input`], which drains
+//! the machine's outputs into those channels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use async_tungstenite::tungstenite::Message;
+use futures_util::future::AbortHandle;
+use p2p_copy_core::relay::{ConnId, Relay, RelayConfig, RelayEvent, RelayOutput};
+
+use crate::transport::from_wire;
+
+/// What a connection's task is told to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send a message from the relay itself (`ready`).
+    Send(Message),
+    /// Deliver what is queued, then a close frame.
+    Close(u16, &'static str),
+}
+
+/// A connection's handles, as the hub keeps them.
+pub(crate) struct Entry {
+    /// The task's command channel.
+    pub commands: async_channel::Sender<Command>,
+    /// The task's queue of messages forwarded from its partner (bounded).
+    pub forward: async_channel::Sender<Message>,
+    /// Bytes this connection's client sent that were forwarded to its partner.
+    pub forwarded: Arc<AtomicU64>,
+    /// Stops the task at once.
+    pub abort: AbortHandle,
+    partner: Option<ConnId>,
+}
+
+impl Entry {
+    pub(crate) fn new(
+        commands: async_channel::Sender<Command>,
+        forward: async_channel::Sender<Message>,
+        forwarded: Arc<AtomicU64>,
+        abort: AbortHandle,
+    ) -> Self {
+        Entry {
+            commands,
+            forward,
+            forwarded,
+            abort,
+            partner: None,
+        }
+    }
+}
+
+/// The pairing machine and the connections' handles.
+pub(crate) struct Hub {
+    pub relay: Relay,
+    conns: HashMap<ConnId, Entry>,
+    /// Wakes the timer task so it re-reads the earliest deadline.
+    timer_wake: async_channel::Sender<()>,
+}
+
+/// The hub, shared by the accept loop, the timer and every connection task. The lock is
+/// never held across an await.
+pub(crate) type SharedHub = Arc<Mutex<Hub>>;
+
+pub(crate) fn lock(hub: &SharedHub) -> MutexGuard<'_, Hub> {
+    // A panic elsewhere must not take the whole relay down with it.
+    hub.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub(crate) fn new(config: RelayConfig, timer_wake: async_channel::Sender<()>) -> Self {
+        Hub {
+            relay: Relay::new(config),
+            conns: HashMap::new(),
+            timer_wake,
+        }
+    }
+
+    /// A new connection: track it, then let the machine accept or refuse it.
+    pub(crate) fn connect(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        entry: Entry,
+        addr: std::net::IpAddr,
+    ) {
+        self.conns.insert(id, entry);
+        self.relay.handle_connect(now, id, addr);
+        self.after_input();
+    }
+
+    /// The forward queue of a connection's partner, once paired.
+    pub(crate) fn partner_queue(&self, id: ConnId) -> Option<async_channel::Sender<Message>> {
+        let partner = self.conns.get(&id)?.partner?;
+        Some(self.conns.get(&partner)?.forward.clone())
+    }
+
+    /// A connection's task ended.
+    pub(crate) fn depart(&mut self, now: Instant, id: ConnId) {
+        self.relay.handle_disconnect(now, id);
+        self.after_input();
+        self.conns.remove(&id);
+    }
+
+    /// Carry out what the machine asks for, log what it reports, and let the timer task
+    /// re-arm.
+    pub(crate) fn after_input(&mut self) {
+        while let Some(out) = self.relay.poll_output() {
+            match out {
+                RelayOutput::Send { conn, msg } => {
+                    if let Some(e) = self.conns.get(&conn) {
+                        let _ = e.commands.try_send(Command::Send(from_wire(msg)));
+                    }
+                }
+                RelayOutput::Paired { sender, receiver } => {
+                    if let Some(e) = self.conns.get_mut(&sender) {
+                        e.partner = Some(receiver);
+                    }
+                    if let Some(e) = self.conns.get_mut(&receiver) {
+                        e.partner = Some(sender);
+                    }
+                }
+                RelayOutput::Close { conn, code, reason } => {
+                    if let Some(e) = self.conns.get(&conn) {
+                        let _ = e.commands.try_send(Command::Close(code, reason));
+                    }
+                }
+                RelayOutput::Abort { conn } => {
+                    if let Some(e) = self.conns.get(&conn) {
+                        log::debug!("connection {}: dropped after the grace period", conn.0);
+                        e.abort.abort();
+                    }
+                }
+            }
+        }
+        while let Some(event) = self.relay.poll_event() {
+            self.log(event);
+        }
+        let _ = self.timer_wake.try_send(());
+    }
+
+    fn log(&self, event: RelayEvent) {
+        let bytes = |id: ConnId| {
+            self.conns
+                .get(&id)
+                .map_or(0, |e| e.forwarded.load(Ordering::Relaxed))
+        };
+        match event {
+            RelayEvent::Refused { conn, reason } => {
+                log::debug!("connection {}: closed: {reason}", conn.0);
+            }
+            RelayEvent::Paired { sender, receiver } => {
+                log::debug!(
+                    "connections {} (sender) and {} (receiver) paired",
+                    sender.0,
+                    receiver.0
+                );
+            }
+            RelayEvent::PairEnded {
+                sender,
+                receiver,
+                lasted,
+            } => {
+                log::info!(
+                    "pair {}/{} ended after {:.1} s: {} bytes sender to receiver, {} bytes receiver to sender",
+                    sender.0,
+                    receiver.0,
+                    lasted.as_secs_f64(),
+                    bytes(sender),
+                    bytes(receiver)
+                );
+            }
+            other => log::debug!("{other:?}"),
+        }
+    }
+
+    /// Stop every connection task (the server is going away).
+    pub(crate) fn abort_all(&mut self) {
+        for e in self.conns.values() {
+            e.abort.abort();
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The relay server: accept connections, run one task each, and a timer for the
+//! pairing machine's deadlines.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_rustls::TlsAcceptor;
+use futures_util::future::{select, AbortHandle, Abortable, Either};
+use futures_util::StreamExt;
+use p2p_copy_core::relay::{ConnId, RelayConfig};
+
+use crate::relay_conn::{ConnTask, FORWARD_QUEUE};
+use crate::relay_hub::{lock, Entry, Hub, SharedHub};
+use crate::rt::Rt;
+use crate::{tls, RelayServerConfig};
+
+/// A relay server bound to its address, ready to [`run`](RelayServer::run).
+pub struct RelayServer<R: Rt> {
+    rt: R,
+    listener: R::TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    config: RelayConfig,
+}
+
+impl<R: Rt> std::fmt::Debug for RelayServer<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayServer")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops every task of a server when its `run` future goes away.
+struct Shutdown {
+    hub: SharedHub,
+    timer: AbortHandle,
+}
+
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        self.timer.abort();
+        lock(&self.hub).abort_all();
+    }
+}
+
+impl<R: Rt> RelayServer<R> {
+    /// Bind to `cfg.host:cfg.port` and load the TLS certificate and key, if any.
+    ///
+    /// # Errors
+    /// The bind error, or [`io::ErrorKind::InvalidInput`] for unusable TLS files.
+    pub async fn bind(rt: R, cfg: RelayServerConfig) -> io::Result<Self> {
+        let tls = match &cfg.tls {
+            Some((cert, key)) => Some(TlsAcceptor::from(Arc::new(tls::server_config(cert, key)?))),
+            None => None,
+        };
+        let listener = rt.bind(cfg.host.clone(), cfg.port).await?;
+        let addr = R::local_addr(&listener)?;
+        Ok(RelayServer {
+            rt,
+            listener,
+            addr,
+            tls,
+            config: cfg.relay,
+        })
+    }
+
+    /// The bound address (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the server speaks `wss://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serve until the future is dropped; dropping it closes every connection.
+    ///
+    /// # Errors
+    /// None in practice: failed accepts (for example when out of file descriptors) are
+    /// logged and retried.
+    pub async fn run(self) -> io::Result<()> {
+        let RelayServer {
+            rt,
+            listener,
+            tls,
+            config,
+            ..
+        } = self;
+        let handshake_timeout = config.hello_timeout;
+        let (wake_tx, wake_rx) = async_channel::bounded(1);
+        let hub: SharedHub = Arc::new(Mutex::new(Hub::new(config, wake_tx)));
+        let (timer, timer_reg) = AbortHandle::new_pair();
+        let _shutdown = Shutdown {
+            hub: hub.clone(),
+            timer,
+        };
+        rt.spawn(run_timer(rt.clone(), hub.clone(), wake_rx, timer_reg));
+        let mut next_id = 0u64;
+        loop {
+            let (tcp, peer) = match R::accept(&listener).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    log::warn!("accepting a connection failed: {e}");
+                    rt.sleep_until(Instant::now() + Duration::from_millis(100))
+                        .await;
+                    continue;
+                }
+            };
+            next_id += 1;
+            let id = ConnId(next_id);
+            log::debug!("connection {}: from {peer}", id.0);
+            // Only a latency tweak; forwarding works without it.
+            let _ = R::set_nodelay(&tcp);
+            let (cmd_tx, cmd_rx) = async_channel::unbounded();
+            let (fwd_tx, fwd_rx) = async_channel::bounded(FORWARD_QUEUE);
+            let forwarded = Arc::new(AtomicU64::new(0));
+            let (abort, reg) = AbortHandle::new_pair();
+            let task = ConnTask {
+                rt: rt.clone(),
+                hub: hub.clone(),
+                id,
+                tcp,
+                tls: tls.clone(),
+                commands: cmd_rx,
+                forward: fwd_rx,
+                forwarded: forwarded.clone(),
+                handshake_timeout,
+            };
+            lock(&hub).connect(
+                Instant::now(),
+                id,
+                Entry::new(cmd_tx, fwd_tx, forwarded, abort),
+                peer.ip(),
+            );
+            rt.spawn(async move {
+                let _ = Abortable::new(task.run(), reg).await;
+            });
+        }
+    }
+}
+
+/// Call the pairing machine's `handle_timeout` at its earliest deadline, re-reading the
+/// deadline whenever the hub had an input.
+async fn run_timer<R: Rt>(
+    rt: R,
+    hub: SharedHub,
+    wake: async_channel::Receiver<()>,
+    reg: futures_util::future::AbortRegistration,
+) {
+    let ticking = async move {
+        loop {
+            let deadline = lock(&hub).relay.poll_timeout();
+            let woken = match deadline {
+                Some(d) => match select(Box::pin(rt.sleep_until(d)), Box::pin(wake.recv())).await {
+                    Either::Left(_) => true,
+                    Either::Right((r, _)) => r.is_ok(),
+                },
+                None => wake.recv().await.is_ok(),
+            };
+            if !woken {
+                return;
+            }
+            let mut h = lock(&hub);
+            h.relay.handle_timeout(Instant::now());
+            h.after_input();
+            // The wake after_input just queued is this task's own: the loop re-reads
+            // the deadline anyway, and a stale wake would spin it without yielding.
+            while wake.try_recv().is_ok() {}
+        }
+    };
+    let _ = Abortable::new(ticking, reg).await;
+}
+
+/// Bind and serve until Ctrl-C or SIGTERM, then stop accepting and return.
+///
+/// # Errors
+/// As [`RelayServer::bind`], or when the signal handlers cannot be installed.
+pub async fn serve_relay<R: Rt>(rt: R, cfg: RelayServerConfig) -> io::Result<()> {
+    // Signals first: once the relay accepts connections, Ctrl-C and SIGTERM stop it.
+    #[cfg(unix)]
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Int, async_signal::Signal::Term])?;
+    #[cfg(not(unix))]
+    let mut signals = async_signal::Signals::new([async_signal::Signal::Int])?;
+    let server = RelayServer::bind(rt, cfg).await?;
+    let scheme = if server.is_tls() { "wss" } else { "ws" };
+    log::info!("relay listening on {scheme}://{}", server.local_addr());
+    let stop = Box::pin(signals.next());
+    match select(Box::pin(server.run()), stop).await {
+        Either::Left((r, _)) => r,
+        Either::Right((signal, _)) => {
+            log::info!("relay stopping on {signal:?}");
+            Ok(())
+        }
+    }
+}
