@@ -237,7 +237,7 @@ fn paired(now: Instant) -> Relay {
 }
 
 #[test]
-fn a_departing_side_closes_its_partner_then_aborts_it_after_the_grace() {
+fn a_departing_side_closes_its_partner_then_aborts_it_a_grace_after_its_queue_drained() {
     for (gone, partner) in [(1u64, 2u64), (2, 1)] {
         let now = Instant::now();
         let mut r = paired(now);
@@ -255,11 +255,17 @@ fn a_departing_side_closes_its_partner_then_aborts_it_after_the_grace() {
                 lasted: Duration::from_secs(7),
             }]
         );
+        let drain = RelayConfig::default().drain_timeout;
+        assert_eq!(r.poll_timeout(), Some(later + drain));
+        // What was queued for the partner is delivered two seconds later: from then on
+        // only the short grace remains.
+        let flushed = later + Duration::from_secs(2);
+        r.handle_flushed(flushed, ConnId(partner));
         let grace = RelayConfig::default().close_grace;
-        assert_eq!(r.poll_timeout(), Some(later + grace));
-        r.handle_timeout(later + grace - Duration::from_millis(1));
+        assert_eq!(r.poll_timeout(), Some(flushed + grace));
+        r.handle_timeout(flushed + grace - Duration::from_millis(1));
         assert!(outputs(&mut r).is_empty(), "nothing before the grace ends");
-        r.handle_timeout(later + grace);
+        r.handle_timeout(flushed + grace);
         assert_eq!(
             outputs(&mut r),
             vec![RelayOutput::Abort {
@@ -462,4 +468,17 @@ fn thousands_of_idle_connections_are_all_closed_by_the_hello_timeout() {
     assert_eq!(closes, 2000);
     r.handle_timeout(now + Duration::from_secs(60));
     assert_eq!(r.connection_count(), 0);
+}
+
+#[test]
+fn a_partner_that_never_drains_is_aborted_at_the_drain_timeout() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    r.handle_disconnect(now, ConnId(1));
+    outputs(&mut r);
+    let drain = RelayConfig::default().drain_timeout;
+    r.handle_timeout(now + drain - Duration::from_millis(1));
+    assert!(outputs(&mut r).is_empty(), "a slow reader keeps its pair until the drain timeout");
+    r.handle_timeout(now + drain);
+    assert_eq!(outputs(&mut r), vec![RelayOutput::Abort { conn: ConnId(2) }]);
 }
