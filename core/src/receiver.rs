@@ -176,6 +176,7 @@ pub enum IoCompletion {
 /// order; the receiver verifies the chain and writes in order.
 #[derive(Clone)]
 pub struct Job {
+    file: usize,
     seq: u64,
     chain: [u8; 32],
     payload: Bytes,
@@ -198,6 +199,7 @@ impl std::fmt::Debug for Job {
 /// A finished receiver [`Job`].
 #[derive(Debug, Clone)]
 pub struct JobResult {
+    file: usize,
     seq: u64,
     chain: [u8; 32],
     outcome: Result<(Bytes, Bytes), String>,
@@ -213,6 +215,7 @@ impl Job {
     /// length.
     pub fn run(self) -> JobResult {
         JobResult {
+            file: self.file,
             seq: self.seq,
             chain: self.chain,
             outcome: self.work(),
@@ -969,6 +972,7 @@ impl Receiver {
         cur.next_seq += 1;
         cur.jobs_out += 1;
         self.jobs.push_back(Job {
+            file: cur.file,
             seq: d.seq,
             chain: d.chain,
             payload: d.payload,
@@ -983,7 +987,8 @@ impl Receiver {
         let Some(cur) = self.current.as_mut() else {
             return Err(Error::misuse("job result while no file is open"));
         };
-        if done.seq < cur.next_verify
+        if done.file != cur.file
+            || done.seq < cur.next_verify
             || done.seq >= cur.next_seq
             || cur.results.contains_key(&done.seq)
         {

@@ -119,6 +119,7 @@ enum JobCompress {
 /// [`Sender::handle_job`] in any order.
 #[derive(Clone)]
 pub struct Job {
+    file: usize,
     seq: u64,
     data: Bytes,
     compress: JobCompress,
@@ -139,6 +140,7 @@ impl std::fmt::Debug for Job {
 /// A finished [`Job`].
 #[derive(Debug, Clone)]
 pub struct JobResult {
+    file: usize,
     seq: u64,
     /// P(k): the payload before encryption, which the chain covers.
     plain: Bytes,
@@ -175,6 +177,7 @@ impl Job {
             cipher.seal_in_place(nonce, &mut frame, DATA_HEADER_LEN);
         }
         JobResult {
+            file: self.file,
             seq: self.seq,
             plain,
             frame,
@@ -783,6 +786,7 @@ impl Sender {
                         _ => None,
                     };
                     self.jobs.push_back(Job {
+                        file: index,
                         seq: st.next_job,
                         data,
                         compress,
@@ -839,13 +843,17 @@ impl Sender {
 
     fn on_job(&mut self, done: JobResult) -> Result<(), Error> {
         let Some(Current {
+            index,
             stage: Stage::Streaming(st),
             ..
         }) = self.current.as_mut()
         else {
             return Err(Error::misuse("job result while no file is streaming"));
         };
-        if done.seq < st.next_emit || done.seq >= st.next_job || st.results.contains_key(&done.seq)
+        if done.file != *index
+            || done.seq < st.next_emit
+            || done.seq >= st.next_job
+            || st.results.contains_key(&done.seq)
         {
             return Err(Error::misuse(format!(
                 "job result for piece {} nobody asked for",

@@ -478,7 +478,13 @@ fn a_partner_that_never_drains_is_aborted_at_the_drain_timeout() {
     outputs(&mut r);
     let drain = RelayConfig::default().drain_timeout;
     r.handle_timeout(now + drain - Duration::from_millis(1));
-    assert!(outputs(&mut r).is_empty(), "a slow reader keeps its pair until the drain timeout");
+    assert!(
+        outputs(&mut r).is_empty(),
+        "a slow reader keeps its pair until the drain timeout"
+    );
     r.handle_timeout(now + drain);
-    assert_eq!(outputs(&mut r), vec![RelayOutput::Abort { conn: ConnId(2) }]);
+    assert_eq!(
+        outputs(&mut r),
+        vec![RelayOutput::Abort { conn: ConnId(2) }]
+    );
 }
