@@ -17,12 +17,13 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use p2p_copy_smol::{receive, send, ClientConfig, SendOptions};
+use p2p_copy_smol::{receive, send, ClientConfig, SendOptions, Summary, TransferError};
 
 const USAGE: &str =
-    "usage: p2p-copy-bench load --server ws://127.0.0.1:PORT [--pairs 200] [--mib 16] --dir DIR [--timeout SECS]";
+    "usage: p2p-copy-bench load --server ws://127.0.0.1:PORT [--pairs 200] [--mib 16] --dir DIR [--timeout SECS (120)]";
 
 /// Block size for generating and checking files.
 const BLOCK: usize = 1 << 20;
@@ -44,7 +45,7 @@ fn parse_args() -> Result<Args, String> {
     let mut pairs = 200;
     let mut mib = 16;
     let mut dir = None;
-    let mut timeout = Duration::from_secs(600);
+    let mut timeout = Duration::from_secs(120);
     while let Some(flag) = it.next() {
         let value = it
             .next()
@@ -158,6 +159,34 @@ fn for_all_pairs<T: Send>(pairs: usize, work: impl Fn(usize) -> T + Sync) -> Vec
     out.into_iter().map(|(_, v)| v).collect()
 }
 
+/// When the pairs started, for the failure reports.
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Wait for both sides of one pair. When one side fails, report it at once and stop the
+/// other side, which would otherwise wait for its lost peer until the pairing timeout.
+async fn pair_outcome(
+    i: usize,
+    mut sending: smol::Task<Result<Summary, TransferError>>,
+    mut receiving: smol::Task<Result<Summary, TransferError>>,
+) -> Result<(), String> {
+    let first = smol::future::race(async { ("sender", (&mut sending).await) }, async {
+        ("receiver", (&mut receiving).await)
+    })
+    .await;
+    let (side, result) = match first {
+        ("sender", Ok(_)) => ("receiver", receiving.await),
+        ("receiver", Ok(_)) => ("sender", sending.await),
+        failed => failed,
+    };
+    // Dropping the other side's task, if still running, cancels it.
+    result.map(|_| ()).map_err(|e| {
+        let at = START.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let msg = format!("pair {i}: the {side} failed after {at:.1} s: {e}");
+        eprintln!("{msg}");
+        msg
+    })
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -204,42 +233,32 @@ fn run(args: &Args) -> io::Result<bool> {
         .map_or(0, |d| d.as_nanos())
         ^ u128::from(std::process::id());
     eprintln!("running {} pairs through {}", args.pairs, args.server);
-    let started = Instant::now();
+    let started = *START.get_or_init(Instant::now);
     let outcomes: Vec<Result<(), String>> = smol::block_on(async {
-        let mut tasks = Vec::with_capacity(args.pairs);
-        for i in 0..args.pairs {
-            let mut cfg = ClientConfig::new(args.server.clone(), format!("load-{tag:x}-{i}"));
-            cfg.pair_timeout = args.timeout;
-            cfg.idle_timeout = args.timeout;
-            let receiving = smol::spawn(receive(cfg.clone(), out.join(i.to_string()), |_| {}));
-            let sending = smol::spawn(send(
-                cfg,
-                vec![src.join(source_name(i))],
-                SendOptions::default(),
-                |_| {},
-            ));
-            tasks.push((sending, receiving));
-        }
-        let mut outcomes = Vec::with_capacity(tasks.len());
-        for (i, (sending, receiving)) in tasks.into_iter().enumerate() {
-            let (s, r) = (sending.await, receiving.await);
-            outcomes.push(match (s, r) {
-                (Ok(_), Ok(_)) => Ok(()),
-                (s, r) => Err(format!(
-                    "pair {i}: sender {:?}, receiver {:?}",
-                    s.err().map(|e| e.to_string()),
-                    r.err().map(|e| e.to_string())
-                )),
-            });
+        let pairs: Vec<_> = (0..args.pairs)
+            .map(|i| {
+                let mut cfg = ClientConfig::new(args.server.clone(), format!("load-{tag:x}-{i}"));
+                cfg.pair_timeout = args.timeout;
+                cfg.idle_timeout = args.timeout;
+                let receiving = smol::spawn(receive(cfg.clone(), out.join(i.to_string()), |_| {}));
+                let sending = smol::spawn(send(
+                    cfg,
+                    vec![src.join(source_name(i))],
+                    SendOptions::default(),
+                    |_| {},
+                ));
+                smol::spawn(pair_outcome(i, sending, receiving))
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            outcomes.push(pair.await);
         }
         outcomes
     });
     let secs = started.elapsed().as_secs_f64();
 
     let ok = outcomes.iter().filter(|o| o.is_ok()).count();
-    for e in outcomes.iter().filter_map(|o| o.as_ref().err()).take(10) {
-        eprintln!("{e}");
-    }
     eprintln!("checking outputs");
     let same = for_all_pairs(args.pairs, |i| {
         let path = out.join(i.to_string()).join(source_name(i));

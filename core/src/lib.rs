@@ -7,6 +7,8 @@ pub mod compress;
 pub mod crypto;
 mod error;
 mod event;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod parallel;
 pub mod path;
 mod pipe;

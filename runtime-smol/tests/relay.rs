@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use p2p_copy_smol::{RelayServer, RelayServerConfig};
 
 type Client = async_tungstenite::WebSocketStream<smol::net::TcpStream>;
@@ -12,7 +12,10 @@ async fn client(url: &str, role: &str) -> Client {
     let addr = url.trim_start_matches("ws://");
     let tcp = smol::net::TcpStream::connect(addr).await.unwrap();
     let (mut ws, _) = async_tungstenite::client_async(url, tcp).await.unwrap();
-    let hello = format!(r#"{{"type":"hello","code_hash_hex":"{}","role":"{role}"}}"#, "ab".repeat(32));
+    let hello = format!(
+        r#"{{"type":"hello","code_hash_hex":"{}","role":"{role}"}}"#,
+        "ab".repeat(32)
+    );
     ws.send(Message::text(hello)).await.unwrap();
     ws
 }
@@ -54,7 +57,10 @@ fn a_receiver_that_does_not_read_slows_its_sender() {
         })
         .await;
         // Socket buffers on both hops hold some tens of MiB at most.
-        assert!(sent < 100, "the sender pushed {sent} MiB past a receiver that reads nothing");
+        assert!(
+            sent < 100,
+            "the sender pushed {sent} MiB past a receiver that reads nothing"
+        );
         // And nothing was lost: the receiver gets every message in order once it reads.
         let reading = async {
             for _ in 0..sent {
@@ -88,8 +94,12 @@ fn a_connection_without_hello_is_closed() {
         .unwrap();
         let url = format!("ws://{}", server.local_addr());
         let _relay = smol::spawn(server.run());
-        let tcp = smol::net::TcpStream::connect(url.trim_start_matches("ws://")).await.unwrap();
-        let (mut ws, _) = async_tungstenite::client_async(url.as_str(), tcp).await.unwrap();
+        let tcp = smol::net::TcpStream::connect(url.trim_start_matches("ws://"))
+            .await
+            .unwrap();
+        let (mut ws, _) = async_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .unwrap();
         let started = Instant::now();
         let end = smol::future::or(async { ws.next().await }, async {
             smol::Timer::after(Duration::from_secs(10)).await;

@@ -11,6 +11,7 @@ use p2p_copy_smol::{
     Summary, TransferError,
 };
 
+/// The relay's and the sessions' log lines, shown when a test fails.
 struct StderrLog;
 impl log::Log for StderrLog {
     fn enabled(&self, _: &log::Metadata) -> bool {
@@ -122,7 +123,6 @@ async fn round_trip(cfg: ClientConfig, opts: SendOptions) -> (tempfile::TempDir,
     let sending = send(cfg.clone(), paths, opts, |_| {});
     let receiving = receive(cfg, out.clone(), |_| {});
     let (sent, received) = within("transfer", smol::future::zip(sending, receiving)).await;
-    eprintln!("sent {sent:?}\nreceived {received:?}");
     let (sent, received) = (
         sent.expect("send succeeds"),
         received.expect("receive succeeds"),

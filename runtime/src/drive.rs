@@ -43,6 +43,9 @@ pub(crate) struct Driver<R: Rt, M: Machine> {
     close_frame: Option<(u16, String)>,
     /// Since when the connection has refused to take more data.
     blocked_since: Option<Instant>,
+    /// When and why writing failed; the read side then gets a moment to deliver the
+    /// close frame that explains it.
+    write_failed: Option<(Instant, String)>,
     idle_timeout: Duration,
     /// Whether the peer was seen (sender: `ready`; receiver: the manifest).
     paired: bool,
@@ -73,6 +76,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
             needs_flush: false,
             close_frame: None,
             blocked_since: None,
+            write_failed: None,
             idle_timeout,
             paired: false,
             session,
@@ -186,11 +190,28 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         });
     }
 
-    fn connection_lost(&mut self, now: Instant, why: &str) {
-        log::debug!("session {}: connection lost: {why}", self.session);
+    /// Writing failed. The peer or relay usually closed the connection, and its close
+    /// frame (which says why) may still be waiting on the read side.
+    fn write_failed(&mut self, now: Instant, why: String) {
+        log::debug!("session {}: write failed: {why}", self.session);
+        self.writing = false;
+        self.write_failed = Some((now, why));
+        if !self.reading {
+            self.closed(now, None);
+        }
+    }
+
+    /// The connection ended: tell the machine, with the close frame's code and reason
+    /// if one came, else what failed.
+    fn closed(&mut self, now: Instant, failure: Option<String>) {
         self.reading = false;
         self.writing = false;
-        let _ = self.machine.handle_close(now, None, why);
+        let write_failure = self.write_failed.take().map(|(_, why)| why);
+        let (code, reason) = match &self.close_frame {
+            Some((code, reason)) => (Some(*code), reason.clone()),
+            None => (None, failure.or(write_failure).unwrap_or_default()),
+        };
+        let _ = self.machine.handle_close(now, code, &reason);
         self.drain_outputs();
     }
 
@@ -215,7 +236,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                         };
                         progress = true;
                         if let Err(e) = Pin::new(&mut self.ws).start_send(from_wire(msg)) {
-                            self.connection_lost(now, &e.to_string());
+                            self.write_failed(now, e.to_string());
                             break;
                         }
                         self.needs_flush = true;
@@ -223,7 +244,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     }
                     Poll::Ready(Err(e)) => {
                         progress = true;
-                        self.connection_lost(now, &e.to_string());
+                        self.write_failed(now, e.to_string());
                         break;
                     }
                     Poll::Pending => {
@@ -240,7 +261,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     }
                     Poll::Ready(Err(e)) => {
                         progress = true;
-                        self.connection_lost(now, &e.to_string());
+                        self.write_failed(now, e.to_string());
                     }
                     Poll::Pending => {
                         self.blocked_since.get_or_insert(now);
@@ -301,21 +322,11 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
                         log::debug!("session {}: read failed: {e}", self.session);
-                        self.reading = false;
-                        let (code, reason) = self.close_frame.clone().unzip();
-                        let _ =
-                            self.machine
-                                .handle_close(now, code, reason.as_deref().unwrap_or(""));
-                        self.drain_outputs();
+                        self.closed(now, Some(e.to_string()));
                     }
                     Poll::Ready(None) => {
                         progress = true;
-                        self.reading = false;
-                        let (code, reason) = self.close_frame.clone().unzip();
-                        let _ =
-                            self.machine
-                                .handle_close(now, code, reason.as_deref().unwrap_or(""));
-                        self.drain_outputs();
+                        self.closed(now, None);
                     }
                     Poll::Pending => {}
                 }
@@ -323,10 +334,11 @@ impl<R: Rt, M: Machine> Driver<R, M> {
 
             // Deadlines: the machine's, and how long the connection may refuse data.
             let stall = self.blocked_since.map(|t| t + self.idle_timeout);
-            let deadline = match (self.machine.poll_timeout(), stall) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let close_wait = self.write_failed.as_ref().map(|(t, _)| *t + CLOSE_WAIT);
+            let deadline = [self.machine.poll_timeout(), stall, close_wait]
+                .into_iter()
+                .flatten()
+                .min();
             if self.timer.as_ref().map(|t| t.0) != deadline {
                 self.timer = deadline.map(|d| {
                     (
@@ -345,6 +357,9 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                             "the peer took no data for {} s (it stopped reading, or the connection hangs)",
                             self.idle_timeout.as_secs()
                         ))));
+                    }
+                    if close_wait.is_some_and(|t| now >= t) {
+                        self.closed(now, None);
                     }
                     let _ = self.machine.handle_timeout(now);
                     self.drain_outputs();

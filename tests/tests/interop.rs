@@ -62,6 +62,8 @@ const COMPLETE: &str = "tree/chunks/text-1MiB-minus-1.txt";
 const MISMATCH: &str = "tree/a/b/c/d/e/deep file.dat";
 /// How much of [`MISMATCH`] the receiver holds.
 const MISMATCH_LEN: usize = 50_000;
+/// ...and this one with 1000 bytes more than the sender has.
+const LONGER: &str = "tree/readme.txt";
 
 /// Which directory of the data set a case sends: the sender is started in that directory
 /// with every entry of it as an argument, so the directory is also the expected result.
@@ -146,6 +148,13 @@ fn dataset() -> &'static Path {
         if dir.is_dir() {
             return dir;
         }
+        // Data sets of earlier recipes are of no further use.
+        for old in fs::read_dir(base).into_iter().flatten().flatten() {
+            let name = old.file_name().to_string_lossy().into_owned();
+            if name.starts_with("interop-data-") && old.path() != dir {
+                let _ = fs::remove_dir_all(old.path());
+            }
+        }
         let tmp = base.join(format!("interop-data.tmp-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         for (name, specs) in &layout {
@@ -225,7 +234,8 @@ struct Mode {
     /// `None`: no `--compress` option (the default, auto).
     compress: Option<CompressMode>,
     /// `Some`: `--resume`, with the receiver holding [`PARTIAL`], [`COMPLETE`] and
-    /// [`MISMATCH`]; the position tells where our receiver finds its partial file.
+    /// [`MISMATCH`] and [`LONGER`]; the position tells where our receiver finds its
+    /// partial file.
     resume: Option<PartialAt>,
     /// `Some(n)`: a parallel code `n=<n>=n…`.
     parallel: Option<usize>,
@@ -632,7 +642,8 @@ fn old_time() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000)
 }
 
-/// Put a partial, a complete and a mismatching copy into the receiver's `out`.
+/// Put a partial, a complete, a mismatching and a too long copy into the receiver's
+/// `out`.
 fn prefill_for_resume(out: &Path, data: &Path, partial_at: PartialAt) {
     let read =
         |p: &str| fs::read(data.join(p)).unwrap_or_else(|e| panic!("data set file {p}: {e}"));
@@ -660,6 +671,10 @@ fn prefill_for_resume(out: &Path, data: &Path, partial_at: PartialAt) {
     mismatch.truncate(MISMATCH_LEN);
     mismatch[100] ^= 0xff;
     write(out.join(MISMATCH), &mismatch);
+
+    let mut longer = read(LONGER);
+    longer.extend_from_slice(&[b'x'; 1000]);
+    write(out.join(LONGER), &longer);
 }
 
 fn report_all(ended: &[&Ended]) -> String {
@@ -730,6 +745,11 @@ fn check_our_events(mode: &Mode, log: &EventLog, who: &str, reports: &str) {
             started.get(MISMATCH),
             Some(&0),
             "{who}: {MISMATCH} differs at the receiver and must be sent whole; started: {started:?}\n{reports}"
+        );
+        assert_eq!(
+            started.get(LONGER),
+            Some(&0),
+            "{who}: {LONGER} is longer at the receiver and must be sent whole; started: {started:?}\n{reports}"
         );
         assert!(
             !started.contains_key(COMPLETE),
@@ -1205,7 +1225,7 @@ fn python_sender_killed_mid_file_then_resumed_into_our_receiver() {
     );
     let kept = grown(&part);
     assert!(
-        kept >= 4 * MIB && kept < BIG_SIZE,
+        (4 * MIB..BIG_SIZE).contains(&kept),
         "the partial file stays ({kept} bytes)"
     );
     assert!(
