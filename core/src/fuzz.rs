@@ -2201,6 +2201,8 @@ mod relay_body {
         conns: BTreeMap<ConnId, Conn>,
         next_id: u64,
         ever_paired: HashSet<ConnId>,
+        /// Connections refused at connect: dropped after the close grace unless they leave.
+        refused: BTreeMap<ConnId, Instant>,
         outcome: RelayRun,
     }
 
@@ -2229,6 +2231,7 @@ mod relay_body {
             conns: BTreeMap::new(),
             next_id: 1,
             ever_paired: HashSet::new(),
+            refused: BTreeMap::new(),
             outcome: RelayRun::default(),
         };
         let mut s = Script::new(data);
@@ -2405,6 +2408,8 @@ mod relay_body {
                 );
             } else {
                 assert_eq!(out, [Out::Close(conn, CLOSE_TRY_AGAIN)]);
+                self.refused
+                    .insert(conn, self.now + self.config.close_grace);
                 self.outcome.refused += 1;
             }
         }
@@ -2499,6 +2504,10 @@ mod relay_body {
         fn disconnect(&mut self, conn: ConnId) {
             self.relay.handle_disconnect(self.now, conn);
             let out = self.outputs();
+            if self.refused.remove(&conn).is_some() {
+                assert_eq!(out, [], "a refused connection leaving changes nothing else");
+                return;
+            }
             let Some(c) = self.conns.remove(&conn) else {
                 assert_eq!(out, [], "an unknown disconnect does nothing");
                 return;
@@ -2543,6 +2552,13 @@ mod relay_body {
             self.relay.handle_timeout(now);
             for o in self.outputs() {
                 match o {
+                    Out::Abort(conn) if self.refused.contains_key(&conn) => {
+                        let t = self.refused.remove(&conn).unwrap_or(now);
+                        assert!(
+                            t <= now,
+                            "refused connection aborted before its grace ended"
+                        );
+                    }
                     Out::Abort(conn) => {
                         let c = self
                             .conns
@@ -2578,13 +2594,18 @@ mod relay_body {
                     "{id:?} outlived its deadline: {c:?}"
                 );
             }
+            assert!(
+                self.refused.values().all(|t| *t > now),
+                "a refused connection outlived its grace"
+            );
         }
 
         fn check_counts(&self) {
             assert_eq!(self.relay.connection_count(), self.conns.len());
             let waiting = self.conns.values().filter(|c| c.waiting()).count();
             assert_eq!(self.relay.waiting_count(), waiting);
-            let next = self.conns.values().filter_map(|c| self.deadline(c)).min();
+            let tracked = self.conns.values().filter_map(|c| self.deadline(c));
+            let next = tracked.chain(self.refused.values().copied()).min();
             assert_eq!(self.relay.poll_timeout(), next, "the relay's next deadline");
         }
     }

@@ -31,6 +31,8 @@ pub enum PathError {
     WindowsForm,
     /// It contains a NUL byte.
     Nul,
+    /// Its file name has the form of a partial file (see [`partial_name`]).
+    Reserved,
     /// A component is empty or `.`.
     EmptyComponent,
     /// A component is `..`.
@@ -46,6 +48,7 @@ impl fmt::Display for PathError {
             PathError::Absolute => "absolute path",
             PathError::WindowsForm => "Windows-style path (backslash or drive)",
             PathError::Nul => "NUL byte in path",
+            PathError::Reserved => "name reserved for partial files",
             PathError::EmptyComponent => "empty or '.' component in path",
             PathError::ParentComponent => "'..' component in path",
             PathError::TooLong => "path too long or too deep",
@@ -91,7 +94,17 @@ impl SafePath {
         if depth > MAX_DEPTH {
             return Err(PathError::TooLong);
         }
+        let name = raw.rsplit('/').next().unwrap_or(raw);
+        if name.starts_with('.') && name.ends_with(PARTIAL_SUFFIX) {
+            // Another entry's partial file could otherwise be committed over this one.
+            return Err(PathError::Reserved);
+        }
         Ok(SafePath(raw.to_owned()))
+    }
+
+    /// The file name (last component).
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
     }
 
     /// The path as sent on the wire (`/`-separated).
@@ -109,6 +122,31 @@ impl SafePath {
     pub fn ancestors(&self) -> impl Iterator<Item = &str> {
         self.0.match_indices('/').map(move |(i, _)| &self.0[..i])
     }
+}
+
+/// Suffix of partial files.
+pub const PARTIAL_SUFFIX: &str = ".p2p-copy-part";
+
+/// The name of the partial file a receiver writes beside `name` until the session
+/// commits: `.<name>.p2p-copy-part`, or, when that would exceed 255 bytes, a shortened
+/// name with a hash of the full one (`.<prefix>~<hash>.p2p-copy-part`). Names of this form
+/// are refused as peer paths, so no entry can collide with another's partial file.
+pub fn partial_name(name: &str) -> String {
+    let plain = format!(".{name}{PARTIAL_SUFFIX}");
+    if plain.len() <= MAX_COMPONENT_LEN {
+        return plain;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let mut cut = 200;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        ".{}~{}{PARTIAL_SUFFIX}",
+        &name[..cut],
+        crate::wire::hex(&digest[..8])
+    )
 }
 
 impl fmt::Display for SafePath {
@@ -176,6 +214,28 @@ mod tests {
             Err(PathError::TooLong)
         );
         assert_eq!(SafePath::parse(&"x/".repeat(2100)), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn partial_names_are_reserved_and_fit_the_name_limit() {
+        assert_eq!(partial_name("x"), ".x.p2p-copy-part");
+        assert_eq!(
+            SafePath::parse(".x.p2p-copy-part"),
+            Err(PathError::Reserved)
+        );
+        assert_eq!(
+            SafePath::parse("d/.x.p2p-copy-part"),
+            Err(PathError::Reserved)
+        );
+        assert!(SafePath::parse("x.p2p-copy-part").is_ok());
+        let long = "é".repeat(127);
+        let p = partial_name(&long);
+        assert!(p.len() <= MAX_COMPONENT_LEN, "{}", p.len());
+        assert_eq!(SafePath::parse(&p), Err(PathError::Reserved));
+        assert_ne!(
+            partial_name(&format!("{long}a")),
+            partial_name(&format!("{long}b"))
+        );
     }
 
     #[test]

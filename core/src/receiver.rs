@@ -289,6 +289,17 @@ enum Phase {
     Failed,
 }
 
+/// The kind of a request the runtime has taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Stat,
+    ReadBack,
+    Open,
+    Write,
+    Close,
+    Commit,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Commit {
     Draining,
@@ -336,6 +347,10 @@ pub struct Receiver {
     by_path: HashMap<String, usize>,
     current: Option<Incoming>,
     io_out: usize,
+    /// Requests the runtime has taken and not answered, per file in order (answers for
+    /// one file come in request order), so a stray or mismatched answer is refused.
+    ledger: HashMap<usize, VecDeque<Asked>>,
+    sync_asked: bool,
     writes_out: usize,
     backlog: VecDeque<WireMessage>,
     /// A close reported while messages were still held back: it takes effect after them.
@@ -373,6 +388,8 @@ impl Receiver {
             by_path: HashMap::new(),
             current: None,
             io_out: 0,
+            ledger: HashMap::new(),
+            sync_asked: false,
             writes_out: 0,
             backlog: VecDeque::new(),
             pending_close: None,
@@ -401,7 +418,21 @@ impl Receiver {
 
     /// The next file access to carry out.
     pub fn poll_io(&mut self) -> Option<IoRequest> {
-        self.io.pop_front()
+        let req = self.io.pop_front()?;
+        let (file, asked) = match &req {
+            IoRequest::Sync => {
+                self.sync_asked = true;
+                return Some(req);
+            }
+            IoRequest::Stat { file, .. } => (*file, Asked::Stat),
+            IoRequest::ReadBack { file, .. } => (*file, Asked::ReadBack),
+            IoRequest::Open { file, .. } => (*file, Asked::Open),
+            IoRequest::Write { file, .. } => (*file, Asked::Write),
+            IoRequest::Close { file } => (*file, Asked::Close),
+            IoRequest::Commit { file, .. } => (*file, Asked::Commit),
+        };
+        self.ledger.entry(file).or_default().push_back(asked);
+        Some(req)
     }
 
     /// The next piece of CPU work to run (see [`Job`]).
@@ -946,8 +977,10 @@ impl Receiver {
             return Err(Error::peer("data message outside a file"));
         };
         let e = &self.entries[cur.file];
-        let d = DataMessage::decode(frame)
-            .map_err(|err| Error::peer_in(e.path.as_str(), err.to_string()))?;
+        let d = DataMessage::decode(frame).map_err(|err| match err {
+            Error::Peer { reason, .. } => Error::peer_in(e.path.as_str(), reason),
+            other => other,
+        })?;
         if d.seq != cur.next_seq {
             return Err(Error::integrity_in(
                 e.path.as_str(),
@@ -1172,6 +1205,15 @@ impl Receiver {
 
     fn on_io(&mut self, done: IoCompletion) -> Result<(), Error> {
         let syncing = matches!(self.phase, Phase::Closing(Commit::Syncing));
+        let answers = |asked: Asked| match &done {
+            IoCompletion::Stat { .. } => asked == Asked::Stat,
+            IoCompletion::ReadBack { .. } => asked == Asked::ReadBack,
+            IoCompletion::Opened { .. } => asked == Asked::Open,
+            IoCompletion::Written { .. } => asked == Asked::Write,
+            IoCompletion::Closed { .. } => asked == Asked::Close,
+            IoCompletion::Committed { .. } => asked == Asked::Commit,
+            IoCompletion::Failed { .. } | IoCompletion::Synced => true,
+        };
         let file = match &done {
             IoCompletion::Stat { file, .. }
             | IoCompletion::ReadBack { file, .. }
@@ -1179,15 +1221,24 @@ impl Receiver {
             | IoCompletion::Written { file }
             | IoCompletion::Closed { file }
             | IoCompletion::Committed { file } => Some(*file),
-            IoCompletion::Failed { file, .. } if !syncing => Some(*file),
+            IoCompletion::Failed { file, .. } if !(syncing && self.sync_asked) => Some(*file),
             IoCompletion::Failed { .. } | IoCompletion::Synced => None,
         };
-        let unknown_file = file.is_some_and(|f| f >= self.entries.len());
-        let stray_sync = matches!(done, IoCompletion::Synced) && !syncing;
-        if unknown_file || stray_sync || self.io_out == 0 {
-            let file = file.map_or("sync".to_owned(), |f| f.to_string());
+        let expected = match file {
+            None => std::mem::take(&mut self.sync_asked),
+            Some(f) => {
+                let queue = self.ledger.entry(f).or_default();
+                let ok = queue.front().is_some_and(|&a| answers(a));
+                if ok {
+                    queue.pop_front();
+                }
+                ok
+            }
+        };
+        if !expected {
+            let what = file.map_or("the sync".to_owned(), |f| format!("file {f}"));
             return Err(Error::misuse(format!(
-                "I/O completion for file {file} nobody asked for"
+                "I/O completion for {what} that nobody asked for (no such request was taken from poll_io)"
             )));
         }
         self.io_out -= 1;

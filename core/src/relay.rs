@@ -156,6 +156,9 @@ pub struct Relay {
     conns: HashMap<ConnId, Conn>,
     per_addr: HashMap<IpAddr, usize>,
     waiting: HashMap<String, (ConnId, Role)>,
+    /// Connections refused at connect time (not counted against the limits), dropped
+    /// after the close grace if they ignore the close.
+    refused: HashMap<ConnId, Instant>,
     out: VecDeque<RelayOutput>,
     events: VecDeque<RelayEvent>,
 }
@@ -168,6 +171,7 @@ impl Relay {
             conns: HashMap::new(),
             per_addr: HashMap::new(),
             waiting: HashMap::new(),
+            refused: HashMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -195,7 +199,9 @@ impl Relay {
 
     /// The earliest deadline, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
+        let refused = self.refused.values().copied().min();
+        let tracked = self
+            .conns
             .values()
             .filter_map(|c| match c.state {
                 ConnState::New { deadline }
@@ -203,14 +209,16 @@ impl Relay {
                 | ConnState::Closing { deadline } => Some(deadline),
                 ConnState::Paired { .. } => None,
             })
-            .min()
+            .min();
+        refused.into_iter().chain(tracked).min()
     }
 
     /// A new connection from `addr`. Returns false (and queues a close) when a limit is
-    /// reached; the connection is then not tracked beyond that close.
+    /// reached; the refused connection does not count against the limits and is aborted
+    /// after the close grace if it is still there.
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, addr: IpAddr) -> bool {
         let from_addr = self.per_addr.get(&addr).copied().unwrap_or(0);
-        let refusal = if self.conns.contains_key(&conn) {
+        let refusal = if self.conns.contains_key(&conn) || self.refused.contains_key(&conn) {
             Some("connection id reused")
         } else if self.conns.len() >= self.config.max_connections {
             Some("relay is at its connection limit")
@@ -226,6 +234,9 @@ impl Relay {
                 reason,
             });
             self.events.push_back(RelayEvent::Refused { conn, reason });
+            self.refused
+                .entry(conn)
+                .or_insert(now + self.config.close_grace);
             return false;
         }
         *self.per_addr.entry(addr).or_insert(0) += 1;
@@ -335,6 +346,9 @@ impl Relay {
     /// A connection ended (its reader saw the close or an error). Its partner, if any,
     /// is closed after what is already queued for it, and dropped after the grace period.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        if self.refused.remove(&conn).is_some() {
+            return;
+        }
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -394,6 +408,17 @@ impl Relay {
     /// Time has passed: close connections whose hello or wait deadline passed, drop
     /// closing connections whose grace ended.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let mut gone: Vec<ConnId> = self
+            .refused
+            .iter()
+            .filter(|(_, deadline)| now >= **deadline)
+            .map(|(id, _)| *id)
+            .collect();
+        gone.sort();
+        for conn in gone {
+            self.refused.remove(&conn);
+            self.out.push_back(RelayOutput::Abort { conn });
+        }
         let mut due: Vec<(ConnId, bool)> = self
             .conns
             .iter()
