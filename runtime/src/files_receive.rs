@@ -17,13 +17,7 @@ use p2p_copy_core::receiver::{IoCompletion, IoRequest, LocalCopy};
 
 use crate::machine::FileIo;
 
-/// Suffix of partial files: `<dir>/.<name>.p2p-copy-part`.
-pub const PART_SUFFIX: &str = ".p2p-copy-part";
-
-/// The partial file's name for a final name.
-pub(crate) fn part_name(name: &str) -> String {
-    format!(".{name}{PART_SUFFIX}")
-}
+use p2p_copy_core::path::partial_name as part_name;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -468,6 +462,20 @@ mod tests {
             },
         ];
         reqs.into_iter().map(|r| run(files, r)).collect()
+    }
+
+    #[test]
+    fn takes_a_name_of_the_full_255_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let name = "m".repeat(255);
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        let done = receive_whole(&mut f, 0, &name, b"255");
+        assert_eq!(
+            done.last(),
+            Some(&IoCompletion::Committed { file: 0 }),
+            "{done:?}"
+        );
+        assert_eq!(fs::read(t.path().join(&name)).unwrap(), b"255");
     }
 
     #[test]

@@ -61,7 +61,6 @@ mod transport;
 pub use client::{receive, send};
 pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, Summary};
 pub use error::TransferError;
-pub use files_receive::PART_SUFFIX;
 pub use p2p_copy_core::relay::RelayConfig;
 pub use p2p_copy_core::sender::CompressMode;
 pub use p2p_copy_core::Event;

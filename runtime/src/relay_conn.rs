@@ -33,6 +33,8 @@ pub(crate) struct ConnTask<R: Rt> {
     pub forwarded: Arc<AtomicU64>,
     /// Longest the TLS and WebSocket handshakes may take.
     pub handshake_timeout: Duration,
+    /// How long a close may take once asked for (the client may never answer it).
+    pub close_grace: Duration,
 }
 
 /// Reports the end of the connection to the hub however the task ends (returned,
@@ -82,6 +84,7 @@ impl<R: Rt> ConnTask<R> {
             forward,
             forwarded,
             handshake_timeout,
+            close_grace,
         } = self;
         let _departure = Departure {
             hub: hub.clone(),
@@ -102,7 +105,7 @@ impl<R: Rt> ConnTask<R> {
         };
         let (tx, rx) = ws.split();
         let reader = Box::pin(read(hub, id, rx, forwarded));
-        let writer = Box::pin(write(tx, commands, forward));
+        let writer = Box::pin(write(rt, tx, commands, forward, close_grace));
         // Either end finishes the connection: the reader when the client leaves, the
         // writer when its socket fails or the hub asked for a close and the client
         // already went quiet.
@@ -153,11 +156,15 @@ async fn read(
     }
 }
 
-/// Write to the client: the hub's commands first, then the partner's messages.
-async fn write(
+/// Write to the client: the hub's commands first, then the partner's messages. Ends
+/// when the socket fails, or `close_grace` after a close was asked for: the client may
+/// never answer it, and a refused connection gets no later abort from the hub.
+async fn write<R: Rt>(
+    rt: R,
     mut tx: async_tungstenite::WebSocketSender<Box<dyn Conn>>,
     commands: async_channel::Receiver<Command>,
     forward: async_channel::Receiver<Message>,
+    close_grace: Duration,
 ) {
     loop {
         let next = match select(Box::pin(commands.recv()), Box::pin(forward.recv())).await {
@@ -173,21 +180,24 @@ async fn write(
                 }
             }
             Either::Left(Command::Close(code, reason)) => {
-                while let Ok(m) = forward.try_recv() {
-                    if tx.feed(m).await.is_err() {
-                        return;
+                let closing = async {
+                    while let Ok(m) = forward.try_recv() {
+                        if tx.feed(m).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
+                    let frame = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    };
+                    if tx.send(Message::Close(Some(frame))).await.is_ok() {
+                        // The reader ends the task when the client answers.
+                        std::future::pending::<()>().await;
+                    }
                 };
-                if tx.send(Message::Close(Some(frame))).await.is_err() {
-                    return;
-                }
-                // The reader ends the task when the client answers the close; the hub
-                // aborts it when the grace period runs out.
-                std::future::pending::<()>().await;
+                let grace = rt.sleep_until(Instant::now() + close_grace);
+                let _ = select(Box::pin(closing), Box::pin(grace)).await;
+                return;
             }
         }
     }

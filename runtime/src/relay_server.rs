@@ -93,6 +93,7 @@ impl<R: Rt> RelayServer<R> {
             ..
         } = self;
         let handshake_timeout = config.hello_timeout;
+        let close_grace = config.close_grace;
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let hub: SharedHub = Arc::new(Mutex::new(Hub::new(config, wake_tx)));
         let (timer, timer_reg) = AbortHandle::new_pair();
@@ -131,6 +132,7 @@ impl<R: Rt> RelayServer<R> {
                 forward: fwd_rx,
                 forwarded: forwarded.clone(),
                 handshake_timeout,
+                close_grace,
             };
             lock(&hub).connect(
                 Instant::now(),

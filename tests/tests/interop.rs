@@ -2,10 +2,11 @@
 //!
 //! Every combination of relay × sender × receiver in which at least one of the three is
 //! ours (seven of them) runs every mode: plain, `--encrypt`, `--compress on|off|auto`,
-//! `--resume` against a partial, a complete and a mismatching file, `--encrypt --resume`,
-//! and parallel codes (`n=3=n…`) with more and with fewer files than connections. Each
-//! case checks both exit codes and the received tree byte for byte, and, where one side
-//! is ours, what that side saw (resume points, compression, sessions).
+//! `--resume` against a partial, a complete, a mismatching and a longer file,
+//! `--encrypt --resume`, and parallel codes (`n=3=n…`) with more and with fewer files
+//! than connections. Each case checks both exit codes and the received tree byte for
+//! byte, and, where one side is ours, what that side saw (resume points, compression,
+//! sessions).
 //!
 //! "Ours" is the smol runtime library in this process; the tests at the end run our
 //! command-line binary with exactly the Python tool's arguments. The Python side always
@@ -732,7 +733,7 @@ fn sessions(log: &EventLog) -> (BTreeSet<usize>, BTreeSet<usize>) {
     (manifests, files)
 }
 
-/// What our side must have seen in `mode`; `sender_side` tells whose events these are.
+/// What our side (`who`, sender or receiver) must have seen in `mode`.
 fn check_our_events(mode: &Mode, log: &EventLog, who: &str, reports: &str) {
     let started = started(log);
     if mode.resume.is_some() {
