@@ -509,7 +509,7 @@ mod receiver_body {
                     if self.input(|rx| rx.handle_timeout(now)).is_ok() {
                         let next = self.rx.poll_timeout();
                         assert!(
-                            next.map_or(true, |t| t > now),
+                            next.is_none_or(|t| t > now),
                             "a handled deadline stays armed"
                         );
                     }
@@ -1578,7 +1578,7 @@ mod sender_body {
                     if self.input(|tx| tx.handle_timeout(now)).is_ok() {
                         let next = self.tx.poll_timeout();
                         assert!(
-                            next.map_or(true, |t| t > now),
+                            next.is_none_or(|t| t > now),
                             "a handled deadline stays armed"
                         );
                     }
@@ -2590,7 +2590,7 @@ mod relay_body {
             for (id, c) in &self.conns {
                 let d = self.deadline(c);
                 assert!(
-                    d.map_or(true, |d| d > now),
+                    d.is_none_or(|d| d > now),
                     "{id:?} outlived its deadline: {c:?}"
                 );
             }

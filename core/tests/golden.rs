@@ -367,7 +367,7 @@ fn run_receiver(case: &Value, secrets: &Secrets) -> (Vec<WireMessage>, BTreeMap<
                     append_from,
                 } => {
                     let mut d = files.get(path.as_str()).cloned().unwrap_or_default();
-                    assert_eq!(d.len() as u64 >= append_from, true);
+                    assert!(d.len() as u64 >= append_from);
                     d.truncate(append_from as usize);
                     partial.insert(file, (path.as_str().to_owned(), d));
                     C::Opened { file }

@@ -44,7 +44,7 @@ fn local_bytes(local: &Local, source: &[u8]) -> Option<Vec<u8>> {
         }
         Local::Longer(n) => {
             let mut v = source.to_vec();
-            v.extend(std::iter::repeat(7u8).take(n));
+            v.extend(std::iter::repeat_n(7u8, n));
             Some(v)
         }
     }

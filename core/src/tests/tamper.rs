@@ -365,7 +365,7 @@ fn check_small(encrypt: bool, msg: usize, pos: usize, value: u8) -> Result<(), S
         return Err(format!("{what}: did not end cleanly: {:?}", out.violations));
     }
     for (path, data) in out.files() {
-        if !sent.get(path).is_some_and(|d| d[..] == data[..]) {
+        if sent.get(path).is_none_or(|d| d[..] != data[..]) {
             return Err(format!(
                 "{what}: {path} holds {:?}, never sent under that name",
                 String::from_utf8_lossy(data)
