@@ -411,19 +411,17 @@ pub fn sender_dropped_mid_transfer_then_resumed<R: Runtime>() {
     let size = 24 * MIB + 77;
     fs::write(s.src.join("big.bin"), random_bytes(size, 71)).unwrap();
 
-    // The receiver says when a few MiB arrived; the sender's future is then dropped,
-    // which is how a caller cancels a transfer.
+    // The sender says when it has sent a few MiB; its future is then dropped, which is
+    // how a caller cancels a transfer. (Counting on the sender's side: by the time the
+    // receiver has seen a few MiB, socket and relay buffers may already hold the rest.)
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
     let received = EventLog::new();
-    let on_receive = {
-        let mut record = received.recorder();
-        move |ev: SessionEvent| {
-            if let Event::Progress { file_bytes, .. } = ev.event {
-                if file_bytes >= 4 * MIB {
-                    let _ = stop_tx.try_send(());
-                }
+    let on_receive = received.recorder();
+    let on_send = move |ev: SessionEvent| {
+        if let Event::Progress { file_bytes, .. } = ev.event {
+            if file_bytes >= 4 * MIB {
+                let _ = stop_tx.try_send(());
             }
-            record(ev);
         }
     };
     let mut recv_cfg = client(&relay, "interrupted", Duration::from_secs(20));
@@ -435,7 +433,7 @@ pub fn sender_dropped_mid_transfer_then_resumed<R: Runtime>() {
                 send_cfg,
                 vec![s.src.join("big.bin")],
                 SendOptions::default(),
-                |_| {},
+                on_send,
             )
             .await;
             Some(r)
