@@ -63,6 +63,14 @@ impl fmt::Display for FileCtx<'_> {
 }
 
 impl Error {
+    /// The sticky error of a failed state machine, returned again by every later call.
+    pub(crate) fn sticky(error: &Option<Error>) -> Result<(), Error> {
+        match error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn peer(reason: impl Into<String>) -> Self {
         Error::Peer {
             file: None,
@@ -114,5 +122,34 @@ impl Error {
             Error::Cancelled(_) => "cancelled",
             Error::Config(_) => "config",
         }
+    }
+}
+
+/// The error for a connection that closed before the session ended, saying what the
+/// relay's close code means.
+pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error {
+    match code {
+        Some(1013) => Error::Peer {
+            file: None,
+            reason: format!(
+                "the relay closed the connection: {} (someone else is using this code in the same role)",
+                crate::path::escape(if reason.is_empty() { "duplicate role for code" } else { reason })
+            ),
+        },
+        Some(1002) => Error::Peer {
+            file: None,
+            reason: format!("the relay refused the hello: {}", crate::path::escape(reason)),
+        },
+        _ if reason.is_empty() => Error::Peer {
+            file: None,
+            reason: format!("the connection closed {when}"),
+        },
+        _ => Error::Peer {
+            file: None,
+            reason: format!(
+                "the connection closed {when} (close reason: {})",
+                crate::path::escape(reason)
+            ),
+        },
     }
 }

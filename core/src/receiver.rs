@@ -588,7 +588,7 @@ impl Receiver {
             ),
             None => "before the transfer was complete (run again with --resume to continue)".to_owned(),
         };
-        Err(crate::sender::closed_error(code, reason, &when))
+        Err(crate::error::closed_error(code, reason, &when))
     }
 
     /// Stop the session. Partial files stay for a later `--resume`.
@@ -609,10 +609,7 @@ impl Receiver {
     }
 
     fn check(&self) -> Result<(), Error> {
-        match &self.error {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
+        Error::sticky(&self.error)
     }
 
     fn settle(&mut self, r: Result<(), Error>) -> Result<(), Error> {

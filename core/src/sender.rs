@@ -444,7 +444,7 @@ impl Sender {
         if matches!(self.phase, Phase::Done) {
             return Ok(());
         }
-        let e = closed_error(code, reason, "before the transfer was complete");
+        let e = crate::error::closed_error(code, reason, "before the transfer was complete");
         self.settle(Err(e))
     }
 
@@ -458,10 +458,7 @@ impl Sender {
     // ---- internals ----
 
     fn check(&self) -> Result<(), Error> {
-        match &self.error {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
+        Error::sticky(&self.error)
     }
 
     fn settle(&mut self, r: Result<(), Error>) -> Result<(), Error> {
@@ -871,31 +868,4 @@ impl Sender {
 fn piece_len(size: u64, append_from: u64, k: u64) -> u64 {
     let start = append_from + k * CHUNK_SIZE as u64;
     (size.saturating_sub(start)).min(CHUNK_SIZE as u64)
-}
-
-pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error {
-    match code {
-        Some(1013) => Error::Peer {
-            file: None,
-            reason: format!(
-                "the relay closed the connection: {} (someone else is using this code in the same role)",
-                crate::path::escape(if reason.is_empty() { "duplicate role for code" } else { reason })
-            ),
-        },
-        Some(1002) => Error::Peer {
-            file: None,
-            reason: format!("the relay refused the hello: {}", crate::path::escape(reason)),
-        },
-        _ if reason.is_empty() => Error::Peer {
-            file: None,
-            reason: format!("the connection closed {when}"),
-        },
-        _ => Error::Peer {
-            file: None,
-            reason: format!(
-                "the connection closed {when} (close reason: {})",
-                crate::path::escape(reason)
-            ),
-        },
-    }
 }
