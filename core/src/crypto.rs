@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aes_gcm::aead::consts::U32;
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::aes::Aes256;
 use aes_gcm::{AesGcm, Nonce, Tag};
 use sha2::{Digest, Sha256};
@@ -101,7 +101,7 @@ impl Cipher {
     pub fn seal_in_place(&self, nonce: &[u8; 32], buf: &mut Vec<u8>, start: usize) {
         let tag = self
             .0
-            .encrypt_in_place_detached(Nonce::<U32>::from_slice(nonce), b"", &mut buf[start..])
+            .encrypt_inout_detached(&Nonce::<U32>::from(*nonce), b"", (&mut buf[start..]).into())
             // Only fails for messages over 64 GiB; pieces are at most 1 MiB.
             .expect("AES-GCM input within limits");
         buf.extend_from_slice(&tag);
@@ -120,9 +120,9 @@ impl Cipher {
     pub fn open(&self, nonce: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
         let body_len = sealed.len().checked_sub(crate::wire::TAG_LEN)?;
         let mut buf = sealed[..body_len].to_vec();
-        let tag = Tag::from_slice(&sealed[body_len..]);
+        let tag = Tag::try_from(&sealed[body_len..]).ok()?;
         self.0
-            .decrypt_in_place_detached(Nonce::<U32>::from_slice(nonce), b"", &mut buf, tag)
+            .decrypt_inout_detached(&Nonce::<U32>::from(*nonce), b"", buf.as_mut_slice().into(), &tag)
             .ok()?;
         Some(buf)
     }
