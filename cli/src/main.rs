@@ -2,6 +2,7 @@
 //! compatible with p2p-copy 0.1.x. This binary parses arguments, calls the runtime
 //! library, shows progress and turns errors into one-line messages and exit codes.
 
+mod alloc;
 mod args;
 mod backend;
 mod interrupt;
@@ -28,6 +29,7 @@ const EXIT_RELAY: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
