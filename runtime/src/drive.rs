@@ -12,7 +12,7 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::Message;
 use futures_util::future::{poll_fn, select, BoxFuture};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{Sink, Stream, StreamExt};
+use futures_util::{Sink, StreamExt};
 use p2p_copy_core::relay::{CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
 use p2p_copy_core::{Error, Event};
 
@@ -154,8 +154,10 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         loop {
             let mut any = false;
             while let Some(req) = self.machine.poll_io() {
-                self.files.submit(req);
                 any = true;
+                if let Some(done) = self.files.submit(req) {
+                    let _ = self.machine.handle_io(Instant::now(), done);
+                }
             }
             while let Some(job) = self.machine.poll_job() {
                 any = true;
@@ -287,7 +289,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                 }
             }
             // File work.
-            while let Poll::Ready(Some(done)) = self.files.done.as_mut().poll_next(cx) {
+            while let Poll::Ready(Some(done)) = self.files.poll_done(cx) {
                 progress = true;
                 let _ = self.machine.handle_io(now, done);
                 self.drain_outputs();

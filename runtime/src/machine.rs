@@ -8,7 +8,7 @@ use p2p_copy_core::{receiver, sender, Error, Event, WireMessage};
 /// Carries out a state machine's file requests, one at a time, in order.
 pub(crate) trait FileIo: Send + 'static {
     /// What the machine asks for.
-    type Request: Send + 'static;
+    type Request: Send + 'static + crate::io_worker::Cheap;
     /// The answer.
     type Completion: Send + 'static;
     /// Do one request; `None` for requests that need no answer.
@@ -46,6 +46,30 @@ pub(crate) trait Machine: Send + 'static {
 
     fn job_is_light(job: &Self::Job) -> bool;
     fn run_job(job: Self::Job) -> Self::JobResult;
+}
+
+impl crate::io_worker::Cheap for sender::IoRequest {
+    fn is_cheap(&self) -> bool {
+        match self {
+            sender::IoRequest::Read { len, .. } => *len <= crate::io_worker::CHEAP_BYTES,
+            sender::IoRequest::Close { .. } => true,
+        }
+    }
+}
+
+impl crate::io_worker::Cheap for receiver::IoRequest {
+    fn is_cheap(&self) -> bool {
+        use crate::io_worker::CHEAP_BYTES;
+        match self {
+            receiver::IoRequest::Stat { .. } | receiver::IoRequest::Commit { .. } => true,
+            // Appending may first copy a whole complete file to its partial name.
+            receiver::IoRequest::Open { append_from, .. } => *append_from == 0,
+            receiver::IoRequest::Write { data, .. } => data.len() <= CHEAP_BYTES,
+            receiver::IoRequest::ReadBack { len, .. } => *len <= CHEAP_BYTES,
+            // Closing may sync a file on another filesystem; Sync flushes the filesystem.
+            receiver::IoRequest::Close { .. } | receiver::IoRequest::Sync => false,
+        }
+    }
 }
 
 macro_rules! delegate {
