@@ -85,7 +85,13 @@ impl p2p_copy_runtime::Rt for AsyncStd {
         host: String,
         port: u16,
     ) -> impl Future<Output = io::Result<Self::TcpListener>> + Send + 'static {
-        async move { async_std::net::TcpListener::bind((host.as_str(), port)).await }
+        async move {
+            let listener = async_std::task::spawn_blocking(move || {
+                p2p_copy_runtime::bind_listener(&host, port)
+            })
+            .await?;
+            Ok(async_std::net::TcpListener::from(listener))
+        }
     }
 
     fn local_addr(listener: &Self::TcpListener) -> io::Result<SocketAddr> {

@@ -83,7 +83,11 @@ impl p2p_copy_runtime::Rt for Smol {
         host: String,
         port: u16,
     ) -> impl Future<Output = io::Result<Self::TcpListener>> + Send + 'static {
-        async move { smol::net::TcpListener::bind((host.as_str(), port)).await }
+        async move {
+            let listener =
+                smol::unblock(move || p2p_copy_runtime::bind_listener(&host, port)).await?;
+            smol::net::TcpListener::try_from(listener)
+        }
     }
 
     fn local_addr(listener: &Self::TcpListener) -> io::Result<SocketAddr> {

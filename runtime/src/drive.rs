@@ -167,7 +167,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     let _ = self.machine.handle_job(Instant::now(), done);
                 } else {
                     self.jobs
-                        .push(Box::pin(self.rt.spawn_blocking(move || M::run_job(job))));
+                        .push(Box::pin(crate::job_pool::run(move || M::run_job(job))));
                 }
             }
             while let Some(event) = self.machine.poll_event() {

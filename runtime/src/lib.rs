@@ -11,8 +11,8 @@
 //!   to a few 1 MiB pieces, the connection is read only while the receiver wants input,
 //!   and the sender produces messages only as fast as the connection takes them.
 //! - File requests of a session run in order on the session's own file thread, off the
-//!   executor; compression and encryption run on the blocking pool, several pieces at
-//!   once.
+//!   executor (small ones on the session loop itself while that thread is idle);
+//!   compression and encryption run on one job thread per CPU, several pieces at once.
 //! - The receiver writes `<dir>/.<name>.p2p-copy-part` and renames it to `<dir>/<name>`
 //!   only after the file is complete, verified and synced. It never follows a symlink
 //!   below the output directory and never writes outside it. Partial files stay after
@@ -49,6 +49,8 @@ mod error;
 mod files_receive;
 mod files_send;
 mod io_worker;
+mod job_pool;
+mod listen;
 mod machine;
 mod relay_conn;
 mod relay_hub;
@@ -61,6 +63,7 @@ mod transport;
 pub use client::{receive, send};
 pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, Summary};
 pub use error::TransferError;
+pub use listen::{bind_listener, LISTEN_BACKLOG};
 pub use p2p_copy_core::relay::RelayConfig;
 pub use p2p_copy_core::sender::CompressMode;
 pub use p2p_copy_core::Event;
