@@ -1,15 +1,20 @@
 //! The receiver's file access: partial files beside their final names, renamed into
 //! place once verified; nothing outside the output directory, no symlink followed.
 //!
-//! Every directory below the output directory is walked (and created) one component at
-//! a time with `symlink_metadata`, and files are opened with `O_NOFOLLOW` where the
-//! platform has it, so a symlink planted inside the output directory (before or during
-//! the transfer) is refused instead of followed.
+//! On Linux every directory below the output directory is opened one component at a
+//! time with `O_NOFOLLOW` (and created when missing), and its descriptor is kept for
+//! the session: files are then opened, inspected and renamed relative to it. A
+//! directory swapped for a symlink during the transfer therefore cannot redirect a
+//! write (the session keeps using the directory it opened), and before the commits each
+//! directory is checked once to still be where it was opened, so a symlink or another
+//! directory in its place fails the session. Elsewhere every request walks the path
+//! again with `symlink_metadata`. Files are opened with `O_NOFOLLOW` where the platform
+//! has it, so a symlink planted inside the output directory (before or during the
+//! transfer) is refused instead of followed.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io;
 
 use bytes::Bytes;
 use p2p_copy_core::path::{escape, SafePath};
@@ -19,43 +24,38 @@ use crate::machine::FileIo;
 
 use p2p_copy_core::path::partial_name as part_name;
 
+use tree::{Dir, Tree};
+
 #[derive(Debug, Default)]
 struct Slot {
     /// Whether the resumable copy Stat found is the complete file (else the partial one).
     found_complete: Option<bool>,
     reader: Option<File>,
-    writer: Option<File>,
+    writer: Option<Writer>,
     path: Option<SafePath>,
 }
 
 /// File access for one receiving session.
 #[derive(Debug)]
 pub(crate) struct ReceiveFiles {
-    root: PathBuf,
+    tree: Tree,
     slots: HashMap<usize, Slot>,
 }
 
 /// Where a manifest path lives: its directory, final name and partial name.
 struct Place {
-    dir: PathBuf,
+    dir: Dir,
     name: String,
+    part: String,
     /// The relative path, for messages.
     rel: String,
 }
 
 impl Place {
-    fn final_path(&self) -> PathBuf {
-        self.dir.join(&self.name)
-    }
-
-    fn part_path(&self) -> PathBuf {
-        self.dir.join(part_name(&self.name))
-    }
-
     fn part_rel(&self) -> String {
         match self.rel.rsplit_once('/') {
-            Some((parent, _)) => format!("{parent}/{}", part_name(&self.name)),
-            None => part_name(&self.name),
+            Some((parent, _)) => format!("{parent}/{}", self.part),
+            None => self.part.clone(),
         }
     }
 }
@@ -73,99 +73,102 @@ fn refuse_link(rel: &str) -> String {
     )
 }
 
-/// Open options that refuse a symlink as the last component.
-fn no_follow(opts: &mut OpenOptions) -> &mut OpenOptions {
+fn not_a_dir(rel: &str) -> String {
+    format!("{} exists and is not a directory", escape(rel))
+}
+
+fn not_regular(rel: &str) -> String {
+    format!("{} is not a regular file", escape(rel))
+}
+
+/// A failed open of an existing name: `O_NOFOLLOW` answers a symlink with `ELOOP`, and
+/// a non-blocking open of a FIFO without reader or of a socket fails with `ENXIO`.
+fn open_failed(rel: &str, e: io::Error) -> String {
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NOFOLLOW);
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => return refuse_link(rel),
+        Some(libc::ENXIO) => return not_regular(rel),
+        _ => {}
     }
-    opts
+    os("cannot open", rel, e)
 }
 
-fn open_read(path: &Path, rel: &str) -> Outcome<File> {
-    let f = no_follow(OpenOptions::new().read(true))
-        .open(path)
-        .map_err(|e| os("cannot open", rel, e))?;
-    regular(&f, rel)?;
-    Ok(f)
+/// What a name below the output directory is (symlinks not followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Other,
 }
 
-fn open_write(path: &Path, rel: &str, truncate: bool) -> Outcome<File> {
-    let f = no_follow(
-        OpenOptions::new()
-            .write(true)
-            .create(truncate)
-            .truncate(truncate),
-    )
-    .open(path)
-    .map_err(|e| os("cannot open", rel, e))?;
-    regular(&f, rel)?;
-    Ok(f)
+/// What is known of a name below the output directory.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    kind: Kind,
+    len: u64,
+    /// The device holding it (where the platform's sync needs it).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    dev: u64,
 }
 
-fn regular(f: &File, rel: &str) -> Outcome<()> {
-    let meta = f.metadata().map_err(|e| os("cannot inspect", rel, e))?;
-    if meta.is_file() {
-        Ok(())
-    } else {
-        Err(format!("{} is not a regular file", escape(rel)))
-    }
+/// An open partial file.
+#[derive(Debug)]
+struct Writer {
+    file: File,
+    /// Whether the session-wide sync makes it durable (else it is synced as it closes).
+    covered_by_sync: bool,
+}
+
+#[cfg(unix)]
+fn write_at(f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, data, offset)
+}
+
+#[cfg(not(unix))]
+fn write_at(mut f: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(data)
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(mut f: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
 
 impl ReceiveFiles {
     /// File access below `root`, which must exist.
-    pub(crate) fn new(root: PathBuf) -> Self {
+    pub(crate) fn new(root: std::path::PathBuf) -> Self {
         ReceiveFiles {
-            root,
+            tree: Tree::new(root),
             slots: HashMap::new(),
         }
     }
 
-    /// Walk to the directory of `path`, creating what is missing when `create`; `None`
-    /// when it does not exist and `create` is false.
-    fn place(&self, path: &SafePath, create: bool) -> Outcome<Option<Place>> {
-        let mut dir = self.root.clone();
-        for rel in path.ancestors() {
-            // `rel` is a prefix of the path; its last component is the next directory.
-            let comp = rel.rsplit('/').next().unwrap_or(rel);
-            dir.push(comp);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.file_type().is_symlink() => return Err(refuse_link(rel)),
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("{} exists and is not a directory", escape(rel))),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !create {
-                        return Ok(None);
-                    }
-                    match fs::create_dir(&dir) {
-                        Ok(()) => {}
-                        // Another session may have created it meanwhile: check again.
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            let m = fs::symlink_metadata(&dir)
-                                .map_err(|e| os("cannot inspect", rel, e))?;
-                            if m.file_type().is_symlink() {
-                                return Err(refuse_link(rel));
-                            }
-                            if !m.is_dir() {
-                                return Err(format!(
-                                    "{} exists and is not a directory",
-                                    escape(rel)
-                                ));
-                            }
-                        }
-                        Err(e) => return Err(os("cannot create directory", rel, e)),
-                    }
-                }
-                Err(e) => return Err(os("cannot inspect", rel, e)),
-            }
-        }
-        // A SafePath has at least one component.
-        let name = path.components().last().unwrap_or_default().to_owned();
-        Ok(Some(Place {
+    /// Find the directory of `path`, creating what is missing when `create`; `None`
+    /// when it does not exist and `create` is false. With `recheck`, directories kept
+    /// open since before the last sync are checked to still be where they were opened.
+    fn place(&mut self, path: &SafePath, create: bool, recheck: bool) -> Outcome<Option<Place>> {
+        let name = path.file_name();
+        let part = part_name(name);
+        let rel = path.as_str();
+        // The longest path used below the output directory: to the final or partial name.
+        self.tree
+            .check_length(rel, rel.len() - name.len() + name.len().max(part.len()))?;
+        let dir = self.tree.dir_of(path, create, recheck)?;
+        Ok(dir.map(|dir| Place {
             dir,
-            name,
-            rel: path.as_str().to_owned(),
+            name: name.to_owned(),
+            part,
+            rel: rel.to_owned(),
         }))
     }
 
@@ -174,30 +177,25 @@ impl ReceiveFiles {
     }
 
     fn stat(&mut self, file: usize, path: SafePath) -> Outcome<Option<LocalCopy>> {
-        let place = self.place(&path, false)?;
+        let place = self.place(&path, false, false)?;
         let slot = self.slot(file);
         slot.path = Some(path);
         slot.found_complete = None;
         let Some(place) = place else {
             return Ok(None);
         };
-        let found = match fs::symlink_metadata(place.part_path()) {
-            Ok(m) if m.file_type().is_symlink() => return Err(refuse_link(&place.part_rel())),
-            Ok(m) if m.is_file() => Some(LocalCopy {
-                size: m.len(),
+        let found = match self.tree.lstat(&place.dir, &place.part) {
+            Ok(m) if m.kind == Kind::Symlink => return Err(refuse_link(&place.part_rel())),
+            Ok(m) if m.kind == Kind::File => Some(LocalCopy {
+                size: m.len,
                 complete: false,
             }),
-            Ok(_) => {
-                return Err(format!(
-                    "{} is not a regular file",
-                    escape(&place.part_rel())
-                ))
-            }
+            Ok(_) => return Err(not_regular(&place.part_rel())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                match fs::symlink_metadata(place.final_path()) {
-                    Ok(m) if m.file_type().is_symlink() => return Err(refuse_link(&place.rel)),
-                    Ok(m) if m.is_file() => Some(LocalCopy {
-                        size: m.len(),
+                match self.tree.lstat(&place.dir, &place.name) {
+                    Ok(m) if m.kind == Kind::Symlink => return Err(refuse_link(&place.rel)),
+                    Ok(m) if m.kind == Kind::File => Some(LocalCopy {
+                        size: m.len,
                         complete: true,
                     }),
                     Ok(_) => None,
@@ -219,66 +217,103 @@ impl ReceiveFiles {
             .ok_or("read-back of a file that was not found")?;
         if slot.reader.is_none() {
             let place = self
-                .place(&path, false)?
+                .place(&path, false, false)?
                 .ok_or("the local copy disappeared")?;
-            let (p, rel) = match complete {
-                true => (place.final_path(), place.rel.clone()),
-                false => (place.part_path(), place.part_rel()),
+            let (name, rel) = match complete {
+                true => (&place.name, place.rel.clone()),
+                false => (&place.part, place.part_rel()),
             };
-            let f = open_read(&p, &rel)?;
+            let (f, _) = self.tree.open_regular(&place.dir, name, &rel, false)?;
             self.slot(file).reader = Some(f);
         }
-        let f = self.slot(file).reader.as_mut().ok_or("no reader")?;
+        let f = self.slot(file).reader.as_ref().ok_or("no reader")?;
         let mut buf = vec![0u8; len];
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| os("cannot read", path.as_str(), e))?;
+        read_at(f, offset, &mut buf).map_err(|e| os("cannot read", path.as_str(), e))?;
         Ok(Bytes::from(buf))
     }
 
+    /// The writer of the partial file, given the outcome of creating it exclusively:
+    /// the common case, a name not taken, needs nothing more; an older partial file is
+    /// truncated only once it is known to be a regular file.
+    fn part_writer(&self, place: &Place, created: io::Result<Option<Writer>>) -> Outcome<Writer> {
+        let part_rel = place.part_rel();
+        match created {
+            Ok(Some(w)) => return Ok(w),
+            Ok(None) => {}
+            Err(e) => return Err(os("cannot open", &part_rel, e)),
+        }
+        let (f, meta) = self
+            .tree
+            .open_regular(&place.dir, &place.part, &part_rel, true)?;
+        f.set_len(0)
+            .map_err(|e| os("cannot truncate", &part_rel, e))?;
+        Ok(self.tree.writer(f, &meta))
+    }
+
     fn open(&mut self, file: usize, path: SafePath, append_from: u64) -> Outcome<()> {
-        let place = self.place(&path, true)?.ok_or("directory not created")?;
+        let mut place = self
+            .place(&path, true, false)?
+            .ok_or("directory not created")?;
         let complete = {
             let slot = self.slot(file);
             slot.reader = None;
-            slot.path = Some(path);
+            slot.path = Some(path.clone());
             slot.found_complete
         };
-        let part = place.part_path();
         let part_rel = place.part_rel();
         let writer = if append_from == 0 {
-            open_write(&part, &part_rel, true)?
+            let created = match self.tree.create_new(&place.dir, &place.part) {
+                // A directory kept open was removed meanwhile: walk (and create) again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.tree.forget();
+                    place = self
+                        .place(&path, true, false)?
+                        .ok_or("directory not created")?;
+                    self.tree.create_new(&place.dir, &place.part)
+                }
+                created => created,
+            };
+            self.part_writer(&place, created)?
         } else {
-            if complete == Some(true) {
+            let (writer, len) = if complete == Some(true) {
                 // Continue a complete (shorter) file: copy it to the partial name first,
                 // so the final name stays intact until the new content is verified.
-                let mut src = open_read(&place.final_path(), &place.rel)?;
-                let mut dst = open_write(&part, &part_rel, true)?;
-                io::copy(&mut src, &mut dst).map_err(|e| os("cannot copy", &place.rel, e))?;
-            }
-            let w = open_write(&part, &part_rel, false)?;
-            let len = w
-                .metadata()
-                .map_err(|e| os("cannot inspect", &part_rel, e))?
-                .len();
+                let (mut src, _) =
+                    self.tree
+                        .open_regular(&place.dir, &place.name, &place.rel, false)?;
+                let created = self.tree.create_new(&place.dir, &place.part);
+                let mut w = self.part_writer(&place, created)?;
+                io::copy(&mut src, &mut w.file).map_err(|e| os("cannot copy", &place.rel, e))?;
+                let len = w
+                    .file
+                    .metadata()
+                    .map_err(|e| os("cannot inspect", &part_rel, e))?
+                    .len();
+                (w, len)
+            } else {
+                let (f, meta) = self
+                    .tree
+                    .open_regular(&place.dir, &place.part, &part_rel, true)?;
+                (self.tree.writer(f, &meta), meta.len)
+            };
             if len != append_from {
                 return Err(format!(
                     "the local copy has {len} bytes where {append_from} were expected (did it change during the transfer?)"
                 ));
             }
-            w
+            writer
         };
         self.slot(file).writer = Some(writer);
         Ok(())
     }
 
     fn write(&mut self, file: usize, offset: u64, data: &[u8]) -> Outcome<()> {
-        let slot = self.slots.get_mut(&file).ok_or("write before open")?;
-        let rel = slot.path.as_ref().map_or("?", |p| p.as_str()).to_owned();
-        let w = slot.writer.as_mut().ok_or("write before open")?;
-        w.seek(SeekFrom::Start(offset))
-            .and_then(|_| w.write_all(data))
-            .map_err(|e| os("cannot write", &rel, e))
+        let slot = self.slots.get(&file).ok_or("write before open")?;
+        let w = slot.writer.as_ref().ok_or("write before open")?;
+        write_at(&w.file, offset, data).map_err(|e| {
+            let rel = slot.path.as_ref().map_or("?", |p| p.as_str());
+            os("cannot write", rel, e)
+        })
     }
 
     /// The file is complete: close it. Partial files on another filesystem than the
@@ -286,85 +321,580 @@ impl ReceiveFiles {
     /// [`sync`](Self::sync) covers the output directory's filesystem only.
     fn close(&mut self, file: usize) -> Outcome<()> {
         let slot = self.slots.get_mut(&file).ok_or("close before open")?;
-        let rel = slot.path.as_ref().map_or("?", |p| p.as_str()).to_owned();
         let writer = slot.writer.take().ok_or("close before open")?;
-        if !durability::covered_by_sync(&self.root, &writer) {
-            writer.sync_all().map_err(|e| os("cannot sync", &rel, e))?;
+        if !writer.covered_by_sync {
+            let rel = slot.path.as_ref().map_or("?", |p| p.as_str());
+            writer
+                .file
+                .sync_all()
+                .map_err(|e| os("cannot sync", rel, e))?;
         }
         Ok(())
     }
 
     /// Make every partial file of the session durable before any is renamed.
     fn sync(&mut self) -> Outcome<()> {
-        durability::sync_all_below(&self.root)
-            .map_err(|e| format!("cannot sync the output directory: {e}"))
+        self.tree.sync()
     }
 
     /// Rename the partial file into place.
     fn commit(&mut self, file: usize, path: SafePath) -> Outcome<()> {
         self.slots.remove(&file);
-        // Walk again: a directory swapped for a symlink since the open is refused.
+        // A directory swapped for a symlink since the open is refused.
         let place = self
-            .place(&path, false)?
+            .place(&path, false, true)?
             .ok_or_else(|| format!("the directory of {} disappeared", escape(path.as_str())))?;
-        let target = place.final_path();
-        match fs::symlink_metadata(&target) {
-            Ok(m) if m.file_type().is_symlink() => return Err(refuse_link(&place.rel)),
-            Ok(m) if m.is_dir() => {
+        match self.tree.lstat(&place.dir, &place.part) {
+            Ok(m) if m.kind == Kind::File => {}
+            Ok(_) => return Err(not_regular(&place.part_rel())),
+            Err(e) => return Err(os("cannot inspect", &place.part_rel(), e)),
+        }
+        // Most final names are new: one rename that refuses to replace settles them.
+        match self.tree.rename_new(&place.dir, &place.part, &place.name) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => return Err(os("cannot rename into place", &place.rel, e)),
+        }
+        match self.tree.lstat(&place.dir, &place.name) {
+            Ok(m) if m.kind == Kind::Symlink => return Err(refuse_link(&place.rel)),
+            Ok(m) if m.kind == Kind::Dir => {
                 return Err(format!("{} exists and is a directory", escape(&place.rel)))
             }
             _ => {}
         }
-        let part = place.part_path();
-        match fs::symlink_metadata(&part) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "{} is not a regular file",
-                    escape(&place.part_rel())
-                ))
-            }
-            Err(e) => return Err(os("cannot inspect", &place.part_rel(), e)),
-        }
-        fs::rename(part, &target).map_err(|e| os("cannot rename into place", &place.rel, e))
+        // Replaces what is there; a symlink put there meanwhile is replaced, not followed.
+        self.tree
+            .rename(&place.dir, &place.part, &place.name)
+            .map_err(|e| os("cannot rename into place", &place.rel, e))
     }
 }
 
-/// How partial files are made durable before they are renamed into place.
-mod durability {
+/// Directories below the output directory, held open (Linux).
+#[cfg(target_os = "linux")]
+mod tree {
+    use std::collections::HashMap;
     use std::fs::File;
     use std::io;
-    use std::path::Path;
+    use std::os::fd::OwnedFd;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
-    /// Whether [`sync_all_below`] on `root` also syncs `file`: on Linux, when both are
-    /// on the same filesystem.
-    #[cfg(target_os = "linux")]
-    pub(super) fn covered_by_sync(root: &Path, file: &File) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(root), file.metadata()) {
-            (Ok(r), Ok(f)) => r.dev() == f.dev(),
-            _ => false,
+    use p2p_copy_core::path::{escape, SafePath};
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+    use rustix::io::Errno;
+
+    use super::{
+        not_a_dir, not_regular, open_failed, os, refuse_link, Kind, Meta, Outcome, Writer,
+    };
+
+    /// Directory descriptors kept open by all receiving sessions of the process together:
+    /// a tree of many directories, or many parallel sessions, must not run the process
+    /// out of descriptors. Past it a session makes room among its own, or walks again.
+    const MAX_KEPT_DIRS: usize = 256;
+
+    /// Directory descriptors kept now, by all sessions.
+    static KEPT_DIRS: AtomicUsize = AtomicUsize::new(0);
+
+    /// An open directory: the output directory or one below it.
+    #[derive(Debug, Clone)]
+    pub(super) struct Dir(Arc<Opened>);
+
+    #[derive(Debug)]
+    struct Opened {
+        fd: OwnedFd,
+        dev: u64,
+        ino: u64,
+    }
+
+    #[derive(Debug)]
+    struct Kept {
+        dir: Dir,
+        /// Checked to still be where it was opened since the last sync.
+        rechecked: bool,
+    }
+
+    /// The output directory and the directories below it a session has opened, by
+    /// relative path.
+    #[derive(Debug)]
+    pub(super) struct Tree {
+        root: PathBuf,
+        /// The output directory, opened at first use.
+        top: Option<Dir>,
+        kept: HashMap<String, Kept>,
+    }
+
+    /// Device and inode: the kernel's types differ between architectures.
+    #[allow(clippy::useless_conversion)]
+    fn ids(st: &Stat) -> (u64, u64) {
+        (u64::from(st.st_dev), u64::from(st.st_ino))
+    }
+
+    fn meta(st: &Stat) -> Meta {
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            _ => Kind::Other,
+        };
+        Meta {
+            kind,
+            len: u64::try_from(st.st_size).unwrap_or(0),
+            dev: ids(st).0,
         }
     }
 
-    /// Sync the filesystem holding `root` (one `syncfs` instead of an `fsync` per file,
-    /// which costs a journal commit each).
-    #[cfg(target_os = "linux")]
-    pub(super) fn sync_all_below(root: &Path) -> io::Result<()> {
-        let dir = File::open(root)?;
-        rustix::fs::syncfs(&dir).map_err(io::Error::from)
+    fn opened(fd: OwnedFd) -> io::Result<Dir> {
+        let (dev, ino) = ids(&rustix::fs::fstat(&fd)?);
+        Ok(Dir(Arc::new(Opened { fd, dev, ino })))
     }
 
-    /// Elsewhere every file is synced as it is closed.
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn covered_by_sync(_root: &Path, _file: &File) -> bool {
-        false
+    /// A directory refuses a symlink or a file in its place (`O_NOFOLLOW` and
+    /// `O_DIRECTORY` answer with `ELOOP` or `ENOTDIR`): say which it was.
+    fn not_opened(parent: &Dir, name: &str, rel: &str, e: Errno) -> String {
+        match rustix::fs::statat(&parent.0.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => match meta(&st).kind {
+                Kind::Symlink => refuse_link(rel),
+                Kind::Dir => os("cannot open directory", rel, e.into()),
+                Kind::File | Kind::Other => not_a_dir(rel),
+            },
+            Err(_) => os("cannot open directory", rel, e.into()),
+        }
     }
 
-    /// Elsewhere every file was synced as it was closed.
-    #[cfg(not(target_os = "linux"))]
-    pub(super) fn sync_all_below(_root: &Path) -> io::Result<()> {
-        Ok(())
+    /// Open the directory `name` of `parent` without following a symlink, creating it
+    /// when missing and `create`.
+    fn open_child(parent: &Dir, name: &str, rel: &str, create: bool) -> Outcome<Option<Dir>> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let open = || rustix::fs::openat(&parent.0.fd, name, flags, Mode::empty());
+        let fd = match open() {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if !create => return Ok(None),
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(&parent.0.fd, name, Mode::from_raw_mode(0o777)) {
+                    // Another session may have created it meanwhile: open what is there.
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(os("cannot create directory", rel, e.into())),
+                }
+                open().map_err(|e| not_opened(parent, name, rel, e))?
+            }
+            Err(e) => return Err(not_opened(parent, name, rel, e)),
+        };
+        opened(fd)
+            .map(Some)
+            .map_err(|e| os("cannot inspect", rel, e))
+    }
+
+    /// Whether the directory `name` of `parent` is still `kept`; a symlink or anything
+    /// else in its place is refused.
+    fn still_there(parent: &Dir, name: &str, rel: &str, kept: &Dir) -> Outcome<bool> {
+        match rustix::fs::statat(&parent.0.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => match meta(&st).kind {
+                Kind::Symlink => Err(refuse_link(rel)),
+                Kind::Dir if ids(&st) == (kept.0.dev, kept.0.ino) => Ok(true),
+                Kind::Dir => Err(format!(
+                    "{} was replaced by another directory during the transfer",
+                    escape(rel)
+                )),
+                Kind::File | Kind::Other => Err(not_a_dir(rel)),
+            },
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(os("cannot inspect", rel, e.into())),
+        }
+    }
+
+    impl Tree {
+        pub(super) fn new(root: PathBuf) -> Tree {
+            Tree {
+                root,
+                top: None,
+                kept: HashMap::new(),
+            }
+        }
+
+        /// The output directory (a symlink there is followed: the user named it).
+        fn top(&mut self) -> Outcome<Dir> {
+            if let Some(top) = &self.top {
+                return Ok(top.clone());
+            }
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let fail = |e: io::Error| {
+                format!(
+                    "cannot open the output directory {}: {e}",
+                    self.root.display()
+                )
+            };
+            let fd =
+                rustix::fs::open(&self.root, flags, Mode::empty()).map_err(|e| fail(e.into()))?;
+            let top = opened(fd).map_err(fail)?;
+            self.top = Some(top.clone());
+            Ok(top)
+        }
+
+        /// The directory holding `path`, opened component by component from the output
+        /// directory unless kept from earlier; `None` when missing and not `create`.
+        /// With `recheck`, each kept directory not checked since the last sync is
+        /// checked to still be where it was opened.
+        pub(super) fn dir_of(
+            &mut self,
+            path: &SafePath,
+            create: bool,
+            recheck: bool,
+        ) -> Outcome<Option<Dir>> {
+            let Some((parent, _)) = path.as_str().rsplit_once('/') else {
+                return self.top().map(Some);
+            };
+            if !recheck {
+                if let Some(k) = self.kept.get(parent) {
+                    return Ok(Some(k.dir.clone()));
+                }
+            }
+            let mut dir = self.top()?;
+            for rel in path.ancestors() {
+                let name = rel.rsplit('/').next().unwrap_or(rel);
+                if let Some(k) = self.kept.get_mut(rel) {
+                    if recheck && !k.rechecked {
+                        if !still_there(&dir, name, rel, &k.dir)? {
+                            return Ok(None);
+                        }
+                        k.rechecked = true;
+                    }
+                    dir = k.dir.clone();
+                    continue;
+                }
+                let Some(child) = open_child(&dir, name, rel, create)? else {
+                    return Ok(None);
+                };
+                // Opened just now: as good as a recheck.
+                self.keep(rel, child.clone(), recheck);
+                dir = child;
+            }
+            Ok(Some(dir))
+        }
+
+        fn keep(&mut self, rel: &str, dir: Dir, rechecked: bool) {
+            let reserved = KEPT_DIRS
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < MAX_KEPT_DIRS).then_some(n + 1)
+                })
+                .is_ok();
+            if !reserved {
+                // Give up one of this session's own (any), or keep none.
+                let Some(victim) = self.kept.keys().next().cloned() else {
+                    return;
+                };
+                self.kept.remove(&victim);
+            }
+            if self
+                .kept
+                .insert(rel.to_owned(), Kept { dir, rechecked })
+                .is_some()
+            {
+                KEPT_DIRS.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+
+        /// Close every kept directory (one was removed): later requests walk again.
+        pub(super) fn forget(&mut self) {
+            KEPT_DIRS.fetch_sub(self.kept.len(), Ordering::AcqRel);
+            self.kept.clear();
+        }
+
+        /// What `name` in `dir` is, symlinks not followed.
+        pub(super) fn lstat(&self, dir: &Dir, name: &str) -> io::Result<Meta> {
+            let st = rustix::fs::statat(&dir.0.fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            Ok(meta(&st))
+        }
+
+        /// Refuse a path of `len` bytes below the output directory that the operating
+        /// system could not name from the working directory (`PATH_MAX`), as a walk by
+        /// path does: such a tree would be out of reach for other tools.
+        pub(super) fn check_length(&self, rel: &str, len: usize) -> Outcome<()> {
+            let max = usize::try_from(libc::PATH_MAX).unwrap_or(4096);
+            if self.root.as_os_str().len() + 1 + len < max {
+                return Ok(());
+            }
+            let e = io::Error::from_raw_os_error(libc::ENAMETOOLONG);
+            Err(os("cannot open", rel, e))
+        }
+
+        /// Whether the session-wide sync reaches a file on `dev`.
+        fn covers(&self, dev: u64) -> bool {
+            self.top.as_ref().is_some_and(|t| t.0.dev == dev)
+        }
+
+        /// Create `name` in `dir` for writing; `None` when the name is taken (by
+        /// anything, a symlink included).
+        pub(super) fn create_new(&self, dir: &Dir, name: &str) -> io::Result<Option<Writer>> {
+            let flags =
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(&dir.0.fd, name, flags, Mode::from_raw_mode(0o666)) {
+                // A file created in a directory lives on the directory's filesystem.
+                Ok(fd) => Ok(Some(Writer {
+                    file: File::from(fd),
+                    covered_by_sync: self.covers(dir.0.dev),
+                })),
+                Err(Errno::EXIST) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        /// Open the existing regular file `name` in `dir`; a symlink, FIFO, device or
+        /// anything else is refused.
+        pub(super) fn open_regular(
+            &self,
+            dir: &Dir,
+            name: &str,
+            rel: &str,
+            write: bool,
+        ) -> Outcome<(File, Meta)> {
+            let access = if write {
+                OFlags::WRONLY
+            } else {
+                OFlags::RDONLY
+            };
+            // Non-blocking: opening a FIFO would otherwise wait for its other end.
+            let flags = access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            let fd = rustix::fs::openat(&dir.0.fd, name, flags, Mode::empty())
+                .map_err(|e| open_failed(rel, e.into()))?;
+            let st = rustix::fs::fstat(&fd).map_err(|e| os("cannot inspect", rel, e.into()))?;
+            let m = meta(&st);
+            if m.kind != Kind::File {
+                return Err(not_regular(rel));
+            }
+            // Back to ordinary blocking I/O.
+            rustix::fs::fcntl_setfl(&fd, OFlags::empty())
+                .map_err(|e| os("cannot open", rel, e.into()))?;
+            Ok((File::from(fd), m))
+        }
+
+        /// The writer of a partial file opened by [`open_regular`](Self::open_regular).
+        pub(super) fn writer(&self, file: File, meta: &Meta) -> Writer {
+            Writer {
+                file,
+                covered_by_sync: self.covers(meta.dev),
+            }
+        }
+
+        /// Rename `from` to `to` in `dir` unless `to` exists; false when it does (or
+        /// when the filesystem cannot tell, so the caller looks and renames).
+        pub(super) fn rename_new(&self, dir: &Dir, from: &str, to: &str) -> io::Result<bool> {
+            let fd = &dir.0.fd;
+            match rustix::fs::renameat_with(fd, from, fd, to, RenameFlags::NOREPLACE) {
+                Ok(()) => Ok(true),
+                Err(Errno::EXIST | Errno::INVAL | Errno::NOSYS) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        /// Rename `from` to `to` in `dir`, replacing `to`.
+        pub(super) fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()> {
+            let fd = &dir.0.fd;
+            Ok(rustix::fs::renameat(fd, from, fd, to)?)
+        }
+
+        /// Sync the filesystem of the output directory (one `syncfs` instead of an
+        /// `fsync` per file, which costs a journal commit each); directories are
+        /// checked again before the commits that follow.
+        pub(super) fn sync(&mut self) -> Outcome<()> {
+            let top = self.top()?;
+            rustix::fs::syncfs(&top.0.fd)
+                .map_err(|e| format!("cannot sync the output directory: {}", io::Error::from(e)))?;
+            for k in self.kept.values_mut() {
+                k.rechecked = false;
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            self.forget();
+        }
+    }
+}
+
+/// Directories below the output directory, walked again by path for every request
+/// (where the descriptor-relative calls are not used).
+#[cfg(not(target_os = "linux"))]
+mod tree {
+    use std::fs::{self, File, OpenOptions};
+    use std::io;
+    use std::path::PathBuf;
+
+    use p2p_copy_core::path::SafePath;
+
+    use super::{
+        not_a_dir, not_regular, open_failed, os, refuse_link, Kind, Meta, Outcome, Writer,
+    };
+
+    /// A directory: the output directory or one below it.
+    #[derive(Debug, Clone)]
+    pub(super) struct Dir(PathBuf);
+
+    /// The output directory.
+    #[derive(Debug)]
+    pub(super) struct Tree {
+        root: PathBuf,
+    }
+
+    fn meta(m: &fs::Metadata) -> Meta {
+        let t = m.file_type();
+        let kind = if t.is_symlink() {
+            Kind::Symlink
+        } else if t.is_dir() {
+            Kind::Dir
+        } else if t.is_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        };
+        Meta {
+            kind,
+            len: m.len(),
+            dev: 0,
+        }
+    }
+
+    /// Open options that refuse a symlink as the last component.
+    fn no_follow(opts: &mut OpenOptions) -> &mut OpenOptions {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.custom_flags(libc::O_NOFOLLOW);
+        }
+        opts
+    }
+
+    impl Tree {
+        pub(super) fn new(root: PathBuf) -> Tree {
+            Tree { root }
+        }
+
+        /// Walk to the directory of `path` with `symlink_metadata`, creating what is
+        /// missing when `create`; `None` when missing and not `create`. Every call
+        /// walks again, so a recheck is implied.
+        pub(super) fn dir_of(
+            &mut self,
+            path: &SafePath,
+            create: bool,
+            _recheck: bool,
+        ) -> Outcome<Option<Dir>> {
+            let mut dir = self.root.clone();
+            for rel in path.ancestors() {
+                // `rel` is a prefix of the path; its last component is the next directory.
+                let comp = rel.rsplit('/').next().unwrap_or(rel);
+                dir.push(comp);
+                match fs::symlink_metadata(&dir) {
+                    Ok(m) if m.file_type().is_symlink() => return Err(refuse_link(rel)),
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(not_a_dir(rel)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        if !create {
+                            return Ok(None);
+                        }
+                        match fs::create_dir(&dir) {
+                            Ok(()) => {}
+                            // Another session may have created it meanwhile: check again.
+                            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                                let m = fs::symlink_metadata(&dir)
+                                    .map_err(|e| os("cannot inspect", rel, e))?;
+                                if m.file_type().is_symlink() {
+                                    return Err(refuse_link(rel));
+                                }
+                                if !m.is_dir() {
+                                    return Err(not_a_dir(rel));
+                                }
+                            }
+                            Err(e) => return Err(os("cannot create directory", rel, e)),
+                        }
+                    }
+                    Err(e) => return Err(os("cannot inspect", rel, e)),
+                }
+            }
+            Ok(Some(Dir(dir)))
+        }
+
+        /// Nothing is kept.
+        pub(super) fn forget(&mut self) {}
+
+        /// Paths too long for the operating system fail as it is asked for them.
+        pub(super) fn check_length(&self, _rel: &str, _len: usize) -> Outcome<()> {
+            Ok(())
+        }
+
+        /// What `name` in `dir` is, symlinks not followed.
+        pub(super) fn lstat(&self, dir: &Dir, name: &str) -> io::Result<Meta> {
+            fs::symlink_metadata(dir.0.join(name)).map(|m| meta(&m))
+        }
+
+        /// Create `name` in `dir` for writing; `None` when the name is taken.
+        pub(super) fn create_new(&self, dir: &Dir, name: &str) -> io::Result<Option<Writer>> {
+            match no_follow(OpenOptions::new().write(true).create_new(true)).open(dir.0.join(name))
+            {
+                Ok(file) => Ok(Some(Writer {
+                    file,
+                    covered_by_sync: false,
+                })),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+
+        /// Open the existing regular file `name` in `dir`; anything else is refused.
+        pub(super) fn open_regular(
+            &self,
+            dir: &Dir,
+            name: &str,
+            rel: &str,
+            write: bool,
+        ) -> Outcome<(File, Meta)> {
+            let path = dir.0.join(name);
+            // Look first: opening a FIFO would wait for its other end.
+            match fs::symlink_metadata(&path).map(|m| meta(&m).kind) {
+                Ok(Kind::Symlink) => return Err(refuse_link(rel)),
+                Ok(Kind::Dir | Kind::Other) => return Err(not_regular(rel)),
+                Ok(Kind::File) | Err(_) => {}
+            }
+            let mut opts = OpenOptions::new();
+            if write {
+                opts.write(true);
+            } else {
+                opts.read(true);
+            }
+            let f = no_follow(&mut opts)
+                .open(&path)
+                .map_err(|e| open_failed(rel, e))?;
+            let m = meta(&f.metadata().map_err(|e| os("cannot inspect", rel, e))?);
+            if m.kind != Kind::File {
+                return Err(not_regular(rel));
+            }
+            Ok((f, m))
+        }
+
+        /// The writer of a partial file opened by [`open_regular`](Self::open_regular):
+        /// synced as it closes.
+        pub(super) fn writer(&self, file: File, _meta: &Meta) -> Writer {
+            Writer {
+                file,
+                covered_by_sync: false,
+            }
+        }
+
+        /// Always false: the caller looks and renames.
+        pub(super) fn rename_new(&self, _dir: &Dir, _from: &str, _to: &str) -> io::Result<bool> {
+            Ok(false)
+        }
+
+        /// Rename `from` to `to` in `dir`, replacing `to`.
+        pub(super) fn rename(&self, dir: &Dir, from: &str, to: &str) -> io::Result<()> {
+            fs::rename(dir.0.join(from), dir.0.join(to))
+        }
+
+        /// Every file was synced as it was closed.
+        pub(super) fn sync(&mut self) -> Outcome<()> {
+            Ok(())
+        }
     }
 }
 
@@ -420,6 +950,7 @@ impl FileIo for ReceiveFiles {
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
 
     fn path(p: &str) -> SafePath {
@@ -766,5 +1297,236 @@ mod tests {
         drop(f);
         assert_eq!(fs::read(t.path().join("x")).unwrap(), b"old content");
         assert_eq!(fs::read(t.path().join(".x.p2p-copy-part")).unwrap(), b"ne");
+    }
+
+    /// Receive `data` as `p` and commit it, asserting every step succeeded.
+    fn receive_ok(files: &mut ReceiveFiles, file: usize, p: &str, data: &[u8]) {
+        let done = receive_whole(files, file, p, data);
+        assert_eq!(
+            done.last(),
+            Some(&IoCompletion::Committed { file }),
+            "{p}: {done:?}"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    fn mkfifo(at: &std::path::Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            at,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    }
+
+    /// Run `req` on a thread, failing the test if it does not answer within 10 s.
+    #[cfg(target_os = "linux")]
+    fn run_bounded(mut files: ReceiveFiles, req: IoRequest) -> (ReceiveFiles, IoCompletion) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let done = run(&mut files, req);
+            let _ = tx.send((files, done));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the request blocked")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refuses_a_fifo_at_the_partial_or_final_name_without_blocking() {
+        let t = tempfile::tempdir().unwrap();
+        mkfifo(&t.path().join(".x.p2p-copy-part"));
+        mkfifo(&t.path().join("y"));
+        let files = ReceiveFiles::new(t.path().to_path_buf());
+        let (files, done) = run_bounded(
+            files,
+            IoRequest::Open {
+                file: 0,
+                path: path("x"),
+                append_from: 0,
+            },
+        );
+        let why = failure(done);
+        assert!(
+            why.contains("x.p2p-copy-part") && why.contains("not a regular file"),
+            "{why}"
+        );
+        let (files, done) = run_bounded(
+            files,
+            IoRequest::Stat {
+                file: 1,
+                path: path("x"),
+            },
+        );
+        assert!(failure(done).contains("not a regular file"));
+        // A FIFO under the final name is no resumable copy, and cannot be appended to.
+        let (files, done) = run_bounded(
+            files,
+            IoRequest::Stat {
+                file: 2,
+                path: path("y"),
+            },
+        );
+        assert_eq!(
+            done,
+            IoCompletion::Stat {
+                file: 2,
+                found: None
+            }
+        );
+        let (_, done) = run_bounded(
+            files,
+            IoRequest::Open {
+                file: 2,
+                path: path("y"),
+                append_from: 4,
+            },
+        );
+        assert!(failure(done).contains("cannot open"));
+    }
+
+    #[test]
+    fn a_new_transfer_truncates_an_older_partial_file() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join(".x.p2p-copy-part"), b"a much longer old part").unwrap();
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        receive_ok(&mut f, 0, "x", b"new");
+        assert_eq!(fs::read(t.path().join("x")).unwrap(), b"new");
+        assert!(!t.path().join(".x.p2p-copy-part").exists());
+    }
+
+    #[test]
+    fn refuses_to_replace_a_directory_with_a_file() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("x")).unwrap();
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        let done = receive_whole(&mut f, 0, "x", b"new");
+        let why = failure(done.last().unwrap().clone());
+        assert!(why.contains("x exists and is a directory"), "{why}");
+        assert!(t.path().join("x").is_dir());
+    }
+
+    #[test]
+    fn a_directory_swapped_before_a_later_file_keeps_everything_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        receive_ok(&mut f, 0, "d/e/first", b"1");
+        // A later file of the same directory, after the directory was swapped for a
+        // link to the outside.
+        fs::rename(t.path().join("d"), t.path().join("moved")).unwrap();
+        symlink(outside.path(), t.path().join("d")).unwrap();
+        let done = receive_whole(&mut f, 1, "d/e/second", b"2");
+        let why = failure(done.last().unwrap().clone());
+        assert!(why.contains("symlink") && why.contains('d'), "{why}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(
+            !t.path().join("moved/e/second").exists(),
+            "put in place anyway"
+        );
+        // A new session walks again and refuses the link at once.
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        let why = failure(receive_whole(&mut f, 0, "d/e/third", b"3").remove(0));
+        assert!(why.contains("symlink"), "{why}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    /// Only where directories are held open: a walk by path cannot tell the directory
+    /// apart from another put in its place.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_directory_replaced_by_another_is_refused_at_commit() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        let done: Vec<_> = [
+            IoRequest::Open {
+                file: 0,
+                path: path("d/x"),
+                append_from: 0,
+            },
+            IoRequest::Close { file: 0 },
+        ]
+        .into_iter()
+        .map(|r| run(&mut f, r))
+        .collect();
+        assert_eq!(done[1], IoCompletion::Closed { file: 0 });
+        fs::rename(t.path().join("d"), t.path().join("moved")).unwrap();
+        fs::create_dir(t.path().join("d")).unwrap();
+        fs::write(t.path().join("d/.x.p2p-copy-part"), b"planted").unwrap();
+        run(&mut f, IoRequest::Sync);
+        let why = failure(run(
+            &mut f,
+            IoRequest::Commit {
+                file: 0,
+                path: path("d/x"),
+            },
+        ));
+        assert!(why.contains('d'), "{why}");
+        assert!(!t.path().join("d/x").exists() && !t.path().join("moved/x").exists());
+    }
+
+    #[test]
+    fn recreates_a_directory_removed_between_files() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        receive_ok(&mut f, 0, "d/x", b"1");
+        fs::remove_file(t.path().join("d/x")).unwrap();
+        fs::remove_dir(t.path().join("d")).unwrap();
+        receive_ok(&mut f, 1, "d/y", b"2");
+        assert_eq!(fs::read(t.path().join("d/y")).unwrap(), b"2");
+    }
+
+    #[test]
+    fn receives_into_more_directories_than_are_kept_open() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        let names: Vec<String> = (0..300).map(|i| format!("a/d{i}/f")).collect();
+        for (i, p) in names.iter().enumerate() {
+            let done: Vec<_> = [
+                IoRequest::Open {
+                    file: i,
+                    path: path(p),
+                    append_from: 0,
+                },
+                IoRequest::Write {
+                    file: i,
+                    offset: 0,
+                    data: Bytes::from(p.clone()),
+                },
+                IoRequest::Close { file: i },
+            ]
+            .into_iter()
+            .map(|r| run(&mut f, r))
+            .collect();
+            assert_eq!(done[2], IoCompletion::Closed { file: i }, "{p}: {done:?}");
+        }
+        assert_eq!(run(&mut f, IoRequest::Sync), IoCompletion::Synced);
+        for (i, p) in names.iter().enumerate() {
+            let done = run(
+                &mut f,
+                IoRequest::Commit {
+                    file: i,
+                    path: path(p),
+                },
+            );
+            assert_eq!(done, IoCompletion::Committed { file: i }, "{p}");
+        }
+        for p in &names {
+            assert_eq!(fs::read(t.path().join(p)).unwrap(), p.as_bytes());
+        }
+    }
+
+    /// Where directories are held open (a walk by path fails only once it gets there).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refuses_a_path_beyond_the_operating_systems_limit_before_creating_anything() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = ReceiveFiles::new(t.path().to_path_buf());
+        let deep = vec!["q".repeat(60); 67].join("/");
+        let why = failure(receive_whole(&mut f, 0, &deep, b"os").remove(0));
+        assert!(why.contains("cannot open"), "{why}");
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
     }
 }
