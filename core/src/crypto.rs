@@ -122,7 +122,12 @@ impl Cipher {
         let mut buf = sealed[..body_len].to_vec();
         let tag = Tag::try_from(&sealed[body_len..]).ok()?;
         self.0
-            .decrypt_inout_detached(&Nonce::<U32>::from(*nonce), b"", buf.as_mut_slice().into(), &tag)
+            .decrypt_inout_detached(
+                &Nonce::<U32>::from(*nonce),
+                b"",
+                buf.as_mut_slice().into(),
+                &tag,
+            )
             .ok()?;
         Some(buf)
     }

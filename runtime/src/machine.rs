@@ -66,8 +66,10 @@ impl crate::io_worker::Cheap for receiver::IoRequest {
             receiver::IoRequest::Open { append_from, .. } => *append_from == 0,
             receiver::IoRequest::Write { data, .. } => data.len() <= CHEAP_BYTES,
             receiver::IoRequest::ReadBack { len, .. } => *len <= CHEAP_BYTES,
-            // Closing may sync a file on another filesystem; Sync flushes the filesystem.
-            receiver::IoRequest::Close { .. } | receiver::IoRequest::Sync => false,
+            // Closing syncs only a file on another filesystem than the output directory
+            // (a mount below it), which is rare; Sync flushes the whole filesystem.
+            receiver::IoRequest::Close { .. } => true,
+            receiver::IoRequest::Sync => false,
         }
     }
 }
