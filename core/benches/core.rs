@@ -269,7 +269,7 @@ fn harvest_jobs(data: &Bytes) -> Vec<Job> {
                         IoCompletion::Read {
                             file,
                             offset,
-                            data: data.slice(at..at + len),
+                            data: data[at..at + len].into(),
                         },
                     )
                     .expect("read accepted");

@@ -1807,7 +1807,7 @@ mod sender_body {
             if self.reads.iter().any(|r| r.0 == file && r.1 == offset) {
                 return;
             }
-            let data = Bytes::from(vec![0; s.below(3)]);
+            let data = crate::wire::PieceBuf::zeroed(s.below(3));
             let got = self.input(|tx| tx.handle_io(now, IoCompletion::Read { file, offset, data }));
             assert!(
                 got.is_err(),
@@ -1838,7 +1838,7 @@ mod sender_body {
                     IoCompletion::Read {
                         file,
                         offset,
-                        data: Bytes::from(data),
+                        data: crate::wire::PieceBuf::from(data),
                     }
                 }
                 7 => {
@@ -1846,7 +1846,7 @@ mod sender_body {
                     IoCompletion::Read {
                         file,
                         offset,
-                        data: Bytes::from(data),
+                        data: crate::wire::PieceBuf::from(data),
                     }
                 }
                 8 => IoCompletion::Failed {
@@ -1856,12 +1856,12 @@ mod sender_body {
                 9 => IoCompletion::Read {
                     file,
                     offset: offset + 1,
-                    data: Bytes::from(data),
+                    data: crate::wire::PieceBuf::from(data),
                 },
                 _ => IoCompletion::Read {
                     file,
                     offset,
-                    data: Bytes::from(data),
+                    data: crate::wire::PieceBuf::from(data),
                 },
             };
             let now = self.now;

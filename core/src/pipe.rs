@@ -9,15 +9,15 @@ use crate::wire::CHUNK_SIZE;
 
 /// Reads `[start, end)` in pieces of [`CHUNK_SIZE`].
 #[derive(Debug)]
-pub(crate) struct ReadPipe {
+pub(crate) struct ReadPipe<T = Bytes> {
     next_issue: u64,
     end: u64,
     requested: BTreeMap<u64, usize>,
-    arrived: BTreeMap<u64, Bytes>,
+    arrived: BTreeMap<u64, T>,
     next_take: u64,
 }
 
-impl ReadPipe {
+impl<T: AsRef<[u8]>> ReadPipe<T> {
     pub(crate) fn new(start: u64, end: u64) -> Self {
         ReadPipe {
             next_issue: start,
@@ -44,16 +44,16 @@ impl ReadPipe {
     ///
     /// # Errors
     /// A message when no read of that offset is outstanding or the length differs.
-    pub(crate) fn complete(&mut self, offset: u64, data: Bytes) -> Result<(), String> {
+    pub(crate) fn complete(&mut self, offset: u64, data: T) -> Result<(), String> {
         let Some(len) = self.requested.remove(&offset) else {
             return Err(format!(
                 "completion for a read at offset {offset} nobody asked for"
             ));
         };
-        if data.len() != len {
+        let got = data.as_ref().len();
+        if got != len {
             return Err(format!(
-                "read {} bytes at offset {offset} where {len} were expected (file changed while being read?)",
-                data.len()
+                "read {got} bytes at offset {offset} where {len} were expected (file changed while being read?)"
             ));
         }
         self.arrived.insert(offset, data);
@@ -61,10 +61,10 @@ impl ReadPipe {
     }
 
     /// The next piece in order, if it has arrived.
-    pub(crate) fn take(&mut self) -> Option<(u64, Bytes)> {
+    pub(crate) fn take(&mut self) -> Option<(u64, T)> {
         let data = self.arrived.remove(&self.next_take)?;
         let offset = self.next_take;
-        self.next_take += data.len() as u64;
+        self.next_take += data.as_ref().len() as u64;
         Some((offset, data))
     }
 
@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn completes_out_of_order_and_takes_in_order() {
         let total = 2 * CHUNK_SIZE as u64 + 5;
-        let mut p = ReadPipe::new(0, total);
+        let mut p = ReadPipe::<Bytes>::new(0, total);
         let a = p.next_request().unwrap();
         let b = p.next_request().unwrap();
         let c = p.next_request().unwrap();
@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn refuses_unasked_and_short_reads() {
-        let mut p = ReadPipe::new(0, 10);
+        let mut p = ReadPipe::<Bytes>::new(0, 10);
         assert!(p.complete(0, Bytes::new()).is_err());
         let (o, _) = p.next_request().unwrap();
         assert!(p.complete(o, Bytes::from_static(b"short")).is_err());

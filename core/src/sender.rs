@@ -10,7 +10,7 @@ use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::event::Event;
 use crate::pipe::ReadPipe;
 use crate::wire::{
-    self, Compression, Control, FileHeader, ManifestEntry, Role, WireMessage, CHUNK_SIZE,
+    self, Compression, Control, FileHeader, ManifestEntry, PieceBuf, Role, WireMessage, CHUNK_SIZE,
     DATA_HEADER_LEN,
 };
 use crate::Error;
@@ -93,8 +93,9 @@ pub enum IoCompletion {
         file: usize,
         /// Byte offset of the read.
         offset: u64,
-        /// Exactly the requested length (fewer means the file shrank: an error).
-        data: Bytes,
+        /// Exactly the requested length (fewer means the file shrank: an error), read
+        /// into a buffer with room for the message header.
+        data: PieceBuf,
     },
     /// The request failed.
     Failed {
@@ -121,7 +122,7 @@ enum JobCompress {
 pub struct Job {
     file: usize,
     seq: u64,
-    data: Bytes,
+    data: PieceBuf,
     compress: JobCompress,
     seal: Option<(Cipher, [u8; 32])>,
 }
@@ -142,8 +143,9 @@ impl std::fmt::Debug for Job {
 pub struct JobResult {
     file: usize,
     seq: u64,
-    /// P(k): the payload before encryption, which the chain covers.
-    plain: Bytes,
+    /// P(k), the payload before encryption, which the chain covers, when it differs
+    /// from the payload of `frame` (that is, when encrypting).
+    plain: Option<Bytes>,
     /// 40 bytes of room for the header, then the payload as sent.
     frame: Vec<u8>,
     compressed: bool,
@@ -158,24 +160,29 @@ impl Job {
 
     /// Do the work.
     pub fn run(self) -> JobResult {
-        let (plain, compressed) = match self.compress {
-            JobCompress::No => (self.data, false),
-            JobCompress::Yes => (Bytes::from(crate::compress::compress(&self.data)), true),
+        let (frame, compressed) = match self.compress {
+            JobCompress::No => (self.data.into_frame(), false),
+            JobCompress::Yes => (packed_frame(&self.data), true),
             JobCompress::Decide => {
-                let packed = crate::compress::compress(&self.data);
-                if shrinks_enough(packed.len(), self.data.len()) {
-                    (Bytes::from(packed), true)
+                let packed = packed_frame(&self.data);
+                if shrinks_enough(packed.len() - DATA_HEADER_LEN, self.data.len()) {
+                    (packed, true)
                 } else {
-                    (self.data, false)
+                    (self.data.into_frame(), false)
                 }
             }
         };
-        let mut frame = Vec::with_capacity(DATA_HEADER_LEN + plain.len() + wire::TAG_LEN);
-        frame.resize(DATA_HEADER_LEN, 0);
-        frame.extend_from_slice(&plain);
-        if let Some((cipher, nonce)) = &self.seal {
-            cipher.seal_in_place(nonce, &mut frame, DATA_HEADER_LEN);
-        }
+        let (frame, plain) = match &self.seal {
+            None => (frame, None),
+            Some((cipher, nonce)) => {
+                let plain = Bytes::from(frame).slice(DATA_HEADER_LEN..);
+                let mut sealed = Vec::with_capacity(DATA_HEADER_LEN + plain.len() + wire::TAG_LEN);
+                sealed.resize(DATA_HEADER_LEN, 0);
+                sealed.extend_from_slice(&plain);
+                cipher.seal_in_place(nonce, &mut sealed, DATA_HEADER_LEN);
+                (sealed, Some(plain))
+            }
+        };
         JobResult {
             file: self.file,
             seq: self.seq,
@@ -184,6 +191,11 @@ impl Job {
             compressed,
         }
     }
+}
+
+/// Header room, then the piece compressed.
+fn packed_frame(data: &PieceBuf) -> Vec<u8> {
+    PieceBuf::from(crate::compress::compress(data.payload()).as_slice()).into_frame()
 }
 
 /// The auto-mode rule: compress when compressed / original < 0.95 (an empty piece
@@ -224,7 +236,7 @@ enum Stage {
 #[derive(Debug)]
 struct Current {
     index: usize,
-    reads: ReadPipe,
+    reads: ReadPipe<PieceBuf>,
     stage: Stage,
 }
 
@@ -667,7 +679,7 @@ impl Sender {
         match &mut cur.stage {
             Stage::Hashing { want, chain } => {
                 while let Some((_, data)) = cur.reads.take() {
-                    chain.next(&data);
+                    chain.next(data.payload());
                 }
                 if cur.reads.is_done() {
                     let (s, c) = *want;
@@ -730,7 +742,9 @@ impl Sender {
                             compression,
                         });
                     }
-                    let chain = st.chain.next(&r.plain);
+                    let chain = st
+                        .chain
+                        .next(r.plain.as_deref().unwrap_or(&r.frame[DATA_HEADER_LEN..]));
                     let mut frame = r.frame;
                     wire::write_header(&mut frame, st.next_emit, &chain);
                     self.transmit
@@ -764,7 +778,7 @@ impl Sender {
                     }
                     let data = if st.next_job == 0 && st.append_from == self.files[index].size {
                         // Nothing to read (an empty file): still one, empty, piece.
-                        Bytes::new()
+                        PieceBuf::zeroed(0)
                     } else if st.next_job == st.pieces {
                         break;
                     } else {

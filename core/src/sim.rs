@@ -345,7 +345,7 @@ impl SenderFs {
                 Some(Done::Read {
                     file,
                     offset,
-                    data: data.slice(start..end),
+                    data: crate::wire::PieceBuf::from(&data[start..end]),
                 })
             }
             Req::Close { file } => {

@@ -250,6 +250,94 @@ impl DataMessage {
     }
 }
 
+/// One piece of a file on its way to the connection: [`DATA_HEADER_LEN`] bytes of room
+/// for the data-message header, then the payload.
+///
+/// The sender's runtime reads each piece straight into one ([`PieceBuf::zeroed`],
+/// [`PieceBuf::payload_mut`]); without compression or encryption the same buffer
+/// becomes the message, so a piece goes from the file to the connection without a copy.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct PieceBuf {
+    buf: Vec<u8>,
+}
+
+impl PieceBuf {
+    /// A zeroed payload of `len` bytes, with room for the header in front.
+    pub fn zeroed(len: usize) -> PieceBuf {
+        PieceBuf {
+            buf: vec![0; DATA_HEADER_LEN + len],
+        }
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[DATA_HEADER_LEN..]
+    }
+
+    /// The payload, to fill.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[DATA_HEADER_LEN..]
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.buf.len() - DATA_HEADER_LEN
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keep the first `len` bytes of the payload (after a short read).
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(DATA_HEADER_LEN + len);
+    }
+
+    /// The buffer with its header room, for [`write_header`].
+    pub(crate) fn into_frame(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl From<&[u8]> for PieceBuf {
+    /// Copy a payload into a new buffer.
+    fn from(payload: &[u8]) -> PieceBuf {
+        let mut buf = Vec::with_capacity(DATA_HEADER_LEN + payload.len());
+        buf.resize(DATA_HEADER_LEN, 0);
+        buf.extend_from_slice(payload);
+        PieceBuf { buf }
+    }
+}
+
+impl From<Vec<u8>> for PieceBuf {
+    /// Copy a payload into a new buffer.
+    fn from(payload: Vec<u8>) -> PieceBuf {
+        PieceBuf::from(payload.as_slice())
+    }
+}
+
+impl From<Bytes> for PieceBuf {
+    /// Copy a payload into a new buffer.
+    fn from(payload: Bytes) -> PieceBuf {
+        PieceBuf::from(payload.as_ref())
+    }
+}
+
+impl AsRef<[u8]> for PieceBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.payload()
+    }
+}
+
+impl std::fmt::Debug for PieceBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PieceBuf")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
 /// Write a data header into the first 40 bytes of a frame that was built with room for
 /// it (see [`crate::sender::Job`]).
 pub(crate) fn write_header(frame: &mut [u8], seq: u64, chain: &[u8; 32]) {

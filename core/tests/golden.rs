@@ -269,7 +269,7 @@ fn run_sender(session: &Value, case: &Value, secrets: &Secrets) -> Vec<WireMessa
                 let done = sender::IoCompletion::Read {
                     file,
                     offset,
-                    data: Bytes::copy_from_slice(data),
+                    data: data.into(),
                 };
                 tx.handle_io(now, done).unwrap();
             }

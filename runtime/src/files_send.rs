@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::PathBuf;
 
-use bytes::Bytes;
 use p2p_copy_core::sender::{IoCompletion, IoRequest};
+use p2p_copy_core::wire::PieceBuf;
 
 use crate::machine::FileIo;
 
@@ -25,7 +25,7 @@ impl SendFiles {
         }
     }
 
-    fn read(&mut self, file: usize, offset: u64, len: usize) -> io::Result<Bytes> {
+    fn read(&mut self, file: usize, offset: u64, len: usize) -> io::Result<PieceBuf> {
         let f = match self.open.entry(file) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -35,17 +35,29 @@ impl SendFiles {
                 e.insert(File::open(path)?)
             }
         };
-        f.seek(SeekFrom::Start(offset))?;
-        let mut buf = vec![0u8; len];
-        f.read_exact(&mut buf).map_err(|e| match e.kind() {
+        let mut buf = PieceBuf::zeroed(len);
+        read_exact_at(f, buf.payload_mut(), offset).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => io::Error::new(
                 e.kind(),
                 "the file is shorter than when it was listed (did it change while being sent?)",
             ),
             _ => e,
         })?;
-        Ok(Bytes::from(buf))
+        Ok(buf)
     }
+}
+
+/// Fill `buf` from `offset` (one positioned read where the platform has it).
+#[cfg(unix)]
+fn read_exact_at(f: &mut File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(f: &mut File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
 
 impl FileIo for SendFiles {

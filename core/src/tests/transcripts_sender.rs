@@ -493,7 +493,7 @@ fn a_short_read_fails_the_sender() {
         IoCompletion::Read {
             file,
             offset,
-            data: Bytes::from_static(b"short"),
+            data: crate::wire::PieceBuf::from(&b"short"[..]),
         },
     );
     r.work();
