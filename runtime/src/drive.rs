@@ -228,6 +228,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
             // Messages out, only as fast as the connection takes them: that is the
             // sender's backpressure.
             let mut drained = false;
+            let mut write_blocked = false;
             while self.writing {
                 match Pin::new(&mut self.ws).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
@@ -251,6 +252,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     }
                     Poll::Pending => {
                         self.blocked_since.get_or_insert(now);
+                        write_blocked = true;
                         break;
                     }
                 }
@@ -260,6 +262,10 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     Poll::Ready(Ok(())) => {
                         self.needs_flush = false;
                         self.blocked_since = None;
+                        // The connection took what blocked it a moment ago: go round
+                        // again to send more, since the wake-up registered by the
+                        // blocked `poll_ready` may already have been spent.
+                        progress |= write_blocked;
                     }
                     Poll::Ready(Err(e)) => {
                         progress = true;

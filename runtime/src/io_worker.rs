@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread;
 
@@ -33,7 +33,8 @@ pub(crate) const CHEAP_BYTES: usize = 64 * 1024;
 /// has ended nothing touches its files any more: a new session may resume them at once.
 pub(crate) struct IoWorker<F: FileIo> {
     files: Arc<Mutex<F>>,
-    requests: async_channel::Sender<F::Request>,
+    /// `None` once dropping: closing it lets the thread end.
+    requests: Option<mpsc::Sender<F::Request>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
     /// Answers, in request order (`None` for requests that need none).
@@ -57,7 +58,8 @@ impl<F: FileIo> IoWorker<F> {
     /// The operating system refused a thread.
     pub(crate) fn start(files: F) -> std::io::Result<Self> {
         // Unbounded, but never long: the state machine bounds what it asks for.
-        let (requests, inbox) = async_channel::unbounded::<F::Request>();
+        // The thread blocks on a standard channel; answers go back on an async one.
+        let (requests, inbox) = mpsc::channel::<F::Request>();
         let (outbox, done) = async_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
@@ -66,7 +68,7 @@ impl<F: FileIo> IoWorker<F> {
         let thread = thread::Builder::new()
             .name("p2p-copy-files".into())
             .spawn(move || {
-                while let Ok(req) = inbox.recv_blocking() {
+                while let Ok(req) = inbox.recv() {
                     if stopped.load(Ordering::Acquire) {
                         return;
                     }
@@ -81,7 +83,7 @@ impl<F: FileIo> IoWorker<F> {
             })?;
         Ok(IoWorker {
             files,
-            requests,
+            requests: Some(requests),
             stop,
             thread: Some(thread),
             done: Box::pin(done),
@@ -103,8 +105,10 @@ impl<F: FileIo> IoWorker<F> {
             return answer;
         }
         // The worker only stops after a failure, which has already failed the session.
-        if self.requests.try_send(req).is_ok() {
-            self.outstanding += 1;
+        if let Some(requests) = &self.requests {
+            if requests.send(req).is_ok() {
+                self.outstanding += 1;
+            }
         }
         None
     }
@@ -132,7 +136,7 @@ impl<F: FileIo> IoWorker<F> {
 impl<F: FileIo> Drop for IoWorker<F> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        self.requests.close();
+        self.requests = None;
         if let Some(t) = self.thread.take() {
             // Blocks for at most the one request the worker is carrying out.
             let _ = t.join();

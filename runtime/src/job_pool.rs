@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::OnceLock;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 
 type Task = Box<dyn FnOnce() + Send>;
@@ -17,22 +17,26 @@ const MAX_THREADS: usize = 16;
 
 /// The queue the job threads take work from; `None` when no thread could be started
 /// (jobs then run on the caller's thread).
-fn queue() -> Option<&'static async_channel::Sender<Task>> {
-    static QUEUE: OnceLock<Option<async_channel::Sender<Task>>> = OnceLock::new();
+fn queue() -> Option<&'static mpsc::Sender<Task>> {
+    static QUEUE: OnceLock<Option<mpsc::Sender<Task>>> = OnceLock::new();
     QUEUE
         .get_or_init(|| {
             let threads = thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .clamp(1, MAX_THREADS);
-            let (tx, rx) = async_channel::unbounded::<Task>();
+            // Threads block on a standard channel, taking turns at its receiving end.
+            let (tx, rx) = mpsc::channel::<Task>();
+            let rx = Arc::new(Mutex::new(rx));
             let mut started = 0;
             for i in 0..threads {
-                let rx = rx.clone();
+                let rx = Arc::clone(&rx);
                 let spawned = thread::Builder::new()
                     .name(format!("p2p-copy-job-{i}"))
-                    .spawn(move || {
-                        while let Ok(task) = rx.recv_blocking() {
-                            task();
+                    .spawn(move || loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match next {
+                            Ok(task) => task(),
+                            Err(_) => return,
                         }
                     });
                 started += usize::from(spawned.is_ok());
@@ -52,7 +56,7 @@ pub(crate) fn run<T: Send + 'static>(
         let _ = tx.try_send(panic::catch_unwind(AssertUnwindSafe(work)));
     });
     let inline = match queue() {
-        Some(q) => q.try_send(task).err().map(|e| e.into_inner()),
+        Some(q) => q.send(task).err().map(|e| e.0),
         None => Some(task),
     };
     if let Some(task) = inline {

@@ -2,7 +2,7 @@
 //!
 //! This crate drives the sans-IO state machines of [`p2p_copy_core`] over real
 //! connections and files: a WebSocket client (`ws://`, or `wss://` with rustls), the
-//! sender's and receiver's file access on a blocking pool, and the relay server. It is
+//! sender's and receiver's file access on a file thread per session, and the relay server. It is
 //! generic over a small [`Rt`] trait; the crates `p2p-copy-smol` and
 //! `p2p-copy-async-std` implement it and re-export this API with the runtime filled in.
 //!
