@@ -24,3 +24,33 @@ pub fn bind_listener(host: &str, port: u16) -> io::Result<TcpListener> {
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// With the standard library's queue of 128, connections past about 129 that nobody
+    /// accepts yet would have their handshakes dropped and time out here.
+    #[test]
+    fn queues_a_burst_of_connections_before_any_accept() {
+        let listener = bind_listener("127.0.0.1", 0).expect("binds");
+        let addr = listener.local_addr().expect("address");
+        let burst = 300;
+        let connected: Vec<TcpStream> = (0..burst)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .unwrap_or_else(|e| panic!("connection {i} of {burst} not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(connected.len(), burst);
+        // Every one of them is really queued: the listener hands them all out.
+        listener.set_nonblocking(false).expect("blocking");
+        for i in 0..burst {
+            listener
+                .accept()
+                .unwrap_or_else(|e| panic!("accept {i}: {e}"));
+        }
+    }
+}
