@@ -380,3 +380,206 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The loop over a connection that blocks often: a sender must finish even when a
+    //! blocked `poll_ready` is followed at once by a flush that gets through (after
+    //! which the blocked call's wake-up is never delivered).
+
+    use std::future::Future;
+    use std::io;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+    use std::time::{Duration, Instant};
+
+    use async_tungstenite::tungstenite::protocol::Role;
+    use async_tungstenite::WebSocketStream;
+    use futures_io::{AsyncRead, AsyncWrite};
+    use p2p_copy_core::crypto::Secrets;
+    use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
+
+    use super::*;
+    use crate::files_send::SendFiles;
+    use crate::transport::{ws_config, Conn};
+
+    #[derive(Clone)]
+    struct TestRt;
+
+    #[allow(clippy::manual_async_fn)]
+    impl Rt for TestRt {
+        type TcpStream = smol::net::TcpStream;
+        type TcpListener = smol::net::TcpListener;
+        fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+            smol::spawn(task).detach();
+        }
+        fn spawn_blocking<T: Send + 'static>(
+            &self,
+            work: impl FnOnce() -> T + Send + 'static,
+        ) -> impl Future<Output = T> + Send + 'static {
+            smol::unblock(work)
+        }
+        fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+            async move {
+                smol::Timer::at(deadline).await;
+            }
+        }
+        fn connect(
+            &self,
+            _: String,
+            _: u16,
+        ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
+            async { Err(io::Error::other("this test has no network")) }
+        }
+        fn bind(
+            &self,
+            _: String,
+            _: u16,
+        ) -> impl Future<Output = io::Result<Self::TcpListener>> + Send + 'static {
+            async { Err(io::Error::other("this test has no network")) }
+        }
+        fn local_addr(l: &Self::TcpListener) -> io::Result<SocketAddr> {
+            l.local_addr()
+        }
+        fn accept(
+            l: &Self::TcpListener,
+        ) -> impl Future<Output = io::Result<(Self::TcpStream, SocketAddr)>> + Send + '_ {
+            l.accept()
+        }
+        fn set_nodelay(s: &Self::TcpStream) -> io::Result<()> {
+            s.set_nodelay(true)
+        }
+    }
+
+    /// The relay's side of the connection: it says `ready`, then stays silent, and takes
+    /// data like a socket whose buffer is full four times out of five. A blocked write keeps
+    /// its waker for a helper thread to wake a little later (the buffer drained); a
+    /// write that gets through takes that readiness, and the earlier waker is dropped,
+    /// as an edge-triggered reactor's single event is spent by the write that used it.
+    struct Choppy {
+        inbound: Vec<u8>,
+        writes: usize,
+        written: Arc<Mutex<usize>>,
+        parked: Arc<Mutex<Option<Waker>>>,
+        silent: Option<Waker>,
+    }
+
+    impl AsyncRead for Choppy {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.inbound.is_empty() {
+                self.silent = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.inbound.len());
+            buf[..n].copy_from_slice(&self.inbound[..n]);
+            self.inbound.drain(..n);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Choppy {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            if !self.writes.is_multiple_of(5) {
+                *self.parked.lock().unwrap() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.parked.lock().unwrap().take();
+            *self.written.lock().unwrap() += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_sender_finishes_over_a_connection_that_blocks_most_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let size = 24 * 1024 * 1024 + 5;
+        std::fs::write(&path, vec![7u8; size]).unwrap();
+
+        let ready = br#"{"type":"ready"}"#;
+        let mut inbound = vec![0x81, ready.len() as u8];
+        inbound.extend_from_slice(ready);
+        let parked = Arc::new(Mutex::new(None::<Waker>));
+        let written = Arc::new(Mutex::new(0usize));
+        let conn = Choppy {
+            inbound,
+            writes: 0,
+            written: Arc::clone(&written),
+            parked: Arc::clone(&parked),
+            silent: None,
+        };
+        // The "buffer drains" within 5 ms of a blocked write.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker_thread = {
+            let (parked, done) = (Arc::clone(&parked), Arc::clone(&done));
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                    if let Some(w) = parked.lock().unwrap().take() {
+                        w.wake();
+                    }
+                }
+            })
+        };
+
+        let outcome = smol::block_on(async {
+            let boxed: Box<dyn Conn> = Box::new(conn);
+            let ws = WebSocketStream::from_raw_socket(boxed, Role::Client, Some(ws_config())).await;
+            let now = Instant::now();
+            let secrets = Secrets::derive("code", false).unwrap();
+            let files = vec![SendFile {
+                path: "f".into(),
+                size: size as u64,
+            }];
+            let config = SenderConfig {
+                compress: p2p_copy_core::sender::CompressMode::Off,
+                ..SenderConfig::default()
+            };
+            let sender = Sender::new(now, config, &secrets, files, [0; 32]).unwrap();
+            let worker = IoWorker::start(SendFiles::new(vec![path.clone()])).unwrap();
+            let events: EventSink = Arc::new(Mutex::new(|_: SessionEvent| {}));
+            let driver = Driver::new(
+                TestRt,
+                sender,
+                ws,
+                worker,
+                Duration::from_secs(60),
+                0,
+                events,
+            );
+            smol::future::or(async { Some(driver.run().await) }, async {
+                smol::Timer::after(Duration::from_secs(20)).await;
+                None
+            })
+            .await
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        waker_thread.join().unwrap();
+        let summary = outcome
+            .expect("the sender stalled: a wake-up was lost")
+            .expect("the session succeeds");
+        assert_eq!(summary.bytes, size as u64);
+        assert!(
+            *written.lock().unwrap() > size,
+            "every byte reached the connection: {} of {size}",
+            *written.lock().unwrap()
+        );
+    }
+}
