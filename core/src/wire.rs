@@ -317,13 +317,6 @@ impl From<Vec<u8>> for PieceBuf {
     }
 }
 
-impl From<Bytes> for PieceBuf {
-    /// Copy a payload into a new buffer.
-    fn from(payload: Bytes) -> PieceBuf {
-        PieceBuf::from(payload.as_ref())
-    }
-}
-
 impl AsRef<[u8]> for PieceBuf {
     fn as_ref(&self) -> &[u8] {
         self.payload()

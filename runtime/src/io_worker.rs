@@ -5,7 +5,7 @@
 //!
 //! Cheap requests (see [`Cheap`]) are carried out on the session loop itself when the
 //! worker has nothing outstanding: a trip to another thread and back costs two context
-//! switches, more than opening, writing and closing a small file. Order is kept because
+//! switches per request, and a small file takes several requests. Order is kept because
 //! the loop only does so when every earlier request has been answered.
 
 use std::pin::Pin;

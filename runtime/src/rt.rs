@@ -20,7 +20,8 @@ pub trait Rt: Clone + Send + Sync + 'static {
     /// an abortable future.
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static);
 
-    /// Run blocking work (file access, CPU-heavy jobs) on a thread pool.
+    /// Run blocking work (key derivation, listing the sources, preparing the output
+    /// directory) on a thread pool.
     fn spawn_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
