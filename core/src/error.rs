@@ -49,6 +49,14 @@ pub enum Error {
     /// Setting up the session failed (bad code, bad parameters).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The connection ended before the session did, without a protocol error: the peer
+    /// went away (killed, interrupted, its network dropped) or the relay did.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The peer reported that the transfer failed on its side (extension
+    /// [`EXT_CONFIRM`](crate::wire::EXT_CONFIRM)), or files did not arrive.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
 }
 
 struct FileCtx<'a>(&'a Option<String>);
@@ -111,7 +119,8 @@ impl Error {
     }
 
     /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
-    /// `timeout`, `cancelled`, `config`), for logs and exit-code mapping.
+    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`), for logs and exit-code
+    /// mapping.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Peer { .. } => "peer",
@@ -121,13 +130,16 @@ impl Error {
             Error::Timeout(_) => "timeout",
             Error::Cancelled(_) => "cancelled",
             Error::Config(_) => "config",
+            Error::ConnectionLost(_) => "lost",
+            Error::NotDelivered(_) => "undelivered",
         }
     }
 }
 
 /// The error for a connection that closed before the session ended, saying what the
-/// relay's close code means.
+/// relay's close code means and who went away.
 pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error {
+    let shown = crate::path::escape(reason);
     match code {
         Some(1013) => Error::Peer {
             file: None,
@@ -138,17 +150,30 @@ pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error
         },
         Some(1002) => Error::Peer {
             file: None,
-            reason: format!("the relay refused the hello: {}", crate::path::escape(reason)),
+            reason: format!("the relay refused the hello: {shown}"),
         },
-        _ if reason.is_empty() => Error::Peer {
-            file: None,
-            reason: format!("the connection closed {when}"),
-        },
-        _ => Error::Peer {
+        // A relay closes the partner of a connection that ended normally: the peer
+        // went away (finished, killed, interrupted or cut off).
+        Some(1000) => Error::ConnectionLost(format!(
+            "the other side went away {when} (the relay closed the pair{})",
+            if reason.is_empty() { String::new() } else { format!(": {shown}") }
+        )),
+        Some(1001) => Error::ConnectionLost(format!(
+            "the relay is going away{}, {when}",
+            if reason.is_empty() { String::new() } else { format!(" ({shown})") }
+        )),
+        // Without a close frame the relay's own connection broke.
+        None if reason.is_empty() => Error::ConnectionLost(format!(
+            "the relay connection dropped without a close frame (the relay stopped or the network failed), {when}"
+        )),
+        None => Error::ConnectionLost(format!(
+            "the relay connection broke ({shown}), {when}"
+        )),
+        Some(code) => Error::Peer {
             file: None,
             reason: format!(
-                "the connection closed {when} (close reason: {})",
-                crate::path::escape(reason)
+                "the connection closed {when} (close code {code}{})",
+                if reason.is_empty() { String::new() } else { format!(": {shown}") }
             ),
         },
     }

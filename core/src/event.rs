@@ -53,6 +53,24 @@ pub enum Event {
         /// Its size.
         size: u64,
     },
+    /// A file was not delivered: the sender skipped it (`skip_errors`: it could not be
+    /// read or changed while being sent), or the receiver could not put it in place.
+    FileNotDelivered {
+        /// Its path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Sender, at the end: whether the receiver confirmed what it put in place
+    /// (extension [`EXT_CONFIRM`](crate::wire::EXT_CONFIRM)). A p2p-copy 0.1.x receiver
+    /// cannot confirm: `confirmed` is false and the files were sent, not known to be
+    /// stored.
+    Delivery {
+        /// True when the receiver's report confirmed every file it reported on.
+        confirmed: bool,
+        /// Files the receiver reported in place (0 when not confirmed).
+        delivered: u64,
+    },
     /// The session finished successfully.
     Done,
     /// The session failed; the error is sticky.

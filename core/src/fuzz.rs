@@ -594,8 +594,9 @@ mod receiver_body {
                         return;
                     };
                     let mut nonces = NonceChain::new(&seed);
-                    if let Some(Control::Manifest { resume, entries }) =
-                        open(&cipher, nonces.next(), &hidden_manifest)
+                    if let Some(Control::Manifest {
+                        resume, entries, ..
+                    }) = open(&cipher, nonces.next(), &hidden_manifest)
                     {
                         self.offered = Some(entries);
                         if resume {
@@ -637,7 +638,12 @@ mod receiver_body {
                     size: size(s),
                 })
                 .collect();
-            let plain = Control::Manifest { resume, entries }.to_json();
+            let plain = Control::Manifest {
+                resume,
+                entries,
+                extensions: Vec::new(),
+            }
+            .to_json();
             let seed = [s.byte(); 32];
             // Encrypted sessions mostly get a correct seal, sometimes a spoilt one or a
             // plain manifest; plain sessions sometimes get a sealed one.
@@ -1123,6 +1129,12 @@ mod receiver_body {
                     assert_eq!(self.failed_events, 1, "one failure is reported once");
                     assert_eq!(self.rx.error(), Some(&e));
                 }
+                Event::FileNotDelivered { path, .. } => {
+                    // Only files the sender did not send, in a session that confirms.
+                    let i = self.index_of(&path);
+                    assert!(!self.tracks[i].committed, "a committed file is delivered");
+                }
+                Event::Delivery { .. } => panic!("only a sender reports delivery"),
                 Event::Manifest { files, .. } => {
                     assert!(self.manifest.is_none(), "one manifest per session");
                     let offered = self
@@ -1506,6 +1518,7 @@ mod sender_body {
             ready_timeout: Duration::from_secs(300),
             answer_timeout: Duration::from_secs(30),
             window,
+            ..SenderConfig::default()
         };
         let list = files
             .iter()
@@ -1754,6 +1767,7 @@ mod sender_body {
                 1 => Control::Manifest {
                     resume: false,
                     entries: Vec::new(),
+                    extensions: vec![crate::wire::EXT_CONFIRM.to_owned()],
                 }
                 .to_json(),
                 2 => Control::FileEof.to_json(),
@@ -1965,6 +1979,9 @@ mod sender_body {
                     assert_eq!(self.failed_events, 1, "one failure is reported once");
                     assert_eq!(self.tx.error(), Some(&e));
                 }
+                Event::FileNotDelivered { .. } | Event::Delivery { .. } => {
+                    panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
+                }
                 Event::Manifest { files, bytes } => {
                     assert_eq!(files, self.files.len());
                     assert_eq!(bytes, self.files.iter().map(|f| f.size).sum::<u64>());
@@ -2038,7 +2055,8 @@ mod sender_body {
                         manifest,
                         Control::Manifest {
                             resume: self.resume,
-                            entries
+                            entries,
+                            extensions: Vec::new(),
                         }
                     );
                     c.answer_nonce_pending = self.resume;

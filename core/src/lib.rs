@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod compress;
 pub mod crypto;
+mod delivery;
 mod error;
 mod event;
 #[cfg(any(test, feature = "fuzzing"))]

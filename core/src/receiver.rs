@@ -7,12 +7,13 @@ use bytes::Bytes;
 
 use crate::chain::Chain;
 use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::delivery::{open_report, report_message};
 use crate::event::Event;
 use crate::path::SafePath;
 use crate::pipe::ReadPipe;
 use crate::wire::{
-    self, Compression, Control, DataMessage, FileHeader, ManifestEntry, ResumeEntry, Role,
-    WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
+    self, Compression, Control, DataMessage, FailedFile, FileHeader, ManifestEntry, Report,
+    ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
 };
 use crate::Error;
 
@@ -162,6 +163,15 @@ pub enum IoCompletion {
         /// Manifest index.
         file: usize,
     },
+    /// [`IoRequest::Commit`] failed (for example a directory holds the final name).
+    /// The file stays under its partial name; the other files are still committed, and
+    /// the session then fails naming every file that is not in place.
+    CommitFailed {
+        /// Manifest index.
+        file: usize,
+        /// The operating system's message.
+        reason: String,
+    },
     /// A request failed.
     Failed {
         /// Manifest index (0 for [`IoRequest::Sync`]).
@@ -250,6 +260,9 @@ enum EntryState {
     Verified,
     /// Already in place under its final name (skipped as complete) or committed.
     Done,
+    /// Not delivered: the sender gave it up, never sent it, or it could not be put in
+    /// place.
+    Failed,
 }
 
 #[derive(Debug)]
@@ -322,6 +335,9 @@ struct Incoming {
     eof_seen: bool,
 }
 
+/// How the reason for a file that could not be renamed into place starts.
+const NOT_PUT_IN_PLACE: &str = "could not be put in place";
+
 /// Most messages held back while the receiver waits for its own work to finish; a
 /// runtime that honours [`Receiver::wants_input`] never gets near it.
 const BACKLOG_LIMIT: usize = 64;
@@ -360,6 +376,14 @@ pub struct Receiver {
     jobs: VecDeque<Job>,
     events: VecDeque<Event>,
     error: Option<Error>,
+    /// The sender offered delivery confirmation (and was told it is accepted).
+    confirm: bool,
+    /// The report was queued.
+    reported: bool,
+    /// The encrypted session's nonce seed S, which also seals the report.
+    seed: Option<[u8; 32]>,
+    /// Files not delivered, and why.
+    failed: Vec<FailedFile>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -398,6 +422,10 @@ impl Receiver {
             jobs: VecDeque::new(),
             events: VecDeque::new(),
             error: None,
+            confirm: false,
+            reported: false,
+            seed: None,
+            failed: Vec::new(),
         };
         r.transmit.push_back(
             Control::Hello {
@@ -411,7 +439,9 @@ impl Receiver {
 
     // ---- outputs ----
 
-    /// The next message to send (`hello`, then the resume answer when asked).
+    /// The next message to send (`hello`, then the resume answer when asked; with
+    /// delivery confirmation also the acceptance and, at the end or on failure, the
+    /// report). Drain it also after the session failed.
     pub fn poll_transmit(&mut self) -> Option<WireMessage> {
         self.transmit.pop_front()
     }
@@ -626,11 +656,56 @@ impl Receiver {
         self.phase = Phase::Failed;
         self.jobs.clear();
         self.io.clear();
-        self.transmit.clear();
+        if !self.reported {
+            // A report already queued (files that could not be put in place) still goes.
+            self.transmit.clear();
+        }
         self.backlog.clear();
         self.current = None;
+        // Tell a sender that asked for confirmation why nothing (more) is put in place,
+        // unless the connection is gone or the failure is the sender's own report.
+        if self.confirm
+            && !self.reported
+            && !matches!(e, Error::ConnectionLost(_) | Error::NotDelivered(_))
+        {
+            self.queue_report(Some(e.to_string()));
+        }
         self.events.push_back(Event::Failed(e.clone()));
         self.error = Some(e);
+    }
+
+    /// Queue the report for the sender: `error` for a failed session, else what is in
+    /// place and what is not.
+    fn queue_report(&mut self, error: Option<String>) {
+        let report = Report {
+            ok: error.is_none(),
+            delivered: self
+                .entries
+                .iter()
+                .filter(|e| e.state == EntryState::Done)
+                .count() as u64,
+            failed: self.failed.clone(),
+            error,
+        };
+        let sealing = match (&self.cipher, &self.seed) {
+            (Some(c), Some(seed)) => Some((c, seed)),
+            _ => None,
+        };
+        let msg = report_message(report, Role::Receiver, sealing);
+        self.transmit.push_back(msg.into());
+        self.reported = true;
+    }
+
+    /// Record that entry `file` is not delivered.
+    fn not_delivered(&mut self, file: usize, reason: String) {
+        let e = &mut self.entries[file];
+        e.state = EntryState::Failed;
+        let path = e.path.as_str().to_owned();
+        self.events.push_back(Event::FileNotDelivered {
+            path: path.clone(),
+            reason: reason.clone(),
+        });
+        self.failed.push(FailedFile { path, reason });
     }
 
     /// Whether a message may be processed now: control messages wait until the current
@@ -698,9 +773,14 @@ impl Receiver {
     fn on_control(&mut self, c: Control) -> Result<(), Error> {
         let encrypted = self.cipher.is_some();
         match (&self.phase, c) {
-            (Phase::AwaitManifest, Control::Manifest { resume, entries }) if !encrypted => {
-                self.on_manifest(resume, entries)
-            }
+            (
+                Phase::AwaitManifest,
+                Control::Manifest {
+                    resume,
+                    entries,
+                    extensions,
+                },
+            ) if !encrypted => self.on_manifest(resume, entries, &extensions),
             (
                 Phase::AwaitManifest,
                 Control::EncManifest {
@@ -711,9 +791,14 @@ impl Receiver {
                 let seed = wire::unhex(&nonce)
                     .ok_or_else(|| Error::peer("enc_manifest nonce is not hex"))?;
                 self.nonces = Some(NonceChain::new(&seed));
+                self.seed = <[u8; 32]>::try_from(seed.as_slice()).ok();
                 let plain = self.open_hidden(&hidden_manifest, "encrypted manifest")?;
                 match Control::parse(&plain)? {
-                    Control::Manifest { resume, entries } => self.on_manifest(resume, entries),
+                    Control::Manifest {
+                        resume,
+                        entries,
+                        extensions,
+                    } => self.on_manifest(resume, entries, &extensions),
                     other => Err(Error::peer(format!(
                         "encrypted manifest holds a {} message",
                         other.type_name()
@@ -733,6 +818,25 @@ impl Receiver {
             }
             (Phase::Streaming, Control::FileEof) => self.on_file_eof(),
             (Phase::Streaming, Control::Eof) => self.on_eof(),
+            (
+                Phase::Streaming,
+                Control::FileAbort {
+                    skipped_nonces,
+                    why,
+                },
+            ) if self.confirm => self.on_file_abort(skipped_nonces, &why),
+            (_, c @ (Control::Report(_) | Control::EncReport { .. })) if self.confirm => {
+                let sealing = match (&self.cipher, &self.seed) {
+                    (Some(c), Some(seed)) => Some((c, seed)),
+                    _ => None,
+                };
+                let report = open_report(c, Role::Sender, sealing)?;
+                let why = report.error.as_deref().unwrap_or("no reason given");
+                Err(Error::NotDelivered(format!(
+                    "the sender stopped: {}",
+                    crate::path::escape(why)
+                )))
+            }
             (_, c @ (Control::Manifest { .. } | Control::File(_))) if encrypted => {
                 Err(Error::peer(format!(
                     "plain {} message to an encrypting receiver (the sender did not use --encrypt)",
@@ -749,7 +853,22 @@ impl Receiver {
         }
     }
 
-    fn on_manifest(&mut self, resume: bool, entries: Vec<ManifestEntry>) -> Result<(), Error> {
+    fn on_manifest(
+        &mut self,
+        resume: bool,
+        entries: Vec<ManifestEntry>,
+        extensions: &[String],
+    ) -> Result<(), Error> {
+        if extensions.iter().any(|e| e == wire::EXT_CONFIRM) {
+            // Answered before anything else this side sends (the resume answer).
+            self.confirm = true;
+            self.transmit.push_back(
+                Control::Extensions {
+                    accept: vec![wire::EXT_CONFIRM.to_owned()],
+                }
+                .into(),
+            );
+        }
         let mut files: HashSet<&str> = HashSet::new();
         for e in &entries {
             if !files.insert(e.path.as_str()) {
@@ -1116,6 +1235,39 @@ impl Receiver {
         Ok(())
     }
 
+    /// Extension `confirm`: the sender gives up the current file, if one is open, and
+    /// skips the nonces it spent on pieces that never left.
+    fn on_file_abort(&mut self, skipped_nonces: u64, why: &str) -> Result<(), Error> {
+        // The sender spends at most a header and its window of pieces ahead of what it
+        // sends; anything more is not a sender of this project.
+        const MOST_SKIPPED: u64 = 64;
+        if skipped_nonces > 0 {
+            let Some(nonces) = self.nonces.as_mut() else {
+                return Err(Error::peer(
+                    "file_abort skips nonces in an unencrypted session",
+                ));
+            };
+            if skipped_nonces > MOST_SKIPPED {
+                return Err(Error::peer(format!(
+                    "file_abort skips {skipped_nonces} nonces (at most {MOST_SKIPPED})"
+                )));
+            }
+            for _ in 0..skipped_nonces {
+                nonces.next();
+            }
+        }
+        if let Some(cur) = self.current.take() {
+            self.io_out += 1;
+            self.io.push_back(IoRequest::Close { file: cur.file });
+            let reason = match why {
+                "changed" => "the sender gave it up: it changed while being sent",
+                _ => "the sender gave it up: it could not be read",
+            };
+            self.not_delivered(cur.file, reason.to_owned());
+        }
+        Ok(())
+    }
+
     fn on_eof(&mut self) -> Result<(), Error> {
         if let Some(c) = &self.current {
             return Err(Error::peer_in(
@@ -1142,6 +1294,12 @@ impl Receiver {
                 } else {
                     EntryState::Verified
                 };
+                continue;
+            }
+            if self.confirm {
+                // A sender of this project sends every file it can, empty ones too: one
+                // it did not send is one it skipped, and it knows.
+                self.not_delivered(i, "the sender did not send it".to_owned());
                 continue;
             }
             if e.size > 0 {
@@ -1194,8 +1352,28 @@ impl Receiver {
                 self.advance_commit();
             }
             Commit::Renaming => {
-                self.phase = Phase::Done;
-                self.events.push_back(Event::Done);
+                if self.confirm {
+                    self.queue_report(None);
+                }
+                let uncommitted: Vec<String> = self
+                    .failed
+                    .iter()
+                    .filter(|f| f.reason.starts_with(NOT_PUT_IN_PLACE))
+                    .map(|f| format!("{} ({})", crate::path::escape(&f.path), f.reason))
+                    .collect();
+                if uncommitted.is_empty() {
+                    self.phase = Phase::Done;
+                    self.events.push_back(Event::Done);
+                } else {
+                    self.fail(Error::Io {
+                        file: None,
+                        reason: format!(
+                            "{} of the received files could not be put in place and stay under their partial names: {}",
+                            uncommitted.len(),
+                            uncommitted.join(", ")
+                        ),
+                    });
+                }
             }
         }
     }
@@ -1208,7 +1386,9 @@ impl Receiver {
             IoCompletion::Opened { .. } => asked == Asked::Open,
             IoCompletion::Written { .. } => asked == Asked::Write,
             IoCompletion::Closed { .. } => asked == Asked::Close,
-            IoCompletion::Committed { .. } => asked == Asked::Commit,
+            IoCompletion::Committed { .. } | IoCompletion::CommitFailed { .. } => {
+                asked == Asked::Commit
+            }
             IoCompletion::Failed { .. } | IoCompletion::Synced => true,
         };
         let file = match &done {
@@ -1217,7 +1397,8 @@ impl Receiver {
             | IoCompletion::Opened { file }
             | IoCompletion::Written { file }
             | IoCompletion::Closed { file }
-            | IoCompletion::Committed { file } => Some(*file),
+            | IoCompletion::Committed { file }
+            | IoCompletion::CommitFailed { file, .. } => Some(*file),
             IoCompletion::Failed { file, .. } if !(syncing && self.sync_asked) => Some(*file),
             IoCompletion::Failed { .. } | IoCompletion::Synced => None,
         };
@@ -1299,6 +1480,11 @@ impl Receiver {
             }
             IoCompletion::Committed { .. } => {
                 self.entries[file].state = EntryState::Done;
+                self.advance_commit();
+                Ok(())
+            }
+            IoCompletion::CommitFailed { reason, .. } => {
+                self.not_delivered(file, format!("{NOT_PUT_IN_PLACE}: {reason}"));
                 self.advance_commit();
                 Ok(())
             }

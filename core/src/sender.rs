@@ -1,17 +1,18 @@
 //! The sending side of a session.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::chain::Chain;
 use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::delivery::{open_report, report_message};
 use crate::event::Event;
 use crate::pipe::ReadPipe;
 use crate::wire::{
-    self, Compression, Control, FileHeader, ManifestEntry, PieceBuf, Role, WireMessage, CHUNK_SIZE,
-    DATA_HEADER_LEN,
+    self, Compression, Control, FileHeader, ManifestEntry, PieceBuf, Report, Role, WireMessage,
+    CHUNK_SIZE, DATA_HEADER_LEN,
 };
 use crate::Error;
 
@@ -41,6 +42,16 @@ pub struct SenderConfig {
     /// Pieces in flight at once (reads, work items and queued messages together). Bounds
     /// memory to about twice this many MiB.
     pub window: usize,
+    /// Offer delivery confirmation ([`EXT_CONFIRM`](crate::wire::EXT_CONFIRM)) in the
+    /// manifest. A receiver of this project accepts it and reports at the end what it
+    /// put in place; a p2p-copy 0.1.x receiver ignores the offer. Off by default, so the
+    /// session is exactly v1.
+    pub confirm: bool,
+    /// How long to wait, after `eof`, for the receiver's report (with `confirm`).
+    pub report_timeout: Duration,
+    /// Skip a file that cannot be read or changes while being sent (reported as
+    /// [`Event::FileNotDelivered`]) instead of failing the session.
+    pub skip_errors: bool,
 }
 
 impl Default for SenderConfig {
@@ -51,6 +62,9 @@ impl Default for SenderConfig {
             ready_timeout: Duration::from_secs(300),
             answer_timeout: Duration::from_secs(30),
             window: 4,
+            confirm: false,
+            report_timeout: Duration::from_secs(120),
+            skip_errors: false,
         }
     }
 }
@@ -206,9 +220,17 @@ fn shrinks_enough(packed: usize, original: usize) -> bool {
 
 #[derive(Debug)]
 enum Phase {
-    AwaitReady { deadline: Instant },
-    AwaitAnswer { deadline: Instant },
+    AwaitReady {
+        deadline: Instant,
+    },
+    AwaitAnswer {
+        deadline: Instant,
+    },
     Sending,
+    /// `eof` is queued; waiting for the receiver's report (extension `confirm`).
+    AwaitReport {
+        deadline: Instant,
+    },
     Done,
     Failed,
 }
@@ -264,6 +286,13 @@ pub struct Sender {
     jobs: VecDeque<Job>,
     events: VecDeque<Event>,
     error: Option<Error>,
+    /// The latest `now` given, for deadlines set by work that finishes inside the core.
+    last_now: Instant,
+    /// The receiver accepted delivery confirmation.
+    accepted: bool,
+    /// Files given up (`skip_errors`) and why; late answers for them are dropped.
+    skipped: Vec<(String, String)>,
+    abandoned: HashSet<usize>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -319,6 +348,10 @@ impl Sender {
             jobs: VecDeque::new(),
             events: VecDeque::new(),
             error: None,
+            last_now: now,
+            accepted: false,
+            skipped: Vec::new(),
+            abandoned: HashSet::new(),
         };
         s.transmit.push_back(
             Control::Hello {
@@ -366,13 +399,17 @@ impl Sender {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::AwaitReady { deadline } | Phase::AwaitAnswer { deadline } => Some(deadline),
+            Phase::AwaitReady { deadline }
+            | Phase::AwaitAnswer { deadline }
+            | Phase::AwaitReport { deadline } => Some(deadline),
             _ => None,
         }
     }
 
-    /// True once `eof` is queued (drain [`poll_transmit`](Self::poll_transmit), then
-    /// close the connection) or the session failed.
+    /// True once `eof` is queued and, with `confirm`, the receiver's report arrived
+    /// (drain [`poll_transmit`](Self::poll_transmit), then close the connection), or
+    /// once the session failed (drain [`poll_transmit`](Self::poll_transmit): it may
+    /// hold a report for the receiver).
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Done | Phase::Failed)
     }
@@ -392,6 +429,7 @@ impl Sender {
     /// answer does not decrypt. Any earlier fatal error is returned again.
     pub fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
         self.check()?;
+        self.last_now = now;
         if matches!(self.phase, Phase::Done) {
             return Ok(());
         }
@@ -404,8 +442,9 @@ impl Sender {
     /// # Errors
     /// [`Error::Io`] when the access failed or returned fewer bytes than the file's
     /// size promised; [`Error::Misuse`] for a completion nobody asked for.
-    pub fn handle_io(&mut self, _now: Instant, done: IoCompletion) -> Result<(), Error> {
+    pub fn handle_io(&mut self, now: Instant, done: IoCompletion) -> Result<(), Error> {
         self.check()?;
+        self.last_now = now;
         let r = self.on_io(done);
         self.settle(r)
     }
@@ -414,8 +453,9 @@ impl Sender {
     ///
     /// # Errors
     /// [`Error::Misuse`] for a result nobody asked for.
-    pub fn handle_job(&mut self, _now: Instant, done: JobResult) -> Result<(), Error> {
+    pub fn handle_job(&mut self, now: Instant, done: JobResult) -> Result<(), Error> {
         self.check()?;
+        self.last_now = now;
         let r = self.on_job(done);
         self.settle(r)
     }
@@ -435,6 +475,10 @@ impl Sender {
                 "the receiver did not answer the resume request within {} s",
                 self.config.answer_timeout.as_secs()
             ))),
+            Phase::AwaitReport { deadline } if now >= deadline => Err(Error::Timeout(format!(
+                "the receiver did not confirm delivery within {} s of the end of the data: the files may not all be in place",
+                self.config.report_timeout.as_secs()
+            ))),
             _ => Ok(()),
         };
         self.settle(r)
@@ -444,8 +488,13 @@ impl Sender {
     ///
     /// `code` and `reason` are the close frame's, when there was one.
     ///
+    /// After `eof` to a receiver that did not accept delivery confirmation (p2p-copy
+    /// 0.1.x closes when it has everything), the close ends the session: done, not
+    /// confirmed.
+    ///
     /// # Errors
-    /// [`Error::Peer`] unless the session had already finished.
+    /// [`Error::ConnectionLost`] (or [`Error::Peer`] for a relay's refusal) unless the
+    /// session had already finished.
     pub fn handle_close(
         &mut self,
         _now: Instant,
@@ -453,10 +502,21 @@ impl Sender {
         reason: &str,
     ) -> Result<(), Error> {
         self.check()?;
-        if matches!(self.phase, Phase::Done) {
-            return Ok(());
+        match self.phase {
+            Phase::Done => return Ok(()),
+            Phase::AwaitReport { .. } if !self.accepted => {
+                self.finish(false, 0);
+                return Ok(());
+            }
+            _ => {}
         }
-        let e = crate::error::closed_error(code, reason, "before the transfer was complete");
+        let when = match self.phase {
+            Phase::AwaitReport { .. } => {
+                "after the last file but before the receiver confirmed delivery (the files may not all be in place: run again with --resume)"
+            }
+            _ => "before the transfer was complete",
+        };
+        let e = crate::error::closed_error(code, reason, when);
         self.settle(Err(e))
     }
 
@@ -490,8 +550,34 @@ impl Sender {
         self.transmit.clear();
         self.frames_queued = 0;
         self.current = None;
+        // Tell a receiver that confirms why the session ends, unless the connection is
+        // gone or the failure is the receiver's own report.
+        if self.accepted && !matches!(e, Error::ConnectionLost(_) | Error::NotDelivered(_)) {
+            let report = Report {
+                ok: false,
+                error: Some(e.to_string()),
+                ..Report::default()
+            };
+            let msg = report_message(report, Role::Sender, self.sealing());
+            self.transmit.push_back(msg.into());
+        }
         self.events.push_back(Event::Failed(e.clone()));
         self.error = Some(e);
+    }
+
+    /// The cipher and nonce seed that seal reports, when encrypting.
+    fn sealing(&self) -> Option<(&Cipher, &[u8; 32])> {
+        self.cipher.as_ref().map(|c| (c, &self.nonce_seed))
+    }
+
+    /// The session is done; report whether the receiver confirmed it.
+    fn finish(&mut self, confirmed: bool, delivered: u64) {
+        self.phase = Phase::Done;
+        self.events.push_back(Event::Delivery {
+            confirmed,
+            delivered,
+        });
+        self.events.push_back(Event::Done);
     }
 
     fn on_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
@@ -499,11 +585,27 @@ impl Sender {
             return Err(Error::peer("unexpected binary message to the sender"));
         };
         let c = Control::parse(&text)?;
+        let after_manifest = matches!(
+            self.phase,
+            Phase::AwaitAnswer { .. } | Phase::Sending | Phase::AwaitReport { .. }
+        );
         match (&self.phase, c) {
             (Phase::AwaitReady { .. }, Control::Ready) => {
                 self.events.push_back(Event::Paired);
                 self.send_manifest(now);
                 Ok(())
+            }
+            (_, Control::Extensions { accept })
+                if self.config.confirm && after_manifest && !self.accepted =>
+            {
+                self.accepted = accept.iter().any(|e| e == wire::EXT_CONFIRM);
+                Ok(())
+            }
+            (_, c @ (Control::Report(_) | Control::EncReport { .. }))
+                if self.accepted && after_manifest =>
+            {
+                let report = open_report(c, Role::Receiver, self.sealing())?;
+                self.take_report(report)
             }
             (Phase::AwaitAnswer { .. }, Control::ReceiverManifest { entries })
                 if self.cipher.is_none() =>
@@ -552,6 +654,10 @@ impl Sender {
         let manifest = Control::Manifest {
             resume: self.config.resume,
             entries,
+            extensions: match self.config.confirm {
+                true => vec![wire::EXT_CONFIRM.to_owned()],
+                false => Vec::new(),
+            },
         };
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncManifest {
@@ -595,6 +701,95 @@ impl Sender {
         Ok(())
     }
 
+    /// The receiver's report at the end of the session.
+    fn take_report(&mut self, report: Report) -> Result<(), Error> {
+        if !report.ok {
+            let why = report.error.as_deref().unwrap_or("no reason given");
+            return Err(Error::NotDelivered(format!(
+                "the receiver failed: {}",
+                crate::path::escape(why)
+            )));
+        }
+        if !matches!(self.phase, Phase::AwaitReport { .. }) {
+            return Err(Error::peer("delivery report before the end of the data"));
+        }
+        let mut missing = 0u64;
+        for f in report.failed {
+            missing += 1;
+            if self.skipped.iter().any(|(p, _)| *p == f.path) {
+                continue;
+            }
+            if !self.files.iter().any(|s| s.path == f.path) {
+                return Err(Error::peer_in(
+                    &f.path,
+                    "the delivery report names a file that was never sent",
+                ));
+            }
+            self.events.push_back(Event::FileNotDelivered {
+                path: f.path,
+                reason: f.reason,
+            });
+        }
+        let listed = self.files.len() as u64;
+        if report.delivered.saturating_add(missing) != listed {
+            return Err(Error::NotDelivered(format!(
+                "the receiver reports {} of {listed} files in place and {missing} not",
+                report.delivered
+            )));
+        }
+        self.finish(true, report.delivered);
+        Ok(())
+    }
+
+    /// Give up the current file (`skip_errors`): tell the receiver when part of it, or a
+    /// nonce for it, is already spent, and go on with the next file.
+    fn abandon_current(&mut self, file: usize, reason: String) -> Result<(), Error> {
+        let path = self.files[file].path.clone();
+        let encrypting = self.cipher.is_some();
+        let (spent, used) = match self.current.as_ref().map(|c| &c.stage) {
+            Some(Stage::Streaming(st)) if encrypting => (
+                u64::from(st.file_nonce.is_some()) + st.next_job,
+                if st.next_emit > 0 {
+                    1 + st.next_emit
+                } else {
+                    0
+                },
+            ),
+            Some(Stage::Streaming(st)) => (0, u64::from(st.next_emit > 0)),
+            _ => (0, 0),
+        };
+        if spent > 0 || used > 0 {
+            if !self.accepted {
+                return Err(Error::io_in(
+                    &path,
+                    format!("{reason}; part of it was already sent, and a p2p-copy 0.1.x receiver cannot abandon a file"),
+                ));
+            }
+            let why = if reason.contains("changed") {
+                "changed"
+            } else {
+                "unreadable"
+            };
+            self.transmit.push_back(
+                Control::FileAbort {
+                    skipped_nonces: spent - used.min(spent),
+                    why: why.to_owned(),
+                }
+                .into(),
+            );
+        }
+        self.abandoned.insert(file);
+        self.io.push_back(IoRequest::Close { file });
+        self.events.push_back(Event::FileNotDelivered {
+            path: path.clone(),
+            reason: reason.clone(),
+        });
+        self.skipped.push((path, reason));
+        self.current = None;
+        self.pump();
+        Ok(())
+    }
+
     /// Start files, issue reads and jobs, and emit what is ready, as far as the window
     /// allows.
     fn pump(&mut self) {
@@ -605,8 +800,14 @@ impl Sender {
             if self.current.is_none() {
                 if self.next_file == self.files.len() {
                     self.transmit.push_back(Control::Eof.into());
-                    self.phase = Phase::Done;
-                    self.events.push_back(Event::Done);
+                    if self.config.confirm {
+                        self.phase = Phase::AwaitReport {
+                            deadline: self.last_now + self.config.report_timeout,
+                        };
+                    } else {
+                        self.phase = Phase::Done;
+                        self.events.push_back(Event::Done);
+                    }
                     return;
                 }
                 self.start_file();
@@ -649,7 +850,6 @@ impl Sender {
             CompressMode::On => Some(Compression::Zstd),
             CompressMode::Auto => None,
         };
-        let file_nonce = self.nonces.as_mut().map(NonceChain::next);
         Current {
             index,
             reads: ReadPipe::new(append_from, size),
@@ -657,7 +857,7 @@ impl Sender {
                 append_from,
                 pieces,
                 compression,
-                file_nonce,
+                file_nonce: None,
                 next_job: 0,
                 jobs_out: 0,
                 results: BTreeMap::new(),
@@ -793,7 +993,15 @@ impl Sender {
                         (None, _) => JobCompress::Decide,
                     };
                     let seal = match (&self.cipher, &mut self.nonces) {
-                        (Some(c), Some(n)) => Some((c.clone(), n.next())),
+                        (Some(c), Some(n)) => {
+                            // The header's nonce comes first, taken only once data for
+                            // the file is at hand, so a file skipped before that spends
+                            // none.
+                            if st.next_job == 0 {
+                                st.file_nonce = Some(n.next());
+                            }
+                            Some((c.clone(), n.next()))
+                        }
                         _ => None,
                     };
                     self.jobs.push_back(Job {
@@ -828,10 +1036,24 @@ impl Sender {
     }
 
     fn on_io(&mut self, done: IoCompletion) -> Result<(), Error> {
+        let file = match &done {
+            IoCompletion::Failed { file, .. } | IoCompletion::Read { file, .. } => *file,
+        };
+        if self.abandoned.contains(&file) {
+            return Ok(());
+        }
         match done {
             IoCompletion::Failed { file, reason } => {
-                let path = self.files.get(file).map_or("?", |f| f.path.as_str());
-                Err(Error::io_in(path, reason))
+                let current = self.current.as_ref().is_some_and(|c| c.index == file);
+                match self.files.get(file) {
+                    Some(_) if current && self.config.skip_errors => {
+                        self.abandon_current(file, reason)
+                    }
+                    Some(f) => Err(Error::io_in(&f.path, reason)),
+                    None => Err(Error::misuse(format!(
+                        "I/O failure for file {file}, never listed"
+                    ))),
+                }
             }
             IoCompletion::Read { file, offset, data } => {
                 let cur = match self.current.as_mut() {
@@ -853,6 +1075,9 @@ impl Sender {
     }
 
     fn on_job(&mut self, done: JobResult) -> Result<(), Error> {
+        if self.abandoned.contains(&done.file) {
+            return Ok(());
+        }
         let Some(Current {
             index,
             stage: Stage::Streaming(st),

@@ -130,6 +130,9 @@ impl ReceiverFs {
             if matches!(req, Req::Close { .. }) {
                 self.open.remove(&file);
             }
+            if matches!(req, Req::Commit { .. }) {
+                return Done::CommitFailed { file, reason };
+            }
             return Done::Failed { file, reason };
         }
         let failed = |reason: String| Done::Failed { file, reason };
@@ -306,7 +309,21 @@ pub struct SenderFs {
     closed: Vec<bool>,
     /// Requests that broke the I/O contract.
     pub violations: Vec<String>,
+    /// Optional injected failures.
+    pub fault: Option<SenderFault>,
 }
+
+impl std::fmt::Debug for SenderFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SenderFault")
+    }
+}
+
+/// Fails chosen sender file accesses: given a request, the reason to fail it with.
+pub struct SenderFault(pub Box<SenderFaultFn>);
+
+/// The function inside a [`SenderFault`].
+pub type SenderFaultFn = dyn FnMut(&sender::IoRequest) -> Option<String>;
 
 impl SenderFs {
     /// Files by index, as given to [`Sender::new`].
@@ -316,12 +333,21 @@ impl SenderFs {
             files,
             closed,
             violations: Vec::new(),
+            fault: None,
         }
     }
 
     /// Carry out one request; `Close` has no completion.
     pub fn execute(&mut self, req: &sender::IoRequest) -> Option<sender::IoCompletion> {
         use sender::{IoCompletion as Done, IoRequest as Req};
+        if let (Req::Read { file, .. }, Some(fault)) = (req, self.fault.as_mut()) {
+            if let Some(reason) = (fault.0)(req) {
+                return Some(Done::Failed {
+                    file: *file,
+                    reason,
+                });
+            }
+        }
         match *req {
             Req::Read { file, offset, len } => {
                 let Some(data) = self.files.get(file) else {
@@ -402,6 +428,8 @@ pub struct SimSetup {
     pub tamper: Option<Tamper>,
     /// Fails chosen receiver file accesses.
     pub io_fault: Option<IoFault>,
+    /// Fails chosen sender file reads.
+    pub sender_fault: Option<SenderFault>,
     /// Simulated time each receiver file access takes (zero: time only moves when
     /// nothing else can happen).
     pub receiver_io_latency: Duration,
@@ -428,6 +456,7 @@ impl SimSetup {
             link_capacity: 4,
             tamper: None,
             io_fault: None,
+            sender_fault: None,
             receiver_io_latency: Duration::ZERO,
             sender_lingers: false,
             max_steps: 1_000_000,
@@ -582,7 +611,11 @@ pub fn run(setup: SimSetup) -> Outcome {
         sender,
         receiver,
         relay: Relay::new(setup.relay_config),
-        sfs: SenderFs::new(setup.files.into_iter().map(|(_, d)| d).collect()),
+        sfs: {
+            let mut sfs = SenderFs::new(setup.files.into_iter().map(|(_, d)| d).collect());
+            sfs.fault = setup.sender_fault;
+            sfs
+        },
         rfs,
         s_conn: Conn::default(),
         r_conn: Conn::default(),
@@ -841,6 +874,13 @@ impl Sim {
     /// A client whose state machine finished closes its connection (the sender only
     /// once its last message is out).
     fn close_finished(&mut self) {
+        if !self.s_conn.gone && self.sender.error().is_some() {
+            // A failed sender still sends what it queued after failing (its report),
+            // as a runtime does before its close frame.
+            while let Some(m) = self.sender.poll_transmit() {
+                self.forward_from_sender(m);
+            }
+        }
         if !self.s_conn.gone
             && self.sender.is_finished()
             && (self.sender.error().is_some() || !self.sender_may_transmit)

@@ -133,6 +133,10 @@ pub enum Control {
         /// The files.
         #[serde(default)]
         entries: Vec<ManifestEntry>,
+        /// Extensions the sender offers (see [`EXT_CONFIRM`]); absent in v1 and when
+        /// none is offered, and ignored by p2p-copy 0.1.x receivers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        extensions: Vec<String>,
     },
     /// Encrypted manifest.
     EncManifest {
@@ -163,6 +167,64 @@ pub enum Control {
     FileEof,
     /// End of the session.
     Eof,
+    /// Extension: the receiver accepts extensions the sender offered in its manifest.
+    /// Sent only to a sender that offered them, before anything else the receiver sends.
+    Extensions {
+        /// The accepted extension names.
+        #[serde(default)]
+        accept: Vec<String>,
+    },
+    /// Extension [`EXT_CONFIRM`]: the sender gives up the current file (it changed or
+    /// could not be read); the receiver keeps nothing of it under its final name.
+    FileAbort {
+        /// Nonces of the session's chain the sender used for pieces that never left
+        /// (0 without encryption): the receiver skips as many.
+        #[serde(default)]
+        skipped_nonces: u64,
+        /// Why, in a word (`changed`, `unreadable`).
+        #[serde(default)]
+        why: String,
+    },
+    /// Extension [`EXT_CONFIRM`]: how the session ended on the side that sends it.
+    Report(Report),
+    /// Encrypted [`Control::Report`].
+    EncReport {
+        /// Hex of the sealed `report` JSON.
+        hidden_report: String,
+    },
+}
+
+/// The extension by which the receiver confirms delivery: it answers the offer with
+/// [`Control::Extensions`] and ends the session with a [`Control::Report`] of what it
+/// put in place; either side reports a failure before it closes.
+pub const EXT_CONFIRM: &str = "confirm";
+
+/// How a session ended, as one side reports it to the other (extension
+/// [`EXT_CONFIRM`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Report {
+    /// True when the session ran to its end (individual files may still have failed).
+    #[serde(default)]
+    pub ok: bool,
+    /// Receiver: files under their final names at the end of the session (put in place
+    /// now, or already complete there).
+    #[serde(default)]
+    pub delivered: u64,
+    /// Receiver: files that are not in place, and why.
+    #[serde(default)]
+    pub failed: Vec<FailedFile>,
+    /// Why the session failed, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A file that did not arrive, in a [`Report`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedFile {
+    /// Its path, as in the manifest.
+    pub path: String,
+    /// Why.
+    pub reason: String,
 }
 
 impl Control {
@@ -195,6 +257,10 @@ impl Control {
             Control::EncFile { .. } => "enc_file",
             Control::FileEof => "file_eof",
             Control::Eof => "eof",
+            Control::Extensions { .. } => "extensions",
+            Control::FileAbort { .. } => "file_abort",
+            Control::Report(_) => "report",
+            Control::EncReport { .. } => "enc_report",
         }
     }
 }
@@ -382,6 +448,7 @@ mod tests {
     fn control_messages_serialise_like_the_reference() {
         let m = Control::Manifest {
             resume: false,
+            extensions: Vec::new(),
             entries: vec![ManifestEntry {
                 path: "dir/ä.txt".into(),
                 size: 12,

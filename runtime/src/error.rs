@@ -34,8 +34,9 @@ fn session_message(e: &p2p_copy_core::Error) -> String {
 impl TransferError {
     /// The process exit code for this error: 2 relay or connection problem, 3 timeout
     /// (no peer: wrong code, mismatched `--encrypt`, different relay), 4 protocol
-    /// violation by the peer, 5 integrity failure, 6 local I/O error, 130 interrupted,
-    /// 1 for invalid settings.
+    /// violation by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost
+    /// (the peer or the relay went away), 8 not delivered (the peer reported a failure),
+    /// 130 interrupted, 1 for invalid settings.
     pub fn exit_code(&self) -> i32 {
         match self {
             TransferError::Connect(_) => 2,
@@ -46,6 +47,8 @@ impl TransferError {
                 "integrity" => 5,
                 "io" => 6,
                 "cancelled" => 130,
+                "lost" => 7,
+                "undelivered" => 8,
                 _ => 1,
             },
         }
@@ -74,5 +77,9 @@ mod tests {
             reason: "chain mismatch".into(),
         };
         assert_eq!(TransferError::Session(integrity).exit_code(), 5);
+        let lost = Error::ConnectionLost("the relay went away".into());
+        assert_eq!(TransferError::Session(lost).exit_code(), 7);
+        let undelivered = Error::NotDelivered("the receiver failed".into());
+        assert_eq!(TransferError::Session(undelivered).exit_code(), 8);
     }
 }

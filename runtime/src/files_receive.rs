@@ -933,11 +933,14 @@ impl FileIo for ReceiveFiles {
                 self.close(file).map(|()| IoCompletion::Closed { file }),
             ),
             IoRequest::Sync => (0, self.sync().map(|()| IoCompletion::Synced)),
-            IoRequest::Commit { file, path } => (
-                file,
-                self.commit(file, path)
-                    .map(|()| IoCompletion::Committed { file }),
-            ),
+            IoRequest::Commit { file, path } => {
+                // A file that cannot be renamed into place (a directory holds its name)
+                // leaves the others to be committed.
+                return Some(match self.commit(file, path) {
+                    Ok(()) => IoCompletion::Committed { file },
+                    Err(reason) => IoCompletion::CommitFailed { file, reason },
+                });
+            }
         };
         Some(r.unwrap_or_else(|reason| IoCompletion::Failed { file, reason }))
     }

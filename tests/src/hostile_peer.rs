@@ -300,6 +300,7 @@ impl HostilePeer {
 pub fn manifest(entries: &[(&str, u64)], resume: bool) -> Control {
     Control::Manifest {
         resume,
+        extensions: Vec::new(),
         entries: entries
             .iter()
             .map(|(path, size)| wire::ManifestEntry {

@@ -238,6 +238,7 @@ impl Script {
     pub(crate) fn manifest(&mut self, entries: &[(&str, u64)], resume: bool) -> WireMessage {
         let m = Control::Manifest {
             resume,
+            extensions: Vec::new(),
             entries: entries
                 .iter()
                 .map(|(p, s)| ManifestEntry {

@@ -536,8 +536,8 @@ fn a_dropped_eof_fails_the_receiver_when_the_connection_closes() {
         let last = clean_stream(v).len() - 1;
         let out = run_changed(v, Change::Drop { msg: last }, 4);
         let err = out.receiver_error.clone().expect("the receiver fails");
-        assert_eq!(err.kind(), "peer");
-        assert!(err.to_string().contains("closed"), "{err}");
+        assert_eq!(err.kind(), "lost");
+        assert!(err.to_string().contains("went away"), "{err}");
         assert_safe(&out, v, "no eof");
     }
 }

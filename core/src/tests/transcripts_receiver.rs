@@ -988,7 +988,7 @@ fn a_connection_closed_mid_file_fails_and_keeps_the_partial_file() {
             .unwrap();
         d.feed(s.piece(&vec![1u8; MIB])).unwrap();
         let _ = d.close(Some(1000), "peer closed");
-        let err = assert_failed(&mut d, "peer", "in the middle of a", Some(0));
+        let err = assert_failed(&mut d, "lost", "in the middle of a", Some(0));
         assert!(err.to_string().contains("--resume"), "{err}");
         assert!(d.fs.disk.complete.is_empty());
         assert_eq!(d.fs.disk.partial["a"].len(), MIB);
@@ -1002,7 +1002,7 @@ fn a_connection_closed_between_files_fails() {
         d.feed_all(s.whole_file("a", b"x", Compression::None, 0))
             .unwrap();
         let _ = d.close(None, "");
-        assert_failed(&mut d, "peer", "before the transfer was complete", Some(1));
+        assert_failed(&mut d, "lost", "before the transfer was complete", Some(1));
         assert!(d.fs.disk.complete.is_empty());
         assert_eq!(
             d.fs.disk.partial["a"], b"x",

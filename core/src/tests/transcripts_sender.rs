@@ -517,27 +517,41 @@ fn a_failed_read_fails_the_sender() {
 }
 
 #[test]
-fn a_close_before_the_end_is_a_peer_error_naming_the_cause() {
+fn a_close_before_the_end_names_the_cause_and_whether_the_connection_was_lost() {
     let cases = [
         (
             Some(1013),
             "Duplicate role for code",
+            "peer",
             "someone else is using this code",
         ),
-        (Some(1002), "Bad hello", "refused the hello: Bad hello"),
+        (
+            Some(1002),
+            "Bad hello",
+            "peer",
+            "refused the hello: Bad hello",
+        ),
         (
             Some(1000),
             "peer closed",
-            "closed before the transfer was complete",
+            "lost",
+            "the other side went away before the transfer was complete",
         ),
-        (None, "", "closed before the transfer was complete"),
+        (
+            Some(1001),
+            "relay shutting down",
+            "lost",
+            "the relay is going away (relay shutting down)",
+        ),
+        (None, "", "lost", "without a close frame"),
+        (Some(1011), "io", "peer", "close code 1011: io"),
     ];
-    for (code, reason, needle) in cases {
+    for (code, reason, kind, needle) in cases {
         let mut r = Rig::plain(&[("a", bytes(10))]);
         r.hello();
         let _ = r.s.handle_close(r.now, code, reason);
         r.work();
-        r.failed("peer", needle);
+        r.failed(kind, needle);
     }
 }
 
