@@ -16,7 +16,13 @@ connections; both sides must use the same code.
 
 Exit codes: 0 ok, 1 usage or invalid settings, 2 relay or connection problem,
 3 timeout (no peer: wrong code, mismatched --encrypt, other relay), 4 protocol violation
-by the peer, 5 integrity failure, 6 local I/O error, 130 interrupted (Ctrl-C).";
+by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost (the peer or the
+relay went away), 8 not everything delivered (files skipped or not stored; the message
+lists them), 130 interrupted (Ctrl-C).
+
+The sender exits 0 only when every file was sent and, with a receiver of this version,
+the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
+confirm: the summary then says \"not confirmed\".";
 
 /// p2p-copy — chunked file transfer over WebSocket relays (ws:// and wss://).
 #[derive(Debug, Parser)]
@@ -127,6 +133,16 @@ pub struct SendArgs {
     /// Send every file whole (the default).
     #[arg(long = "no-resume", overrides_with = "resume")]
     pub no_resume: bool,
+    /// Skip what cannot be sent (a missing path, an unreadable file, a file that changes
+    /// while being sent, a name that is not UTF-8 or too long) and send the rest; the
+    /// summary lists what was skipped and the exit code is 8. Without it the first such
+    /// file stops the transfer.
+    #[arg(long)]
+    pub skip_errors: bool,
+    /// Send the content of files that symbolic links point to (also outside the given
+    /// folders). Without it links are never followed: they are skipped with a warning.
+    #[arg(short = 'L', long)]
+    pub follow_symlinks: bool,
 }
 
 impl SendArgs {
@@ -139,6 +155,8 @@ impl SendArgs {
                 Compress::Off => CompressMode::Off,
             },
             resume: self.resume,
+            skip_errors: self.skip_errors,
+            follow_symlinks: self.follow_symlinks,
         }
     }
 }
@@ -282,7 +300,8 @@ mod tests {
             a.options(),
             SendOptions {
                 compress: CompressMode::Auto,
-                resume: false
+                resume: false,
+                ..SendOptions::default()
             }
         );
     }
@@ -309,7 +328,8 @@ mod tests {
             a.options(),
             SendOptions {
                 compress: CompressMode::On,
-                resume: true
+                resume: true,
+                ..SendOptions::default()
             }
         );
         let Command::Send(a) = parse(&[

@@ -25,6 +25,9 @@ use crate::progress::{Progress, Role, Style};
 const EXIT_USAGE: u8 = 1;
 /// Exit code when the relay cannot be started or reached.
 const EXIT_RELAY: u8 = 2;
+/// Exit code when the transfer ended but not every file was delivered (skipped with
+/// --skip-errors, or not put in place by the receiver).
+const EXIT_NOT_DELIVERED: u8 = 8;
 /// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -69,6 +72,7 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
         &progress,
         ended,
         "interrupted; the receiver keeps what it got: run the same send with --resume to continue",
+        Role::Send,
     )
 }
 
@@ -83,7 +87,7 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
          have the sender use --resume to continue",
         shown(&a.out)
     );
-    finish(&progress, ended, &interrupted)
+    finish(&progress, ended, &interrupted, Role::Receive)
 }
 
 /// Clear the progress display, print the summary or the error, and pick the exit code.
@@ -91,16 +95,22 @@ fn finish(
     progress: &Progress,
     ended: Ended<Result<Summary, TransferError>>,
     interrupted: &str,
+    role: Role,
 ) -> u8 {
     progress.finish();
     match ended {
         Ended::Done(Ok(summary)) => {
             progress.summary(&summary);
-            0
+            accounted(&summary, role, progress.is_quiet())
         }
         Ended::Done(Err(e)) => {
-            eprintln!("error: {e}");
-            u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE)
+            let code = u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
+            if role == Role::Send && matches!(e, TransferError::Session(_)) && code == 6 {
+                eprintln!("error: {e} (--skip-errors sends the other files)");
+            } else {
+                eprintln!("error: {e}");
+            }
+            code
         }
         Ended::Interrupted => {
             eprintln!("{interrupted}");
@@ -146,6 +156,41 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
             }
         }
     })
+}
+
+/// Say what was left out, what did not arrive and whether the receiver confirmed
+/// delivery, and pick the exit code of a transfer that ran to its end: 0 when every
+/// file was delivered, [`EXIT_NOT_DELIVERED`] otherwise.
+fn accounted(summary: &Summary, role: Role, quiet: bool) -> u8 {
+    if !quiet {
+        for (path, why) in &summary.excluded {
+            eprintln!("left out: {}: {}", escape(path), escape(why));
+        }
+        if role == Role::Send && summary.unconfirmed > 0 {
+            eprintln!(
+                "delivery not confirmed: the receiver runs p2p-copy 0.1.x, which does not \
+                 report what it stored (the files were sent in full)"
+            );
+        } else if role == Role::Send && summary.confirmed > 0 && summary.not_delivered.is_empty() {
+            eprintln!("delivery confirmed: the receiver has every file in place");
+        }
+    }
+    if summary.not_delivered.is_empty() {
+        return 0;
+    }
+    eprintln!(
+        "error: {} {} not delivered:",
+        summary.not_delivered.len(),
+        if summary.not_delivered.len() == 1 {
+            "file was"
+        } else {
+            "files were"
+        }
+    );
+    for (path, why) in &summary.not_delivered {
+        eprintln!("  {}: {}", escape(path), escape(why));
+    }
+    EXIT_NOT_DELIVERED
 }
 
 /// A local path as the user can read it, with terminal controls escaped.

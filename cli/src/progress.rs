@@ -161,6 +161,12 @@ impl Progress {
     }
 
     /// The closing line of a successful transfer.
+    /// Whether only errors are shown.
+    pub fn is_quiet(&self) -> bool {
+        lock(&self.0).style == Style::Quiet
+    }
+
+    /// Print the one-line summary of a finished transfer.
     pub fn summary(&self, s: &Summary) {
         let d = lock(&self.0);
         if d.style == Style::Quiet {

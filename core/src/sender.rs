@@ -475,6 +475,12 @@ impl Sender {
                 "the receiver did not answer the resume request within {} s",
                 self.config.answer_timeout.as_secs()
             ))),
+            // A receiver that never accepted is p2p-copy 0.1.x, which normally closes
+            // after `eof`; one that stays open has had everything all the same.
+            Phase::AwaitReport { deadline } if now >= deadline && !self.accepted => {
+                self.finish(false, 0);
+                Ok(())
+            }
             Phase::AwaitReport { deadline } if now >= deadline => Err(Error::Timeout(format!(
                 "the receiver did not confirm delivery within {} s of the end of the data: the files may not all be in place",
                 self.config.report_timeout.as_secs()

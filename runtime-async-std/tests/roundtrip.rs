@@ -104,6 +104,7 @@ fn encrypted_compressed_round_trip() {
         let opts = SendOptions {
             compress: CompressMode::On,
             resume: false,
+            ..SendOptions::default()
         };
         let (sent, received) = round_trip(cfg, opts).await;
         assert_eq!((sent.files, received.files), (5, 5));

@@ -152,6 +152,7 @@ fn encrypted_round_trip_with_compression() {
         let opts = SendOptions {
             compress: CompressMode::On,
             resume: false,
+            ..SendOptions::default()
         };
         let (_t, sent, received) = round_trip(cfg, opts).await;
         assert_eq!((sent.files, received.files), (5, 5));

@@ -14,10 +14,10 @@ use p2p_copy_core::Secrets;
 
 use crate::drive::{Driver, EventSink};
 use crate::files_receive::ReceiveFiles;
-use crate::files_send::SendFiles;
+use crate::files_send::{Listed, SendFiles};
 use crate::io_worker::IoWorker;
 use crate::rt::Rt;
-use crate::source::{self, Source};
+use crate::source::{self, ListOptions, Source};
 use crate::transport;
 use crate::{ClientConfig, SendOptions, SessionEvent, Summary, TransferError};
 
@@ -66,7 +66,14 @@ pub async fn send<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
     let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
-    let sources = rt.spawn_blocking(move || source::list(&paths)).await?;
+    let list_opts = ListOptions {
+        skip_errors: opts.skip_errors,
+        follow_symlinks: opts.follow_symlinks,
+    };
+    let listing = rt
+        .spawn_blocking(move || source::list(&paths, list_opts))
+        .await?;
+    let sources = listing.files;
     if sources.is_empty() {
         return Err(TransferError::Source(
             "nothing to send: the given paths hold no regular files".into(),
@@ -85,7 +92,12 @@ pub async fn send<R: Rt>(
             send_session(rt.clone(), &cfg, i, secrets, picked, opts, events.clone())
         });
     let done = try_join_all(sessions).await?;
-    Ok(total(&done, start))
+    let mut sum = total(&done, start);
+    sum.excluded = listing.excluded;
+    let mut not_delivered = listing.failed;
+    not_delivered.append(&mut sum.not_delivered);
+    sum.not_delivered = not_delivered;
+    Ok(sum)
 }
 
 async fn send_session<R: Rt>(
@@ -97,14 +109,26 @@ async fn send_session<R: Rt>(
     opts: SendOptions,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
-    let (files, locals): (Vec<SendFile>, Vec<PathBuf>) =
-        picked.into_iter().map(|s| (s.file, s.local)).unzip();
+    let (files, locals): (Vec<SendFile>, Vec<Listed>) = picked
+        .into_iter()
+        .map(|s| {
+            let listed = Listed {
+                path: s.local,
+                size: s.file.size,
+                modified: s.modified,
+            };
+            (s.file, listed)
+        })
+        .unzip();
     let seed = nonce_seed()?;
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
     let config = SenderConfig {
         compress: opts.compress,
         resume: opts.resume,
         ready_timeout: cfg.pair_timeout,
+        confirm: true,
+        report_timeout: cfg.idle_timeout,
+        skip_errors: opts.skip_errors,
         ..SenderConfig::default()
     };
     let sender =

@@ -54,6 +54,14 @@ pub struct SendOptions {
     pub compress: CompressMode,
     /// Ask the receiver what it already has and send only the rest.
     pub resume: bool,
+    /// Skip what cannot be sent (a name that is not UTF-8 or too long, a file that
+    /// cannot be read or changes while being sent, a missing path) and send the rest;
+    /// the summary lists what was skipped. Without it the first such file stops the
+    /// transfer.
+    pub skip_errors: bool,
+    /// Send the content of the files that symbolic links point to. Without it a link
+    /// is never followed: it is skipped with a warning.
+    pub follow_symlinks: bool,
 }
 
 /// A core [`Event`] and the parallel session it came from.
@@ -66,7 +74,7 @@ pub struct SessionEvent {
 }
 
 /// What a finished transfer did, over all its sessions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Files completed (sent, or received and put in place).
     pub files: usize,
@@ -77,6 +85,18 @@ pub struct Summary {
     pub skipped: usize,
     /// Wall time of the whole transfer.
     pub elapsed: Duration,
+    /// Files not delivered, and why: skipped by the sender (see
+    /// [`SendOptions::skip_errors`]), left out of the list (symlinks, special files), or
+    /// reported by the receiver as not put in place.
+    pub not_delivered: Vec<(String, String)>,
+    /// Sender: paths left out by the listing policy (symbolic links without
+    /// [`SendOptions::follow_symlinks`], special files), and why.
+    pub excluded: Vec<(String, String)>,
+    /// Sender: sessions whose receiver confirmed what it put in place.
+    pub confirmed: usize,
+    /// Sender: sessions whose receiver cannot confirm (p2p-copy 0.1.x): the files were
+    /// sent in full, but nothing says they were stored.
+    pub unconfirmed: usize,
 }
 
 impl Summary {
@@ -85,6 +105,15 @@ impl Summary {
             Event::FileDone { .. } => self.files += 1,
             Event::FileSkipped { .. } => self.skipped += 1,
             Event::Progress { delta, .. } => self.bytes += delta,
+            Event::FileNotDelivered { path, reason } => {
+                self.not_delivered.push((path.clone(), reason.clone()));
+            }
+            Event::Delivery {
+                confirmed: true, ..
+            } => self.confirmed += 1,
+            Event::Delivery {
+                confirmed: false, ..
+            } => self.unconfirmed += 1,
             _ => {}
         }
     }
@@ -93,6 +122,10 @@ impl Summary {
         self.files += other.files;
         self.bytes += other.bytes;
         self.skipped += other.skipped;
+        self.not_delivered
+            .extend(other.not_delivered.iter().cloned());
+        self.confirmed += other.confirmed;
+        self.unconfirmed += other.unconfirmed;
     }
 }
 

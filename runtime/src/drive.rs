@@ -102,6 +102,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                 Ok(self.summary)
             }
             Err(e) => {
+                self.send_rest().await;
                 let frame = CloseFrame {
                     code: CloseCode::Error,
                     reason: e.kind().into(),
@@ -109,6 +110,35 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                 self.close(frame, false).await;
                 Err(self.classify(e))
             }
+        }
+    }
+
+    /// Send what the machine queued after it failed (its report to a peer that confirms
+    /// delivery), within the close wait.
+    async fn send_rest(&mut self) {
+        if !self.writing {
+            return;
+        }
+        let mut rest = Vec::new();
+        while let Some(m) = self.machine.poll_transmit() {
+            rest.push(from_wire(m));
+        }
+        if rest.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let ws = &mut self.ws;
+        let sending = async move {
+            for m in rest {
+                if ws.send(m).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let sent = select(Box::pin(sending), Box::pin(self.rt.sleep_until(deadline))).await;
+        if !matches!(sent, futures_util::future::Either::Left((true, _))) {
+            self.writing = false;
         }
     }
 
@@ -215,6 +245,13 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         };
         let _ = self.machine.handle_close(now, code, &reason);
         self.drain_outputs();
+    }
+
+    /// The connection ended because the other end sent what WebSocket does not allow:
+    /// tell the machine as a close with `code`.
+    fn refused(&mut self, now: Instant, code: u16, why: String) {
+        self.close_frame = Some((code, why));
+        self.closed(now, None);
     }
 
     fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -330,7 +367,19 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
                         log::debug!("session {}: read failed: {e}", self.session);
-                        self.closed(now, Some(e.to_string()));
+                        use async_tungstenite::tungstenite::Error as WsError;
+                        match e {
+                            // The connection itself failed: it is lost.
+                            WsError::Io(_)
+                            | WsError::ConnectionClosed
+                            | WsError::AlreadyClosed
+                            | WsError::Tls(_) => self.closed(now, Some(e.to_string())),
+                            // What came was not acceptable WebSocket traffic (too large,
+                            // malformed): the other end broke the protocol, as a close
+                            // with the matching code would say.
+                            WsError::Capacity(_) => self.refused(now, 1009, e.to_string()),
+                            other => self.refused(now, 1007, other.to_string()),
+                        }
                     }
                     Poll::Ready(None) => {
                         progress = true;
@@ -402,7 +451,7 @@ mod tests {
     use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
 
     use super::*;
-    use crate::files_send::SendFiles;
+    use crate::files_send::{Listed, SendFiles};
     use crate::transport::{ws_config, Conn};
 
     #[derive(Clone)]
@@ -553,7 +602,12 @@ mod tests {
                 ..SenderConfig::default()
             };
             let sender = Sender::new(now, config, &secrets, files, [0; 32]).unwrap();
-            let worker = IoWorker::start(SendFiles::new(vec![path.clone()])).unwrap();
+            let listed = Listed {
+                path: path.clone(),
+                size: size as u64,
+                modified: None,
+            };
+            let worker = IoWorker::start(SendFiles::new(vec![listed])).unwrap();
             let events: EventSink = Arc::new(Mutex::new(|_: SessionEvent| {}));
             let driver = Driver::new(
                 TestRt,

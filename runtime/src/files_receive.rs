@@ -966,7 +966,9 @@ mod tests {
 
     fn failure(done: IoCompletion) -> String {
         match done {
-            IoCompletion::Failed { reason, .. } => reason,
+            IoCompletion::Failed { reason, .. } | IoCompletion::CommitFailed { reason, .. } => {
+                reason
+            }
             other => panic!("expected a failure, got {other:?}"),
         }
     }

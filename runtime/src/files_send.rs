@@ -1,50 +1,92 @@
-//! The sender's file access: reads at the offsets the core asks for.
+//! The sender's file access: reads at the offsets the core asks for, and the check that
+//! a file is still what was listed.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use p2p_copy_core::sender::{IoCompletion, IoRequest};
 use p2p_copy_core::wire::PieceBuf;
 
 use crate::machine::FileIo;
 
+/// A file as it was listed.
+#[derive(Debug, Clone)]
+pub(crate) struct Listed {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size then (what the manifest announces).
+    pub size: u64,
+    /// Its modification time then.
+    pub modified: Option<SystemTime>,
+}
+
 /// Open files by index into the list given to the sender, opened on first read.
+///
+/// A file is compared with its listing when it is opened and again after its last
+/// piece is read: a different size or modification time means it changed while being
+/// sent, and its read fails with a message that says so, so a changed file is never
+/// delivered as if it were complete.
 #[derive(Debug)]
 pub(crate) struct SendFiles {
-    locals: Vec<PathBuf>,
+    listed: Vec<Listed>,
     open: HashMap<usize, File>,
 }
 
 impl SendFiles {
-    pub(crate) fn new(locals: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(listed: Vec<Listed>) -> Self {
         SendFiles {
-            locals,
+            listed,
             open: HashMap::new(),
         }
     }
 
     fn read(&mut self, file: usize, offset: u64, len: usize) -> io::Result<PieceBuf> {
+        let listed = self.listed.get(file).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "read of a file never listed")
+        })?;
         let f = match self.open.entry(file) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let path = self.locals.get(file).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "read of a file never listed")
-                })?;
-                e.insert(File::open(path)?)
+                let f = File::open(&listed.path)?;
+                unchanged(&f, listed)?;
+                e.insert(f)
             }
         };
         let mut buf = PieceBuf::zeroed(len);
         read_exact_at(f, buf.payload_mut(), offset).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => io::Error::new(
-                e.kind(),
-                "the file is shorter than when it was listed (did it change while being sent?)",
-            ),
+            io::ErrorKind::UnexpectedEof => {
+                io::Error::new(e.kind(), "it changed while being sent: it is shorter now")
+            }
             _ => e,
         })?;
+        if offset + len as u64 == listed.size {
+            unchanged(f, listed)?;
+        }
         Ok(buf)
     }
+}
+
+/// Fails when the open file `f` differs from its listing in size or modification time.
+fn unchanged(f: &File, listed: &Listed) -> io::Result<()> {
+    let now = f.metadata()?;
+    if now.len() != listed.size {
+        return Err(io::Error::other(format!(
+            "it changed while being sent: {} bytes when listed, {} now",
+            listed.size,
+            now.len()
+        )));
+    }
+    if let (Some(then), Ok(modified)) = (listed.modified, now.modified()) {
+        if modified != then {
+            return Err(io::Error::other(
+                "it changed while being sent: it was modified after it was listed",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fill `buf` from `offset` (one positioned read where the platform has it).
@@ -80,7 +122,69 @@ impl FileIo for SendFiles {
         }
     }
 
-    fn is_failure(done: &IoCompletion) -> bool {
-        matches!(done, IoCompletion::Failed { .. })
+    /// Reading never damages anything: after a failed read the worker goes on, so the
+    /// sender can skip the file and send the next (`skip_errors`).
+    fn is_failure(_: &IoCompletion) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(path: PathBuf) -> Listed {
+        let meta = std::fs::metadata(&path).unwrap();
+        Listed {
+            path,
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+
+    fn read(files: &mut SendFiles, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        match files.run(IoRequest::Read {
+            file: 0,
+            offset,
+            len,
+        }) {
+            Some(IoCompletion::Read { data, .. }) => Ok(data.payload().to_vec()),
+            Some(IoCompletion::Failed { reason, .. }) => Err(reason),
+            None => panic!("a read is answered"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_grows_after_listing_is_refused_at_its_last_piece() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let mut files = SendFiles::new(vec![listed(p.clone())]);
+        assert_eq!(read(&mut files, 0, 4).unwrap(), b"0123");
+        let mut grow = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        std::io::Write::write_all(&mut grow, b"more").unwrap();
+        let e = read(&mut files, 4, 6).unwrap_err();
+        assert!(e.contains("changed while being sent"), "{e}");
+    }
+
+    #[test]
+    fn a_file_modified_before_it_is_opened_is_refused_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let mut l = listed(p.clone());
+        l.modified = Some(SystemTime::UNIX_EPOCH);
+        let mut files = SendFiles::new(vec![l]);
+        let e = read(&mut files, 0, 4).unwrap_err();
+        assert!(e.contains("modified after it was listed"), "{e}");
+    }
+
+    #[test]
+    fn an_unchanged_file_reads_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let mut files = SendFiles::new(vec![listed(p)]);
+        assert_eq!(read(&mut files, 0, 10).unwrap(), b"0123456789");
     }
 }

@@ -1,10 +1,28 @@
 //! Turning the sender's command-line paths into the list of files to send.
+//!
+//! The policy, the same for paths named on the command line and for what is found
+//! below a directory:
+//! - regular files are sent; a directory `D` sends every regular file below it as
+//!   `D/sub/…`, sorted by path components;
+//! - a symbolic link is never followed unless asked (`follow_symlinks`): it is left out
+//!   with a warning. When following, a link to a file sends that file's content under
+//!   the link's name (whatever else names the same file is sent too), and a link to a
+//!   directory named on the command line is walked; links to directories inside a tree
+//!   are left out (they could loop);
+//! - special files (FIFOs, sockets, devices) are left out with a warning;
+//! - hard links are separate names: each is sent with its content;
+//! - the same entry reached twice (`D` and `D/a`) is sent once;
+//! - a path that cannot be sent (missing, unreadable, a name that is not UTF-8 or that
+//!   the receiver would refuse) stops the listing, or with `skip_errors` is left out
+//!   and reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
+use p2p_copy_core::path::{escape, SafePath};
 use p2p_copy_core::sender::SendFile;
 
 use crate::TransferError;
@@ -16,192 +34,265 @@ pub(crate) struct Source {
     pub file: SendFile,
     /// Its location on disk.
     pub local: PathBuf,
+    /// Its modification time when listed: a file that differs from its listing when it
+    /// is read has changed while being sent.
+    pub modified: Option<SystemTime>,
 }
 
-/// List the files behind `paths` as p2p-copy 0.1.2 does: a file is sent under its own
-/// name; a directory `D` sends every regular file below it as `D/sub/…`, sorted by path
-/// components; a file reached twice (same canonical path) is sent once. Symlinks to
-/// files are followed, symlinks to directories inside a tree are not descended.
-pub(crate) fn list(paths: &[PathBuf]) -> Result<Vec<Source>, TransferError> {
-    let mut listed = Listed::default();
-    for arg in paths {
-        let meta = fs::metadata(arg)
-            .map_err(|e| TransferError::Source(format!("cannot send {}: {e}", arg.display())))?;
-        let prefix: Vec<OsString> = arg.file_name().map(|n| n.to_owned()).into_iter().collect();
-        if meta.is_file() {
-            let Some(name) = arg.file_name() else {
-                return Err(TransferError::Source(format!(
-                    "cannot send {}: it has no file name",
-                    arg.display()
-                )));
-            };
-            listed.push(arg.clone(), &[name.to_owned()], &meta)?;
-        } else if meta.is_dir() {
-            let mut found = Vec::new();
-            walk(arg, &mut Vec::new(), &mut found)?;
-            found.sort_by(|a, b| a.0.cmp(&b.0));
-            for (rel, local, meta) in found {
-                let parts: Vec<OsString> = prefix.iter().cloned().chain(rel).collect();
-                listed.push(local, &parts, &meta)?;
-            }
-        } else {
-            return Err(TransferError::Source(format!(
-                "cannot send {}: not a regular file or directory",
-                arg.display()
-            )));
-        }
-    }
-    Ok(listed.out)
+/// What [`list`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// The files to send.
+    pub files: Vec<Source>,
+    /// Left out by the policy (symbolic links, special files), and why.
+    pub excluded: Vec<(String, String)>,
+    /// Left out because they cannot be sent (`skip_errors`), and why.
+    pub failed: Vec<(String, String)>,
 }
 
-/// A file found below a directory: its components below it, its location, and the
-/// metadata of the file itself (of the target, for a symlink).
-type Found = (Vec<OsString>, PathBuf, Metadata);
+/// How to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ListOptions {
+    /// Leave out what cannot be sent instead of failing.
+    pub skip_errors: bool,
+    /// Send what symbolic links point to.
+    pub follow_symlinks: bool,
+}
 
-fn walk(dir: &Path, rel: &mut Vec<OsString>, found: &mut Vec<Found>) -> Result<(), TransferError> {
-    let fail = |p: &Path, e: std::io::Error| {
-        TransferError::Source(format!("cannot read {}: {e}", p.display()))
+/// List the files behind `paths` (see the module docs for the policy).
+///
+/// # Errors
+/// [`TransferError::Source`] for the first path that cannot be sent, unless
+/// `skip_errors`; and when two different files would arrive under one name.
+pub(crate) fn list(paths: &[PathBuf], opts: ListOptions) -> Result<Listing, TransferError> {
+    let mut l = Lister {
+        opts,
+        out: Listing::default(),
+        names: HashMap::new(),
+        seen: HashSet::new(),
     };
-    for entry in fs::read_dir(dir).map_err(|e| fail(dir, e))? {
-        let entry = entry.map_err(|e| fail(dir, e))?;
-        let path = entry.path();
-        let kind = entry.file_type().map_err(|e| fail(&path, e))?;
-        rel.push(entry.file_name());
-        if kind.is_dir() {
-            walk(&path, rel, found)?;
-        } else if kind.is_file() {
-            let meta = entry.metadata().map_err(|e| fail(&path, e))?;
-            found.push((rel.clone(), path, meta));
-        } else if kind.is_symlink() {
-            // Like the reference: a link to a file is sent with the file's content;
-            // links to directories and dangling links are left out.
-            if let Ok(meta) = fs::metadata(&path) {
-                if meta.is_file() {
-                    found.push((rel.clone(), path, meta));
+    for arg in paths {
+        l.argument(arg)?;
+    }
+    Ok(l.out)
+}
+
+struct Lister {
+    opts: ListOptions,
+    out: Listing,
+    /// Index in `out.files` of each name.
+    names: HashMap<String, usize>,
+    /// Entries listed already: the canonical directory and the name in it.
+    seen: HashSet<PathBuf>,
+}
+
+/// What a directory entry or argument is, links not followed.
+enum Kind {
+    File(Metadata),
+    Dir,
+    /// A symbolic link, with its target's metadata when it resolves.
+    Link(Option<Metadata>),
+    Special(&'static str),
+}
+
+fn kind_of(path: &Path) -> std::io::Result<Kind> {
+    let meta = fs::symlink_metadata(path)?;
+    let t = meta.file_type();
+    Ok(if t.is_file() {
+        Kind::File(meta)
+    } else if t.is_dir() {
+        Kind::Dir
+    } else if t.is_symlink() {
+        Kind::Link(fs::metadata(path).ok())
+    } else {
+        Kind::Special(special_name(&t))
+    })
+}
+
+#[cfg(unix)]
+fn special_name(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_name(_: &fs::FileType) -> &'static str {
+    "not a regular file"
+}
+
+impl Lister {
+    fn argument(&mut self, arg: &Path) -> Result<(), TransferError> {
+        let shown = arg.display().to_string();
+        let kind = match kind_of(arg) {
+            Ok(k) => k,
+            Err(e) => return self.cannot(&shown, e.to_string()),
+        };
+        let Some(name) = arg.file_name().map(|n| n.to_owned()) else {
+            return self.cannot(&shown, "it has no file name".into());
+        };
+        match kind {
+            Kind::File(meta) => self.file(arg.to_path_buf(), vec![name], &meta),
+            Kind::Dir => self.dir(arg, vec![name]),
+            Kind::Link(target) => match (self.opts.follow_symlinks, target) {
+                (false, _) => self.exclude(
+                    &shown,
+                    "a symbolic link, not followed (--follow-symlinks sends its target)",
+                ),
+                (true, None) => {
+                    self.cannot(&shown, "a symbolic link whose target does not exist".into())
                 }
+                (true, Some(meta)) if meta.is_file() => {
+                    self.file(arg.to_path_buf(), vec![name], &meta)
+                }
+                (true, Some(meta)) if meta.is_dir() => self.dir(arg, vec![name]),
+                (true, Some(_)) => self.exclude(&shown, "a symbolic link to a special file"),
+            },
+            Kind::Special(what) => self.exclude(&shown, what),
+        }
+    }
+
+    fn dir(&mut self, dir: &Path, prefix: Vec<OsString>) -> Result<(), TransferError> {
+        let mut found: Vec<(Vec<OsString>, PathBuf, Kind)> = Vec::new();
+        self.walk(dir, &mut prefix.clone(), &mut found)?;
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        for (parts, local, kind) in found {
+            let shown = local.display().to_string();
+            match kind {
+                Kind::File(meta) => self.file(local, parts, &meta)?,
+                Kind::Link(target) => match (self.opts.follow_symlinks, target) {
+                    (false, _) => self.exclude(
+                        &shown,
+                        "a symbolic link, not followed (--follow-symlinks sends its target)",
+                    )?,
+                    (true, Some(meta)) if meta.is_file() => self.file(local, parts, &meta)?,
+                    (true, Some(meta)) if meta.is_dir() => self.exclude(
+                        &shown,
+                        "a symbolic link to a directory inside a tree, not followed",
+                    )?,
+                    (true, Some(_)) => self.exclude(&shown, "a symbolic link to a special file")?,
+                    (true, None) => {
+                        self.exclude(&shown, "a symbolic link whose target does not exist")?
+                    }
+                },
+                Kind::Special(what) => self.exclude(&shown, what)?,
+                Kind::Dir => {}
             }
         }
-        rel.pop();
+        Ok(())
     }
-    Ok(())
-}
 
-/// The files listed so far, with what is needed to refuse doubles.
-#[derive(Default)]
-struct Listed {
-    out: Vec<Source>,
-    /// Index in `out` of each name.
-    names: HashMap<String, usize>,
-    seen: Seen,
-}
+    fn walk(
+        &mut self,
+        dir: &Path,
+        rel: &mut Vec<OsString>,
+        found: &mut Vec<(Vec<OsString>, PathBuf, Kind)>,
+    ) -> Result<(), TransferError> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => return self.cannot(&dir.display().to_string(), e.to_string()),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => return self.cannot(&dir.display().to_string(), e.to_string()),
+            };
+            let path = entry.path();
+            rel.push(entry.file_name());
+            match kind_of(&path) {
+                Ok(Kind::Dir) => self.walk(&path, rel, found)?,
+                Ok(k) => found.push((rel.clone(), path, k)),
+                Err(e) => self.cannot(&path.display().to_string(), e.to_string())?,
+            }
+            rel.pop();
+        }
+        Ok(())
+    }
 
-impl Listed {
-    fn push(
+    fn file(
         &mut self,
         local: PathBuf,
-        parts: &[OsString],
+        parts: Vec<OsString>,
         meta: &Metadata,
     ) -> Result<(), TransferError> {
-        if !self.seen.first_time(&local, meta)? {
+        let shown = local.display().to_string();
+        if !self.seen.insert(entry_key(&local)) {
             return Ok(());
         }
         let mut names = Vec::with_capacity(parts.len());
-        for p in parts {
-            let name = p.to_str().ok_or_else(|| {
-                TransferError::Source(format!(
-                    "cannot send {}: its name is not valid UTF-8",
-                    local.display()
-                ))
-            })?;
-            names.push(name);
+        for p in &parts {
+            match p.to_str() {
+                Some(n) => names.push(n),
+                None => return self.cannot(&shown, "its name is not valid UTF-8".into()),
+            }
         }
         let path = names.join("/");
+        if let Err(why) = SafePath::parse(&path) {
+            return self.cannot(&shown, format!("the receiver would refuse its name: {why}"));
+        }
+        // Unreadable files are found now, before anything is sent.
+        if let Err(e) = fs::File::open(&local) {
+            return self.cannot(&shown, e.to_string());
+        }
         if let Some(&other) = self.names.get(&path) {
             return Err(TransferError::Source(format!(
                 "cannot send both {} and {}: they would arrive under the same name {}",
-                self.out[other].local.display(),
-                local.display(),
-                p2p_copy_core::path::escape(&path)
+                escape(&self.out.files[other].local.display().to_string()),
+                escape(&shown),
+                escape(&path)
             )));
         }
-        self.names.insert(path.clone(), self.out.len());
-        self.out.push(Source {
+        self.names.insert(path.clone(), self.out.files.len());
+        self.out.files.push(Source {
             file: SendFile {
                 path,
                 size: meta.len(),
             },
             local,
+            modified: meta.modified().ok(),
         });
+        Ok(())
+    }
+
+    /// Leave `shown` out by policy, with a warning.
+    fn exclude(&mut self, shown: &str, why: &str) -> Result<(), TransferError> {
+        log::warn!("skipping {}: {why}", escape(shown));
+        self.out.excluded.push((shown.to_owned(), why.to_owned()));
+        Ok(())
+    }
+
+    /// `shown` cannot be sent: an error, or with `skip_errors` a warning.
+    fn cannot(&mut self, shown: &str, why: String) -> Result<(), TransferError> {
+        if !self.opts.skip_errors {
+            return Err(TransferError::Source(format!(
+                "cannot send {}: {why} (--skip-errors sends the rest)",
+                escape(shown)
+            )));
+        }
+        log::warn!("skipping {}: {why}", escape(shown));
+        self.out.failed.push((shown.to_owned(), why));
         Ok(())
     }
 }
 
-fn canonical(local: &Path) -> Result<PathBuf, TransferError> {
-    fs::canonicalize(local)
-        .map_err(|e| TransferError::Source(format!("cannot send {}: {e}", local.display())))
-}
-
-/// Which files were listed already, by canonical path as p2p-copy 0.1.2 does. Resolving
-/// every path costs a `readlink` per component, so on unix files are told apart by device
-/// and inode first: only files sharing both (the same file reached twice, or hard links,
-/// which keep their own canonical paths and are each sent) are resolved and compared.
-#[cfg(unix)]
-#[derive(Default)]
-struct Seen {
-    /// Per device and inode, the paths listed.
-    by_inode: HashMap<(u64, u64), Vec<Listing>>,
-}
-
-/// A path listed, with its canonical form once it was needed.
-#[cfg(unix)]
-struct Listing {
-    local: PathBuf,
-    canonical: Option<PathBuf>,
-}
-
-#[cfg(unix)]
-impl Seen {
-    /// Whether `local`, whose metadata (links followed) is `meta`, was not listed yet.
-    fn first_time(&mut self, local: &Path, meta: &Metadata) -> Result<bool, TransferError> {
-        use std::os::unix::fs::MetadataExt;
-        let listed = self.by_inode.entry((meta.dev(), meta.ino())).or_default();
-        if listed.is_empty() {
-            listed.push(Listing {
-                local: local.to_path_buf(),
-                canonical: None,
-            });
-            return Ok(true);
-        }
-        let this = canonical(local)?;
-        for earlier in listed.iter_mut() {
-            let resolved = match &mut earlier.canonical {
-                Some(c) => c,
-                None => earlier.canonical.insert(canonical(&earlier.local)?),
-            };
-            if *resolved == this {
-                return Ok(false);
-            }
-        }
-        listed.push(Listing {
-            local: local.to_path_buf(),
-            canonical: Some(this),
-        });
-        Ok(true)
-    }
-}
-
-/// Which files were listed already, by canonical path as p2p-copy 0.1.2 does.
-#[cfg(not(unix))]
-#[derive(Default)]
-struct Seen {
-    canonical: std::collections::HashSet<PathBuf>,
-}
-
-#[cfg(not(unix))]
-impl Seen {
-    /// Whether `local` was not listed yet.
-    fn first_time(&mut self, local: &Path, _meta: &Metadata) -> Result<bool, TransferError> {
-        Ok(self.canonical.insert(canonical(local)?))
+/// The entry `local` names: its directory resolved, its own name kept, so that the same
+/// entry reached by two paths is one, while a link and its target stay two.
+fn entry_key(local: &Path) -> PathBuf {
+    let parent = match local.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+    match local.file_name() {
+        Some(n) => dir.join(n),
+        None => dir,
     }
 }
 
@@ -209,10 +300,15 @@ impl Seen {
 mod tests {
     use super::*;
 
-    fn names(list: &[Source]) -> Vec<(&str, u64)> {
-        list.iter()
+    fn names(l: &Listing) -> Vec<(&str, u64)> {
+        l.files
+            .iter()
             .map(|s| (s.file.path.as_str(), s.file.size))
             .collect()
+    }
+
+    fn strict(paths: &[PathBuf]) -> Result<Listing, TransferError> {
+        list(paths, ListOptions::default())
     }
 
     #[test]
@@ -225,47 +321,129 @@ mod tests {
         fs::create_dir_all(d.join("a")).unwrap();
         fs::write(d.join("a/b"), b"").unwrap();
         fs::write(t.path().join("x"), b"xyz").unwrap();
-        let list = list(&[t.path().join("x"), d.clone(), d.join("sub/z")]).unwrap();
+        let l = strict(&[t.path().join("x"), d.clone(), d.join("sub/z")]).unwrap();
         // Sorted by components: "a/b" before "a-c" although '-' < '/'.
         assert_eq!(
-            names(&list),
+            names(&l),
             [("x", 3), ("D/a/b", 0), ("D/a-c", 1), ("D/sub/z", 2)]
         );
     }
 
     #[test]
-    fn a_missing_path_is_a_source_error() {
+    fn a_missing_path_stops_the_listing_unless_errors_are_skipped() {
         let t = tempfile::tempdir().unwrap();
-        let e = list(&[t.path().join("nope")]).unwrap_err();
+        fs::write(t.path().join("here"), b"1").unwrap();
+        let args = [t.path().join("nope"), t.path().join("here")];
+        let e = strict(&args).unwrap_err();
         assert!(
-            matches!(&e, TransferError::Source(m) if m.contains("nope")),
+            matches!(&e, TransferError::Source(m) if m.contains("nope") && m.contains("--skip-errors")),
             "{e}"
         );
+        let opts = ListOptions {
+            skip_errors: true,
+            ..ListOptions::default()
+        };
+        let l = list(&args, opts).unwrap();
+        assert_eq!(names(&l), [("here", 1)]);
+        assert_eq!(l.failed.len(), 1);
+        assert!(l.failed[0].0.ends_with("nope"));
     }
 
     #[test]
     fn one_character_names_are_sent() {
         let t = tempfile::tempdir().unwrap();
         fs::write(t.path().join("a"), b"1").unwrap();
-        assert_eq!(names(&list(&[t.path().join("a")]).unwrap()), [("a", 1)]);
+        assert_eq!(names(&strict(&[t.path().join("a")]).unwrap()), [("a", 1)]);
     }
 
     #[cfg(unix)]
     #[test]
-    fn a_file_reached_twice_is_sent_once_but_hard_links_each() {
+    fn a_symlink_never_hides_the_file_it_points_to() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("D");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("z_real.txt"), b"real").unwrap();
+        std::os::unix::fs::symlink("z_real.txt", d.join("a_link")).unwrap();
+        let l = strict(std::slice::from_ref(&d)).unwrap();
+        assert_eq!(names(&l), [("D/z_real.txt", 4)]);
+        assert_eq!(
+            l.excluded.len(),
+            1,
+            "the link is reported, not silently dropped"
+        );
+        let follow = ListOptions {
+            follow_symlinks: true,
+            ..ListOptions::default()
+        };
+        let l = list(&[d], follow).unwrap();
+        assert_eq!(names(&l), [("D/a_link", 4), ("D/z_real.txt", 4)]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_out_of_the_tree_is_not_followed_without_the_flag() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("secret"), b"do not send").unwrap();
+        let d = t.path().join("D");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("ok"), b"ok").unwrap();
+        std::os::unix::fs::symlink("../secret", d.join("leak")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("secret"), t.path().join("arg-link")).unwrap();
+        let l = strict(&[d, t.path().join("arg-link")]).unwrap();
+        assert_eq!(names(&l), [("D/ok", 2)]);
+        assert_eq!(l.excluded.len(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_left_out_and_reported() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("D");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("f"), b"f").unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(d.join("pipe"))
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let l = strict(&[d]).unwrap();
+        assert_eq!(names(&l), [("D/f", 1)]);
+        assert_eq!(l.excluded.len(), 1);
+        assert!(l.excluded[0].1.contains("FIFO"), "{:?}", l.excluded);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_same_entry_twice_is_sent_once_but_hard_links_each() {
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("D");
         fs::create_dir_all(d.join("sub")).unwrap();
         fs::write(d.join("a"), b"aa").unwrap();
         fs::hard_link(d.join("a"), d.join("b")).unwrap();
-        std::os::unix::fs::symlink(d.join("a"), d.join("c")).unwrap();
-        std::os::unix::fs::symlink("../a", d.join("sub/link")).unwrap();
-        // The file again through its directory's other name.
+        // The same entries again through the directory's other name.
         std::os::unix::fs::symlink(&d, t.path().join("E")).unwrap();
-        let list = list(&[d.clone(), t.path().join("E/a"), t.path().join("E/b")]).unwrap();
-        assert_eq!(names(&list), [("D/a", 2), ("D/b", 2)]);
-        assert_eq!(list[0].local, d.join("a"));
-        assert_eq!(list[1].local, d.join("b"));
+        let l = strict(&[d.clone(), t.path().join("E/a"), t.path().join("E/b")]).unwrap();
+        assert_eq!(names(&l), [("D/a", 2), ("D/b", 2)]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_or_skipped() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("D");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(std::ffi::OsStr::from_bytes(b"bad\xff")), b"x").unwrap();
+        fs::write(d.join("good"), b"y").unwrap();
+        let e = strict(std::slice::from_ref(&d)).unwrap_err();
+        assert!(e.to_string().contains("not valid UTF-8"), "{e}");
+        let opts = ListOptions {
+            skip_errors: true,
+            ..ListOptions::default()
+        };
+        let l = list(&[d], opts).unwrap();
+        assert_eq!(names(&l), [("D/good", 1)]);
+        assert_eq!(l.failed.len(), 1);
     }
 
     #[test]
@@ -275,7 +453,7 @@ mod tests {
         fs::create_dir_all(t.path().join("two")).unwrap();
         fs::write(t.path().join("one/x"), b"1").unwrap();
         fs::write(t.path().join("two/x"), b"2").unwrap();
-        let e = list(&[t.path().join("one/x"), t.path().join("two/x")]).unwrap_err();
+        let e = strict(&[t.path().join("one/x"), t.path().join("two/x")]).unwrap_err();
         assert!(
             matches!(&e, TransferError::Source(m) if m.contains("same name x")),
             "{e}"

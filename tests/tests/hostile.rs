@@ -829,6 +829,7 @@ fn sender_ignores_resume_answers_for_paths_it_never_offered() {
         let opts = SendOptions {
             compress: CompressMode::Off,
             resume: true,
+            ..SendOptions::default()
         };
         let sending = p2p_copy_smol::send(cfg, vec![src.join("offered.bin")], opts, |_| {});
         let url = relay.url();
@@ -1912,7 +1913,7 @@ fn messages_over_2_mib_are_refused() {
         sender_end = p.wait_end(LIMIT).await;
     });
     assert!(sender_end.is_some(), "the relay kept the oversized sender");
-    refused(&r, 4, &["connection closed"]);
+    refused(&r, 7, &["went away"]);
     scene.assert_no_final("big2.bin");
 
     // Straight to our receiver, from a relay that forwards anything.
@@ -2548,6 +2549,7 @@ fn sender_gives_up_on_a_receiver_that_never_reads() {
     let opts = SendOptions {
         compress: CompressMode::Off,
         resume: false,
+        ..SendOptions::default()
     };
     let (sent, _deaf) = smol::block_on(within(Duration::from_secs(40), "deaf receiver", async {
         let deaf = HostilePeer::join(&url, &hash, Role::Receiver).await;
@@ -2614,7 +2616,8 @@ fn receiver_reports_a_sender_that_vanishes_and_the_pair_is_freed() {
         gap < Duration::from_secs(3),
         "the receiver learned only after {gap:?}"
     );
-    refused(&r, 4, &["big.bin", "connection closed"]);
+    // A vanished peer is a lost connection (exit 7), not a protocol violation.
+    refused(&r, 7, &["big.bin", "went away"]);
     scene.assert_no_final("big.bin");
     scene.assert_untouched();
 
@@ -2657,6 +2660,7 @@ fn sender_reports_a_receiver_that_vanishes_and_the_pair_is_freed() {
     let opts = SendOptions {
         compress: CompressMode::Off,
         resume: false,
+        ..SendOptions::default()
     };
     let (sent, gap) = smol::block_on(within(
         Duration::from_secs(30),
@@ -2683,7 +2687,7 @@ fn sender_reports_a_receiver_that_vanishes_and_the_pair_is_freed() {
         gap < Duration::from_secs(3),
         "the sender learned only after {gap:?}"
     );
-    refused(&sent, 4, &["connection closed"]);
+    refused(&sent, 7, &["went away"]);
     relay_settles_to(
         relay.addr().port(),
         0,

@@ -593,6 +593,7 @@ fn start_sender(
             let opts = SendOptions {
                 compress: mode.compress.unwrap_or_default(),
                 resume: mode.resume.is_some(),
+                ..SendOptions::default()
             };
             Side::lib("our sender", move |log| {
                 Smol::send(cfg, paths, opts, log.recorder())
