@@ -611,6 +611,13 @@ impl Receiver {
         if matches!(self.phase, Phase::Done | Phase::Closing(_)) {
             return Ok(());
         }
+        if matches!(self.phase, Phase::AwaitManifest) {
+            return Err(crate::error::closed_error(
+                code,
+                reason,
+                "while waiting for the sender",
+            ));
+        }
         let when = match self.current.as_ref() {
             Some(c) => format!(
                 "in the middle of {} (the sender stopped or the relay dropped the pair; run again with --resume to continue)",

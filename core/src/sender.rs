@@ -290,6 +290,10 @@ pub struct Sender {
     last_now: Instant,
     /// The receiver accepted delivery confirmation.
     accepted: bool,
+    /// The session failed after offering confirmation but before the receiver's answer
+    /// arrived: the report to send if the answer comes (see
+    /// [`awaits_acceptance`](Sender::awaits_acceptance)).
+    unsent_report: Option<Report>,
     /// Files given up (`skip_errors`) and why; late answers for them are dropped.
     skipped: Vec<(String, String)>,
     abandoned: HashSet<usize>,
@@ -350,6 +354,7 @@ impl Sender {
             error: None,
             last_now: now,
             accepted: false,
+            unsent_report: None,
             skipped: Vec::new(),
             abandoned: HashSet::new(),
         };
@@ -419,6 +424,16 @@ impl Sender {
         self.error.as_ref()
     }
 
+    /// True when the session failed before the receiver answered the offer of delivery
+    /// confirmation: a receiver of this project may still answer (its acceptance is on
+    /// its way), and then gets the report that says why the sender stopped. Before
+    /// closing, keep feeding [`handle_message`](Self::handle_message) for a moment
+    /// while this holds, then drain [`poll_transmit`](Self::poll_transmit). A p2p-copy
+    /// 0.1.x receiver never answers.
+    pub fn awaits_acceptance(&self) -> bool {
+        self.unsent_report.is_some()
+    }
+
     // ---- inputs ----
 
     /// A message from the relay or the receiver.
@@ -428,6 +443,9 @@ impl Sender {
     /// the resume answer while waiting for that; [`Error::Integrity`] when an encrypted
     /// answer does not decrypt. Any earlier fatal error is returned again.
     pub fn handle_message(&mut self, now: Instant, msg: WireMessage) -> Result<(), Error> {
+        if self.unsent_report.is_some() {
+            self.late_acceptance(&msg);
+        }
         self.check()?;
         self.last_now = now;
         if matches!(self.phase, Phase::Done) {
@@ -520,6 +538,7 @@ impl Sender {
             Phase::AwaitReport { .. } => {
                 "after the last file but before the receiver confirmed delivery (the files may not all be in place: run again with --resume)"
             }
+            Phase::AwaitReady { .. } => "while waiting for the receiver",
             _ => "before the transfer was complete",
         };
         let e = crate::error::closed_error(code, reason, when);
@@ -550,7 +569,7 @@ impl Sender {
     }
 
     fn fail(&mut self, e: Error) {
-        self.phase = Phase::Failed;
+        let phase_before = std::mem::replace(&mut self.phase, Phase::Failed);
         self.jobs.clear();
         self.io.clear();
         self.transmit.clear();
@@ -558,17 +577,36 @@ impl Sender {
         self.current = None;
         // Tell a receiver that confirms why the session ends, unless the connection is
         // gone or the failure is the receiver's own report.
-        if self.accepted && !matches!(e, Error::ConnectionLost(_) | Error::NotDelivered(_)) {
+        if self.config.confirm && !matches!(e, Error::ConnectionLost(_) | Error::NotDelivered(_)) {
             let report = Report {
                 ok: false,
                 error: Some(e.to_string()),
                 ..Report::default()
             };
-            let msg = report_message(report, Role::Sender, self.sealing());
-            self.transmit.push_back(msg.into());
+            if self.accepted {
+                let msg = report_message(report, Role::Sender, self.sealing());
+                self.transmit.push_back(msg.into());
+            } else if !matches!(phase_before, Phase::AwaitReady { .. }) {
+                self.unsent_report = Some(report);
+            }
         }
         self.events.push_back(Event::Failed(e.clone()));
         self.error = Some(e);
+    }
+
+    /// After failing: the receiver's acceptance of confirmation releases the report.
+    fn late_acceptance(&mut self, msg: &WireMessage) {
+        let WireMessage::Text(text) = msg else {
+            return;
+        };
+        if let Ok(Control::Extensions { accept }) = Control::parse(text) {
+            if accept.iter().any(|e| e == wire::EXT_CONFIRM) {
+                if let Some(report) = self.unsent_report.take() {
+                    let msg = report_message(report, Role::Sender, self.sealing());
+                    self.transmit.push_back(msg.into());
+                }
+            }
+        }
     }
 
     /// The cipher and nonce seed that seal reports, when encrypting.

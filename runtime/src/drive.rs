@@ -119,6 +119,26 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         if !self.writing {
             return;
         }
+        if self.machine.awaits_acceptance() && self.reading {
+            // The peer's answer to the offer of confirmation may be on its way: give it
+            // a moment, so a peer of this project learns why the session stops.
+            let deadline = Instant::now() + CLOSE_WAIT;
+            let machine = &mut self.machine;
+            let ws = &mut self.ws;
+            let listening = async move {
+                while machine.awaits_acceptance() {
+                    match ws.next().await {
+                        Some(Ok(msg)) => {
+                            if let Some(wire) = to_wire(msg) {
+                                let _ = machine.handle_message(Instant::now(), wire);
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            };
+            let _ = select(Box::pin(listening), Box::pin(self.rt.sleep_until(deadline))).await;
+        }
         let mut rest = Vec::new();
         while let Some(m) = self.machine.poll_transmit() {
             rest.push(from_wire(m));
@@ -367,13 +387,17 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
                         log::debug!("session {}: read failed: {e}", self.session);
+                        use async_tungstenite::tungstenite::error::ProtocolError;
                         use async_tungstenite::tungstenite::Error as WsError;
                         match e {
                             // The connection itself failed: it is lost.
                             WsError::Io(_)
                             | WsError::ConnectionClosed
                             | WsError::AlreadyClosed
-                            | WsError::Tls(_) => self.closed(now, Some(e.to_string())),
+                            | WsError::Tls(_)
+                            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                                self.closed(now, Some(e.to_string()))
+                            }
                             // What came was not acceptable WebSocket traffic (too large,
                             // malformed): the other end broke the protocol, as a close
                             // with the matching code would say.

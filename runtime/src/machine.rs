@@ -46,6 +46,12 @@ pub(crate) trait Machine: Send + 'static {
 
     fn job_is_light(job: &Self::Job) -> bool;
     fn run_job(job: Self::Job) -> Self::JobResult;
+
+    /// After failing: whether a message from the peer could still release a report for
+    /// it (see `Sender::awaits_acceptance`).
+    fn awaits_acceptance(&self) -> bool {
+        false
+    }
 }
 
 impl crate::io_worker::Cheap for sender::IoRequest {
@@ -136,6 +142,10 @@ impl Machine for sender::Sender {
     type JobResult = sender::JobResult;
 
     delegate!();
+
+    fn awaits_acceptance(&self) -> bool {
+        self.awaits_acceptance()
+    }
 
     /// The sender takes messages (`ready`, the resume answer) whenever they come; its
     /// backpressure is on the sending side.

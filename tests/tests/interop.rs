@@ -1219,7 +1219,8 @@ fn python_sender_killed_mid_file_then_resumed_into_our_receiver() {
         killed.stdout,
         killed.stderr
     );
-    assert_exit(&r, 4, &all);
+    // A killed sender is a lost connection, not a protocol violation.
+    assert_exit(&r, 7, &all);
     assert!(
         r.message.contains("big.bin") && r.message.contains("--resume"),
         "our receiver must name the file and say how to continue\n{}",

@@ -517,6 +517,53 @@ fn a_failed_read_fails_the_sender() {
 }
 
 #[test]
+fn a_sender_that_fails_before_the_acceptance_arrives_reports_once_it_does() {
+    let config = SenderConfig {
+        confirm: true,
+        ..SenderConfig::default()
+    };
+    let mut r = Rig::new(config, &plain(), &[("a", bytes(10))]);
+    r.hello();
+    let _ = r.s.handle_message(r.now, ready());
+    let manifest = r.s.poll_transmit().expect("the manifest");
+    assert!(
+        matches!(&manifest, WireMessage::Text(t) if t.ends_with(r#","extensions":["confirm"]}"#)),
+        "{manifest:?}"
+    );
+    let _ = r.s.handle_io(
+        r.now,
+        IoCompletion::Failed {
+            file: 0,
+            reason: "it changed while being sent".into(),
+        },
+    );
+    r.work();
+    r.failed("io", "changed");
+    assert!(r.s.awaits_acceptance());
+    assert_eq!(r.s.poll_transmit(), None, "nothing new before the answer");
+    // Anything but the acceptance releases nothing; the acceptance releases the report.
+    let _ =
+        r.s.handle_message(r.now, WireMessage::Text(r#"{"type":"ready"}"#.into()));
+    assert_eq!(r.s.poll_transmit(), None);
+    let accept = Control::Extensions {
+        accept: vec!["confirm".into()],
+    };
+    let e = r.s.handle_message(r.now, accept.into()).unwrap_err();
+    assert_eq!(e.kind(), "io", "the failure stays");
+    assert!(!r.s.awaits_acceptance());
+    match r.s.poll_transmit() {
+        Some(WireMessage::Text(t)) => match Control::parse(&t).unwrap() {
+            Control::Report(rep) => {
+                assert!(!rep.ok);
+                assert!(rep.error.unwrap().contains("changed while being sent"));
+            }
+            other => panic!("expected a report, got {other:?}"),
+        },
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_close_before_the_end_names_the_cause_and_whether_the_connection_was_lost() {
     let cases = [
         (
@@ -535,7 +582,7 @@ fn a_close_before_the_end_names_the_cause_and_whether_the_connection_was_lost() 
             Some(1000),
             "peer closed",
             "lost",
-            "the other side went away before the transfer was complete",
+            "the other side went away while waiting for the receiver",
         ),
         (
             Some(1001),
