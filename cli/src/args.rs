@@ -92,7 +92,8 @@ pub struct ClientArgs {
     /// Do not encrypt (the default).
     #[arg(long = "no-encrypt", overrides_with = "encrypt")]
     pub no_encrypt: bool,
-    /// Also trust this CA certificate (PEM) for wss://, e.g. for a self-hosted relay.
+    /// Also trust the CA certificates in this PEM file, or the relay's self-signed
+    /// certificate itself, for wss://.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
     /// Give up when no peer pairs within this many seconds.

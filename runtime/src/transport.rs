@@ -133,9 +133,7 @@ async fn open<R: Rt>(
             let tls = futures_rustls::TlsConnector::from(Arc::new(config))
                 .connect(name, tcp)
                 .await
-                .map_err(|e| {
-                    TransferError::Connect(format!("{server}: TLS handshake failed: {e}"))
-                })?;
+                .map_err(|e| TransferError::Connect(tls::handshake_error(server, &e)))?;
             Box::new(tls)
         }
         None => Box::new(tcp),
