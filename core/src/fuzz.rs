@@ -364,6 +364,8 @@ mod receiver_body {
         skipped: bool,
         commit_asked: bool,
         committed: bool,
+        /// Reported as not delivered (delivery confirmation: never sent, or given up).
+        not_delivered: bool,
     }
 
     /// The file the scripted sender is streaming, as the receiver will see it.
@@ -418,6 +420,10 @@ mod receiver_body {
         synced: bool,
         hello_seen: bool,
         answered: bool,
+        /// The first manifest offered delivery confirmation.
+        confirm: bool,
+        accepted_seen: bool,
+        report_seen: bool,
         failed_events: usize,
         done: bool,
         writes: usize,
@@ -461,6 +467,9 @@ mod receiver_body {
             synced: false,
             hello_seen: false,
             answered: false,
+            confirm: false,
+            accepted_seen: false,
+            report_seen: false,
             failed_events: 0,
             done: false,
             writes: 0,
@@ -582,7 +591,17 @@ mod receiver_body {
                 return;
             }
             match (c, self.cipher.clone()) {
-                (Control::Manifest { entries, .. }, None) => self.offered = Some(entries),
+                (
+                    Control::Manifest {
+                        entries,
+                        extensions,
+                        ..
+                    },
+                    None,
+                ) => {
+                    self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
+                    self.offered = Some(entries);
+                }
                 (
                     Control::EncManifest {
                         nonce,
@@ -595,9 +614,12 @@ mod receiver_body {
                     };
                     let mut nonces = NonceChain::new(&seed);
                     if let Some(Control::Manifest {
-                        resume, entries, ..
+                        resume,
+                        entries,
+                        extensions,
                     }) = open(&cipher, nonces.next(), &hidden_manifest)
                     {
+                        self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
                         self.offered = Some(entries);
                         if resume {
                             // The answer takes the next nonce before anything else is read.
@@ -616,6 +638,14 @@ mod receiver_body {
                 }
                 (Control::FileEof, _) => self.stream = None,
                 (Control::Eof, _) => self.eof_fed = true,
+                (Control::FileAbort { skipped_nonces, .. }, _) if self.confirm => {
+                    self.stream = None;
+                    if let Some(n) = self.nonces.as_mut().filter(|_| skipped_nonces <= 64) {
+                        for _ in 0..skipped_nonces {
+                            n.next();
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -629,7 +659,8 @@ mod receiver_body {
         }
 
         fn manifest(&mut self, s: &mut Script) {
-            let resume = s.byte() & 1 != 0;
+            let flags = s.byte();
+            let resume = flags & 1 != 0;
             let wrap = s.below(5);
             let n = s.below(5);
             let entries = (0..n)
@@ -638,10 +669,15 @@ mod receiver_body {
                     size: size(s),
                 })
                 .collect();
+            let extensions = match flags >> 1 & 3 {
+                1 => vec![wire::EXT_CONFIRM.to_owned()],
+                2 => vec!["unknown-extension".to_owned()],
+                _ => Vec::new(),
+            };
             let plain = Control::Manifest {
                 resume,
                 entries,
-                extensions: Vec::new(),
+                extensions,
             }
             .to_json();
             let seed = [s.byte(); 32];
@@ -798,7 +834,7 @@ mod receiver_body {
 
         fn control(&mut self, s: &mut Script) {
             let hex_blob = |s: &mut Script| wire::hex(s.blob());
-            let text = match s.below(11) {
+            let text = match s.below(14) {
                 0 => Control::Ready.to_json(),
                 1 => Control::Hello {
                     code_hash_hex: wire::hex(&CODE_HASH),
@@ -829,6 +865,22 @@ mod receiver_body {
                 7 => r#"{"type":"file","path":"a.txt","size":-1}"#.to_owned(),
                 8 => r#"{"type":"file","path":"a.txt","size":1,"compression":"gzip"}"#.to_owned(),
                 9 => "[1,2]".to_owned(),
+                10 => Control::FileAbort {
+                    skipped_nonces: s.below(70) as u64,
+                    why: "changed".to_owned(),
+                }
+                .to_json(),
+                11 => Control::Report(wire::Report {
+                    ok: s.byte() & 1 == 0,
+                    delivered: size(s),
+                    failed: Vec::new(),
+                    error: Some(String::from_utf8_lossy(s.blob()).into_owned()),
+                })
+                .to_json(),
+                12 => Control::EncReport {
+                    hidden_report: hex_blob(s),
+                }
+                .to_json(),
                 _ => r#"{"type":"nope"}"#.to_owned(),
             };
             self.feed_text(text);
@@ -1060,7 +1112,11 @@ mod receiver_body {
                 self.on_event(ev);
             }
             while let Some(m) = self.rx.poll_transmit() {
-                assert!(self.error.is_none(), "a failed receiver sends nothing");
+                let report = matches!(&m, WireMessage::Text(t) if t.contains(r#""type":"report""#) || t.contains(r#""type":"enc_report""#));
+                assert!(
+                    self.error.is_none() || (report && self.confirm),
+                    "a failed receiver sends nothing but its report"
+                );
                 self.on_transmit(m);
             }
             while let Some(req) = self.rx.poll_io() {
@@ -1130,9 +1186,12 @@ mod receiver_body {
                     assert_eq!(self.rx.error(), Some(&e));
                 }
                 Event::FileNotDelivered { path, .. } => {
-                    // Only files the sender did not send, in a session that confirms.
+                    // Only in a session that confirms: files the sender did not send or
+                    // gave up, never one that was put in place.
+                    assert!(self.confirm, "not delivered without confirmation");
                     let i = self.index_of(&path);
                     assert!(!self.tracks[i].committed, "a committed file is delivered");
+                    self.tracks[i].not_delivered = true;
                 }
                 Event::Delivery { .. } => panic!("only a sender reports delivery"),
                 Event::Manifest { files, .. } => {
@@ -1176,9 +1235,10 @@ mod receiver_body {
                     for (i, t) in self.tracks.iter().enumerate() {
                         let in_place = t.skipped && t.found.is_some_and(|f| f.complete);
                         assert!(
-                            t.committed || in_place,
-                            "session done while entry {i} is not in place: {t:?}"
+                            t.committed || in_place || t.not_delivered,
+                            "session done while entry {i} is neither in place nor reported: {t:?}"
                         );
+                        assert!(!(t.committed && t.not_delivered), "entry {i}: {t:?}");
                     }
                     self.done = true;
                 }
@@ -1199,6 +1259,30 @@ mod receiver_body {
                 assert_eq!(c, hello);
                 self.hello_seen = true;
                 return;
+            }
+            match &c {
+                Control::Extensions { accept } => {
+                    assert!(self.confirm, "an acceptance only for an offer");
+                    assert!(
+                        !self.accepted_seen && !self.answered,
+                        "accepted first, once"
+                    );
+                    assert_eq!(accept, &[wire::EXT_CONFIRM.to_owned()]);
+                    self.accepted_seen = true;
+                    return;
+                }
+                Control::Report(_) | Control::EncReport { .. } => {
+                    assert!(self.accepted_seen, "a report only after the acceptance");
+                    assert!(!self.report_seen, "one report per session");
+                    assert_eq!(
+                        matches!(c, Control::EncReport { .. }),
+                        self.cipher.is_some(),
+                        "a report is sealed exactly when encrypting"
+                    );
+                    self.report_seen = true;
+                    return;
+                }
+                _ => {}
             }
             assert!(!self.answered, "one resume answer per session");
             self.answered = true;

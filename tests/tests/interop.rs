@@ -908,6 +908,23 @@ fn run_case(name: &str, mode: Mode, combo: Combo) {
     }
     if combo.sender == Ours {
         check_our_events(&mode, s.events(), "our sender", &reports);
+        // Every session ends with a delivery report from our receiver; p2p-copy 0.1.2
+        // cannot confirm, and our sender says so instead of claiming delivery.
+        let deliveries: Vec<bool> = s
+            .events()
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Delivery { confirmed, .. } => Some(confirmed),
+                _ => None,
+            })
+            .collect();
+        let sessions = mode.parallel.unwrap_or(1).max(1);
+        assert_eq!(
+            deliveries,
+            vec![combo.receiver == Ours; sessions],
+            "our sender: delivery confirmed per session\n{reports}"
+        );
     }
     if combo.receiver == Ours {
         check_our_events(&mode, r.events(), "our receiver", &reports);
@@ -1417,6 +1434,11 @@ fn our_cli_relay_and_sender_take_python_arguments_to_a_python_receiver() {
     let all = [&s, &r];
     assert_exit(&s, 0, &all);
     assert_exit(&r, 0, &all);
+    assert!(
+        s.message.contains("delivery not confirmed") && s.message.contains("0.1.x"),
+        "our sender must say that a 0.1.x receiver cannot confirm delivery\n{}",
+        report_all(&all)
+    );
     tree::assert_same_tree(&data, &out);
     let mtime = fs::metadata(out.join(COMPLETE))
         .and_then(|m| m.modified())
