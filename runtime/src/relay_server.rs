@@ -91,8 +91,8 @@ impl<R: Rt> RelayServer<R> {
         self.addr
     }
 
-    /// The UDP addresses that answer STUN Binding requests: none, or a port and (unless
-    /// both were picked free) the next one.
+    /// The UDP addresses that answer STUN Binding requests: none, or two (a port and the
+    /// next one, or two free ports).
     pub fn stun_addrs(&self) -> &[SocketAddr] {
         &self.stun_addrs
     }
