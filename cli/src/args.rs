@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p_copy_core::relay::RelayConfig;
 
-use crate::backend::{ClientConfig, CompressMode, RelayServerConfig, SendOptions};
+use crate::backend::{ClientConfig, CompressMode, RelayServerConfig, SendOptions, StunPorts};
 
 const AFTER_HELP: &str = "\
 A code of the form n=<N>=n<rest> (e.g. n=4=nMySecret) moves the files over N parallel
@@ -215,6 +215,10 @@ pub struct RelayArgs {
     /// Most connections at once from one client address.
     #[arg(long, value_name = "N", default_value = "64", value_parser = count)]
     pub max_per_address: usize,
+    /// Answer STUN Binding requests on UDP port N and N+1 [default: the listener's port;
+    /// 0 turns STUN off].
+    #[arg(long, value_name = "N")]
+    pub stun_port: Option<u16>,
 }
 
 /// Why the relay's settings cannot be used.
@@ -249,6 +253,11 @@ impl RelayArgs {
             port: self.server_port,
             tls,
             relay,
+            stun: match self.stun_port {
+                None => StunPorts::SameAsListener,
+                Some(0) => StunPorts::Off,
+                Some(n) => StunPorts::Port(n),
+            },
         })
     }
 }
@@ -490,6 +499,29 @@ mod tests {
             "--no-tls",
             "--max-connections",
             "0",
+        ]);
+    }
+
+    #[test]
+    fn relay_stun_port_defaults_to_the_listener_and_0_turns_it_off() {
+        let stun = |extra: &[&str]| {
+            let mut argv = vec!["run-relay-server", "h", "8765", "--no-tls"];
+            argv.extend_from_slice(extra);
+            let Command::RunRelayServer(a) = parse(&argv).command else {
+                panic!("relay")
+            };
+            a.config().unwrap().stun
+        };
+        assert_eq!(stun(&[]), StunPorts::SameAsListener);
+        assert_eq!(stun(&["--stun-port", "0"]), StunPorts::Off);
+        assert_eq!(stun(&["--stun-port", "3478"]), StunPorts::Port(3478));
+        parse_err(&[
+            "run-relay-server",
+            "h",
+            "1",
+            "--no-tls",
+            "--stun-port",
+            "65536",
         ]);
     }
 }

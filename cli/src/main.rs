@@ -141,6 +141,9 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
         if !out.quiet {
             // On stdout so scripts (and tests) can read the port chosen for port 0.
             println!("relay listening on {scheme}://{}", server.local_addr());
+            for addr in server.stun_addrs() {
+                println!("relay answering STUN on udp {addr}");
+            }
         }
         match interrupts.run(server.run()).await {
             Ended::Done(Ok(())) => 0,

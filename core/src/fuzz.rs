@@ -54,6 +54,17 @@ pub fn relay(data: &[u8]) -> RelayRun {
     relay_body::run(data)
 }
 
+/// Read bytes as STUN every way the relay and a client do: the demultiplexing check, a
+/// Binding request a server may answer (answered for an IPv4 and an IPv6 source) and a
+/// response to the request whose transaction id the bytes carry. Checks that nothing is
+/// answered that does not look like STUN, that an answer is never more than
+/// [`MAX_RESPONSE_GROWTH`](crate::stun::MAX_RESPONSE_GROWTH) bytes larger than the request
+/// and that it reads back as the source address, and that a parsed response carries the
+/// transaction id it was matched against.
+pub fn stun(data: &[u8]) {
+    stun_body::run(data);
+}
+
 /// How deep a [`receiver`] run got.
 #[derive(Debug, Default)]
 pub struct ReceiverRun {
@@ -2249,6 +2260,43 @@ mod sender_body {
     }
 }
 
+mod stun_body {
+    use crate::stun::{self, StunError, HEADER_LEN, MAX_RESPONSE_GROWTH};
+    use std::net::SocketAddr;
+
+    pub(super) fn run(data: &[u8]) {
+        let demux = stun::looks_like_stun(data);
+        let sources: [SocketAddr; 2] = [
+            SocketAddr::from(([100, 64, 0, 2], 40000)),
+            SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 1)),
+        ];
+        for source in sources {
+            let Some(answer) = stun::answer_binding_request(data, source) else {
+                continue;
+            };
+            assert!(demux, "answered something that does not look like STUN");
+            assert!(
+                answer.len() <= data.len() + MAX_RESPONSE_GROWTH,
+                "amplification"
+            );
+            let mut txid = [0; 12];
+            txid.copy_from_slice(&data[8..HEADER_LEN]);
+            assert_eq!(stun::parse_binding_response(&answer, &txid), Ok(source));
+        }
+        let mut own = [0; 12];
+        if data.len() >= HEADER_LEN {
+            own.copy_from_slice(&data[8..HEADER_LEN]);
+        }
+        for txid in [own, [0; 12]] {
+            match stun::parse_binding_response(data, &txid) {
+                Ok(_) => assert!(demux && data[8..HEADER_LEN] == txid[..]),
+                Err(StunError::NotStun) => assert!(!demux),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 mod relay_body {
     use std::collections::{BTreeMap, HashSet};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -2734,7 +2782,7 @@ mod tests {
 
     type Body = fn(&[u8]);
 
-    const TARGETS: [(&str, Body); 4] = [
+    const TARGETS: [(&str, Body); 5] = [
         ("decode", super::decode_message),
         ("receiver", |d| {
             super::receiver(d);
@@ -2745,6 +2793,7 @@ mod tests {
         ("relay", |d| {
             super::relay(d);
         }),
+        ("stun", super::stun),
     ];
 
     #[test]

@@ -18,6 +18,7 @@ pub mod relay;
 pub mod sender;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod sim;
+pub mod stun;
 #[cfg(test)]
 mod tests;
 pub mod wire;

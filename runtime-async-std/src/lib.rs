@@ -15,6 +15,7 @@
 //!         port: 0,
 //!         tls: None,
 //!         relay: Default::default(),
+//!         stun: Default::default(),
 //!     })
 //!     .await?;
 //!     let url = format!("ws://{}", relay.local_addr());
@@ -42,8 +43,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, RelayConfig, RelayServerConfig, SendOptions, SessionEvent, Summary,
-    TransferError,
+    ClientConfig, CompressMode, RelayConfig, RelayServerConfig, SendOptions, SessionEvent,
+    StunPorts, StunQueryError, Summary, TransferError,
 };
 
 /// async-std's services for the generic loop.
@@ -55,6 +56,7 @@ struct AsyncStd;
 impl p2p_copy_runtime::Rt for AsyncStd {
     type TcpStream = async_std::net::TcpStream;
     type TcpListener = async_std::net::TcpListener;
+    type UdpSocket = async_std::net::UdpSocket;
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         // Dropping the handle detaches the task.
@@ -106,6 +108,32 @@ impl p2p_copy_runtime::Rt for AsyncStd {
 
     fn set_nodelay(stream: &Self::TcpStream) -> io::Result<()> {
         stream.set_nodelay(true)
+    }
+
+    fn bind_udp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send + 'static {
+        async_std::net::UdpSocket::bind(addr)
+    }
+
+    fn udp_local_addr(socket: &Self::UdpSocket) -> io::Result<SocketAddr> {
+        socket.local_addr()
+    }
+
+    fn send_to<'a>(
+        socket: &'a Self::UdpSocket,
+        datagram: &'a [u8],
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        socket.send_to(datagram, target)
+    }
+
+    fn recv_from<'a>(
+        socket: &'a Self::UdpSocket,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
+        socket.recv_from(buf)
     }
 }
 
@@ -184,6 +212,11 @@ impl RelayServer {
         self.0.local_addr()
     }
 
+    /// The UDP addresses that answer STUN Binding requests (see [`StunPorts`]).
+    pub fn stun_addrs(&self) -> &[SocketAddr] {
+        self.0.stun_addrs()
+    }
+
     /// Serve until the future is dropped.
     ///
     /// # Errors
@@ -205,9 +238,24 @@ impl RelayServer {
 ///     port: 8765,
 ///     tls: None,
 ///     relay: Default::default(),
+///     stun: Default::default(),
 /// };
 /// async_std::task::block_on(p2p_copy_async_std::serve_relay(cfg)).unwrap();
 /// ```
 pub async fn serve_relay(cfg: RelayServerConfig) -> io::Result<()> {
     p2p_copy_runtime::serve_relay(AsyncStd, cfg).await
+}
+
+/// Ask the STUN server `server` for the address `socket` has as seen from there (its
+/// reflexive address), retransmitting until `deadline`. Datagrams from other addresses
+/// or for other transactions are skipped.
+///
+/// # Errors
+/// See [`StunQueryError`]: a timeout, an answer without an address, a socket error.
+pub async fn stun_query(
+    socket: &async_std::net::UdpSocket,
+    server: SocketAddr,
+    deadline: Instant,
+) -> Result<SocketAddr, StunQueryError> {
+    p2p_copy_runtime::stun_query(&AsyncStd, socket, server, deadline).await
 }

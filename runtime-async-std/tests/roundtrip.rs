@@ -20,6 +20,7 @@ async fn start_relay(
         port: 0,
         tls,
         relay: Default::default(),
+        stun: Default::default(),
     })
     .await
     .expect("relay binds");

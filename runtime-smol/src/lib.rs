@@ -14,6 +14,7 @@
 //!         port: 0,
 //!         tls: None,
 //!         relay: Default::default(),
+//!         stun: Default::default(),
 //!     })
 //!     .await?;
 //!     let url = format!("ws://{}", relay.local_addr());
@@ -39,8 +40,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, RelayConfig, RelayServerConfig, SendOptions, SessionEvent, Summary,
-    TransferError,
+    ClientConfig, CompressMode, RelayConfig, RelayServerConfig, SendOptions, SessionEvent,
+    StunPorts, StunQueryError, Summary, TransferError,
 };
 
 /// smol's services for the generic loop.
@@ -52,6 +53,7 @@ struct Smol;
 impl p2p_copy_runtime::Rt for Smol {
     type TcpStream = smol::net::TcpStream;
     type TcpListener = smol::net::TcpListener;
+    type UdpSocket = smol::net::UdpSocket;
 
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         smol::spawn(task).detach();
@@ -102,6 +104,32 @@ impl p2p_copy_runtime::Rt for Smol {
 
     fn set_nodelay(stream: &Self::TcpStream) -> io::Result<()> {
         stream.set_nodelay(true)
+    }
+
+    fn bind_udp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send + 'static {
+        smol::net::UdpSocket::bind(addr)
+    }
+
+    fn udp_local_addr(socket: &Self::UdpSocket) -> io::Result<SocketAddr> {
+        socket.local_addr()
+    }
+
+    fn send_to<'a>(
+        socket: &'a Self::UdpSocket,
+        datagram: &'a [u8],
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        socket.send_to(datagram, target)
+    }
+
+    fn recv_from<'a>(
+        socket: &'a Self::UdpSocket,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
+        socket.recv_from(buf)
     }
 }
 
@@ -180,6 +208,11 @@ impl RelayServer {
         self.0.local_addr()
     }
 
+    /// The UDP addresses that answer STUN Binding requests (see [`StunPorts`]).
+    pub fn stun_addrs(&self) -> &[SocketAddr] {
+        self.0.stun_addrs()
+    }
+
     /// Serve until the future is dropped.
     ///
     /// # Errors
@@ -201,9 +234,24 @@ impl RelayServer {
 ///     port: 8765,
 ///     tls: None,
 ///     relay: Default::default(),
+///     stun: Default::default(),
 /// };
 /// smol::block_on(p2p_copy_smol::serve_relay(cfg)).unwrap();
 /// ```
 pub async fn serve_relay(cfg: RelayServerConfig) -> io::Result<()> {
     p2p_copy_runtime::serve_relay(Smol, cfg).await
+}
+
+/// Ask the STUN server `server` for the address `socket` has as seen from there (its
+/// reflexive address), retransmitting until `deadline`. Datagrams from other addresses
+/// or for other transactions are skipped.
+///
+/// # Errors
+/// See [`StunQueryError`]: a timeout, an answer without an address, a socket error.
+pub async fn stun_query(
+    socket: &smol::net::UdpSocket,
+    server: SocketAddr,
+    deadline: Instant,
+) -> Result<SocketAddr, StunQueryError> {
+    p2p_copy_runtime::stun_query(&Smol, socket, server, deadline).await
 }

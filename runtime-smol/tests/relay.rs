@@ -26,6 +26,7 @@ async fn relay() -> (String, smol::Task<std::io::Result<()>>) {
         port: 0,
         tls: None,
         relay: Default::default(),
+        stun: Default::default(),
     })
     .await
     .unwrap();
@@ -89,6 +90,7 @@ fn a_connection_without_hello_is_closed() {
                 hello_timeout: Duration::from_millis(300),
                 ..Default::default()
             },
+            stun: Default::default(),
         })
         .await
         .unwrap();

@@ -47,6 +47,7 @@ async fn start_relay(tls: Option<(PathBuf, PathBuf)>) -> (String, smol::Task<std
         port: 0,
         tls,
         relay: Default::default(),
+        stun: Default::default(),
     })
     .await
     .expect("relay binds");

@@ -140,4 +140,21 @@ pub struct RelayServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Pairing timeouts and connection limits.
     pub relay: RelayConfig,
+    /// Where the relay answers STUN Binding requests.
+    pub stun: StunPorts,
+}
+
+/// The UDP ports on which a relay answers STUN Binding requests. There are always two, a
+/// port and the next one, so that a client can compare the mappings its NAT gives it for
+/// two destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StunPorts {
+    /// No STUN.
+    Off,
+    /// The listener's port number and the next one; two free ports when the listener
+    /// asked for port 0.
+    #[default]
+    SameAsListener,
+    /// This port and the next one; two free ports for 0.
+    Port(u16),
 }

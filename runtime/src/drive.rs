@@ -485,6 +485,7 @@ mod tests {
     impl Rt for TestRt {
         type TcpStream = smol::net::TcpStream;
         type TcpListener = smol::net::TcpListener;
+        type UdpSocket = smol::net::UdpSocket;
         fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
             smol::spawn(task).detach();
         }
@@ -523,6 +524,28 @@ mod tests {
         }
         fn set_nodelay(s: &Self::TcpStream) -> io::Result<()> {
             s.set_nodelay(true)
+        }
+        fn bind_udp(
+            &self,
+            _: SocketAddr,
+        ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send + 'static {
+            async { Err(io::Error::other("this test has no network")) }
+        }
+        fn udp_local_addr(s: &Self::UdpSocket) -> io::Result<SocketAddr> {
+            s.local_addr()
+        }
+        fn send_to<'a>(
+            s: &'a Self::UdpSocket,
+            d: &'a [u8],
+            t: SocketAddr,
+        ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+            s.send_to(d, t)
+        }
+        fn recv_from<'a>(
+            s: &'a Self::UdpSocket,
+            b: &'a mut [u8],
+        ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a {
+            s.recv_from(b)
         }
     }
 

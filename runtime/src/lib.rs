@@ -18,6 +18,9 @@
 //!   below the output directory and never writes outside it. Partial files stay after
 //!   a failure or cancellation (drop the future), for `--resume`.
 //! - A parallel code `n=<N>=n…` runs N sessions over N connections at once.
+//! - The relay answers STUN Binding requests on UDP with the client's own address, within
+//!   a rate limit ([`StunPorts`]); [`stun_query`] asks any STUN server for a socket's
+//!   reflexive address.
 //!
 //! # Example
 //! Code written against [`Rt`] runs on either runtime crate; the runtime crates expose
@@ -57,11 +60,13 @@ mod relay_hub;
 mod relay_server;
 mod rt;
 mod source;
+mod stun_client;
+mod stun_server;
 mod tls;
 mod transport;
 
 pub use client::{receive, send};
-pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, Summary};
+pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, StunPorts, Summary};
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
 pub use p2p_copy_core::relay::RelayConfig;
@@ -69,3 +74,4 @@ pub use p2p_copy_core::sender::CompressMode;
 pub use p2p_copy_core::Event;
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;
+pub use stun_client::{stun_query, StunQueryError};

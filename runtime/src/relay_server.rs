@@ -15,6 +15,7 @@ use p2p_copy_core::relay::{ConnId, RelayConfig};
 use crate::relay_conn::{ConnTask, FORWARD_QUEUE};
 use crate::relay_hub::{lock, Entry, Hub, SharedHub};
 use crate::rt::Rt;
+use crate::stun_server::{self, RateLimiter};
 use crate::{tls, RelayServerConfig};
 
 /// A relay server bound to its address, ready to [`run`](RelayServer::run).
@@ -24,6 +25,8 @@ pub struct RelayServer<R: Rt> {
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     config: RelayConfig,
+    stun: Vec<R::UdpSocket>,
+    stun_addrs: Vec<SocketAddr>,
 }
 
 impl<R: Rt> std::fmt::Debug for RelayServer<R> {
@@ -31,6 +34,7 @@ impl<R: Rt> std::fmt::Debug for RelayServer<R> {
         f.debug_struct("RelayServer")
             .field("addr", &self.addr)
             .field("tls", &self.tls.is_some())
+            .field("stun", &self.stun_addrs)
             .finish_non_exhaustive()
     }
 }
@@ -39,20 +43,26 @@ impl<R: Rt> std::fmt::Debug for RelayServer<R> {
 struct Shutdown {
     hub: SharedHub,
     timer: AbortHandle,
+    stun: Vec<AbortHandle>,
 }
 
 impl Drop for Shutdown {
     fn drop(&mut self) {
         self.timer.abort();
+        for s in &self.stun {
+            s.abort();
+        }
         lock(&self.hub).abort_all();
     }
 }
 
 impl<R: Rt> RelayServer<R> {
-    /// Bind to `cfg.host:cfg.port` and load the TLS certificate and key, if any.
+    /// Bind to `cfg.host:cfg.port`, bind the STUN ports of `cfg.stun` on the same address
+    /// and load the TLS certificate and key, if any.
     ///
     /// # Errors
-    /// The bind error, or [`io::ErrorKind::InvalidInput`] for unusable TLS files.
+    /// A bind error (a STUN one names its port), or [`io::ErrorKind::InvalidInput`] for
+    /// unusable TLS files or STUN port 65535 (the second port would not exist).
     pub async fn bind(rt: R, cfg: RelayServerConfig) -> io::Result<Self> {
         let tls = match &cfg.tls {
             Some((cert, key)) => Some(TlsAcceptor::from(Arc::new(tls::server_config(cert, key)?))),
@@ -60,18 +70,31 @@ impl<R: Rt> RelayServer<R> {
         };
         let listener = rt.bind(cfg.host.clone(), cfg.port).await?;
         let addr = R::local_addr(&listener)?;
+        let stun = stun_server::bind(&rt, addr, cfg.port, cfg.stun).await?;
+        let stun_addrs = stun
+            .iter()
+            .map(R::udp_local_addr)
+            .collect::<io::Result<_>>()?;
         Ok(RelayServer {
             rt,
             listener,
             addr,
             tls,
             config: cfg.relay,
+            stun,
+            stun_addrs,
         })
     }
 
     /// The bound address (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The UDP addresses that answer STUN Binding requests: none, or two (a port and the
+    /// next one, or two free ports).
+    pub fn stun_addrs(&self) -> &[SocketAddr] {
+        &self.stun_addrs
     }
 
     /// Whether the server speaks `wss://`.
@@ -90,6 +113,7 @@ impl<R: Rt> RelayServer<R> {
             listener,
             tls,
             config,
+            stun,
             ..
         } = self;
         let handshake_timeout = config.hello_timeout;
@@ -97,9 +121,20 @@ impl<R: Rt> RelayServer<R> {
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let hub: SharedHub = Arc::new(Mutex::new(Hub::new(config, wake_tx)));
         let (timer, timer_reg) = AbortHandle::new_pair();
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(Instant::now())));
+        let mut stun_tasks = Vec::new();
+        for socket in stun {
+            let (abort, reg) = AbortHandle::new_pair();
+            stun_tasks.push(abort);
+            let serving = stun_server::serve(rt.clone(), socket, limiter.clone());
+            rt.spawn(async move {
+                let _ = Abortable::new(serving, reg).await;
+            });
+        }
         let _shutdown = Shutdown {
             hub: hub.clone(),
             timer,
+            stun: stun_tasks,
         };
         rt.spawn(run_timer(rt.clone(), hub.clone(), wake_rx, timer_reg));
         let mut next_id = 0u64;
@@ -193,6 +228,9 @@ pub async fn serve_relay<R: Rt>(rt: R, cfg: RelayServerConfig) -> io::Result<()>
     let server = RelayServer::bind(rt, cfg).await?;
     let scheme = if server.is_tls() { "wss" } else { "ws" };
     log::info!("relay listening on {scheme}://{}", server.local_addr());
+    for addr in server.stun_addrs() {
+        log::info!("relay answering STUN on udp {addr}");
+    }
     let stop = Box::pin(signals.next());
     match select(Box::pin(server.run()), stop).await {
         Either::Left((r, _)) => r,

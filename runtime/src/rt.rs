@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures_io::{AsyncRead, AsyncWrite};
 
-/// The services of an async runtime: spawning, a blocking pool, timers and TCP. Each
+/// The services of an async runtime: spawning, a blocking pool, timers, TCP and UDP. Each
 /// runtime crate implements it in a few lines; everything else is written once against
 /// it.
 pub trait Rt: Clone + Send + Sync + 'static {
@@ -15,6 +15,8 @@ pub trait Rt: Clone + Send + Sync + 'static {
     type TcpStream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// A listening TCP socket.
     type TcpListener: Send + Sync + 'static;
+    /// A bound UDP socket (STUN, and later the direct path).
+    type UdpSocket: Send + Sync + 'static;
 
     /// Run a task in the background, detached. Callers that must stop it wrap it in
     /// an abortable future.
@@ -55,4 +57,27 @@ pub trait Rt: Clone + Send + Sync + 'static {
     /// Disable Nagle's algorithm: messages are sent whole, and the small control
     /// messages must not wait.
     fn set_nodelay(stream: &Self::TcpStream) -> io::Result<()>;
+
+    /// Bind a UDP socket to `addr` (port 0 picks a free port).
+    fn bind_udp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send + 'static;
+
+    /// The address a UDP socket is bound to.
+    fn udp_local_addr(socket: &Self::UdpSocket) -> io::Result<SocketAddr>;
+
+    /// Send one datagram to `target`.
+    fn send_to<'a>(
+        socket: &'a Self::UdpSocket,
+        datagram: &'a [u8],
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Receive one datagram into `buf` (the excess of a longer one is lost) and say who
+    /// sent it.
+    fn recv_from<'a>(
+        socket: &'a Self::UdpSocket,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
 }

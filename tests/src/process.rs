@@ -65,7 +65,7 @@ impl ChildGuard {
     }
 
     /// Spawn `cmd` and hand back its stdout unread, for the caller to read line by line.
-    fn spawn_reading_stdout(cmd: &mut Command) -> (ChildGuard, ChildStdout) {
+    pub fn spawn_reading_stdout(cmd: &mut Command) -> (ChildGuard, ChildStdout) {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

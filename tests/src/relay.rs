@@ -46,6 +46,7 @@ impl TestRelay {
             port: 0,
             tls,
             relay,
+            stun: Default::default(),
         };
         let (addr_tx, addr_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);

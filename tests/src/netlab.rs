@@ -1,0 +1,449 @@
+//! A small internet in network namespaces, for tests of direct connections
+//! (`shared/NETLAB.md` describes the topology and why each NAT rule is there).
+//!
+//! ```text
+//! {p}-wan:   bridge br0, the "internet"
+//! {p}-relay: wan0 100.64.0.1/24 on br0                 the relay host
+//! {p}-natN:  wan0 100.64.0.(N+1)/24 on br0, lan0 10.N.0.1/24, forwarding, nftables NAT
+//! {p}-hN:    eth0 10.N.0.2/24, default via 10.N.0.1   a host behind NAT N
+//! ```
+//!
+//! Every lab has its own name prefix `{p}` (process id and a counter), so tests run in
+//! parallel. Dropping the [`Lab`] kills the processes it started and deletes every
+//! namespace it created, also when the test panics. All addresses are the lab's own:
+//! nothing is sent outside it. Commands run through `ip netns exec`.
+//!
+//! Needs root, iproute2 and nftables; without them [`Lab::new`] panics and says why (the
+//! tests fail, never skip).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::process::ChildGuard;
+
+/// The relay host's address on the lab's internet.
+pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+
+/// How long one lab setup command may take.
+const COMMAND_LIMIT: Duration = Duration::from_secs(20);
+
+/// How a NAT router treats traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Endpoint-independent mapping (`masquerade` keeps the source port when it is free),
+    /// port-restricted filtering.
+    Cone,
+    /// Endpoint-dependent mapping: `masquerade random`, a new port per destination.
+    Symmetric,
+    /// A cone NAT that drops all UDP in both directions; TCP still passes.
+    UdpBlocked,
+}
+
+impl Nat {
+    /// The router's nftables ruleset.
+    fn ruleset(self) -> String {
+        let masquerade = match self {
+            Nat::Symmetric => "masquerade random",
+            Nat::Cone | Nat::UdpBlocked => "masquerade",
+        };
+        let udp_drop = match self {
+            Nat::UdpBlocked => "meta l4proto udp drop\n",
+            Nat::Cone | Nat::Symmetric => "",
+        };
+        // The prerouting drop keeps an unsolicited packet's conntrack entry from taking
+        // the port our next outgoing packet needs (which would make a cone NAT symmetric).
+        format!(
+            "table ip lab {{
+  chain postrouting {{ type nat hook postrouting priority srcnat; oifname \"wan0\" {masquerade}; }}
+  chain prerouting {{ type filter hook prerouting priority filter; iifname \"wan0\" ct state new drop; }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    {udp_drop}
+    iifname \"wan0\" ct state established,related accept
+    iifname \"wan0\" drop
+  }}
+}}
+"
+        )
+    }
+}
+
+/// A host behind a NAT router.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The host's namespace.
+    pub ns: String,
+    /// Its address on its LAN (10.N.0.2).
+    pub lan_ip: Ipv4Addr,
+    /// The router's namespace.
+    pub router_ns: String,
+    /// The router's address on the lab's internet (100.64.0.N+1): the host's public IP.
+    pub public_ip: Ipv4Addr,
+}
+
+/// Byte and packet counters of one interface, from `/proc/net/dev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IfaceCounters {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+}
+
+impl IfaceCounters {
+    /// Bytes in and out together.
+    pub fn total_bytes(&self) -> u64 {
+        self.rx_bytes + self.tx_bytes
+    }
+}
+
+/// Parse the text of `/proc/net/dev` into counters per interface name.
+///
+/// # Panics
+/// On a line that is not in the kernel's format.
+pub fn parse_proc_net_dev(text: &str) -> BTreeMap<String, IfaceCounters> {
+    text.lines()
+        .skip(2)
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (name, fields) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("no interface name in {line:?}"));
+            let f: Vec<u64> = fields
+                .split_whitespace()
+                .map(|v| {
+                    v.parse()
+                        .unwrap_or_else(|_| panic!("bad counter in {line:?}"))
+                })
+                .collect();
+            assert_eq!(f.len(), 16, "not 16 counters in {line:?}");
+            let counters = IfaceCounters {
+                rx_bytes: f[0],
+                rx_packets: f[1],
+                tx_bytes: f[8],
+                tx_packets: f[9],
+            };
+            (name.trim().to_owned(), counters)
+        })
+        .collect()
+}
+
+/// A lab: its namespaces and the processes running in them, removed on drop.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    /// Every namespace created, in order; deleted in reverse.
+    namespaces: Vec<String>,
+    /// Processes started in the lab; killed before the namespaces go.
+    children: Vec<ChildGuard>,
+}
+
+impl Lab {
+    /// Build the internet (a bridge) and the relay host on it.
+    ///
+    /// # Panics
+    /// When namespaces cannot be created (not root, no iproute2 or nftables), with the
+    /// reason.
+    pub fn new() -> Lab {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut lab = Lab {
+            prefix: format!("p2pl{}x{n}", std::process::id()),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        };
+        lab.check_tools();
+        // Left over by an earlier process with the same id that was killed.
+        lab.delete_stale();
+        let wan = lab.ns("wan");
+        lab.add_ns(&wan);
+        lab.run(&wan, &["ip", "link", "add", "br0", "type", "bridge"]);
+        lab.run(&wan, &["ip", "link", "set", "br0", "up"]);
+        let relay = lab.relay_ns();
+        lab.add_ns(&relay);
+        lab.attach_to_wan(&relay, RELAY_IP);
+        lab
+    }
+
+    /// The namespaces created so far, in order.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
+    }
+
+    /// The relay host's namespace.
+    pub fn relay_ns(&self) -> String {
+        self.ns("relay")
+    }
+
+    /// Add NAT router `n` (1..=200) of kind `nat`, with one host behind it.
+    pub fn add_nat(&mut self, n: u8, nat: Nat) -> Host {
+        assert!((1..=200).contains(&n), "NAT number {n} out of range");
+        let router = self.ns(&format!("nat{n}"));
+        let host = self.ns(&format!("h{n}"));
+        let public_ip = Ipv4Addr::new(100, 64, 0, n + 1);
+        let lan_ip = Ipv4Addr::new(10, n, 0, 2);
+        self.add_ns(&router);
+        self.attach_to_wan(&router, public_ip);
+        self.add_ns(&host);
+        self.run(
+            &host,
+            &[
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns",
+                &router,
+            ],
+        );
+        self.run(
+            &router,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.{n}.0.1/24"),
+                "dev",
+                "lan0",
+            ],
+        );
+        self.run(&router, &["ip", "link", "set", "lan0", "up"]);
+        self.run(
+            &router,
+            &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        );
+        self.run_with_input(&router, &["nft", "-f", "-"], &nat.ruleset());
+        self.run(
+            &host,
+            &["ip", "addr", "add", &format!("{lan_ip}/24"), "dev", "eth0"],
+        );
+        self.run(&host, &["ip", "link", "set", "eth0", "up"]);
+        self.run(
+            &host,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.{n}.0.1"),
+            ],
+        );
+        Host {
+            ns: host,
+            lan_ip,
+            router_ns: router,
+            public_ip,
+        }
+    }
+
+    /// Run our relay binary `bin` in the relay namespace: `run-relay-server 100.64.0.1
+    /// <port> --no-tls <extra>`, and wait (up to 10 s) until it says it listens. Returns
+    /// the lines it printed by then (the URL, then the STUN addresses). The relay is
+    /// killed when the lab is dropped.
+    pub fn start_relay(&mut self, bin: &Path, port: u16, extra: &[&str]) -> Vec<String> {
+        let relay = self.relay_ns();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &relay])
+            .arg(bin)
+            .args([
+                "run-relay-server",
+                &RELAY_IP.to_string(),
+                &port.to_string(),
+                "--no-tls",
+            ])
+            .args(extra);
+        let (guard, stdout) = ChildGuard::spawn_reading_stdout(&mut cmd);
+        self.children.push(guard);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    // Keep draining so the relay never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        // The URL comes first, the STUN lines right after it; collect what comes within a
+        // short pause after the URL.
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(first) => lines.push(first),
+            Err(_) => panic!("the relay in {relay} printed nothing within 10 s"),
+        }
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            lines.push(line);
+        }
+        assert!(
+            lines[0].starts_with("relay listening on ws://"),
+            "unexpected output from the relay: {lines:?}"
+        );
+        lines
+    }
+
+    /// Run `program args` in namespace `ns` to completion (panics after `limit`) and
+    /// return its exit status and output.
+    pub fn exec(
+        &self,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        limit: Duration,
+    ) -> crate::process::Finished {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program).args(args);
+        ChildGuard::spawn(&mut cmd).wait(limit)
+    }
+
+    /// The interface counters of namespace `ns`, read from its `/proc/net/dev`.
+    pub fn counters(&self, ns: &str) -> BTreeMap<String, IfaceCounters> {
+        let out = self.run(ns, &["cat", "/proc/net/dev"]);
+        parse_proc_net_dev(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Counters of interface `iface` in namespace `ns`.
+    ///
+    /// # Panics
+    /// If there is no such interface.
+    pub fn iface(&self, ns: &str, iface: &str) -> IfaceCounters {
+        *self
+            .counters(ns)
+            .get(iface)
+            .unwrap_or_else(|| panic!("no interface {iface} in {ns}"))
+    }
+
+    fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    fn check_tools(&self) {
+        for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+            let found = Command::new(tool)
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok();
+            assert!(
+                found,
+                "the network-namespace lab needs `{tool}` (Debian package {package}); \
+                 .ci/run installs it"
+            );
+        }
+    }
+
+    fn delete_stale(&self) {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let own = format!("{}-", self.prefix);
+        for name in listed.lines().filter_map(|l| l.split_whitespace().next()) {
+            if name.starts_with(&own) {
+                let _ = Command::new("ip").args(["netns", "del", name]).status();
+            }
+        }
+    }
+
+    /// Create namespace `ns` (recorded first, so that drop deletes it even if creation
+    /// fails halfway) with its loopback up.
+    fn add_ns(&mut self, ns: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "add", ns])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `ip netns add`: {e}"));
+        assert!(
+            out.status.success(),
+            "cannot create network namespace {ns}: {}\
+             the lab needs root (or CAP_SYS_ADMIN and CAP_NET_ADMIN) and a kernel with \
+             network namespaces",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.namespaces.push(ns.to_owned());
+        self.run(ns, &["ip", "link", "set", "lo", "up"]);
+    }
+
+    /// Give `ns` an interface wan0 with address `ip`/24 on the lab's bridge.
+    fn attach_to_wan(&self, ns: &str, ip: Ipv4Addr) {
+        let wan = self.ns("wan");
+        let port = format!("p{}", ip.octets()[3]);
+        self.run(
+            ns,
+            &[
+                "ip", "link", "add", "wan0", "type", "veth", "peer", "name", &port, "netns", &wan,
+            ],
+        );
+        self.run(&wan, &["ip", "link", "set", &port, "master", "br0", "up"]);
+        self.run(
+            ns,
+            &["ip", "addr", "add", &format!("{ip}/24"), "dev", "wan0"],
+        );
+        self.run(ns, &["ip", "link", "set", "wan0", "up"]);
+    }
+
+    /// Run a setup command in `ns`; panics with its output if it fails.
+    fn run(&self, ns: &str, argv: &[&str]) -> Output {
+        self.run_with_input(ns, argv, "")
+    }
+
+    fn run_with_input(&self, ns: &str, argv: &[&str], input: &str) -> Output {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `ip netns exec {ns} {argv:?}`: {e}"));
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("{argv:?} in {ns}: writing its input: {e}"));
+        drop(stdin);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = rx
+            .recv_timeout(COMMAND_LIMIT)
+            .unwrap_or_else(|_| panic!("{argv:?} in {ns}: still running after {COMMAND_LIMIT:?}"))
+            .unwrap_or_else(|e| panic!("{argv:?} in {ns}: {e}"));
+        assert!(
+            out.status.success(),
+            "{argv:?} in {ns} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Processes first: a namespace with a process in it outlives `ip netns del`.
+        for child in &mut self.children {
+            child.kill();
+        }
+        self.children.clear();
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Lab {
+        Lab::new()
+    }
+}
