@@ -8,6 +8,7 @@ mod backend;
 mod interrupt;
 mod progress;
 mod stderr_log;
+mod usage;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ fn main() -> ExitCode {
 }
 
 fn send(a: SendArgs, out: OutputArgs) -> u8 {
+    if let Err(code) = usage_ok(usage::check_client(&a.client)) {
+        return code;
+    }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
     let transfer = backend::send(
@@ -73,6 +77,10 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
 }
 
 fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
+    let checked = usage::check_client(&a.client).and_then(|()| usage::check_out(&a.out));
+    if let Err(code) = usage_ok(checked) {
+        return code;
+    }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let config = a.client.config();
@@ -84,6 +92,14 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
         shown(&a.out)
     );
     finish(&progress, ended, &interrupted)
+}
+
+/// Print a usage mistake found before connecting; its exit code is the error.
+fn usage_ok(checked: Result<(), usage::Usage>) -> Result<(), u8> {
+    checked.map_err(|usage::Usage(msg)| {
+        eprintln!("error: {msg}");
+        EXIT_USAGE
+    })
 }
 
 /// Clear the progress display, print the summary or the error, and pick the exit code.

@@ -338,3 +338,85 @@ fn ctrl_c_on_the_receiver_exits_130_and_keeps_the_partial_file() {
     );
     resume_big_transfer(&url, "cli-int", &s);
 }
+
+#[test]
+fn usage_mistakes_exit_1_before_connecting() {
+    // A listener nobody accepts on: a client that connected would leave a queued
+    // connection behind.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let ws = format!("ws://{}", listener.local_addr().unwrap());
+    let http = ws.replacen("ws://", "http://", 1);
+    let https = ws.replacen("ws://", "https://", 1);
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let a_file = s.src.join("f");
+    let missing = s.dir.path().join("no-such-ca.pem");
+    let under_a_file = a_file.join("sub");
+    let (src, out) = (arg(&s.src), arg(&s.out));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["send", &http, "code", src], "use ws:// or wss://"),
+        (
+            vec!["receive", &https, "code", "--out", out],
+            "use ws:// or wss://",
+        ),
+        (
+            vec!["send", &ws, "code", src, "--ca-file", arg(&missing)],
+            "--ca-file",
+        ),
+        (
+            vec!["receive", &ws, "code", "--out", out, "--ca-file", src],
+            "not a file",
+        ),
+        (
+            vec!["receive", &ws, "code", "--timeout", "0"],
+            "at least 1 second",
+        ),
+        (
+            vec!["send", &ws, "code", src, "--idle-timeout", "0"],
+            "at least 1 second",
+        ),
+        (vec!["send", &ws, "", src], "code is empty"),
+        (vec!["receive", &ws, "", "--out", out], "code is empty"),
+        (
+            vec!["receive", &ws, "code", "--out", arg(&a_file)],
+            "not a directory",
+        ),
+        (
+            vec!["receive", &ws, "code", "--out", arg(&under_a_file)],
+            "cannot create it",
+        ),
+    ];
+    for (args, says) in cases {
+        let r = run(&args);
+        assert_eq!(r.code(), 1, "{args:?}: {r:?}");
+        assert!(
+            r.stderr
+                .lines()
+                .any(|l| l.starts_with("error: ") && l.contains(says)),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            listener.accept().is_err(),
+            "{args:?} connected before refusing"
+        );
+    }
+}
+
+#[test]
+fn receive_creates_a_missing_out_and_leaves_no_probe_file() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    let out = s.dir.path().join("new").join("deeper");
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let receiver = spawn(&["receive", &url, "cli-out", "--out", arg(&out)]);
+    let sender = run(&["send", &url, "cli-out", arg(&s.src.join("f"))]);
+    let receiver = receiver.wait(LIMIT);
+    assert_eq!((sender.code(), receiver.code()), (0, 0), "{receiver:?}");
+    let names: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["f"], "only the received file is left in --out");
+}
