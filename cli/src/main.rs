@@ -69,11 +69,12 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
         progress.callback(),
     );
     let ended = backend::block_on(interrupts.run(transfer));
-    finish(
-        &progress,
-        ended,
-        "interrupted; the receiver keeps what it got: run the same send with --resume to continue",
-    )
+    let interrupted = if progress.paired() {
+        "interrupted; the receiver keeps what it got: run the same send with --resume to continue"
+    } else {
+        "interrupted while waiting for the receiver; nothing was sent"
+    };
+    finish(&progress, ended, interrupted)
 }
 
 fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
@@ -86,11 +87,16 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let config = a.client.config();
     let transfer = backend::receive(config, a.out.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = format!(
-        "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again and \
-         have the sender use --resume to continue",
-        shown(&a.out)
-    );
+    // Before the manifest no file was opened, so there is nothing to resume.
+    let interrupted = if progress.paired() {
+        format!(
+            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
+             and have the sender use --resume to continue",
+            shown(&a.out)
+        )
+    } else {
+        "interrupted while waiting for the sender; nothing was received".to_owned()
+    };
     finish(&progress, ended, &interrupted)
 }
 

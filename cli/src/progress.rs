@@ -160,6 +160,12 @@ impl Progress {
         let _ = d.multi.clear();
     }
 
+    /// Whether the peer showed up (the sender was paired, or the receiver got the
+    /// manifest), even when nothing is shown.
+    pub fn paired(&self) -> bool {
+        lock(&self.0).paired
+    }
+
     /// The closing line of a successful transfer.
     pub fn summary(&self, s: &Summary) {
         let d = lock(&self.0);
@@ -195,6 +201,7 @@ fn lock(m: &Mutex<Display>) -> MutexGuard<'_, Display> {
 impl Display {
     fn on_event(&mut self, ev: SessionEvent) {
         if self.style == Style::Quiet {
+            self.paired |= matches!(ev.event, Event::Paired | Event::Manifest { .. });
             return;
         }
         let session = ev.session;
@@ -441,5 +448,15 @@ mod tests {
         assert!(lock(&p.0).files.is_empty());
         p.finish();
         assert!(lock(&p.0).total.is_none());
+    }
+
+    #[test]
+    fn pairing_is_tracked_even_when_quiet() {
+        for style in [Style::Quiet, Style::Lines] {
+            let p = Progress::drawing_to(Role::Receive, style, false, ProgressDrawTarget::hidden());
+            assert!(!p.paired());
+            p.callback()(ev(0, Event::Manifest { files: 1, bytes: 1 }));
+            assert!(p.paired(), "{style:?}");
+        }
     }
 }

@@ -420,3 +420,29 @@ fn receive_creates_a_missing_out_and_leaves_no_probe_file() {
         .collect();
     assert_eq!(names, ["f"], "only the received file is left in --out");
 }
+
+#[test]
+fn ctrl_c_before_pairing_does_not_talk_about_partial_files() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let receiver = spawn(&["receive", &url, "cli-alone-r", "--out", arg(&s.out)]);
+    let sender = spawn(&["send", &url, "cli-alone-s", arg(&s.src)]);
+    // Long enough for both to reach the relay and wait there for a peer.
+    std::thread::sleep(Duration::from_millis(1500));
+    receiver.signal("INT");
+    sender.signal("INT");
+    for (r, waiting_for) in [
+        (receiver.wait(LIMIT), "waiting for the sender"),
+        (sender.wait(LIMIT), "waiting for the receiver"),
+    ] {
+        assert_eq!(r.code(), 130, "{r:?}");
+        let last = r.stderr.lines().last().unwrap_or_default();
+        assert!(last.contains(waiting_for), "{}", r.stderr);
+        assert!(
+            !r.stderr.contains("partial") && !r.stderr.contains("--resume"),
+            "{}",
+            r.stderr
+        );
+    }
+}
