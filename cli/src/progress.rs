@@ -169,28 +169,37 @@ impl Progress {
     /// The closing line of a successful transfer.
     pub fn summary(&self, s: &Summary) {
         let d = lock(&self.0);
-        if d.style == Style::Quiet {
-            return;
+        if d.style != Style::Quiet {
+            eprintln!("{}", summary_line(d.role, s));
         }
-        let secs = s.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            format!(", {}/s", BinaryBytes((s.bytes as f64 / secs) as u64))
-        } else {
-            String::new()
-        };
-        let skipped = match s.skipped {
-            0 => String::new(),
-            n => format!("; {n} already there, skipped"),
-        };
-        eprintln!(
-            "{} {} {} ({}) in {:.1} s{rate}{skipped}",
-            d.role.past(),
-            s.files,
-            if s.files == 1 { "file" } else { "files" },
-            BinaryBytes(s.bytes),
-            secs,
-        );
     }
+}
+
+/// "sent 3 files (1.00 MiB) in 2.0 s, 512.00 KiB/s", timed from pairing: time spent
+/// waiting for the peer says nothing about the link.
+fn summary_line(role: Role, s: &Summary) -> String {
+    let time = match s.transfer_time {
+        t if t.is_zero() => s.elapsed,
+        t => t,
+    };
+    let secs = time.as_secs_f64();
+    let rate = if secs > 0.0 {
+        format!(", {}/s", BinaryBytes((s.bytes as f64 / secs) as u64))
+    } else {
+        String::new()
+    };
+    let skipped = match s.skipped {
+        0 => String::new(),
+        n => format!("; {n} already there, skipped"),
+    };
+    format!(
+        "{} {} {} ({}) in {:.1} s{rate}{skipped}",
+        role.past(),
+        s.files,
+        if s.files == 1 { "file" } else { "files" },
+        BinaryBytes(s.bytes),
+        secs,
+    )
 }
 
 fn lock(m: &Mutex<Display>) -> MutexGuard<'_, Display> {
@@ -458,5 +467,25 @@ mod tests {
             p.callback()(ev(0, Event::Manifest { files: 1, bytes: 1 }));
             assert!(p.paired(), "{style:?}");
         }
+    }
+
+    #[test]
+    fn summary_rate_leaves_out_the_wait_for_the_peer() {
+        let s = Summary {
+            files: 2,
+            bytes: 100 << 20,
+            skipped: 0,
+            elapsed: Duration::from_secs(100),
+            transfer_time: Duration::from_secs(10),
+        };
+        assert_eq!(
+            summary_line(Role::Send, &s),
+            "sent 2 files (100.00 MiB) in 10.0 s, 10.00 MiB/s"
+        );
+        let never_timed = Summary {
+            transfer_time: Duration::ZERO,
+            ..s
+        };
+        assert!(summary_line(Role::Receive, &never_timed).contains("in 100.0 s, 1.00 MiB/s"));
     }
 }

@@ -446,3 +446,32 @@ fn ctrl_c_before_pairing_does_not_talk_about_partial_files() {
         );
     }
 }
+
+/// The "in N s" of a summary line.
+fn summary_secs(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("sent ") || l.starts_with("received "))
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let (_, after) = line.split_once(") in ").expect("summary has a time");
+    let secs = after.split(' ').next().unwrap_or_default();
+    secs.parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn summary_time_and_rate_leave_out_the_wait_for_the_peer() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 2 * MIB, 3)]);
+    let receiver = spawn(&["receive", &url, "cli-rate", "--out", arg(&s.out)]);
+    std::thread::sleep(Duration::from_secs(3));
+    let sender = run(&["send", &url, "cli-rate", arg(&s.src)]);
+    let receiver = receiver.wait(LIMIT);
+    assert_eq!((sender.code(), receiver.code()), (0, 0), "{receiver:?}");
+    let secs = summary_secs(&receiver.stderr);
+    assert!(
+        secs < 2.5,
+        "the receiver waited 3 s for the sender; its summary counts {secs} s: {}",
+        receiver.stderr
+    );
+}

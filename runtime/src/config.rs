@@ -75,8 +75,11 @@ pub struct Summary {
     pub bytes: u64,
     /// Files skipped because the receiver already had them.
     pub skipped: usize,
-    /// Wall time of the whole transfer.
+    /// Wall time of the whole transfer, waiting for the peer included.
     pub elapsed: Duration,
+    /// Time from the first sign of the peer (`Paired` or `Manifest`) to the end: what a
+    /// rate should be computed over. The longest over parallel sessions.
+    pub transfer_time: Duration,
 }
 
 impl Summary {
@@ -93,6 +96,7 @@ impl Summary {
         self.files += other.files;
         self.bytes += other.bytes;
         self.skipped += other.skipped;
+        self.transfer_time = self.transfer_time.max(other.transfer_time);
     }
 }
 
