@@ -5,6 +5,7 @@
 mod alloc;
 mod args;
 mod backend;
+mod ctrl_echo;
 mod interrupt;
 mod progress;
 mod stderr_log;
