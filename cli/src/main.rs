@@ -155,15 +155,15 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
             // On stdout so scripts (and tests) can read the port chosen for port 0.
             println!("relay listening on {scheme}://{}", server.local_addr());
         }
-        match interrupts.run(server.run()).await {
-            Ended::Done(Ok(())) => 0,
-            Ended::Interrupted => {
+        // Only a signal ends the relay: it then closes its connections with a reason.
+        match server.run_until(interrupts.wait()).await {
+            Ok(()) => {
                 if !out.quiet {
                     eprintln!("relay stopped");
                 }
                 0
             }
-            Ended::Done(Err(e)) => {
+            Err(e) => {
                 eprintln!("error: the relay stopped: {e}");
                 EXIT_RELAY
             }

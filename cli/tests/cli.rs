@@ -475,3 +475,67 @@ fn summary_time_and_rate_leave_out_the_wait_for_the_peer() {
         receiver.stderr
     );
 }
+
+#[test]
+fn a_relay_stopped_with_sigterm_tells_its_clients_why() {
+    let (relay, url) = plain_relay();
+    let s = Scene::new();
+    let receiver = spawn(&["receive", &url, "cli-going-away", "--out", arg(&s.out)]);
+    // Long enough for the receiver to reach the relay and wait there.
+    std::thread::sleep(Duration::from_millis(1500));
+    relay.signal("TERM");
+    let stopped = relay.wait(Duration::from_secs(10));
+    assert_eq!(stopped.code(), 0, "{stopped:?}");
+    let r = receiver.wait(Duration::from_secs(10));
+    assert_eq!(r.code(), 2, "a relay problem: {r:?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("relay shutting down"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_parallel_code_over_the_relays_per_address_limit_fails_fast_on_both_sides() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls", "--max-per-address", "12"]);
+    let s = Scene::new();
+    write_tree(&s.src, &standard_tree());
+    // Both sides on one address: 2 × 8 connections, 12 allowed. Either may start first.
+    for (i, receiver_first) in [true, false].into_iter().enumerate() {
+        let code = format!("n=8=ncli-limit-{i}");
+        let recv_args = [
+            "receive",
+            &url,
+            &code,
+            "--out",
+            arg(&s.out),
+            "--timeout",
+            "60",
+        ];
+        let send_args = ["send", &url, &code, arg(&s.src), "--timeout", "60"];
+        let (first, second): (&[&str], &[&str]) = match receiver_first {
+            true => (&recv_args, &send_args),
+            false => (&send_args, &recv_args),
+        };
+        let started = std::time::Instant::now();
+        let first = spawn(first);
+        std::thread::sleep(Duration::from_millis(1000));
+        let second = run(second);
+        let first = first.wait(LIMIT);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a side waited for its timeout"
+        );
+        for r in [&first, &second] {
+            assert_eq!(r.code(), 2, "{r:?}");
+            let last = r.stderr.lines().last().unwrap_or_default();
+            assert!(
+                last.contains("(the relay allows 12 per address)") && last.contains("smaller N"),
+                "{}",
+                r.stderr
+            );
+            assert!(!last.contains("someone else"), "{last}");
+        }
+    }
+}

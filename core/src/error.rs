@@ -129,11 +129,23 @@ impl Error {
 /// relay's close code means.
 pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error {
     match code {
+        // 1013 also refuses connections over the relay's limits: only a duplicate role
+        // means someone else uses the code.
+        Some(1013) if reason.is_empty() || reason.eq_ignore_ascii_case("duplicate role for code") => {
+            Error::Peer {
+                file: None,
+                reason: "the relay closed the connection: duplicate role for code (someone else is using this code in the same role)".into(),
+            }
+        }
         Some(1013) => Error::Peer {
             file: None,
+            reason: format!("the relay closed the connection: {}", crate::path::escape(reason)),
+        },
+        Some(1001) => Error::Peer {
+            file: None,
             reason: format!(
-                "the relay closed the connection: {} (someone else is using this code in the same role)",
-                crate::path::escape(if reason.is_empty() { "duplicate role for code" } else { reason })
+                "the relay closed the connection {when}: {}",
+                crate::path::escape(if reason.is_empty() { "going away" } else { reason })
             ),
         },
         Some(1002) => Error::Peer {

@@ -582,6 +582,10 @@ impl Receiver {
             return Ok(());
         }
         let when = match self.current.as_ref() {
+            // Nothing was written yet, so there is nothing to resume.
+            None if matches!(self.phase, Phase::AwaitManifest) => {
+                "while waiting for the sender".to_owned()
+            }
             Some(c) => format!(
                 "in the middle of {} (the sender stopped or the relay dropped the pair; run again with --resume to continue)",
                 self.entries[c.file].path

@@ -9,6 +9,7 @@ use futures_util::future::try_join_all;
 use futures_util::{StreamExt, TryStreamExt};
 use p2p_copy_core::parallel::{session_codes, split_by_size};
 use p2p_copy_core::receiver::{Receiver, ReceiverConfig};
+use p2p_copy_core::relay::per_address_limit;
 use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
 use p2p_copy_core::Secrets;
 
@@ -66,6 +67,7 @@ pub async fn send<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
     let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let n = codes.len();
     let sources = rt.spawn_blocking(move || source::list(&paths)).await?;
     if sources.is_empty() {
         return Err(TransferError::Source(
@@ -84,7 +86,9 @@ pub async fn send<R: Rt>(
             let picked: Vec<Source> = group.into_iter().map(|k| sources[k].clone()).collect();
             send_session(rt.clone(), &cfg, i, secrets, picked, opts, events.clone())
         });
-    let done = try_join_all(sessions).await?;
+    let done = try_join_all(sessions)
+        .await
+        .map_err(|e| explain_limit(e, n))?;
     Ok(total(&done, start))
 }
 
@@ -132,6 +136,7 @@ pub async fn receive<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
     let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let n = codes.len();
     let dir = out_dir.clone();
     rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
     let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
@@ -146,8 +151,25 @@ pub async fn receive<R: Rt>(
             events.clone(),
         )
     });
-    let done = try_join_all(sessions).await?;
+    let done = try_join_all(sessions)
+        .await
+        .map_err(|e| explain_limit(e, n))?;
     Ok(total(&done, start))
+}
+
+/// A refusal for the relay's per-address limit, with what it means for a parallel code
+/// of `n` connections.
+fn explain_limit(e: TransferError, n: usize) -> TransferError {
+    match e {
+        TransferError::Connect(msg) if n > 1 && per_address_limit(&msg).is_some() => {
+            TransferError::Connect(format!(
+                "{msg}; this code opens {n} connections on each side ({} when both sides \
+                 share an address): use a code n=<N>=n… with a smaller N",
+                2 * n
+            ))
+        }
+        other => other,
+    }
 }
 
 async fn receive_session<R: Rt>(

@@ -13,7 +13,7 @@ use async_tungstenite::tungstenite::Message;
 use futures_util::future::{poll_fn, select, BoxFuture};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, StreamExt};
-use p2p_copy_core::relay::{CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
+use p2p_copy_core::relay::{CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
 use p2p_copy_core::{Error, Event};
 
 use crate::io_worker::IoWorker;
@@ -140,7 +140,13 @@ impl<R: Rt, M: Machine> Driver<R, M> {
     fn classify(&self, e: Error) -> TransferError {
         if !self.paired && matches!(e, Error::Peer { .. }) {
             match &self.close_frame {
-                Some((CLOSE_TRY_AGAIN | CLOSE_PROTOCOL, _)) => return TransferError::Connect(e.to_string()),
+                // Refused, or the relay went away, before any peer came: a relay problem.
+                Some((CLOSE_TRY_AGAIN | CLOSE_PROTOCOL | CLOSE_GOING_AWAY, _)) => {
+                    return TransferError::Connect(match e {
+                        Error::Peer { reason, .. } => reason,
+                        other => other.to_string(),
+                    })
+                }
                 Some((CLOSE_POLICY, reason)) => {
                     return TransferError::Session(Error::Timeout(format!(
                         "the relay stopped waiting ({}): check that both sides use the same code, the same --encrypt setting and the same relay",

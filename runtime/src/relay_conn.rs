@@ -188,7 +188,7 @@ async fn write<R: Rt>(
                     }
                     let frame = CloseFrame {
                         code: CloseCode::from(code),
-                        reason: reason.into(),
+                        reason: reason.into_owned().into(),
                     };
                     if tx.send(Message::Close(Some(frame))).await.is_ok() {
                         // The reader ends the task when the client answers.

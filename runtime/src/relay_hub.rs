@@ -2,6 +2,7 @@
 //! channels its task listens on. Every input goes through [`Hub::input`], which drains
 //! the machine's outputs into those channels.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +20,7 @@ pub(crate) enum Command {
     /// Send a message from the relay itself (`ready`).
     Send(Message),
     /// Deliver what is queued, then a close frame.
-    Close(u16, &'static str),
+    Close(u16, Cow<'static, str>),
 }
 
 /// A connection's handles, as the hub keeps them.
@@ -174,6 +175,20 @@ impl Hub {
             }
             other => log::debug!("{other:?}"),
         }
+    }
+
+    /// Ask every connection to close with this code and reason; returns how many there
+    /// are.
+    pub(crate) fn close_all(&mut self, code: u16, reason: &'static str) -> usize {
+        for e in self.conns.values() {
+            let _ = e.commands.try_send(Command::Close(code, reason.into()));
+        }
+        self.conns.len()
+    }
+
+    /// Whether every connection has ended.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
     }
 
     /// Stop every connection task (the server is going away).

@@ -524,6 +524,16 @@ fn a_close_before_the_end_is_a_peer_error_naming_the_cause() {
             "Duplicate role for code",
             "someone else is using this code",
         ),
+        (
+            Some(1013),
+            "too many connections from this address (the relay allows 8 per address)",
+            "the relay closed the connection: too many connections from this address (the relay allows 8 per address)",
+        ),
+        (
+            Some(1001),
+            "relay shutting down",
+            "the relay closed the connection before the transfer was complete: relay shutting down",
+        ),
         (Some(1002), "Bad hello", "refused the hello: Bad hello"),
         (
             Some(1000),
