@@ -539,3 +539,29 @@ fn a_parallel_code_over_the_relays_per_address_limit_fails_fast_on_both_sides() 
         }
     }
 }
+
+#[test]
+fn a_plain_http_request_gets_426_upgrade_required() {
+    use std::io::{Read, Write};
+    let (_relay, url) = plain_relay();
+    let addr = url.trim_start_matches("ws://");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\nUser-Agent: curl/8\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{reply:?}"
+    );
+    assert!(reply.contains("\r\nUpgrade: websocket\r\n"), "{reply:?}");
+    assert!(
+        reply.ends_with("with ws:// or wss:// and this address.\n"),
+        "{reply:?}"
+    );
+    // The relay still serves WebSocket clients.
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    transfer(&url, "cli-after-http", &s, &[], &[]);
+}
