@@ -565,3 +565,37 @@ fn a_plain_http_request_gets_426_upgrade_required() {
     write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
     transfer(&url, "cli-after-http", &s, &[], &[]);
 }
+
+#[test]
+fn the_relay_logs_refused_connections_rate_limited() {
+    let (relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls", "--max-per-address", "1"]);
+    let addr = url.trim_start_matches("ws://");
+    let held = std::net::TcpStream::connect(addr).unwrap();
+    let flood: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // The refused connections are dropped after the close grace (1 s); the count of the
+    // lines held back is logged then.
+    std::thread::sleep(Duration::from_millis(2000));
+    relay.signal("TERM");
+    let out = relay.wait(Duration::from_secs(10));
+    drop((held, flood));
+    let refusals = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("closed: too many connections from this address"))
+        .count();
+    assert!(
+        (1..=5).contains(&refusals),
+        "{refusals} refusal lines: {}",
+        out.stderr
+    );
+    let held_back = 40 - refusals;
+    assert!(
+        out.stderr.contains(&format!(
+            "{held_back} more refused or timed-out connections not logged"
+        )),
+        "{}",
+        out.stderr
+    );
+}

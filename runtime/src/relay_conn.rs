@@ -202,11 +202,11 @@ impl<R: Rt> ConnTask<R> {
         let ws = match select(opening, Box::pin(rt.sleep_until(deadline))).await {
             Either::Left((Ok(ws), _)) => ws,
             Either::Left((Err(e), _)) => {
-                log::debug!("connection {}: {e}", id.0);
+                lock(&hub).log_refusal(id, &e);
                 return;
             }
             Either::Right(_) => {
-                log::debug!("connection {}: handshake timed out", id.0);
+                lock(&hub).log_refusal(id, "TLS or WebSocket handshake timed out");
                 return;
             }
         };

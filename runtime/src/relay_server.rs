@@ -129,6 +129,7 @@ impl<R: Rt> RelayServer<R> {
         while !lock(&hub).is_empty() && Instant::now() < deadline {
             rt.sleep_until(Instant::now() + SHUTDOWN_POLL).await;
         }
+        lock(&hub).flush_refusals();
         Ok(())
     }
 }
