@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 #[cfg(unix)]
-use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions, Termios};
+use rustix::termios::{tcgetattr, tcgetpgrp, tcsetattr, LocalModes, OptionalActions, Termios};
 
 /// `ECHOCTL` switched off on a terminal until this is dropped; then the terminal's
 /// settings are put back as they were.
@@ -37,6 +37,9 @@ impl QuietCtrlEcho {
 
     #[cfg(unix)]
     fn switch_off(fd: OwnedFd) -> Option<(OwnedFd, Termios)> {
+        if in_background(&fd) {
+            return None;
+        }
         let before = tcgetattr(&fd).ok()?;
         if !before.local_modes.contains(LocalModes::ECHOCTL) {
             return None;
@@ -51,7 +54,7 @@ impl QuietCtrlEcho {
 impl Drop for QuietCtrlEcho {
     fn drop(&mut self) {
         #[cfg(unix)]
-        if let Some((fd, before)) = self.saved.take() {
+        if let Some((fd, before)) = self.saved.take().filter(|(fd, _)| !in_background(fd)) {
             // Only ECHOCTL is put back: anything else changed meanwhile (by a shell
             // job control, say) is left as it is now.
             let Ok(mut now) = tcgetattr(&fd) else { return };
@@ -62,6 +65,14 @@ impl Drop for QuietCtrlEcho {
             let _ = tcsetattr(&fd, OptionalActions::Now, &now);
         }
     }
+}
+
+/// Whether `fd` is this process's controlling terminal and the process is not in its
+/// foreground: changing the terminal's settings would then stop the process with SIGTTOU
+/// (`p2p-copy receive … &` in a shell).
+#[cfg(unix)]
+fn in_background(fd: &OwnedFd) -> bool {
+    matches!(tcgetpgrp(fd), Ok(fg) if fg != rustix::process::getpgrp())
 }
 
 #[cfg(all(test, unix))]
