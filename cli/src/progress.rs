@@ -26,8 +26,8 @@ const LINE_EVERY: Duration = Duration::from_secs(2);
 const NAME_WIDTH: usize = 34;
 
 /// The total: a bar as wide as the terminal leaves, then bytes, files, rate and ETA in
-/// fields of fixed width (the widest each can get), so that the line never wraps on an
-/// 80-column terminal: a wrapped line is not cleared and stays behind as a stale bar.
+/// fields of fixed width (the widest each can get), so that on an 80-column terminal the
+/// line fits with room for a bar and does not jitter as the numbers change.
 const TOTAL_TEMPLATE: &str = "[{wide_bar}] {binary_bytes:>11}/{binary_total_bytes:<11}{msg} \
                               {binary_bytes_per_sec:>13} ETA {eta:>3}";
 
