@@ -262,13 +262,16 @@ impl RelayArgs {
     }
 }
 
-/// Seconds, whole or fractional, greater than zero.
+/// Seconds, whole or fractional, from 1 to 1e9.
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 1e9) {
-        return Err(format!("`{s}` is not between 0 and 1e9 seconds"));
+    if secs.is_nan() || secs < 1.0 {
+        return Err(format!("`{s}` is too short: give at least 1 second"));
+    }
+    if secs > 1e9 {
+        return Err(format!("`{s}` is too long: give at most 1e9 seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -407,6 +410,10 @@ mod tests {
         parse_err(&["receive", "ws://h:1", "c", "--timeout", "-1"]);
         parse_err(&["receive", "ws://h:1", "c", "--timeout", "soon"]);
         parse_err(&["receive", "ws://h:1", "c", "--timeout", "NaN"]);
+        let e = parse_err(&["receive", "ws://h:1", "c", "--idle-timeout", "0"]).to_string();
+        assert!(e.contains("at least 1 second"), "{e}");
+        assert!(parse_secs("0.5").is_err());
+        assert_eq!(parse_secs("1"), Ok(Duration::from_secs(1)));
     }
 
     #[test]

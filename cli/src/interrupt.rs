@@ -34,15 +34,20 @@ impl Interrupts {
         }
     }
 
+    /// Wait for SIGINT or SIGTERM (for ever if they cannot be caught).
+    pub async fn wait(self) {
+        match self.0 {
+            Some(mut s) => {
+                s.next().await;
+            }
+            None => future::pending::<()>().await,
+        }
+    }
+
     /// Run `fut` until it completes or a signal arrives.
     pub async fn run<T>(self, fut: impl Future<Output = T>) -> Ended<T> {
         let interrupted = async move {
-            match self.0 {
-                Some(mut s) => {
-                    s.next().await;
-                }
-                None => future::pending::<()>().await,
-            }
+            self.wait().await;
             Ended::Interrupted
         };
         future::or(async { Ended::Done(fut.await) }, interrupted).await

@@ -5,9 +5,11 @@
 mod alloc;
 mod args;
 mod backend;
+mod ctrl_echo;
 mod interrupt;
 mod progress;
 mod stderr_log;
+mod usage;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -59,6 +61,9 @@ fn main() -> ExitCode {
 }
 
 fn send(a: SendArgs, out: OutputArgs) -> u8 {
+    if let Err(code) = usage_ok(usage::check_client(&a.client)) {
+        return code;
+    }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
     let transfer = backend::send(
@@ -68,26 +73,43 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
         progress.callback(),
     );
     let ended = backend::block_on(interrupts.run(transfer));
-    finish(
-        &progress,
-        ended,
-        "interrupted; the receiver keeps what it got: run the same send with --resume to continue",
-        Role::Send,
-    )
+    let interrupted = if progress.paired() {
+        "interrupted; the receiver keeps what it got: run the same send with --resume to continue"
+    } else {
+        "interrupted while waiting for the receiver; nothing was sent"
+    };
+    finish(&progress, ended, interrupted, Role::Send)
 }
 
 fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
+    let checked = usage::check_client(&a.client).and_then(|()| usage::check_out(&a.out));
+    if let Err(code) = usage_ok(checked) {
+        return code;
+    }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let config = a.client.config();
     let transfer = backend::receive(config, a.out.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = format!(
-        "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again and \
-         have the sender use --resume to continue",
-        shown(&a.out)
-    );
+    // Before the manifest no file was opened, so there is nothing to resume.
+    let interrupted = if progress.paired() {
+        format!(
+            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
+             and have the sender use --resume to continue",
+            shown(&a.out)
+        )
+    } else {
+        "interrupted while waiting for the sender; nothing was received".to_owned()
+    };
     finish(&progress, ended, &interrupted, Role::Receive)
+}
+
+/// Print a usage mistake found before connecting; its exit code is the error.
+fn usage_ok(checked: Result<(), usage::Usage>) -> Result<(), u8> {
+    checked.map_err(|usage::Usage(msg)| {
+        eprintln!("error: {msg}");
+        EXIT_USAGE
+    })
 }
 
 /// Clear the progress display, print the summary or the error, and pick the exit code.
@@ -145,15 +167,15 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
                 println!("relay answering STUN on udp {addr}");
             }
         }
-        match interrupts.run(server.run()).await {
-            Ended::Done(Ok(())) => 0,
-            Ended::Interrupted => {
+        // Only a signal ends the relay: it then closes its connections with a reason.
+        match server.run_until(interrupts.wait()).await {
+            Ok(()) => {
                 if !out.quiet {
                     eprintln!("relay stopped");
                 }
                 0
             }
-            Ended::Done(Err(e)) => {
+            Err(e) => {
                 eprintln!("error: the relay stopped: {e}");
                 EXIT_RELAY
             }

@@ -10,15 +10,30 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use indicatif::{
-    BinaryBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle,
+    BinaryBytes, HumanCount, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget,
+    ProgressStyle,
 };
 use p2p_copy_core::path::escape;
 use p2p_copy_core::Event;
 
 use crate::backend::{SessionEvent, Summary};
+use crate::ctrl_echo::QuietCtrlEcho;
 
 /// How often a plain progress line is printed when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(2);
+
+/// Columns for a file's name in its bar, so that the bar fits in 80 columns.
+const NAME_WIDTH: usize = 34;
+
+/// The total: a bar as wide as the terminal leaves, then bytes, files, rate and ETA in
+/// fields of fixed width (the widest each can get), so that on an 80-column terminal the
+/// line fits with room for a bar and does not jitter as the numbers change.
+const TOTAL_TEMPLATE: &str = "[{wide_bar}] {binary_bytes:>11}/{binary_total_bytes:<11}{msg} \
+                              {binary_bytes_per_sec:>13} ETA {eta:>3}";
+
+/// A file: its name shortened to [`NAME_WIDTH`], bytes, rate and ETA; 78 columns.
+const FILE_TEMPLATE: &str = "  {msg:34!} {binary_bytes:>11}/{binary_total_bytes:<11} \
+                             {binary_bytes_per_sec:>13} {eta:>3}";
 
 /// Which side this process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +100,8 @@ struct Display {
     style: Style,
     verbose: bool,
     multi: MultiProgress,
+    /// While bars are drawn, Ctrl-C must not echo as "^C" (see [`QuietCtrlEcho`]).
+    quiet_echo: Option<QuietCtrlEcho>,
     waiting: Option<ProgressBar>,
     total: Option<ProgressBar>,
     /// The file each session is moving now.
@@ -92,6 +109,9 @@ struct Display {
     paired: bool,
     /// Bytes this run moves: manifest sizes minus what the peer already has.
     to_move: u64,
+    /// Files in the manifests, and those done or skipped so far.
+    files_total: usize,
+    files_done: usize,
     moved: u64,
     /// When the first file started, for the average rate.
     first_file: Option<Instant>,
@@ -105,7 +125,11 @@ impl Progress {
             Style::Bars => ProgressDrawTarget::stderr(),
             Style::Lines | Style::Quiet => ProgressDrawTarget::hidden(),
         };
-        Progress::drawing_to(role, style, verbose, target)
+        let p = Progress::drawing_to(role, style, verbose, target);
+        if style == Style::Bars {
+            lock(&p.0).quiet_echo = Some(QuietCtrlEcho::on_stderr());
+        }
+        p
     }
 
     fn drawing_to(role: Role, style: Style, verbose: bool, target: ProgressDrawTarget) -> Progress {
@@ -128,11 +152,14 @@ impl Progress {
             style,
             verbose,
             multi,
+            quiet_echo: None,
             waiting,
             total: None,
             files: HashMap::new(),
             paired: false,
             to_move: 0,
+            files_total: 0,
+            files_done: 0,
             moved: 0,
             first_file: None,
             last_line: Instant::now(),
@@ -158,6 +185,13 @@ impl Progress {
             pb.finish_and_clear();
         }
         let _ = d.multi.clear();
+        d.quiet_echo = None;
+    }
+
+    /// Whether the peer showed up (the sender was paired, or the receiver got the
+    /// manifest), even when nothing is shown.
+    pub fn paired(&self) -> bool {
+        lock(&self.0).paired
     }
 
     /// The closing line of a successful transfer.
@@ -169,28 +203,37 @@ impl Progress {
     /// Print the one-line summary of a finished transfer.
     pub fn summary(&self, s: &Summary) {
         let d = lock(&self.0);
-        if d.style == Style::Quiet {
-            return;
+        if d.style != Style::Quiet {
+            eprintln!("{}", summary_line(d.role, s));
         }
-        let secs = s.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            format!(", {}/s", BinaryBytes((s.bytes as f64 / secs) as u64))
-        } else {
-            String::new()
-        };
-        let skipped = match s.skipped {
-            0 => String::new(),
-            n => format!("; {n} already there, skipped"),
-        };
-        eprintln!(
-            "{} {} {} ({}) in {:.1} s{rate}{skipped}",
-            d.role.past(),
-            s.files,
-            if s.files == 1 { "file" } else { "files" },
-            BinaryBytes(s.bytes),
-            secs,
-        );
     }
+}
+
+/// "sent 3 files (1.00 MiB) in 2.0 s, 512.00 KiB/s", timed from pairing: time spent
+/// waiting for the peer says nothing about the link.
+fn summary_line(role: Role, s: &Summary) -> String {
+    let time = match s.transfer_time {
+        t if t.is_zero() => s.elapsed,
+        t => t,
+    };
+    let secs = time.as_secs_f64();
+    let rate = if secs > 0.0 {
+        format!(", {}/s", BinaryBytes((s.bytes as f64 / secs) as u64))
+    } else {
+        String::new()
+    };
+    let skipped = match s.skipped {
+        0 => String::new(),
+        n => format!("; {n} already there, skipped"),
+    };
+    format!(
+        "{} {} {} ({}) in {:.1} s{rate}{skipped}",
+        role.past(),
+        s.files,
+        if s.files == 1 { "file" } else { "files" },
+        BinaryBytes(s.bytes),
+        secs,
+    )
 }
 
 fn lock(m: &Mutex<Display>) -> MutexGuard<'_, Display> {
@@ -201,6 +244,7 @@ fn lock(m: &Mutex<Display>) -> MutexGuard<'_, Display> {
 impl Display {
     fn on_event(&mut self, ev: SessionEvent) {
         if self.style == Style::Quiet {
+            self.paired |= matches!(ev.event, Event::Paired | Event::Manifest { .. });
             return;
         }
         let session = ev.session;
@@ -209,6 +253,7 @@ impl Display {
             Event::Manifest { files, bytes } => {
                 self.paired();
                 self.to_move += bytes;
+                self.files_total += files;
                 if self.verbose {
                     self.say(format!(
                         "{} {files} files ({}) on connection {session}",
@@ -241,7 +286,7 @@ impl Display {
                 if self.style == Style::Bars {
                     let pb = ProgressBar::new(size)
                         .with_style(file_style())
-                        .with_message(name)
+                        .with_message(shorten_middle(&name, NAME_WIDTH))
                         .with_position(append_from);
                     pb.reset_eta();
                     let pb = match &self.total {
@@ -264,15 +309,18 @@ impl Display {
             }
             Event::FileSkipped { path, size } => {
                 self.to_move = self.to_move.saturating_sub(size);
+                self.files_done += 1;
                 if self.verbose {
                     self.say(format!("{} is already there, skipped", escape(&path)));
                 }
                 self.update_total();
             }
             Event::FileDone { path, .. } => {
+                self.files_done += 1;
                 if let Some(pb) = self.files.remove(&session) {
                     pb.finish_and_clear();
                 }
+                self.update_total();
                 if self.verbose {
                     self.say(format!("done {}", escape(&path)));
                 }
@@ -292,11 +340,9 @@ impl Display {
         }
         match self.style {
             Style::Bars => {
-                let pb = self.multi.add(
-                    ProgressBar::new(0)
-                        .with_style(total_style())
-                        .with_prefix(self.role.verb()),
-                );
+                let pb = self
+                    .multi
+                    .add(ProgressBar::new(0).with_style(total_style()));
                 self.total = Some(pb);
             }
             Style::Lines => eprintln!("paired with the {}", self.role.peer()),
@@ -308,6 +354,7 @@ impl Display {
         if let Some(pb) = &self.total {
             pb.set_length(self.to_move.max(self.moved));
             pb.set_position(self.moved);
+            pb.set_message(file_count(self.files_done, self.files_total));
         }
     }
 
@@ -353,19 +400,41 @@ impl Display {
 }
 
 fn total_style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{prefix:>9} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-    )
-    // The template is a constant, checked by the tests below.
-    .expect("valid template")
-    .progress_chars("=> ")
+    ProgressStyle::with_template(TOTAL_TEMPLATE)
+        // The template is a constant, checked by the tests below.
+        .expect("valid template")
+        .progress_chars("=> ")
 }
 
 fn file_style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "  {wide_msg} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+    ProgressStyle::with_template(FILE_TEMPLATE).expect("valid template")
+}
+
+/// "  1,234 / 5,000 files" beside the total bytes, for a transfer of more than one file.
+fn file_count(done: usize, total: usize) -> String {
+    if total <= 1 {
+        return String::new();
+    }
+    format!(
+        "  {} / {} files",
+        HumanCount(done.min(total) as u64),
+        HumanCount(total as u64)
     )
-    .expect("valid template")
+}
+
+/// `name` in at most `max` characters: the start and the end with "…" between, since
+/// both the directory and the extension tell files apart.
+fn shorten_middle(name: &str, max: usize) -> String {
+    let len = name.chars().count();
+    if len <= max || max == 0 {
+        return name.to_owned();
+    }
+    let keep = max - 1;
+    let head = keep / 2;
+    let tail = keep - head;
+    let start: String = name.chars().take(head).collect();
+    let end: String = name.chars().skip(len - tail).collect();
+    format!("{start}…{end}")
 }
 
 #[cfg(test)]
@@ -447,5 +516,266 @@ mod tests {
         assert!(lock(&p.0).files.is_empty());
         p.finish();
         assert!(lock(&p.0).total.is_none());
+    }
+
+    #[test]
+    fn pairing_is_tracked_even_when_quiet() {
+        for style in [Style::Quiet, Style::Lines] {
+            let p = Progress::drawing_to(Role::Receive, style, false, ProgressDrawTarget::hidden());
+            assert!(!p.paired());
+            p.callback()(ev(0, Event::Manifest { files: 1, bytes: 1 }));
+            assert!(p.paired(), "{style:?}");
+        }
+    }
+
+    #[test]
+    fn summary_rate_leaves_out_the_wait_for_the_peer() {
+        let s = Summary {
+            files: 2,
+            bytes: 100 << 20,
+            skipped: 0,
+            elapsed: Duration::from_secs(100),
+            transfer_time: Duration::from_secs(10),
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary_line(Role::Send, &s),
+            "sent 2 files (100.00 MiB) in 10.0 s, 10.00 MiB/s"
+        );
+        let never_timed = Summary {
+            transfer_time: Duration::ZERO,
+            ..s
+        };
+        assert!(summary_line(Role::Receive, &never_timed).contains("in 100.0 s, 1.00 MiB/s"));
+    }
+
+    #[test]
+    fn long_names_are_shortened_in_the_middle() {
+        assert_eq!(shorten_middle("short.txt", 12), "short.txt");
+        assert_eq!(
+            shorten_middle("very-long-file-name.txt", 19),
+            "very-long…-name.txt"
+        );
+        let long = format!("dir/{}/end-of-it.tar.gz", "x".repeat(200));
+        let short = shorten_middle(&long, NAME_WIDTH);
+        assert_eq!(short.chars().count(), NAME_WIDTH);
+        assert!(short.starts_with("dir/xxx") && short.ends_with("end-of-it.tar.gz"));
+        assert_eq!(shorten_middle("ääääääää", 5), "ää…ää");
+    }
+
+    #[test]
+    fn file_count_shows_for_trees_only() {
+        assert_eq!(file_count(0, 1), "");
+        assert_eq!(file_count(1234, 5000), "  1,234 / 5,000 files");
+    }
+
+    /// An 80-column terminal that wraps long lines as a real one does and remembers what
+    /// is on screen.
+    #[derive(Debug, Clone)]
+    struct Screen(Arc<Mutex<ScreenState>>);
+
+    #[derive(Debug, Default)]
+    struct ScreenState {
+        rows: Vec<Vec<char>>,
+        row: usize,
+        col: usize,
+        widest_write: usize,
+    }
+
+    const COLUMNS: usize = 80;
+
+    impl ScreenState {
+        fn put(&mut self, s: &str) {
+            self.widest_write = self.widest_write.max(s.chars().count());
+            for c in s.chars() {
+                if c == '\r' {
+                    self.col = 0;
+                    continue;
+                }
+                if self.col == COLUMNS {
+                    self.row += 1;
+                    self.col = 0;
+                }
+                if self.rows.len() <= self.row {
+                    self.rows.resize(self.row + 1, Vec::new());
+                }
+                let line = &mut self.rows[self.row];
+                if line.len() <= self.col {
+                    line.resize(self.col + 1, ' ');
+                }
+                line[self.col] = c;
+                self.col += 1;
+            }
+        }
+    }
+
+    impl Screen {
+        fn new() -> Screen {
+            Screen(Arc::new(Mutex::new(ScreenState::default())))
+        }
+
+        fn state(&self) -> MutexGuard<'_, ScreenState> {
+            self.0.lock().unwrap()
+        }
+
+        fn visible(&self) -> Vec<String> {
+            self.state()
+                .rows
+                .iter()
+                .map(|r| r.iter().collect::<String>().trim_end().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect()
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            COLUMNS as u16
+        }
+        fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+            let mut st = self.state();
+            st.row = st.row.saturating_sub(n);
+            Ok(())
+        }
+        fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+            self.state().row += n;
+            Ok(())
+        }
+        fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+            let mut st = self.state();
+            st.col = (st.col + n).min(COLUMNS);
+            Ok(())
+        }
+        fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+            let mut st = self.state();
+            st.col = st.col.saturating_sub(n);
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            let mut st = self.state();
+            st.put(s);
+            st.row += 1;
+            st.col = 0;
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.state().put(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            let mut st = self.state();
+            let row = st.row;
+            if let Some(r) = st.rows.get_mut(row) {
+                r.clear();
+            }
+            st.col = 0;
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Let indicatif's rate limit pass, so that the next change is drawn.
+    fn drawn() {
+        std::thread::sleep(Duration::from_millis(30));
+    }
+
+    #[test]
+    fn bars_fit_in_80_columns_and_leave_nothing_behind_when_interrupted() {
+        let screen = Screen::new();
+        let p = Progress::drawing_to(
+            Role::Receive,
+            Style::Bars,
+            false,
+            ProgressDrawTarget::term_like_with_hz(Box::new(screen.clone()), 100),
+        );
+        let mut cb = p.callback();
+        drawn();
+        // The widest values each field can show: 1023.99 MiB of 1023.99 GiB, six-digit
+        // file counts, a name far longer than the bar.
+        cb(ev(
+            0,
+            Event::Manifest {
+                files: 999_999,
+                bytes: (1 << 40) - (1 << 30) / 100,
+            },
+        ));
+        drawn();
+        for i in 0..3 {
+            let path = format!("small-{i}");
+            cb(ev(
+                0,
+                Event::FileStarted {
+                    path: path.clone(),
+                    size: 10,
+                    append_from: 0,
+                    compression: p2p_copy_core::wire::Compression::None,
+                },
+            ));
+            drawn();
+            cb(ev(0, Event::FileDone { path, size: 10 }));
+            drawn();
+        }
+        let name = format!("{}/{}.bin", "d".repeat(60), "very-long-name-".repeat(8));
+        cb(ev(
+            0,
+            Event::FileStarted {
+                path: name,
+                size: (1 << 30) - (1 << 20) / 100,
+                append_from: 0,
+                compression: p2p_copy_core::wire::Compression::None,
+            },
+        ));
+        for _ in 0..3 {
+            drawn();
+            cb(ev(
+                0,
+                Event::Progress {
+                    delta: (1 << 30) / 4,
+                    file_bytes: (1 << 30) - (1 << 20) / 100,
+                },
+            ));
+        }
+        cb(ev(
+            0,
+            Event::FileSkipped {
+                path: "other".into(),
+                size: 1,
+            },
+        ));
+        drawn();
+        cb(ev(
+            0,
+            Event::Progress {
+                delta: 1,
+                file_bytes: (1 << 30) - (1 << 20) / 100,
+            },
+        ));
+        let shown = screen.visible();
+        assert_eq!(shown.len(), 2, "a file bar and the total: {shown:#?}");
+        assert!(
+            screen.state().widest_write <= COLUMNS,
+            "a line wraps: {shown:#?}"
+        );
+        let (file, total) = (&shown[0], &shown[1]);
+        assert!(
+            file.starts_with("  ddd")
+                && file.contains("…ry-long-name-.bin 1023.99 MiB/1023.99 MiB"),
+            "{file}"
+        );
+        assert!(
+            total.starts_with("[>") && total.contains("  4 / 999,999 files"),
+            "{total}"
+        );
+        assert!(total.contains("1023.99 GiB"), "{total}");
+        assert!(
+            total.split(']').next().unwrap().len() >= 8,
+            "the bar keeps some width: {total}"
+        );
+
+        // Ctrl-C: the caller clears the display before it prints its message.
+        p.finish();
+        assert_eq!(screen.visible(), Vec::<String>::new(), "stale bars");
     }
 }

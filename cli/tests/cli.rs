@@ -338,3 +338,264 @@ fn ctrl_c_on_the_receiver_exits_130_and_keeps_the_partial_file() {
     );
     resume_big_transfer(&url, "cli-int", &s);
 }
+
+#[test]
+fn usage_mistakes_exit_1_before_connecting() {
+    // A listener nobody accepts on: a client that connected would leave a queued
+    // connection behind.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let ws = format!("ws://{}", listener.local_addr().unwrap());
+    let http = ws.replacen("ws://", "http://", 1);
+    let https = ws.replacen("ws://", "https://", 1);
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let a_file = s.src.join("f");
+    let missing = s.dir.path().join("no-such-ca.pem");
+    let under_a_file = a_file.join("sub");
+    let (src, out) = (arg(&s.src), arg(&s.out));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["send", &http, "code", src], "use ws:// or wss://"),
+        (
+            vec!["receive", &https, "code", "--out", out],
+            "use ws:// or wss://",
+        ),
+        (
+            vec!["send", &ws, "code", src, "--ca-file", arg(&missing)],
+            "--ca-file",
+        ),
+        (
+            vec!["receive", &ws, "code", "--out", out, "--ca-file", src],
+            "not a file",
+        ),
+        (
+            vec!["receive", &ws, "code", "--timeout", "0"],
+            "at least 1 second",
+        ),
+        (
+            vec!["send", &ws, "code", src, "--idle-timeout", "0"],
+            "at least 1 second",
+        ),
+        (vec!["send", &ws, "", src], "code is empty"),
+        (vec!["receive", &ws, "", "--out", out], "code is empty"),
+        (
+            vec!["receive", &ws, "code", "--out", arg(&a_file)],
+            "not a directory",
+        ),
+        (
+            vec!["receive", &ws, "code", "--out", arg(&under_a_file)],
+            "cannot create it",
+        ),
+    ];
+    for (args, says) in cases {
+        let r = run(&args);
+        assert_eq!(r.code(), 1, "{args:?}: {r:?}");
+        assert!(
+            r.stderr
+                .lines()
+                .any(|l| l.starts_with("error: ") && l.contains(says)),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            listener.accept().is_err(),
+            "{args:?} connected before refusing"
+        );
+    }
+}
+
+#[test]
+fn receive_creates_a_missing_out_and_leaves_no_probe_file() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    let out = s.dir.path().join("new").join("deeper");
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let receiver = spawn(&["receive", &url, "cli-out", "--out", arg(&out)]);
+    let sender = run(&["send", &url, "cli-out", arg(&s.src.join("f"))]);
+    let receiver = receiver.wait(LIMIT);
+    assert_eq!((sender.code(), receiver.code()), (0, 0), "{receiver:?}");
+    let names: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["f"], "only the received file is left in --out");
+}
+
+#[test]
+fn ctrl_c_before_pairing_does_not_talk_about_partial_files() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    let receiver = spawn(&["receive", &url, "cli-alone-r", "--out", arg(&s.out)]);
+    let sender = spawn(&["send", &url, "cli-alone-s", arg(&s.src)]);
+    // Long enough for both to reach the relay and wait there for a peer.
+    std::thread::sleep(Duration::from_millis(1500));
+    receiver.signal("INT");
+    sender.signal("INT");
+    for (r, waiting_for) in [
+        (receiver.wait(LIMIT), "waiting for the sender"),
+        (sender.wait(LIMIT), "waiting for the receiver"),
+    ] {
+        assert_eq!(r.code(), 130, "{r:?}");
+        let last = r.stderr.lines().last().unwrap_or_default();
+        assert!(last.contains(waiting_for), "{}", r.stderr);
+        assert!(
+            !r.stderr.contains("partial") && !r.stderr.contains("--resume"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+/// The "in N s" of a summary line.
+fn summary_secs(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("sent ") || l.starts_with("received "))
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let (_, after) = line.split_once(") in ").expect("summary has a time");
+    let secs = after.split(' ').next().unwrap_or_default();
+    secs.parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn summary_time_and_rate_leave_out_the_wait_for_the_peer() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 2 * MIB, 3)]);
+    let receiver = spawn(&["receive", &url, "cli-rate", "--out", arg(&s.out)]);
+    std::thread::sleep(Duration::from_secs(3));
+    let sender = run(&["send", &url, "cli-rate", arg(&s.src)]);
+    let receiver = receiver.wait(LIMIT);
+    assert_eq!((sender.code(), receiver.code()), (0, 0), "{receiver:?}");
+    let secs = summary_secs(&receiver.stderr);
+    assert!(
+        secs < 2.5,
+        "the receiver waited 3 s for the sender; its summary counts {secs} s: {}",
+        receiver.stderr
+    );
+}
+
+#[test]
+fn a_relay_stopped_with_sigterm_tells_its_clients_why() {
+    let (relay, url) = plain_relay();
+    let s = Scene::new();
+    let receiver = spawn(&["receive", &url, "cli-going-away", "--out", arg(&s.out)]);
+    // Long enough for the receiver to reach the relay and wait there.
+    std::thread::sleep(Duration::from_millis(1500));
+    relay.signal("TERM");
+    let stopped = relay.wait(Duration::from_secs(10));
+    assert_eq!(stopped.code(), 0, "{stopped:?}");
+    let r = receiver.wait(Duration::from_secs(10));
+    assert_eq!(r.code(), 7, "the connection to the relay is lost: {r:?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("relay shutting down"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_parallel_code_over_the_relays_per_address_limit_fails_fast_on_both_sides() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls", "--max-per-address", "12"]);
+    let s = Scene::new();
+    write_tree(&s.src, &standard_tree());
+    // Both sides on one address: 2 × 8 connections, 12 allowed. Either may start first.
+    for (i, receiver_first) in [true, false].into_iter().enumerate() {
+        let code = format!("n=8=ncli-limit-{i}");
+        let recv_args = [
+            "receive",
+            &url,
+            &code,
+            "--out",
+            arg(&s.out),
+            "--timeout",
+            "60",
+        ];
+        let send_args = ["send", &url, &code, arg(&s.src), "--timeout", "60"];
+        let (first, second): (&[&str], &[&str]) = match receiver_first {
+            true => (&recv_args, &send_args),
+            false => (&send_args, &recv_args),
+        };
+        let started = std::time::Instant::now();
+        let first = spawn(first);
+        std::thread::sleep(Duration::from_millis(1000));
+        let second = run(second);
+        let first = first.wait(LIMIT);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a side waited for its timeout"
+        );
+        for r in [&first, &second] {
+            assert_eq!(r.code(), 2, "{r:?}");
+            let last = r.stderr.lines().last().unwrap_or_default();
+            assert!(
+                last.contains("(the relay allows 12 per address)") && last.contains("smaller N"),
+                "{}",
+                r.stderr
+            );
+            assert!(!last.contains("someone else"), "{last}");
+        }
+    }
+}
+
+#[test]
+fn a_plain_http_request_gets_426_upgrade_required() {
+    use std::io::{Read, Write};
+    let (_relay, url) = plain_relay();
+    let addr = url.trim_start_matches("ws://");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\nUser-Agent: curl/8\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{reply:?}"
+    );
+    assert!(reply.contains("\r\nUpgrade: websocket\r\n"), "{reply:?}");
+    assert!(
+        reply.ends_with("with ws:// or wss:// and this address.\n"),
+        "{reply:?}"
+    );
+    // The relay still serves WebSocket clients.
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 10, 1)]);
+    transfer(&url, "cli-after-http", &s, &[], &[]);
+}
+
+#[test]
+fn the_relay_logs_refused_connections_rate_limited() {
+    let (relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls", "--max-per-address", "1"]);
+    let addr = url.trim_start_matches("ws://");
+    let held = std::net::TcpStream::connect(addr).unwrap();
+    let flood: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // The refused connections are dropped after the close grace (1 s); the count of the
+    // lines held back is logged then.
+    std::thread::sleep(Duration::from_millis(2000));
+    relay.signal("TERM");
+    let out = relay.wait(Duration::from_secs(10));
+    drop((held, flood));
+    let refusals = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("closed: too many connections from this address"))
+        .count();
+    assert!(
+        (1..=5).contains(&refusals),
+        "{refusals} refusal lines: {}",
+        out.stderr
+    );
+    let held_back = 40 - refusals;
+    assert!(
+        out.stderr.contains(&format!(
+            "{held_back} more refused or timed-out connections not logged"
+        )),
+        "{}",
+        out.stderr
+    );
+}

@@ -141,12 +141,17 @@ impl Error {
 pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error {
     let shown = crate::path::escape(reason);
     match code {
+        // 1013 also refuses connections over the relay's limits: only a duplicate role
+        // means someone else uses the code.
+        Some(1013) if reason.is_empty() || reason.eq_ignore_ascii_case("duplicate role for code") => {
+            Error::Peer {
+                file: None,
+                reason: "the relay closed the connection: duplicate role for code (someone else is using this code in the same role)".into(),
+            }
+        }
         Some(1013) => Error::Peer {
             file: None,
-            reason: format!(
-                "the relay closed the connection: {} (someone else is using this code in the same role)",
-                crate::path::escape(if reason.is_empty() { "duplicate role for code" } else { reason })
-            ),
+            reason: format!("the relay closed the connection: {}", crate::path::escape(reason)),
         },
         Some(1002) => Error::Peer {
             file: None,
@@ -158,9 +163,10 @@ pub(crate) fn closed_error(code: Option<u16>, reason: &str, when: &str) -> Error
             "the other side went away {when} (the relay closed the pair{})",
             if reason.is_empty() { String::new() } else { format!(": {shown}") }
         )),
+        // The relay is stopping (SIGTERM): the connection is lost, whoever was paired.
         Some(1001) => Error::ConnectionLost(format!(
-            "the relay is going away{}, {when}",
-            if reason.is_empty() { String::new() } else { format!(" ({shown})") }
+            "the relay closed the connection {when}: {}",
+            crate::path::escape(if reason.is_empty() { "going away" } else { reason })
         )),
         // Without a close frame the relay's own connection broke.
         None if reason.is_empty() => Error::ConnectionLost(format!(

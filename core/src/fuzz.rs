@@ -2364,6 +2364,9 @@ mod relay_body {
         ever_paired: HashSet<ConnId>,
         /// Connections refused at connect: dropped after the close grace unless they leave.
         refused: BTreeMap<ConnId, Instant>,
+        /// Those refused for the per-address limit that have not spoken yet: a hello
+        /// from one closes the peer waiting under its code.
+        over_limit: HashSet<ConnId>,
         outcome: RelayRun,
     }
 
@@ -2393,6 +2396,7 @@ mod relay_body {
             next_id: 1,
             ever_paired: HashSet::new(),
             refused: BTreeMap::new(),
+            over_limit: HashSet::new(),
             outcome: RelayRun::default(),
         };
         let mut s = Script::new(data);
@@ -2571,6 +2575,9 @@ mod relay_body {
                 assert_eq!(out, [Out::Close(conn, CLOSE_TRY_AGAIN)]);
                 self.refused
                     .insert(conn, self.now + self.config.close_grace);
+                if self.conns.len() < self.config.max_connections {
+                    self.over_limit.insert(conn);
+                }
                 self.outcome.refused += 1;
             }
         }
@@ -2582,7 +2589,31 @@ mod relay_body {
             let now = self.now;
             let grace = self.config.close_grace;
             let Some(c) = self.conns.get_mut(&conn) else {
-                assert_eq!(out, [], "a message on an unknown connection does nothing");
+                let peer = match (self.over_limit.remove(&conn), &hello) {
+                    (true, Some((hash, role))) => self
+                        .conns
+                        .iter()
+                        .find(|(_, w)| {
+                            w.waiting()
+                                && w.hello
+                                    .as_ref()
+                                    .is_some_and(|h| h.0 == *hash && h.1 != *role)
+                        })
+                        .map(|(id, _)| *id),
+                    _ => None,
+                };
+                let Some(peer) = peer else {
+                    assert_eq!(out, [], "a message on an unknown connection does nothing");
+                    return;
+                };
+                assert_eq!(
+                    out,
+                    [Out::Close(peer, CLOSE_TRY_AGAIN)],
+                    "an over-limit hello closes the peer waiting for it"
+                );
+                if let Some(w) = self.conns.get_mut(&peer) {
+                    w.closing_until = Some(now + grace);
+                }
                 return;
             };
             if c.partner.is_some() || c.closing_until.is_some() {
@@ -2666,6 +2697,7 @@ mod relay_body {
             self.relay.handle_disconnect(self.now, conn);
             let out = self.outputs();
             if self.refused.remove(&conn).is_some() {
+                self.over_limit.remove(&conn);
                 assert_eq!(out, [], "a refused connection leaving changes nothing else");
                 return;
             }
@@ -2714,6 +2746,7 @@ mod relay_body {
             for o in self.outputs() {
                 match o {
                     Out::Abort(conn) if self.refused.contains_key(&conn) => {
+                        self.over_limit.remove(&conn);
                         let t = self.refused.remove(&conn).unwrap_or(now);
                         assert!(
                             t <= now,

@@ -611,14 +611,11 @@ impl Receiver {
         if matches!(self.phase, Phase::Done | Phase::Closing(_)) {
             return Ok(());
         }
-        if matches!(self.phase, Phase::AwaitManifest) {
-            return Err(crate::error::closed_error(
-                code,
-                reason,
-                "while waiting for the sender",
-            ));
-        }
         let when = match self.current.as_ref() {
+            // Nothing was written yet, so there is nothing to resume.
+            None if matches!(self.phase, Phase::AwaitManifest) => {
+                "while waiting for the sender".to_owned()
+            }
             Some(c) => format!(
                 "in the middle of {} (the sender stopped or the relay dropped the pair; run again with --resume to continue)",
                 self.entries[c.file].path

@@ -6,7 +6,8 @@
 //! connections unchanged, in both directions, with bounded buffers (a slow reader slows
 //! its sender), and reports the end of either with [`Relay::handle_disconnect`].
 
-use std::collections::{HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,10 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code when a deadline passed.
 pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for every connection of a relay that is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close reason for every connection of a relay that is shutting down.
+pub const SHUTTING_DOWN: &str = "relay shutting down";
 
 /// What the runtime must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +88,7 @@ pub enum RelayOutput {
         /// WebSocket close code.
         code: u16,
         /// Close reason.
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
     /// Drop a connection at once, without waiting for anything more.
     Abort {
@@ -101,7 +106,7 @@ pub enum RelayEvent {
         /// The connection.
         conn: ConnId,
         /// Why.
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
     /// A pair formed.
     Paired {
@@ -159,6 +164,11 @@ pub struct Relay {
     /// Connections refused at connect time (not counted against the limits), dropped
     /// after the close grace if they ignore the close.
     refused: HashMap<ConnId, Instant>,
+    /// Those of `refused` that were over the per-address limit and have not said hello.
+    /// The hello of such a connection closes the peer waiting for it, if any: with a
+    /// parallel code the peer would otherwise wait out its timeout for a session that
+    /// can never pair.
+    over_limit: HashSet<ConnId>,
     out: VecDeque<RelayOutput>,
     events: VecDeque<RelayEvent>,
 }
@@ -172,6 +182,7 @@ impl Relay {
             per_addr: HashMap::new(),
             waiting: HashMap::new(),
             refused: HashMap::new(),
+            over_limit: HashSet::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -219,11 +230,12 @@ impl Relay {
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, addr: IpAddr) -> bool {
         let from_addr = self.per_addr.get(&addr).copied().unwrap_or(0);
         let refusal = if self.conns.contains_key(&conn) || self.refused.contains_key(&conn) {
-            Some("connection id reused")
+            Some(Cow::Borrowed("connection id reused"))
         } else if self.conns.len() >= self.config.max_connections {
-            Some("relay is at its connection limit")
+            Some(Cow::Borrowed("relay is at its connection limit"))
         } else if from_addr >= self.config.max_per_address {
-            Some("too many connections from this address")
+            self.over_limit.insert(conn);
+            Some(per_address_refusal(self.config.max_per_address).into())
         } else {
             None
         };
@@ -231,7 +243,7 @@ impl Relay {
             self.out.push_back(RelayOutput::Close {
                 conn,
                 code: CLOSE_TRY_AGAIN,
-                reason,
+                reason: reason.clone(),
             });
             self.events.push_back(RelayEvent::Refused { conn, reason });
             self.refused
@@ -257,6 +269,9 @@ impl Relay {
     /// here are ignored.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: WireMessage) {
         let Some(c) = self.conns.get(&conn) else {
+            if self.over_limit.remove(&conn) {
+                self.over_limit_hello(now, &msg);
+            }
             return;
         };
         match c.state {
@@ -324,9 +339,32 @@ impl Relay {
         }
     }
 
+    /// The hello of a connection refused for the per-address limit: its peer, if already
+    /// waiting under the same code, can never pair on it and is closed with the limit.
+    fn over_limit_hello(&mut self, now: Instant, msg: &WireMessage) {
+        let WireMessage::Text(t) = msg else { return };
+        let Ok((hash, role)) = parse_hello(t) else {
+            return;
+        };
+        match self.waiting.get(&hash) {
+            Some(&(peer, peer_role)) if peer_role != role => {
+                let reason = per_address_peer_refusal(self.config.max_per_address);
+                self.refuse(now, peer, CLOSE_TRY_AGAIN, reason);
+            }
+            _ => {}
+        }
+    }
+
     /// Close a connection that has not paired; it stays tracked until it disconnects or
     /// the grace period ends.
-    fn refuse(&mut self, now: Instant, conn: ConnId, code: u16, reason: &'static str) {
+    fn refuse(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        code: u16,
+        reason: impl Into<Cow<'static, str>>,
+    ) {
+        let reason = reason.into();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -338,8 +376,11 @@ impl Relay {
         c.state = ConnState::Closing {
             deadline: now + self.config.close_grace,
         };
-        self.out
-            .push_back(RelayOutput::Close { conn, code, reason });
+        self.out.push_back(RelayOutput::Close {
+            conn,
+            code,
+            reason: reason.clone(),
+        });
         self.events.push_back(RelayEvent::Refused { conn, reason });
     }
 
@@ -347,6 +388,7 @@ impl Relay {
     /// is closed after what is already queued for it, and dropped after the grace period.
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
         if self.refused.remove(&conn).is_some() {
+            self.over_limit.remove(&conn);
             return;
         }
         let Some(c) = self.conns.remove(&conn) else {
@@ -385,7 +427,7 @@ impl Relay {
                     self.out.push_back(RelayOutput::Close {
                         conn: partner,
                         code: CLOSE_NORMAL,
-                        reason: "peer closed",
+                        reason: "peer closed".into(),
                     });
                 }
             }
@@ -417,6 +459,7 @@ impl Relay {
         gone.sort();
         for conn in gone {
             self.refused.remove(&conn);
+            self.over_limit.remove(&conn);
             self.out.push_back(RelayOutput::Abort { conn });
         }
         let mut due: Vec<(ConnId, bool)> = self
@@ -446,6 +489,37 @@ impl Relay {
             self.refuse(now, conn, CLOSE_POLICY, reason);
         }
     }
+}
+
+/// The close reason for a connection over the per-address limit. It names the limit, so
+/// that a client of a parallel code `n=<N>=n…` can tell its user how many connections
+/// fit; [`per_address_limit`] reads it back.
+pub fn per_address_refusal(limit: usize) -> String {
+    format!(
+        "too many connections from this address{}",
+        limit_note(limit)
+    )
+}
+
+/// The close reason for a client whose peer's connection for the same code was refused
+/// for the per-address limit.
+pub fn per_address_peer_refusal(limit: usize) -> String {
+    format!(
+        "the peer's connection for this code was refused: too many connections from its address{}",
+        limit_note(limit)
+    )
+}
+
+fn limit_note(limit: usize) -> String {
+    format!(" (the relay allows {limit} per address)")
+}
+
+/// The limit named by a close reason from [`per_address_refusal`] or
+/// [`per_address_peer_refusal`], found anywhere in `text`.
+pub fn per_address_limit(text: &str) -> Option<usize> {
+    let (_, rest) = text.split_once(" (the relay allows ")?;
+    let (n, _) = rest.split_once(" per address)")?;
+    n.parse().ok()
 }
 
 /// Validate a hello exactly as the reference does.

@@ -969,7 +969,7 @@ impl Sim {
                 RelayOutput::Paired { .. } => self.forwarding = true,
                 RelayOutput::Close { conn, code, reason } => {
                     if let Some(c) = self.conn_mut(conn) {
-                        c.close = Some((Some(code), reason.to_owned()));
+                        c.close = Some((Some(code), reason.into_owned()));
                     }
                 }
                 RelayOutput::Abort { conn } => {

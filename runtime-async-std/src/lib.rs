@@ -224,6 +224,15 @@ impl RelayServer {
     pub async fn run(self) -> io::Result<()> {
         self.0.run().await
     }
+
+    /// Serve until `stop` completes, then close every connection with close code 1001
+    /// ("relay shutting down") and give the clients a moment to answer.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> io::Result<()> {
+        self.0.run_until(stop).await
+    }
 }
 
 /// Bind and serve until Ctrl-C or SIGTERM, then stop accepting and return.

@@ -1,14 +1,17 @@
 //! `send` and `receive`: list or prepare files, derive the secrets, and run one session
 //! per connection of the code, all at once.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
+use futures_util::future::{select, Either};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
 use p2p_copy_core::parallel::{session_codes, split_by_size};
 use p2p_copy_core::receiver::{Receiver, ReceiverConfig};
+use p2p_copy_core::relay::per_address_limit;
 use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
 use p2p_copy_core::Secrets;
 
@@ -66,6 +69,7 @@ pub async fn send<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
     let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let n = codes.len();
     let list_opts = ListOptions {
         skip_errors: opts.skip_errors,
         follow_symlinks: opts.follow_symlinks,
@@ -91,7 +95,9 @@ pub async fn send<R: Rt>(
             let picked: Vec<Source> = group.into_iter().map(|k| sources[k].clone()).collect();
             send_session(rt.clone(), &cfg, i, secrets, picked, opts, events.clone())
         });
-    let done = try_join_all(sessions).await?;
+    let done = join_sessions(&rt, sessions)
+        .await
+        .map_err(|e| explain_limit(e, n))?;
     let mut sum = total(&done, start);
     sum.excluded = listing.excluded;
     let mut not_delivered = listing.failed;
@@ -156,6 +162,7 @@ pub async fn receive<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
     let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let n = codes.len();
     let dir = out_dir.clone();
     rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
     let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
@@ -170,8 +177,70 @@ pub async fn receive<R: Rt>(
             events.clone(),
         )
     });
-    let done = try_join_all(sessions).await?;
+    let done = join_sessions(&rt, sessions)
+        .await
+        .map_err(|e| explain_limit(e, n))?;
     Ok(total(&done, start))
+}
+
+/// How long the other sessions of a parallel code get, once one failed, to end too.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Run the sessions together; the first failure ends them all, after [`SETTLE`] for the
+/// others to fail too. When they fail together (a refusal ends one session, its peer
+/// leaving ends the others), the relay's refusal for its per-address limit is the error
+/// reported, whichever arrived first.
+async fn join_sessions<R: Rt>(
+    rt: &R,
+    sessions: impl IntoIterator<Item = impl Future<Output = Result<Summary, TransferError>>>,
+) -> Result<Vec<Summary>, TransferError> {
+    let mut pending: FuturesUnordered<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| async move { (i, f.await) })
+        .collect();
+    let mut done = vec![Summary::default(); pending.len()];
+    let mut errors = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = match deadline {
+            None => pending.next().await,
+            Some(d) => match select(pending.next(), Box::pin(rt.sleep_until(d))).await {
+                Either::Left((next, _)) => next,
+                Either::Right(_) => break,
+            },
+        };
+        match next {
+            None => break,
+            Some((i, Ok(summary))) => done[i] = summary,
+            Some((_, Err(e))) => {
+                errors.push(e);
+                deadline.get_or_insert_with(|| Instant::now() + SETTLE);
+            }
+        }
+    }
+    if errors.is_empty() {
+        return Ok(done);
+    }
+    let refusal = errors
+        .iter()
+        .position(|e| matches!(e, TransferError::Connect(m) if per_address_limit(m).is_some()));
+    Err(errors.swap_remove(refusal.unwrap_or(0)))
+}
+
+/// A refusal for the relay's per-address limit, with what it means for a parallel code
+/// of `n` connections.
+fn explain_limit(e: TransferError, n: usize) -> TransferError {
+    match e {
+        TransferError::Connect(msg) if n > 1 && per_address_limit(&msg).is_some() => {
+            TransferError::Connect(format!(
+                "{msg}; this code opens {n} connections on each side ({} when both sides \
+                 share an address): use a code n=<N>=n… with a smaller N",
+                2 * n
+            ))
+        }
+        other => other,
+    }
 }
 
 async fn receive_session<R: Rt>(

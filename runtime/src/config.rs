@@ -83,7 +83,7 @@ pub struct Summary {
     pub bytes: u64,
     /// Files skipped because the receiver already had them.
     pub skipped: usize,
-    /// Wall time of the whole transfer.
+    /// Wall time of the whole transfer, waiting for the peer included.
     pub elapsed: Duration,
     /// Files not delivered, and why: skipped by the sender (see
     /// [`SendOptions::skip_errors`]), left out of the list (symlinks, special files), or
@@ -97,6 +97,9 @@ pub struct Summary {
     /// Sender: sessions whose receiver cannot confirm (p2p-copy 0.1.x): the files were
     /// sent in full, but nothing says they were stored.
     pub unconfirmed: usize,
+    /// Time from the first sign of the peer (`Paired` or `Manifest`) to the end: what a
+    /// rate should be computed over. The longest over parallel sessions.
+    pub transfer_time: Duration,
 }
 
 impl Summary {
@@ -126,6 +129,7 @@ impl Summary {
             .extend(other.not_delivered.iter().cloned());
         self.confirmed += other.confirmed;
         self.unconfirmed += other.unconfirmed;
+        self.transfer_time = self.transfer_time.max(other.transfer_time);
     }
 }
 

@@ -49,6 +49,8 @@ pub(crate) struct Driver<R: Rt, M: Machine> {
     idle_timeout: Duration,
     /// Whether the peer was seen (sender: `ready`; receiver: the manifest).
     paired: bool,
+    /// When the peer was first seen, for [`Summary::transfer_time`].
+    paired_at: Option<Instant>,
     session: usize,
     events: EventSink,
     summary: Summary,
@@ -79,6 +81,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
             write_failed: None,
             idle_timeout,
             paired: false,
+            paired_at: None,
             session,
             events,
             summary: Summary::default(),
@@ -99,6 +102,8 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                     reason: "".into(),
                 };
                 self.close(frame, true).await;
+                self.summary.transfer_time =
+                    self.paired_at.map(|t| t.elapsed()).unwrap_or_default();
                 Ok(self.summary)
             }
             Err(e) => {
@@ -185,7 +190,13 @@ impl<R: Rt, M: Machine> Driver<R, M> {
     fn classify(&self, e: Error) -> TransferError {
         if !self.paired && matches!(e, Error::Peer { .. }) {
             match &self.close_frame {
-                Some((CLOSE_TRY_AGAIN | CLOSE_PROTOCOL, _)) => return TransferError::Connect(e.to_string()),
+                // Refused before any peer came: a relay problem.
+                Some((CLOSE_TRY_AGAIN | CLOSE_PROTOCOL, _)) => {
+                    return TransferError::Connect(match e {
+                        Error::Peer { reason, .. } => reason,
+                        other => other.to_string(),
+                    })
+                }
                 Some((CLOSE_POLICY, reason)) => {
                     return TransferError::Session(Error::Timeout(format!(
                         "the relay stopped waiting ({}): check that both sides use the same code, the same --encrypt setting and the same relay",
@@ -234,6 +245,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         self.summary.count(&event);
         if matches!(event, Event::Paired | Event::Manifest { .. }) {
             self.paired = true;
+            self.paired_at.get_or_insert_with(Instant::now);
         }
         let mut sink = self.events.lock().unwrap_or_else(|p| p.into_inner());
         (sink)(SessionEvent {

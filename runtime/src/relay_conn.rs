@@ -1,16 +1,20 @@
 //! One relay connection's task: handshake, `hello` to the hub, then forwarding to the
 //! partner with a bounded queue, and the close the hub asks for.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::Message;
+use futures_io::{AsyncRead, AsyncWrite};
 use futures_rustls::TlsAcceptor;
 use futures_util::future::{select, Either};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{AsyncReadExt, AsyncWriteExt, SinkExt, StreamExt};
 use p2p_copy_core::relay::ConnId;
 
 use crate::relay_hub::{lock, Command, SharedHub};
@@ -67,9 +71,112 @@ async fn handshake(tcp: Box<dyn Conn>, tls: Option<TlsAcceptor>) -> Result<Ws, S
         ),
         None => tcp,
     };
+    let stream = answer_plain_http(stream).await?;
     async_tungstenite::accept_async_with_config(stream, Some(relay_ws_config()))
         .await
         .map_err(|e| format!("WebSocket handshake failed: {e}"))
+}
+
+/// Most bytes of a request head the relay reads before handing the connection to the
+/// WebSocket handshake; an upgrade request is a few hundred.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+const UPGRADE_BODY: &str =
+    "This is a p2p-copy relay: use p2p-copy send or receive with ws:// or wss:// and this address.\n";
+
+/// Read the request head. A plain HTTP request (a browser, a health check, curl) gets
+/// `426 Upgrade Required` and an explanation instead of an empty reply; anything else
+/// goes on to the WebSocket handshake with the bytes read replayed in front.
+async fn answer_plain_http(mut stream: Box<dyn Conn>) -> Result<Box<dyn Conn>, String> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("reading the request failed: {e}")),
+        }
+    }
+    let complete = head.windows(4).any(|w| w == b"\r\n\r\n");
+    if complete && !asks_for_websocket(&head) {
+        let reply = format!(
+            "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: close\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{UPGRADE_BODY}",
+            UPGRADE_BODY.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.close().await;
+        return Err("a plain HTTP request, answered with 426 Upgrade Required".into());
+    }
+    Ok(Box::new(Replay {
+        head,
+        pos: 0,
+        inner: stream,
+    }))
+}
+
+/// Whether a request head has an `Upgrade` header that names websocket.
+fn asks_for_websocket(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).split("\r\n").any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("upgrade")
+                && value.to_ascii_lowercase().contains("websocket")
+        })
+    })
+}
+
+/// A stream that first gives back bytes already read from it.
+struct Replay {
+    head: Vec<u8>,
+    pos: usize,
+    inner: Box<dyn Conn>,
+}
+
+impl AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.pos < this.head.len() {
+            let n = buf.len().min(this.head.len() - this.pos);
+            buf[..n].copy_from_slice(&this.head[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.head.len() {
+                this.head = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replay {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
 }
 
 impl<R: Rt> ConnTask<R> {
@@ -95,11 +202,11 @@ impl<R: Rt> ConnTask<R> {
         let ws = match select(opening, Box::pin(rt.sleep_until(deadline))).await {
             Either::Left((Ok(ws), _)) => ws,
             Either::Left((Err(e), _)) => {
-                log::debug!("connection {}: {e}", id.0);
+                lock(&hub).log_refusal(id, &e);
                 return;
             }
             Either::Right(_) => {
-                log::debug!("connection {}: handshake timed out", id.0);
+                lock(&hub).log_refusal(id, "TLS or WebSocket handshake timed out");
                 return;
             }
         };
@@ -188,7 +295,7 @@ async fn write<R: Rt>(
                     }
                     let frame = CloseFrame {
                         code: CloseCode::from(code),
-                        reason: reason.into(),
+                        reason: reason.into_owned().into(),
                     };
                     if tx.send(Message::Close(Some(frame))).await.is_ok() {
                         // The reader ends the task when the client answers.

@@ -2,10 +2,12 @@
 //! channels its task listens on. Every input goes through [`Hub::input`], which drains
 //! the machine's outputs into those channels.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
 use futures_util::future::AbortHandle;
@@ -19,7 +21,7 @@ pub(crate) enum Command {
     /// Send a message from the relay itself (`ready`).
     Send(Message),
     /// Deliver what is queued, then a close frame.
-    Close(u16, &'static str),
+    Close(u16, Cow<'static, str>),
 }
 
 /// A connection's handles, as the hub keeps them.
@@ -33,6 +35,8 @@ pub(crate) struct Entry {
     /// Stops the task at once.
     pub abort: AbortHandle,
     partner: Option<ConnId>,
+    /// The client's address, for the log.
+    addr: Option<IpAddr>,
 }
 
 impl Entry {
@@ -48,6 +52,7 @@ impl Entry {
             forwarded,
             abort,
             partner: None,
+            addr: None,
         }
     }
 }
@@ -58,6 +63,9 @@ pub(crate) struct Hub {
     conns: HashMap<ConnId, Entry>,
     /// Wakes the timer task so it re-reads the earliest deadline.
     timer_wake: async_channel::Sender<()>,
+    /// Lines about refused and timed-out connections, rate-limited: a flood must not
+    /// flood the log too.
+    refusals: RefusalLog,
 }
 
 /// The hub, shared by the accept loop, the timer and every connection task. The lock is
@@ -75,17 +83,14 @@ impl Hub {
             relay: Relay::new(config),
             conns: HashMap::new(),
             timer_wake,
+            refusals: RefusalLog::default(),
         }
     }
 
     /// A new connection: track it, then let the machine accept or refuse it.
-    pub(crate) fn connect(
-        &mut self,
-        now: Instant,
-        id: ConnId,
-        entry: Entry,
-        addr: std::net::IpAddr,
-    ) {
+    pub(crate) fn connect(&mut self, now: Instant, id: ConnId, entry: Entry, addr: IpAddr) {
+        let mut entry = entry;
+        entry.addr = Some(addr);
         self.conns.insert(id, entry);
         self.relay.handle_connect(now, id, addr);
         self.after_input();
@@ -138,19 +143,35 @@ impl Hub {
         while let Some(event) = self.relay.poll_event() {
             self.log(event);
         }
+        self.refusals.catch_up(Instant::now());
         let _ = self.timer_wake.try_send(());
     }
 
-    fn log(&self, event: RelayEvent) {
+    /// Log, at info level and rate-limited, why a connection was refused, timed out or
+    /// failed its handshake.
+    pub(crate) fn log_refusal(&mut self, conn: ConnId, reason: &str) {
+        if !self.refusals.admit(Instant::now()) {
+            return;
+        }
+        match self.conns.get(&conn).and_then(|e| e.addr) {
+            Some(addr) => log::info!("connection {} from {addr}: closed: {reason}", conn.0),
+            None => log::info!("connection {}: closed: {reason}", conn.0),
+        }
+    }
+
+    /// Log how many refusals the rate limit held back, if any.
+    pub(crate) fn flush_refusals(&mut self) {
+        self.refusals.report();
+    }
+
+    fn log(&mut self, event: RelayEvent) {
         let bytes = |id: ConnId| {
             self.conns
                 .get(&id)
                 .map_or(0, |e| e.forwarded.load(Ordering::Relaxed))
         };
         match event {
-            RelayEvent::Refused { conn, reason } => {
-                log::debug!("connection {}: closed: {reason}", conn.0);
-            }
+            RelayEvent::Refused { conn, reason } => self.log_refusal(conn, &reason),
             RelayEvent::Paired { sender, receiver } => {
                 log::debug!(
                     "connections {} (sender) and {} (receiver) paired",
@@ -176,10 +197,96 @@ impl Hub {
         }
     }
 
+    /// Ask every connection to close with this code and reason; returns how many there
+    /// are.
+    pub(crate) fn close_all(&mut self, code: u16, reason: &'static str) -> usize {
+        for e in self.conns.values() {
+            let _ = e.commands.try_send(Command::Close(code, reason.into()));
+        }
+        self.conns.len()
+    }
+
+    /// Whether every connection has ended.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
     /// Stop every connection task (the server is going away).
     pub(crate) fn abort_all(&mut self) {
         for e in self.conns.values() {
             e.abort.abort();
         }
+    }
+}
+
+/// Lines about refused connections allowed per [`REFUSAL_WINDOW`].
+const REFUSAL_LINES: u32 = 5;
+/// The window of [`REFUSAL_LINES`].
+const REFUSAL_WINDOW: Duration = Duration::from_secs(1);
+
+/// A rate limit for refusal lines: at most [`REFUSAL_LINES`] per [`REFUSAL_WINDOW`]; the
+/// rest are counted and reported in one line once the window is over.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    window_start: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// Whether a line may be logged now.
+    fn admit(&mut self, now: Instant) -> bool {
+        self.catch_up(now);
+        let start = *self.window_start.get_or_insert(now);
+        if now.saturating_duration_since(start) >= REFUSAL_WINDOW {
+            self.window_start = Some(now);
+            self.lines = 0;
+        }
+        if self.lines < REFUSAL_LINES {
+            self.lines += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Report what was held back once its window is over.
+    fn catch_up(&mut self, now: Instant) {
+        let over = self
+            .window_start
+            .is_some_and(|s| now.saturating_duration_since(s) >= REFUSAL_WINDOW);
+        if over {
+            self.report();
+        }
+    }
+
+    fn report(&mut self) {
+        if self.suppressed > 0 {
+            log::info!(
+                "{} more refused or timed-out connections not logged",
+                self.suppressed
+            );
+            self.suppressed = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_lines_are_limited_per_window_and_the_rest_counted() {
+        let t0 = Instant::now();
+        let mut log = RefusalLog::default();
+        let admitted = (0..100).filter(|_| log.admit(t0)).count();
+        assert_eq!(admitted, REFUSAL_LINES as usize);
+        assert_eq!(log.suppressed, 95);
+        log.catch_up(t0 + REFUSAL_WINDOW / 2);
+        assert_eq!(log.suppressed, 95, "still in the window");
+        log.catch_up(t0 + REFUSAL_WINDOW);
+        assert_eq!(log.suppressed, 0, "reported");
+        assert!(log.admit(t0 + REFUSAL_WINDOW), "a new window");
     }
 }

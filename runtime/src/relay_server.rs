@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_rustls::TlsAcceptor;
 use futures_util::future::{select, AbortHandle, Abortable, Either};
 use futures_util::StreamExt;
-use p2p_copy_core::relay::{ConnId, RelayConfig};
+use p2p_copy_core::relay::{ConnId, RelayConfig, CLOSE_GOING_AWAY, SHUTTING_DOWN};
 
 use crate::relay_conn::{ConnTask, FORWARD_QUEUE};
 use crate::relay_hub::{lock, Entry, Hub, SharedHub};
@@ -102,12 +102,24 @@ impl<R: Rt> RelayServer<R> {
         self.tls.is_some()
     }
 
-    /// Serve until the future is dropped; dropping it closes every connection.
+    /// Serve until the future is dropped; dropping it drops every connection without a
+    /// close frame (see [`run_until`](Self::run_until) for an orderly stop).
     ///
     /// # Errors
     /// None in practice: failed accepts (for example when out of file descriptors) are
     /// logged and retried.
     pub async fn run(self) -> io::Result<()> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serve until `stop` completes, then stop accepting, close every connection with
+    /// close code 1001 and the reason "relay shutting down", and give the clients the
+    /// close grace to answer before dropping what is left. Clients then tell their users
+    /// why the connection ended instead of seeing it reset.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> io::Result<()> {
         let RelayServer {
             rt,
             listener,
@@ -137,48 +149,79 @@ impl<R: Rt> RelayServer<R> {
             stun: stun_tasks,
         };
         rt.spawn(run_timer(rt.clone(), hub.clone(), wake_rx, timer_reg));
-        let mut next_id = 0u64;
-        loop {
-            let (tcp, peer) = match R::accept(&listener).await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    log::warn!("accepting a connection failed: {e}");
-                    rt.sleep_until(Instant::now() + Duration::from_millis(100))
-                        .await;
-                    continue;
-                }
-            };
-            next_id += 1;
-            let id = ConnId(next_id);
-            log::debug!("connection {}: from {peer}", id.0);
-            // Only a latency tweak; forwarding works without it.
-            let _ = R::set_nodelay(&tcp);
-            let (cmd_tx, cmd_rx) = async_channel::unbounded();
-            let (fwd_tx, fwd_rx) = async_channel::bounded(FORWARD_QUEUE);
-            let forwarded = Arc::new(AtomicU64::new(0));
-            let (abort, reg) = AbortHandle::new_pair();
-            let task = ConnTask {
-                rt: rt.clone(),
-                hub: hub.clone(),
-                id,
-                tcp,
-                tls: tls.clone(),
-                commands: cmd_rx,
-                forward: fwd_rx,
-                forwarded: forwarded.clone(),
-                handshake_timeout,
-                close_grace,
-            };
-            lock(&hub).connect(
-                Instant::now(),
-                id,
-                Entry::new(cmd_tx, fwd_tx, forwarded, abort),
-                peer.ip(),
-            );
-            rt.spawn(async move {
-                let _ = Abortable::new(task.run(), reg).await;
-            });
+        let accepting = accept_loop(
+            rt.clone(),
+            listener,
+            tls,
+            hub.clone(),
+            handshake_timeout,
+            close_grace,
+        );
+        let _ = select(Box::pin(accepting), Box::pin(stop)).await;
+        let open = lock(&hub).close_all(CLOSE_GOING_AWAY, SHUTTING_DOWN);
+        log::info!("relay stopping: closing {open} connections");
+        let deadline = Instant::now() + close_grace;
+        while !lock(&hub).is_empty() && Instant::now() < deadline {
+            rt.sleep_until(Instant::now() + SHUTDOWN_POLL).await;
         }
+        lock(&hub).flush_refusals();
+        Ok(())
+    }
+}
+
+/// How often a stopping relay checks whether its clients have all answered the close.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
+
+/// Accept connections and start a task for each, for ever.
+async fn accept_loop<R: Rt>(
+    rt: R,
+    listener: R::TcpListener,
+    tls: Option<TlsAcceptor>,
+    hub: SharedHub,
+    handshake_timeout: Duration,
+    close_grace: Duration,
+) {
+    let mut next_id = 0u64;
+    loop {
+        let (tcp, peer) = match R::accept(&listener).await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                log::warn!("accepting a connection failed: {e}");
+                rt.sleep_until(Instant::now() + Duration::from_millis(100))
+                    .await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let id = ConnId(next_id);
+        log::debug!("connection {}: from {peer}", id.0);
+        // Only a latency tweak; forwarding works without it.
+        let _ = R::set_nodelay(&tcp);
+        let (cmd_tx, cmd_rx) = async_channel::unbounded();
+        let (fwd_tx, fwd_rx) = async_channel::bounded(FORWARD_QUEUE);
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let (abort, reg) = AbortHandle::new_pair();
+        let task = ConnTask {
+            rt: rt.clone(),
+            hub: hub.clone(),
+            id,
+            tcp,
+            tls: tls.clone(),
+            commands: cmd_rx,
+            forward: fwd_rx,
+            forwarded: forwarded.clone(),
+            handshake_timeout,
+            close_grace,
+        };
+        lock(&hub).connect(
+            Instant::now(),
+            id,
+            Entry::new(cmd_tx, fwd_tx, forwarded, abort),
+            peer.ip(),
+        );
+        rt.spawn(async move {
+            let _ = Abortable::new(task.run(), reg).await;
+        });
     }
 }
 
@@ -231,12 +274,10 @@ pub async fn serve_relay<R: Rt>(rt: R, cfg: RelayServerConfig) -> io::Result<()>
     for addr in server.stun_addrs() {
         log::info!("relay answering STUN on udp {addr}");
     }
-    let stop = Box::pin(signals.next());
-    match select(Box::pin(server.run()), stop).await {
-        Either::Left((r, _)) => r,
-        Either::Right((signal, _)) => {
+    server
+        .run_until(async move {
+            let signal = signals.next().await;
             log::info!("relay stopping on {signal:?}");
-            Ok(())
-        }
-    }
+        })
+        .await
 }

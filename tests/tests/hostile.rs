@@ -2380,7 +2380,8 @@ fn relay_caps_connections_per_address() {
                         end,
                         Some(Ending::Closed {
                             code: 1013,
-                            reason: "too many connections from this address".into()
+                            reason: "too many connections from this address (the relay allows 8 per address)"
+                                .into()
                         })
                     );
                     refused_count += 1;

@@ -1012,6 +1012,20 @@ fn a_connection_closed_between_files_fails() {
 }
 
 #[test]
+fn a_close_before_the_manifest_says_it_was_waiting_and_not_to_resume() {
+    for (mut d, _) in sessions() {
+        let _ = d.close(Some(1001), "relay shutting down");
+        let e = assert_failed(
+            &mut d,
+            "lost",
+            "the relay closed the connection while waiting for the sender: relay shutting down",
+            None,
+        );
+        assert!(!e.to_string().contains("--resume"), "{e}");
+    }
+}
+
+#[test]
 fn a_close_after_eof_is_not_an_error() {
     for (mut d, mut s) in sessions() {
         d.feed(s.manifest(&[("a", 1)], false)).unwrap();

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::relay::{
-    ConnId, Relay, RelayConfig, RelayEvent, RelayOutput, CLOSE_NORMAL, CLOSE_POLICY,
-    CLOSE_PROTOCOL, CLOSE_TRY_AGAIN,
+    per_address_limit, per_address_peer_refusal, per_address_refusal, ConnId, Relay, RelayConfig,
+    RelayEvent, RelayOutput, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN,
 };
 use crate::wire::{Control, Role};
 use crate::WireMessage;
@@ -39,7 +39,7 @@ fn close(conn: u64, code: u16, reason: &'static str) -> RelayOutput {
     RelayOutput::Close {
         conn: ConnId(conn),
         code,
-        reason,
+        reason: reason.into(),
     }
 }
 
@@ -61,7 +61,7 @@ fn refused_hello(msg: WireMessage, reason: &'static str) {
         events(&mut r),
         vec![RelayEvent::Refused {
             conn: ConnId(1),
-            reason
+            reason: reason.into()
         }]
     );
     assert_eq!(r.waiting_count(), 0);
@@ -383,7 +383,7 @@ fn connections_over_the_per_address_limit_are_refused_with_1013() {
         vec![close(
             3,
             CLOSE_TRY_AGAIN,
-            "too many connections from this address"
+            "too many connections from this address (the relay allows 2 per address)"
         )]
     );
     assert!(
@@ -397,6 +397,54 @@ fn connections_over_the_per_address_limit_are_refused_with_1013() {
         "room again after a disconnect"
     );
     assert!(outputs(&mut r).is_empty());
+}
+
+#[test]
+fn the_per_address_refusal_names_the_limit_for_clients_to_read() {
+    assert_eq!(per_address_limit(&per_address_refusal(64)), Some(64));
+    assert_eq!(per_address_limit(&per_address_peer_refusal(3)), Some(3));
+    assert_eq!(per_address_limit("Duplicate role for code"), None);
+}
+
+#[test]
+fn the_hello_of_a_connection_over_the_per_address_limit_closes_its_waiting_peer() {
+    let now = Instant::now();
+    let mut r = Relay::new(RelayConfig {
+        max_per_address: 1,
+        ..RelayConfig::default()
+    });
+    // The receiver of session 1 of a parallel code waits, from another address.
+    assert!(r.handle_connect(now, ConnId(1), addr(2)));
+    r.handle_message(now, ConnId(1), hello("h1", Role::Receiver));
+    // The sender's session 0 fits; its session 1 is over the limit.
+    assert!(r.handle_connect(now, ConnId(2), addr(1)));
+    assert!(!r.handle_connect(now, ConnId(3), addr(1)));
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(
+            3,
+            CLOSE_TRY_AGAIN,
+            "too many connections from this address (the relay allows 1 per address)"
+        )]
+    );
+    // A hello for another code, or a second hello, changes nothing.
+    r.handle_message(now, ConnId(3), hello("other", Role::Sender));
+    r.handle_message(now, ConnId(3), hello("h1", Role::Sender));
+    assert!(outputs(&mut r).is_empty());
+    assert_eq!(r.waiting_count(), 1);
+
+    assert!(!r.handle_connect(now, ConnId(4), addr(1)));
+    let _ = outputs(&mut r);
+    r.handle_message(now, ConnId(4), hello("h1", Role::Sender));
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(
+            1,
+            CLOSE_TRY_AGAIN,
+            "the peer's connection for this code was refused: too many connections from its address (the relay allows 1 per address)"
+        )]
+    );
+    assert_eq!(r.waiting_count(), 0);
 }
 
 #[test]
