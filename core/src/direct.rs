@@ -361,6 +361,11 @@ impl DirectPath {
     /// (SHA-256 of the DER certificate) the peer at `addr` proved it holds, or why no
     /// verified connection came up.
     ///
+    /// A connection the peer opened from one of its candidates counts as the probe of
+    /// that candidate; one that arrives before the machine asked for that probe (the
+    /// peer's list is still on its way through the relay) is held by the runtime and
+    /// reported once the machine asks.
+    ///
     /// # Errors
     /// [`Error::Misuse`] for an address that was not asked for or already reported
     /// (nothing changes); the sticky error if there is one.
@@ -550,6 +555,11 @@ impl DirectPath {
                 if !self.sent_ready {
                     return Err(Error::peer(
                         "the sender switched to the direct path before the receiver was ready",
+                    ));
+                }
+                if self.outcome.is_some() {
+                    return Err(Error::peer(
+                        "the sender switched to the direct path after it gave it up",
                     ));
                 }
                 self.peer_ready = true;

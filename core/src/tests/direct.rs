@@ -689,6 +689,29 @@ fn out_of_order_verdicts_are_protocol_violations() {
         .handle_message(t, Control::DirectReady { attempt: 1 })
         .unwrap_err();
     assert_eq!(kind_of(e), "peer");
+    // The sender's switch after its own direct_failed reached the ready receiver.
+    let mut r = machine(t, Role::Receiver, config(), false);
+    r.handle_message(t, list(SENDER_FP, &["192.168.1.10:40000"]))
+        .unwrap();
+    r.handle_probe_result(t, a("192.168.1.10:40000"), Ok(SENDER_FP))
+        .unwrap();
+    r.handle_message(
+        t,
+        Control::DirectFailed {
+            attempt: 1,
+            why: "timeout".into(),
+        },
+    )
+    .unwrap();
+    actions(&mut r);
+    let e = r
+        .handle_message(t, Control::DirectReady { attempt: 1 })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "protocol violation: the sender switched to the direct path after it gave it up"
+    );
+    assert_eq!(r.poll_action(), None);
     // The receiver's ready before its candidates.
     let mut s = machine(t, Role::Sender, config(), false);
     let e = s
