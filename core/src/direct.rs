@@ -347,6 +347,8 @@ impl DirectPath {
                 msg.type_name()
             )));
         }
+        // Only the attempt's start and `handle_timeout` move the clock here; `now` keeps
+        // the inputs alike across the core's machines.
         let _ = now;
         let r = self.on_message(msg);
         if let Err(e) = &r {
@@ -376,7 +378,7 @@ impl DirectPath {
         result: Result<[u8; 32], String>,
     ) -> Result<(), Error> {
         Error::sticky(&self.error)?;
-        let _ = now;
+        let _ = now; // As in `handle_message`.
         let Some(state) = self.probes.get_mut(&addr) else {
             return Err(Error::misuse(format!("no probe of {addr} was asked for")));
         };
