@@ -297,6 +297,54 @@ fn encrypted_candidates_hide_addresses_and_fingerprints_from_the_relay() {
     assert!(crate::wire::unhex(hidden_candidates).is_some());
 }
 
+/// The nonce as docs/PROTOCOL.md section 14 gives it, computed here from the text.
+fn documented_nonce(label: &str, attempt: u32, seed: &[u8; 32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut input = label.as_bytes().to_vec();
+    input.extend_from_slice(&attempt.to_be_bytes());
+    input.extend_from_slice(seed);
+    Sha256::digest(&input).into()
+}
+
+#[test]
+fn sealed_lists_use_the_documented_nonces_and_hold_the_plain_list() {
+    let t = Instant::now();
+    for (role, label, fp) in [
+        (Role::Sender, "p2p-copy candidates from the sender", "aa"),
+        (
+            Role::Receiver,
+            "p2p-copy candidates from the receiver",
+            "bb",
+        ),
+    ] {
+        let mut d = machine(t, role, config(), true);
+        let Some(Control::EncCandidates {
+            attempt: 1,
+            hidden_candidates,
+        }) = d.poll_transmit()
+        else {
+            panic!("no enc_candidates")
+        };
+        let (cipher, seed) = sealing().unwrap();
+        let plain = cipher
+            .open(
+                &documented_nonce(label, 1, &seed),
+                &crate::wire::unhex(&hidden_candidates).unwrap(),
+            )
+            .expect("opens under the documented nonce");
+        let text = String::from_utf8(plain).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                r#"{{"type":"candidates","attempt":1,"fingerprint":"{}","candidates":[{{"addr":""#,
+                fp.repeat(32)
+            )),
+            "{text}"
+        );
+        let plain_machine = machine(t, role, config(), false).poll_transmit().unwrap();
+        assert_eq!(text, plain_machine.to_json());
+    }
+}
+
 #[test]
 fn sealed_candidates_open_only_as_the_peers_under_the_sessions_key() {
     let t = Instant::now();
