@@ -65,6 +65,30 @@ pub fn stun(data: &[u8]) {
     stun_body::run(data);
 }
 
+/// Drive a [`DirectPath`](crate::direct::DirectPath) of either role, plain or
+/// encrypted, with a script of candidate lists (well-formed, sealed right or wrong,
+/// overlong, with bad addresses), verdicts, probe results, clock steps and raw text,
+/// checking that it probes only usable addresses of the one authentic list it accepted,
+/// switches only to a path verified with the exchanged fingerprint (the sender only
+/// right after its `direct_ready`), gives up only at its deadline or when the peer did,
+/// decides once and keeps its first error.
+pub fn direct(data: &[u8]) -> DirectRun {
+    direct_body::run(data)
+}
+
+/// How deep a [`direct`] run got.
+#[derive(Debug, Default)]
+pub struct DirectRun {
+    /// Probes the machine asked for.
+    pub probes: usize,
+    /// The machine switched to a direct path.
+    pub switched: bool,
+    /// The machine gave the attempt up.
+    pub gave_up: bool,
+    /// The sticky error, if the peer broke the rules.
+    pub error: Option<Error>,
+}
+
 /// How deep a [`receiver`] run got.
 #[derive(Debug, Default)]
 pub struct ReceiverRun {
@@ -2805,17 +2829,400 @@ mod relay_body {
     }
 }
 
+mod direct_body {
+    use std::collections::HashSet;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::time::{Duration, Instant};
+
+    use super::script::Script;
+    use super::{DirectRun, KEY};
+    use crate::crypto::Cipher;
+    use crate::direct::{
+        candidates_nonce, Action, Candidate, DirectConfig, DirectMode, DirectPath, MAX_CANDIDATES,
+    };
+    use crate::wire::{self, CandidateEntry, CandidateKind, CandidateList, Control, Role};
+    use crate::Error;
+
+    pub(super) const LIST: u8 = 0;
+    pub(super) const READY: u8 = 1;
+    pub(super) const FAILED: u8 = 2;
+    pub(super) const RESULT: u8 = 3;
+    pub(super) const TICK: u8 = 4;
+    pub(super) const RAW: u8 = 5;
+    pub(super) const SESSION: u8 = 6;
+    const STEPS: u8 = SESSION + 1;
+
+    const SEED: [u8; 32] = [0x42; 32];
+    const LOCAL_FP: [u8; 32] = [0x01; 32];
+    const PEER_FP: [u8; 32] = [0x02; 32];
+    const OTHER_FP: [u8; 32] = [0x03; 32];
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    const RELAY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 9000);
+    /// Addresses a list can name: usable ones first (the first [`USABLE`]), then one
+    /// of each kind the machine must ignore.
+    const POOL: [&str; 14] = [
+        "10.0.0.1:4000",
+        "192.168.7.2:40000",
+        "203.0.113.5:5000",
+        "[2001:db8::1]:4000",
+        "127.0.0.1:4000",
+        "[::1]:4000",
+        "224.0.0.1:4000",
+        "[ff02::1]:4000",
+        "10.0.0.1:0",
+        "198.51.100.1:9000",
+        "255.255.255.255:1",
+        "[fe80::2]:4000",
+        "0.0.0.0:4000",
+        "not an address",
+    ];
+    const USABLE: usize = 4;
+
+    struct Model {
+        role: Role,
+        enc: bool,
+        loopback: bool,
+        t0: Instant,
+        now: Instant,
+        /// Usable addresses and fingerprint of the list the machine accepted.
+        accepted: Option<(HashSet<SocketAddr>, [u8; 32])>,
+        asked: Vec<SocketAddr>,
+        verified: HashSet<SocketAddr>,
+        decided: bool,
+        peer_failed: bool,
+        error: Option<Error>,
+        out: DirectRun,
+    }
+
+    pub(super) fn run(data: &[u8]) -> DirectRun {
+        let mut s = Script::new(data);
+        let settings = s.byte();
+        let role = if settings & 1 == 0 {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        let enc = settings & 2 != 0;
+        let mode = if settings & 4 != 0 {
+            DirectMode::DirectOnly
+        } else {
+            DirectMode::Auto
+        };
+        let loopback = settings & 8 != 0;
+        let config = DirectConfig {
+            mode,
+            attempt_timeout: TIMEOUT,
+            relay_addrs: vec![RELAY],
+            allow_loopback: loopback,
+        };
+        let sealing = enc.then(|| (Cipher::new(&KEY), SEED));
+        let t0 = Instant::now();
+        let local: Vec<Candidate> = (0..s.below(20))
+            .filter_map(|_| {
+                Some(Candidate {
+                    addr: POOL[s.below(POOL.len())].parse().ok()?,
+                    kind: CandidateKind::Host,
+                })
+            })
+            .collect();
+        let mut d = DirectPath::new(t0, config, role, LOCAL_FP, &local, sealing.clone())
+            .expect("auto and direct-only start");
+        let mut m = Model {
+            role,
+            enc,
+            loopback,
+            t0,
+            now: t0,
+            accepted: None,
+            asked: Vec::new(),
+            verified: HashSet::new(),
+            decided: false,
+            peer_failed: false,
+            error: None,
+            out: DirectRun::default(),
+        };
+        check_own_list(&mut d, &m, sealing.as_ref());
+        while !s.is_empty() {
+            step(&mut s, &mut d, &mut m, mode, sealing.as_ref());
+        }
+        m.out.error = d.error().cloned();
+        assert_eq!(m.out.error, m.error, "the first error stays");
+        m.out
+    }
+
+    /// Our own list: one message, in the session's form, with only usable addresses.
+    fn check_own_list(d: &mut DirectPath, m: &Model, sealing: Option<&(Cipher, [u8; 32])>) {
+        let msg = d.poll_transmit().expect("the list goes out at once");
+        let list = match (msg, sealing) {
+            (Control::Candidates(l), None) => l,
+            (
+                Control::EncCandidates {
+                    attempt,
+                    hidden_candidates,
+                },
+                Some((c, seed)),
+            ) => {
+                let sealed = wire::unhex(&hidden_candidates).expect("hex");
+                let plain = c
+                    .open(&candidates_nonce(seed, m.role, attempt), &sealed)
+                    .expect("our list opens as ours");
+                match Control::parse(std::str::from_utf8(&plain).expect("utf-8")) {
+                    Ok(Control::Candidates(l)) => l,
+                    other => panic!("sealed list holds {other:?}"),
+                }
+            }
+            (other, _) => panic!("first message {other:?}"),
+        };
+        assert_eq!(list.fingerprint, wire::hex(&LOCAL_FP));
+        assert!(list.candidates.len() <= MAX_CANDIDATES);
+        for c in &list.candidates {
+            let i = POOL
+                .iter()
+                .position(|p| p.parse().ok() == c.addr.parse::<SocketAddr>().ok());
+            assert!(
+                i.is_some_and(|i| i < USABLE || (m.loopback && (4..6).contains(&i))),
+                "we offer {}",
+                c.addr
+            );
+        }
+        assert!(d.poll_transmit().is_none());
+    }
+
+    fn addr(s: &mut Script) -> (String, Option<usize>) {
+        match s.below(4) {
+            0 => {
+                let b = s.bytes(6);
+                let mut x = [0u8; 6];
+                x[..b.len()].copy_from_slice(b);
+                let ip = Ipv4Addr::new(x[0], x[1], x[2], x[3]);
+                (
+                    SocketAddr::new(ip.into(), u16::from_be_bytes([x[4], x[5]])).to_string(),
+                    None,
+                )
+            }
+            1 => {
+                let seg = s.byte();
+                let ip = Ipv6Addr::new(u16::from(seg) << 8, 0, 0, 0, 0, 0xffff, 0, 1);
+                (SocketAddr::new(ip.into(), 4000).to_string(), None)
+            }
+            _ => {
+                let i = s.below(POOL.len());
+                (POOL[i].to_owned(), Some(i))
+            }
+        }
+    }
+
+    fn step(
+        s: &mut Script,
+        d: &mut DirectPath,
+        m: &mut Model,
+        mode: DirectMode,
+        sealing: Option<&(Cipher, [u8; 32])>,
+    ) {
+        let before = d.error().cloned();
+        let op = s.byte() % STEPS;
+        let mut peer_failed_now = false;
+        let r = match op {
+            LIST => {
+                let n = s.below(MAX_CANDIDATES + 3);
+                let picked: Vec<(String, Option<usize>)> = (0..n).map(|_| addr(s)).collect();
+                let fp = match s.below(3) {
+                    0 => PEER_FP,
+                    1 => OTHER_FP,
+                    _ => [0; 32],
+                };
+                let bad_fp = s.below(8) == 0;
+                let attempt = if s.below(8) == 0 { 2 } else { 1 };
+                let seal = s.below(3);
+                let list = CandidateList {
+                    attempt,
+                    fingerprint: if bad_fp { "00".into() } else { wire::hex(&fp) },
+                    candidates: picked
+                        .iter()
+                        .map(|(a, _)| CandidateEntry {
+                            addr: a.clone(),
+                            kind: if s.below(2) == 0 {
+                                CandidateKind::Host
+                            } else {
+                                CandidateKind::Srflx
+                            },
+                        })
+                        .collect(),
+                };
+                let plain = Control::Candidates(list);
+                let msg = match (sealing, seal) {
+                    (Some((c, seed)), 1 | 2) => {
+                        let from = if seal == 1 { m.role.other() } else { m.role };
+                        Control::EncCandidates {
+                            attempt,
+                            hidden_candidates: wire::hex(&c.seal(
+                                &candidates_nonce(seed, from, attempt),
+                                plain.to_json().as_bytes(),
+                            )),
+                        }
+                    }
+                    _ => plain,
+                };
+                let r = d.handle_message(m.now, msg);
+                if r.is_ok() {
+                    assert!(
+                        attempt == 1 && !bad_fp && n <= MAX_CANDIDATES,
+                        "a bad list was taken"
+                    );
+                    assert!(!m.enc || seal == 1, "a list in the wrong form was taken");
+                    assert!(m.accepted.is_none(), "a second list was taken");
+                    let usable = picked
+                        .iter()
+                        .filter_map(|(a, i)| {
+                            let ok = match i {
+                                Some(i) => *i < USABLE || (m.loopback && (4..6).contains(i)),
+                                None => true,
+                            };
+                            ok.then(|| a.parse().expect("usable addresses parse"))
+                        })
+                        .collect();
+                    m.accepted = Some((usable, fp));
+                }
+                r
+            }
+            READY | FAILED => {
+                let attempt = if s.below(8) == 0 {
+                    u32::from(s.byte())
+                } else {
+                    1
+                };
+                let msg = if op == READY {
+                    Control::DirectReady { attempt }
+                } else {
+                    Control::DirectFailed {
+                        attempt,
+                        why: String::from_utf8_lossy(s.blob()).into(),
+                    }
+                };
+                let r = d.handle_message(m.now, msg);
+                peer_failed_now = op == FAILED && r.is_ok();
+                r
+            }
+            RESULT => {
+                let target = if !m.asked.is_empty() && s.below(4) != 0 {
+                    m.asked[s.below(m.asked.len())]
+                } else {
+                    match addr(s).0.parse() {
+                        Ok(a) => a,
+                        Err(_) => return,
+                    }
+                };
+                let result = match s.below(3) {
+                    0 => Ok(PEER_FP),
+                    1 => Ok(OTHER_FP),
+                    _ => Err("unreachable".to_owned()),
+                };
+                let r = d.handle_probe_result(m.now, target, result.clone());
+                if r.is_ok() {
+                    assert!(
+                        m.asked.contains(&target),
+                        "a result nobody asked for was taken"
+                    );
+                    if m.accepted.as_ref().is_some_and(|(_, fp)| result == Ok(*fp)) {
+                        m.verified.insert(target);
+                    }
+                }
+                r
+            }
+            TICK => {
+                m.now += Duration::from_millis(u64::from(s.byte()) * 40);
+                d.handle_timeout(m.now)
+            }
+            RAW => match Control::parse(&String::from_utf8_lossy(s.blob())) {
+                Ok(c) => d.handle_message(m.now, c),
+                Err(_) => return,
+            },
+            _ => {
+                let r = d.handle_message(m.now, Control::Eof);
+                assert!(before.is_some() || r.as_ref().is_err_and(|e| e.kind() == "misuse"));
+                r
+            }
+        };
+        if let Some(e) = before {
+            assert_eq!(r.as_ref().err(), Some(&e), "errors are sticky");
+        }
+        if let Err(e) = &r {
+            if e.kind() != "misuse" && m.error.is_none() {
+                m.error = Some(e.clone());
+            }
+        }
+        if m.error.is_some() {
+            assert!(
+                d.poll_action().is_none() && d.poll_transmit().is_none(),
+                "output after an error"
+            );
+            return;
+        }
+        m.peer_failed |= peer_failed_now;
+        let sent: Vec<Control> = std::iter::from_fn(|| d.poll_transmit()).collect();
+        for c in &sent {
+            assert!(
+                matches!(
+                    c,
+                    Control::DirectReady { attempt: 1 } | Control::DirectFailed { attempt: 1, .. }
+                ),
+                "sent {c:?} after the list"
+            );
+        }
+        while let Some(act) = d.poll_action() {
+            match act {
+                Action::Probe { addr } => {
+                    assert!(!m.decided, "a probe after the decision");
+                    let (usable, _) = m.accepted.as_ref().expect("a probe before any list");
+                    assert!(
+                        usable.contains(&addr),
+                        "probe of {addr}, which the peer did not send usable"
+                    );
+                    assert!(!m.asked.contains(&addr), "{addr} probed twice");
+                    m.asked.push(addr);
+                    m.out.probes += 1;
+                }
+                Action::Switch { addr } => {
+                    assert!(!m.decided, "decided twice");
+                    assert!(m.verified.contains(&addr), "switch to unverified {addr}");
+                    if m.role == Role::Sender {
+                        assert!(
+                            matches!(sent.last(), Some(Control::DirectReady { .. })),
+                            "the sender switches right after its marker"
+                        );
+                    }
+                    m.decided = true;
+                    m.out.switched = true;
+                }
+                Action::GiveUp { fatal, .. } => {
+                    assert!(!m.decided, "decided twice");
+                    assert_eq!(fatal, mode == DirectMode::DirectOnly);
+                    assert!(
+                        peer_failed_now || m.now >= m.t0 + TIMEOUT,
+                        "gave up before the deadline"
+                    );
+                    m.decided = true;
+                    m.out.gave_up = true;
+                }
+            }
+        }
+        assert_eq!(d.is_finished(), m.decided);
+        while d.poll_event().is_some() {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
+    use super::direct_body as dp;
     use super::receiver_body as rx;
     use super::relay_body as rl;
     use super::sender_body as tx;
 
     type Body = fn(&[u8]);
 
-    const TARGETS: [(&str, Body); 5] = [
+    const TARGETS: [(&str, Body); 6] = [
         ("decode", super::decode_message),
         ("receiver", |d| {
             super::receiver(d);
@@ -2827,6 +3234,9 @@ mod tests {
             super::relay(d);
         }),
         ("stun", super::stun),
+        ("direct", |d| {
+            super::direct(d);
+        }),
     ];
 
     #[test]
@@ -2957,5 +3367,32 @@ mod tests {
         ];
         let out = super::relay(&script);
         assert_eq!((out.pairs, out.aborted), (1, 1));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn direct_script_switches_after_a_verified_probe() {
+        let script = [
+            0b0000, 0,                        // sender, plain, no local candidates
+            dp::LIST, 1, 2, 0, 0, 1, 1, 0, 0, // the receiver's list: 10.0.0.1:4000, host
+            dp::RESULT, 1, 0, 0,              // its probe verified with that fingerprint
+            dp::READY, 1,                     // the receiver is ready: switch
+        ];
+        let out = super::direct(&script);
+        assert_eq!((out.probes, out.switched, out.gave_up, out.error), (1, true, false, None));
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn direct_script_gives_up_an_encrypted_attempt_at_its_deadline() {
+        let script = [
+            0b0011, 0,                        // receiver, encrypted
+            dp::LIST, 1, 2, 0, 0, 1, 1, 1, 0, // the sender's list, sealed right
+            dp::RESULT, 1, 0, 1,              // another certificate answers: refused
+            dp::TICK, 124,                    // 4.96 s: not yet
+            dp::TICK, 1,                      // 5 s: given up
+        ];
+        let out = super::direct(&script);
+        assert_eq!((out.probes, out.switched, out.gave_up, out.error), (1, false, true, None));
     }
 }

@@ -6,6 +6,7 @@ pub mod chain;
 pub mod compress;
 pub mod crypto;
 mod delivery;
+pub mod direct;
 mod error;
 mod event;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -192,6 +192,67 @@ pub enum Control {
         /// Hex of the sealed `report` JSON.
         hidden_report: String,
     },
+    /// Extension [`EXT_DIRECT`]: the addresses at which the side that sends it can be
+    /// reached directly, and its certificate's fingerprint.
+    Candidates(CandidateList),
+    /// Encrypted [`Control::Candidates`].
+    EncCandidates {
+        /// The attempt, in clear because it selects the nonce.
+        attempt: u32,
+        /// Hex of the sealed `candidates` JSON.
+        hidden_candidates: String,
+    },
+    /// Extension [`EXT_DIRECT`]: from the receiver, it holds a verified direct path and
+    /// will read from it; from the sender, the last message on the relay before the
+    /// session continues on the direct path.
+    DirectReady {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Extension [`EXT_DIRECT`]: the side that sends it gives the attempt up; the
+    /// session stays on the relay.
+    DirectFailed {
+        /// The attempt.
+        attempt: u32,
+        /// Why, in a word (`timeout`).
+        #[serde(default)]
+        why: String,
+    },
+}
+
+/// The extension by which two peers of this project exchange candidate addresses over
+/// the relay and move the session to a direct path (see [`crate::direct`]).
+pub const EXT_DIRECT: &str = "direct";
+
+/// The contents of a [`Control::Candidates`] message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateList {
+    /// The attempt these candidates belong to (1 in this version).
+    pub attempt: u32,
+    /// Lowercase hex of the SHA-256 of the sending side's QUIC certificate (DER).
+    pub fingerprint: String,
+    /// The addresses, most preferred first.
+    pub candidates: Vec<CandidateEntry>,
+}
+
+/// One candidate address as it travels: kept as text so that a malformed address is
+/// refused by the direct-path machine with a clear reason, not by the JSON parser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateEntry {
+    /// `ip:port`, with IPv6 in brackets (`[2001:db8::1]:4000`).
+    pub addr: String,
+    /// How the sending side learned the address.
+    pub kind: CandidateKind,
+}
+
+/// How a candidate address was learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidateKind {
+    /// An address of one of the side's own interfaces.
+    Host,
+    /// Server-reflexive: the side's address as a STUN server saw it (its NAT's mapping).
+    Srflx,
 }
 
 /// The extension by which the receiver confirms delivery: it answers the offer with
@@ -261,6 +322,10 @@ impl Control {
             Control::FileAbort { .. } => "file_abort",
             Control::Report(_) => "report",
             Control::EncReport { .. } => "enc_report",
+            Control::Candidates(_) => "candidates",
+            Control::EncCandidates { .. } => "enc_candidates",
+            Control::DirectReady { .. } => "direct_ready",
+            Control::DirectFailed { .. } => "direct_failed",
         }
     }
 }

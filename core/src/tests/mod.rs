@@ -2,6 +2,7 @@
 //! each state machine fed by hand.
 
 mod delivery;
+mod direct;
 mod fixtures;
 mod order;
 mod resume;
