@@ -137,9 +137,17 @@ async fn send_session<R: Rt>(
             other => TransferError::Session(other),
         })?;
     let files = IoWorker::start(SendFiles::new(locals)).map_err(worker_error)?;
-    Driver::new(rt, sender, ws, files, cfg.idle_timeout, index, events)
-        .run()
-        .await
+    Driver::new(
+        rt,
+        sender,
+        transport::WsTransport(ws),
+        files,
+        cfg.idle_timeout,
+        index,
+        events,
+    )
+    .run()
+    .await
 }
 
 /// Receive into `out_dir`, created if missing.
@@ -190,9 +198,17 @@ async fn receive_session<R: Rt>(
     };
     let receiver = Receiver::new(Instant::now(), config, &secrets);
     let files = IoWorker::start(ReceiveFiles::new(out_dir)).map_err(worker_error)?;
-    Driver::new(rt, receiver, ws, files, cfg.idle_timeout, index, events)
-        .run()
-        .await
+    Driver::new(
+        rt,
+        receiver,
+        transport::WsTransport(ws),
+        files,
+        cfg.idle_timeout,
+        index,
+        events,
+    )
+    .run()
+    .await
 }
 
 fn prepare_out_dir(dir: &std::path::Path) -> Result<(), TransferError> {

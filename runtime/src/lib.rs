@@ -69,3 +69,4 @@ pub use p2p_copy_core::sender::CompressMode;
 pub use p2p_copy_core::Event;
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;
+pub use transport::{Incoming, MessageTransport, TransportError};
