@@ -52,6 +52,7 @@ mod io_worker;
 mod job_pool;
 mod listen;
 mod machine;
+pub mod quic;
 mod relay_conn;
 mod relay_hub;
 mod relay_server;
@@ -61,6 +62,8 @@ mod tls;
 mod transport;
 
 pub use client::{receive, send};
+#[doc(hidden)]
+pub use client::{receive_direct, send_direct};
 pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, Summary};
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};

@@ -111,6 +111,71 @@ pub(crate) async fn recv<T: MessageTransport>(
     poll_fn(|cx| t.poll_recv(cx)).await
 }
 
+/// A connection that reaches the peer itself, with the relay's part of the v1 protocol
+/// played locally: each side's `hello` (the relay's pairing request) stays here, and the
+/// sender is told `ready` at once, as the relay would after pairing.
+pub(crate) struct AlreadyPaired<T> {
+    inner: T,
+    /// The first outgoing message, `hello`, is still to come.
+    hello_due: bool,
+    /// `ready` is still to be delivered (the sender's side only).
+    ready_due: bool,
+}
+
+impl<T: MessageTransport> AlreadyPaired<T> {
+    pub(crate) fn sender(inner: T) -> Self {
+        AlreadyPaired {
+            inner,
+            hello_due: true,
+            ready_due: true,
+        }
+    }
+
+    pub(crate) fn receiver(inner: T) -> Self {
+        AlreadyPaired {
+            inner,
+            hello_due: true,
+            ready_due: false,
+        }
+    }
+}
+
+impl<T: MessageTransport> MessageTransport for AlreadyPaired<T> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn start_send(&mut self, msg: WireMessage) -> Result<(), TransportError> {
+        if std::mem::take(&mut self.hello_due) {
+            if let WireMessage::Text(t) = &msg {
+                if t.contains(r#""hello""#) {
+                    return Ok(());
+                }
+            }
+        }
+        self.inner.start_send(msg)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        self.inner.poll_flush(cx)
+    }
+
+    fn start_close(&mut self, code: u16, reason: &str) -> Result<(), TransportError> {
+        self.inner.start_close(code, reason)
+    }
+
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Incoming, TransportError>>> {
+        if std::mem::take(&mut self.ready_due) {
+            let ready = WireMessage::Text(r#"{"type":"ready"}"#.into());
+            return Poll::Ready(Some(Ok(Incoming::Message(ready))));
+        }
+        self.inner.poll_recv(cx)
+    }
+}
+
 /// The session's messages over a WebSocket.
 pub(crate) struct WsTransport(pub(crate) Ws);
 
