@@ -275,3 +275,47 @@ fn the_close_reaches_the_peer_with_its_code_and_reason() {
         );
     }));
 }
+
+/// What a victim makes of `bytes` written raw on the session's stream, which then ends.
+async fn verdict(
+    a: &QuicEndpoint,
+    b: &QuicEndpoint,
+    b_addr: SocketAddr,
+    bytes: &[u8],
+) -> Option<Result<Incoming, TransportError>> {
+    let (hostile, mut victim) = pair(a, b, b_addr).await;
+    let (_connection, mut send, _recv) = hostile.into_parts();
+    send.write_all(bytes)
+        .await
+        .expect("the hostile peer writes");
+    send.finish().expect("the stream ends");
+    future::poll_fn(|cx| victim.poll_recv(cx)).await
+}
+
+#[test]
+fn malformed_frames_are_refused_and_a_cut_message_is_a_lost_connection() {
+    let (a, _) = endpoint();
+    let (b, b_addr) = endpoint();
+    future::block_on(within(LIMIT, "malformed frames", async {
+        match verdict(&a, &b, b_addr, &[7, 0, 0, 0, 1, b'x']).await {
+            Some(Err(TransportError::Violation { code: 1007, reason })) => {
+                assert!(reason.contains("unknown message kind 7"), "{reason}")
+            }
+            other => panic!("an unknown kind was not refused: {other:?}"),
+        }
+        match verdict(&a, &b, b_addr, &[0, 0, 0, 0, 2, 0xff, 0xfe]).await {
+            Some(Err(TransportError::Violation { code: 1007, reason })) => {
+                assert!(reason.contains("not UTF-8"), "{reason}")
+            }
+            other => panic!("a text message that is not UTF-8 was not refused: {other:?}"),
+        }
+        match verdict(&a, &b, b_addr, &[1, 0, 0, 0, 10, 1, 2, 3]).await {
+            Some(Err(TransportError::Lost(reason))) => {
+                assert!(reason.contains("middle of a message"), "{reason}")
+            }
+            other => panic!("a message cut short was not a lost connection: {other:?}"),
+        }
+        // A stream that ends between messages is an orderly end.
+        assert_eq!(verdict(&a, &b, b_addr, &[]).await, None);
+    }));
+}
