@@ -319,3 +319,35 @@ fn malformed_frames_are_refused_and_a_cut_message_is_a_lost_connection() {
         assert_eq!(verdict(&a, &b, b_addr, &[]).await, None);
     }));
 }
+
+#[test]
+fn a_tree_crosses_a_direct_connection_on_async_std() {
+    use p2p_copy_async_std::quic as aquic;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("send");
+    write_tree(&src.join("tree"), &standard_tree());
+    let out = tmp.path().join("out");
+    let bind = || UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
+    let a = aquic::endpoint(bind(), Identity::generate().unwrap()).expect("an endpoint");
+    let b = aquic::endpoint(bind(), Identity::generate().unwrap()).expect("an endpoint");
+    let b_addr = b.local_addr().unwrap();
+    let cfg = ClientConfig::new("ws://unused.invalid", "direct code 44");
+    async_std::task::block_on(within(LIMIT, "a session over QUIC on async-std", async {
+        let (client, server) = pair(&a, &b, b_addr).await;
+        let sending = p2p_copy_async_std::send_direct(
+            cfg.clone(),
+            client,
+            vec![src.join("tree")],
+            SendOptions::default(),
+            |_| {},
+        );
+        let receiving =
+            p2p_copy_async_std::receive_direct(cfg.clone(), server, out.clone(), |_| {});
+        let (sent, received) = future::zip(sending, receiving).await;
+        assert_eq!(
+            sent.expect("the sender succeeds").bytes,
+            received.expect("the receiver succeeds").bytes
+        );
+    }));
+    assert_same_tree(&src, &out);
+}
