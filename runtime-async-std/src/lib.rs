@@ -43,8 +43,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, RelayConfig, RelayServerConfig, SendOptions, SessionEvent,
-    StunPorts, StunQueryError, Summary, TransferError,
+    ClientConfig, CompressMode, Incoming, MessageTransport, RelayConfig, RelayServerConfig,
+    SendOptions, SessionEvent, StunPorts, StunQueryError, Summary, TransferError, TransportError,
 };
 
 /// async-std's services for the generic loop.
@@ -267,4 +267,53 @@ pub async fn stun_query(
     deadline: Instant,
 ) -> Result<SocketAddr, StunQueryError> {
     p2p_copy_runtime::stun_query(&AsyncStd, socket, server, deadline).await
+}
+
+/// The direct path to the peer: QUIC on one UDP socket, run by async-std. See
+/// [`p2p_copy_runtime::quic`] for how each side authenticates the other.
+pub mod quic {
+    use std::sync::Arc;
+
+    pub use p2p_copy_runtime::quic::{
+        fingerprint, Fingerprint, Identity, QuicConn, QuicEndpoint, ALPN, PREFACE,
+    };
+
+    use crate::TransferError;
+
+    /// A QUIC endpoint on `socket` with `identity`'s certificate, its I/O and timers on
+    /// async-std.
+    ///
+    /// # Errors
+    /// [`TransferError::Direct`] if the socket cannot be used.
+    pub fn endpoint(
+        socket: std::net::UdpSocket,
+        identity: Identity,
+    ) -> Result<QuicEndpoint, TransferError> {
+        QuicEndpoint::new(socket, identity, Arc::new(quinn::AsyncStdRuntime))
+    }
+}
+
+/// Send over a direct connection to the receiver as one session; see
+/// `p2p_copy_runtime::send_direct`.
+#[doc(hidden)]
+pub async fn send_direct(
+    cfg: ClientConfig,
+    conn: quic::QuicConn,
+    paths: Vec<PathBuf>,
+    opts: SendOptions,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    p2p_copy_runtime::send_direct(AsyncStd, cfg, conn, paths, opts, on_event).await
+}
+
+/// Receive over a direct connection to the sender as one session; see
+/// `p2p_copy_runtime::receive_direct`.
+#[doc(hidden)]
+pub async fn receive_direct(
+    cfg: ClientConfig,
+    conn: quic::QuicConn,
+    out_dir: PathBuf,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    p2p_copy_runtime::receive_direct(AsyncStd, cfg, conn, out_dir, on_event).await
 }

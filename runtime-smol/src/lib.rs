@@ -40,8 +40,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, RelayConfig, RelayServerConfig, SendOptions, SessionEvent,
-    StunPorts, StunQueryError, Summary, TransferError,
+    ClientConfig, CompressMode, Incoming, MessageTransport, RelayConfig, RelayServerConfig,
+    SendOptions, SessionEvent, StunPorts, StunQueryError, Summary, TransferError, TransportError,
 };
 
 /// smol's services for the generic loop.
@@ -263,4 +263,62 @@ pub async fn stun_query(
     deadline: Instant,
 ) -> Result<SocketAddr, StunQueryError> {
     p2p_copy_runtime::stun_query(&Smol, socket, server, deadline).await
+}
+
+/// The direct path to the peer: QUIC on one UDP socket, run by smol. See
+/// [`p2p_copy_runtime::quic`] for how each side authenticates the other.
+pub mod quic {
+    use std::sync::Arc;
+
+    pub use p2p_copy_runtime::quic::{
+        fingerprint, Fingerprint, Identity, QuicConn, QuicEndpoint, ALPN, PREFACE,
+    };
+
+    use crate::TransferError;
+
+    /// A QUIC endpoint on `socket` with `identity`'s certificate, its I/O and timers on
+    /// smol.
+    ///
+    /// # Errors
+    /// [`TransferError::Direct`] if the socket cannot be used.
+    ///
+    /// # Example
+    /// ```
+    /// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// let identity = p2p_copy_smol::quic::Identity::generate()?;
+    /// let endpoint = p2p_copy_smol::quic::endpoint(socket, identity)?;
+    /// println!("tell the peer {:?} and {:02x?}", endpoint.local_addr()?, endpoint.fingerprint());
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn endpoint(
+        socket: std::net::UdpSocket,
+        identity: Identity,
+    ) -> Result<QuicEndpoint, TransferError> {
+        QuicEndpoint::new(socket, identity, Arc::new(quinn::SmolRuntime))
+    }
+}
+
+/// Send over a direct connection to the receiver as one session; see
+/// `p2p_copy_runtime::send_direct`.
+#[doc(hidden)]
+pub async fn send_direct(
+    cfg: ClientConfig,
+    conn: quic::QuicConn,
+    paths: Vec<PathBuf>,
+    opts: SendOptions,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    p2p_copy_runtime::send_direct(Smol, cfg, conn, paths, opts, on_event).await
+}
+
+/// Receive over a direct connection to the sender as one session; see
+/// `p2p_copy_runtime::receive_direct`.
+#[doc(hidden)]
+pub async fn receive_direct(
+    cfg: ClientConfig,
+    conn: quic::QuicConn,
+    out_dir: PathBuf,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    p2p_copy_runtime::receive_direct(Smol, cfg, conn, out_dir, on_event).await
 }

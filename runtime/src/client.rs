@@ -21,7 +21,7 @@ use crate::files_send::{Listed, SendFiles};
 use crate::io_worker::IoWorker;
 use crate::rt::Rt;
 use crate::source::{self, ListOptions, Source};
-use crate::transport;
+use crate::transport::{self, AlreadyPaired, MessageTransport};
 use crate::{ClientConfig, SendOptions, SessionEvent, Summary, TransferError};
 
 /// Derive each session's secrets on the blocking pool. With encryption every
@@ -128,6 +128,26 @@ async fn send_session<R: Rt>(
         .unzip();
     let seed = nonce_seed()?;
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
+    let conn = transport::WsTransport(ws);
+    drive_send(
+        rt, cfg, index, secrets, files, locals, seed, opts, events, conn,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive_send<R: Rt, T: MessageTransport>(
+    rt: R,
+    cfg: &ClientConfig,
+    index: usize,
+    secrets: Secrets,
+    files: Vec<SendFile>,
+    locals: Vec<Listed>,
+    seed: [u8; 32],
+    opts: SendOptions,
+    events: EventSink,
+    conn: T,
+) -> Result<Summary, TransferError> {
     let config = SenderConfig {
         compress: opts.compress,
         resume: opts.resume,
@@ -143,7 +163,7 @@ async fn send_session<R: Rt>(
             other => TransferError::Session(other),
         })?;
     let files = IoWorker::start(SendFiles::new(locals)).map_err(worker_error)?;
-    Driver::new(rt, sender, ws, files, cfg.idle_timeout, index, events)
+    Driver::new(rt, sender, conn, files, cfg.idle_timeout, index, events)
         .run()
         .await
 }
@@ -252,6 +272,19 @@ async fn receive_session<R: Rt>(
     events: EventSink,
 ) -> Result<Summary, TransferError> {
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
+    let conn = transport::WsTransport(ws);
+    drive_receive(rt, cfg, index, secrets, out_dir, events, conn).await
+}
+
+async fn drive_receive<R: Rt, T: MessageTransport>(
+    rt: R,
+    cfg: &ClientConfig,
+    index: usize,
+    secrets: Secrets,
+    out_dir: PathBuf,
+    events: EventSink,
+    conn: T,
+) -> Result<Summary, TransferError> {
     let config = ReceiverConfig {
         manifest_timeout: cfg.pair_timeout,
         idle_timeout: cfg.idle_timeout,
@@ -259,9 +292,85 @@ async fn receive_session<R: Rt>(
     };
     let receiver = Receiver::new(Instant::now(), config, &secrets);
     let files = IoWorker::start(ReceiveFiles::new(out_dir)).map_err(worker_error)?;
-    Driver::new(rt, receiver, ws, files, cfg.idle_timeout, index, events)
+    Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
         .run()
         .await
+}
+
+/// The one session of a plain code (a parallel code is refused: its sessions need one
+/// connection each).
+fn single_code(code: &str) -> Result<String, TransferError> {
+    let mut codes = session_codes(code).map_err(TransferError::Session)?;
+    if codes.len() != 1 {
+        return Err(TransferError::Session(p2p_copy_core::Error::Config(
+            "a parallel code needs one connection per session".into(),
+        )));
+    }
+    Ok(codes.remove(0))
+}
+
+/// Send over a connection that already reaches the receiver (a direct QUIC stream): one
+/// session, with the relay's part (pairing) taken as done. `cfg.server` is not used.
+#[doc(hidden)]
+pub async fn send_direct<R: Rt, T: MessageTransport>(
+    rt: R,
+    cfg: ClientConfig,
+    conn: T,
+    paths: Vec<PathBuf>,
+    opts: SendOptions,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    let start = Instant::now();
+    let code = single_code(&cfg.code)?;
+    let list_opts = ListOptions {
+        skip_errors: opts.skip_errors,
+        follow_symlinks: opts.follow_symlinks,
+    };
+    let listing = rt
+        .spawn_blocking(move || source::list(&paths, list_opts))
+        .await?;
+    let (files, locals): (Vec<SendFile>, Vec<Listed>) = listing
+        .files
+        .into_iter()
+        .map(|s| {
+            let listed = Listed {
+                path: s.local,
+                size: s.file.size,
+                modified: s.modified,
+            };
+            (s.file, listed)
+        })
+        .unzip();
+    let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
+    let seed = nonce_seed()?;
+    let events: EventSink = Arc::new(Mutex::new(on_event));
+    let conn = AlreadyPaired::sender(conn);
+    let done = drive_send(
+        rt, &cfg, 0, secrets, files, locals, seed, opts, events, conn,
+    )
+    .await?;
+    Ok(total(&[done], start))
+}
+
+/// Receive over a connection that already reaches the sender (a direct QUIC stream):
+/// one session, with the relay's part (pairing) taken as done. `cfg.server` is not used.
+#[doc(hidden)]
+pub async fn receive_direct<R: Rt, T: MessageTransport>(
+    rt: R,
+    cfg: ClientConfig,
+    conn: T,
+    out_dir: PathBuf,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    let start = Instant::now();
+    let code = single_code(&cfg.code)?;
+    let dir = out_dir.clone();
+    rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
+    let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
+    let events: EventSink = Arc::new(Mutex::new(on_event));
+    let conn = AlreadyPaired::receiver(conn);
+    let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn).await?;
+    Ok(total(&[done], start))
 }
 
 fn prepare_out_dir(dir: &std::path::Path) -> Result<(), TransferError> {

@@ -2,37 +2,37 @@
 //! file completions, job results, timeouts, the connection's end) and carries out what
 //! it asks for, draining its outputs after every input.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::Message;
 use futures_util::future::{poll_fn, select, BoxFuture};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{Sink, StreamExt};
+use futures_util::StreamExt;
 use p2p_copy_core::relay::{CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
 use p2p_copy_core::{Error, Event};
 
 use crate::io_worker::IoWorker;
 use crate::machine::Machine;
 use crate::rt::Rt;
-use crate::transport::{from_wire, to_wire, Ws};
+use crate::transport::{self, Incoming, MessageTransport, TransportError};
 use crate::{SessionEvent, Summary, TransferError};
 
 /// The user's event callback, shared by the parallel sessions of one transfer.
 pub(crate) type EventSink = Arc<Mutex<dyn FnMut(SessionEvent) + Send>>;
 
+/// The close code of a session that ended well, and of one that failed.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_ERROR: u16 = 1011;
+
 /// How long a finished session waits for the peer's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// One session's state machine, connection, file worker, jobs and timer.
-pub(crate) struct Driver<R: Rt, M: Machine> {
+pub(crate) struct Driver<R: Rt, M: Machine, T: MessageTransport> {
     rt: R,
     machine: M,
-    ws: Ws,
+    ws: T,
     files: IoWorker<M::Files>,
     jobs: FuturesUnordered<BoxFuture<'static, M::JobResult>>,
     timer: Option<(Instant, BoxFuture<'static, ()>)>,
@@ -56,11 +56,11 @@ pub(crate) struct Driver<R: Rt, M: Machine> {
     summary: Summary,
 }
 
-impl<R: Rt, M: Machine> Driver<R, M> {
+impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
     pub(crate) fn new(
         rt: R,
         machine: M,
-        ws: Ws,
+        ws: T,
         files: IoWorker<M::Files>,
         idle_timeout: Duration,
         session: usize,
@@ -97,22 +97,14 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         let outcome = poll_fn(|cx| self.poll_session(cx)).await;
         match outcome {
             Ok(()) => {
-                let frame = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "".into(),
-                };
-                self.close(frame, true).await;
                 self.summary.transfer_time =
                     self.paired_at.map(|t| t.elapsed()).unwrap_or_default();
+                self.close(CLOSE_NORMAL, "", true).await;
                 Ok(self.summary)
             }
             Err(e) => {
                 self.send_rest().await;
-                let frame = CloseFrame {
-                    code: CloseCode::Error,
-                    reason: e.kind().into(),
-                };
-                self.close(frame, false).await;
+                self.close(CLOSE_ERROR, e.kind(), false).await;
                 Err(self.classify(e))
             }
         }
@@ -132,12 +124,11 @@ impl<R: Rt, M: Machine> Driver<R, M> {
             let ws = &mut self.ws;
             let listening = async move {
                 while machine.awaits_acceptance() {
-                    match ws.next().await {
-                        Some(Ok(msg)) => {
-                            if let Some(wire) = to_wire(msg) {
-                                let _ = machine.handle_message(Instant::now(), wire);
-                            }
+                    match transport::recv(ws).await {
+                        Some(Ok(Incoming::Message(wire))) => {
+                            let _ = machine.handle_message(Instant::now(), wire);
                         }
+                        Some(Ok(Incoming::Close(_))) => {}
                         _ => return,
                     }
                 }
@@ -146,7 +137,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         }
         let mut rest = Vec::new();
         while let Some(m) = self.machine.poll_transmit() {
-            rest.push(from_wire(m));
+            rest.push(m);
         }
         if rest.is_empty() {
             return;
@@ -155,7 +146,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         let ws = &mut self.ws;
         let sending = async move {
             for m in rest {
-                if ws.send(m).await.is_err() {
+                if transport::send(ws, m).await.is_err() {
                     return false;
                 }
             }
@@ -169,7 +160,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
 
     /// Send a close frame and, after success, wait briefly for the peer's, so the relay
     /// sees an orderly end.
-    async fn close(&mut self, frame: CloseFrame, wait_reply: bool) {
+    async fn close(&mut self, code: u16, reason: &str, wait_reply: bool) {
         if !self.writing {
             return;
         }
@@ -177,10 +168,10 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         let ws = &mut self.ws;
         let reading = self.reading;
         let closing = async move {
-            if ws.send(Message::Close(Some(frame))).await.is_err() || !wait_reply || !reading {
+            if transport::close(ws, code, reason).await.is_err() || !wait_reply || !reading {
                 return;
             }
-            while let Some(Ok(_)) = ws.next().await {}
+            while let Some(Ok(_)) = transport::recv(ws).await {}
         };
         let _ = select(Box::pin(closing), Box::pin(self.rt.sleep_until(deadline))).await;
     }
@@ -279,7 +270,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
         self.drain_outputs();
     }
 
-    /// The connection ended because the other end sent what WebSocket does not allow:
+    /// The connection ended because the other end sent what the protocol does not allow:
     /// tell the machine as a close with `code`.
     fn refused(&mut self, now: Instant, code: u16, why: String) {
         self.close_frame = Some((code, why));
@@ -299,7 +290,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
             let mut drained = false;
             let mut write_blocked = false;
             while self.writing {
-                match Pin::new(&mut self.ws).poll_ready(cx) {
+                match self.ws.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         self.blocked_since = None;
                         let Some(msg) = self.machine.poll_transmit() else {
@@ -307,7 +298,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                             break;
                         };
                         progress = true;
-                        if let Err(e) = Pin::new(&mut self.ws).start_send(from_wire(msg)) {
+                        if let Err(e) = self.ws.start_send(msg) {
                             self.write_failed(now, e.to_string());
                             break;
                         }
@@ -327,7 +318,7 @@ impl<R: Rt, M: Machine> Driver<R, M> {
                 }
             }
             if self.writing && self.needs_flush {
-                match Pin::new(&mut self.ws).poll_flush(cx) {
+                match self.ws.poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         self.needs_flush = false;
                         self.blocked_since = None;
@@ -380,41 +371,24 @@ impl<R: Rt, M: Machine> Driver<R, M> {
             // Messages in, only while the machine wants them: that is the receiver's
             // backpressure.
             if self.reading && self.machine.wants_input() {
-                match self.ws.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Ok(msg))) => {
+                match self.ws.poll_recv(cx) {
+                    Poll::Ready(Some(Ok(Incoming::Close(frame)))) => {
                         progress = true;
-                        match msg {
-                            Message::Close(frame) => {
-                                self.close_frame = frame
-                                    .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
-                            }
-                            other => {
-                                if let Some(wire) = to_wire(other) {
-                                    let _ = self.machine.handle_message(now, wire);
-                                    self.drain_outputs();
-                                }
-                            }
-                        }
+                        self.close_frame = frame;
+                    }
+                    Poll::Ready(Some(Ok(Incoming::Message(wire)))) => {
+                        progress = true;
+                        let _ = self.machine.handle_message(now, wire);
+                        self.drain_outputs();
                     }
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
                         log::debug!("session {}: read failed: {e}", self.session);
-                        use async_tungstenite::tungstenite::error::ProtocolError;
-                        use async_tungstenite::tungstenite::Error as WsError;
                         match e {
-                            // The connection itself failed: it is lost.
-                            WsError::Io(_)
-                            | WsError::ConnectionClosed
-                            | WsError::AlreadyClosed
-                            | WsError::Tls(_)
-                            | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                                self.closed(now, Some(e.to_string()))
+                            TransportError::Lost(why) => self.closed(now, Some(why)),
+                            TransportError::Violation { code, reason } => {
+                                self.refused(now, code, reason)
                             }
-                            // What came was not acceptable WebSocket traffic (too large,
-                            // malformed): the other end broke the protocol, as a close
-                            // with the matching code would say.
-                            WsError::Capacity(_) => self.refused(now, 1009, e.to_string()),
-                            other => self.refused(now, 1007, other.to_string()),
                         }
                     }
                     Poll::Ready(None) => {
@@ -488,7 +462,7 @@ mod tests {
 
     use super::*;
     use crate::files_send::{Listed, SendFiles};
-    use crate::transport::{ws_config, Conn};
+    use crate::transport::{ws_config, Conn, WsTransport};
 
     #[derive(Clone)]
     struct TestRt;
@@ -671,7 +645,7 @@ mod tests {
             let driver = Driver::new(
                 TestRt,
                 sender,
-                ws,
+                WsTransport(ws),
                 worker,
                 Duration::from_secs(60),
                 0,

@@ -8,6 +8,9 @@ pub enum TransferError {
     /// relay refused the session.
     #[error("cannot use the relay: {0}")]
     Connect(String),
+    /// The direct (QUIC) connection to the peer could not be made or used.
+    #[error("no direct connection: {0}")]
+    Direct(String),
     /// The session failed: the peer broke the protocol, data failed a check, local file
     /// access failed, or a deadline passed.
     #[error("{}", session_message(.0))]
@@ -39,7 +42,7 @@ impl TransferError {
     /// 130 interrupted, 1 for invalid settings.
     pub fn exit_code(&self) -> i32 {
         match self {
-            TransferError::Connect(_) => 2,
+            TransferError::Connect(_) | TransferError::Direct(_) => 2,
             TransferError::Source(_) | TransferError::Output(_) => 6,
             TransferError::Session(e) => match e.kind() {
                 "timeout" => 3,

@@ -55,6 +55,7 @@ mod io_worker;
 mod job_pool;
 mod listen;
 mod machine;
+pub mod quic;
 mod relay_conn;
 mod relay_hub;
 mod relay_server;
@@ -66,6 +67,8 @@ mod tls;
 mod transport;
 
 pub use client::{receive, send};
+#[doc(hidden)]
+pub use client::{receive_direct, send_direct};
 pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, StunPorts, Summary};
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
@@ -75,3 +78,4 @@ pub use p2p_copy_core::Event;
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;
 pub use stun_client::{stun_query, StunQueryError};
+pub use transport::{Incoming, MessageTransport, TransportError};

@@ -1,15 +1,20 @@
-//! The WebSocket connection: URL, TCP, optional TLS, handshake, limits, and the
-//! conversion between WebSocket messages and the core's [`WireMessage`].
+//! What the session loop needs from a connection ([`MessageTransport`]), and the
+//! WebSocket connection: URL, TCP, optional TLS, handshake, limits, and the conversion
+//! between WebSocket messages and the core's [`WireMessage`].
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::http::Uri;
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketStream;
 use futures_io::{AsyncRead, AsyncWrite};
-use futures_util::future::{select, Either};
+use futures_util::future::{poll_fn, select, Either};
+use futures_util::{Sink, StreamExt};
 use p2p_copy_core::wire::MAX_MESSAGE_LEN;
 use p2p_copy_core::WireMessage;
 use rustls_pki_types::ServerName;
@@ -17,6 +22,237 @@ use rustls_pki_types::ServerName;
 use crate::rt::Rt;
 use crate::tls;
 use crate::TransferError;
+
+/// Why a connection failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The connection itself failed or ended without a close: it is lost.
+    Lost(String),
+    /// The other end sent what the protocol does not allow (too large, malformed). The
+    /// session ends as if a close with `code` (a WebSocket close code: 1009 too large,
+    /// 1007 malformed) had come.
+    Violation {
+        /// The close code that describes the violation.
+        code: u16,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransportError::Lost(why) => f.write_str(why),
+            TransportError::Violation { reason, .. } => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+/// What a connection delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message for the session.
+    Message(WireMessage),
+    /// The other end is closing, with a close code and reason if it gave them. The
+    /// connection's end (`None` from [`MessageTransport::poll_recv`]) follows.
+    Close(Option<(u16, String)>),
+}
+
+/// A connection that carries one session's messages in order: a WebSocket to the relay,
+/// or a stream of a direct QUIC connection to the peer.
+///
+/// Writing works like a `Sink`: `poll_ready` says whether the connection takes another
+/// message (this is the sender's backpressure), `start_send` queues it, `poll_flush`
+/// pushes out what is queued. Reading is polled only while the session wants input (the
+/// receiver's backpressure).
+pub trait MessageTransport: Send + Unpin {
+    /// Whether the connection takes another message now.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>>;
+    /// Queue a message; call only after `poll_ready` gave `Ready(Ok)`.
+    fn start_send(&mut self, msg: WireMessage) -> Result<(), TransportError>;
+    /// Send everything queued.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>>;
+    /// Queue the closing message with a close code (1000 done, 1011 failed) and reason;
+    /// call only after `poll_ready` gave `Ready(Ok)`, and flush it. Nothing may be sent
+    /// after it.
+    fn start_close(&mut self, code: u16, reason: &str) -> Result<(), TransportError>;
+    /// The next message, the other end's close, an error, or `None` at the end.
+    fn poll_recv(&mut self, cx: &mut Context<'_>)
+        -> Poll<Option<Result<Incoming, TransportError>>>;
+}
+
+/// Send one message and flush it.
+pub(crate) async fn send<T: MessageTransport>(
+    t: &mut T,
+    msg: WireMessage,
+) -> Result<(), TransportError> {
+    poll_fn(|cx| t.poll_ready(cx)).await?;
+    t.start_send(msg)?;
+    poll_fn(|cx| t.poll_flush(cx)).await
+}
+
+/// Send the closing message and flush it.
+pub(crate) async fn close<T: MessageTransport>(
+    t: &mut T,
+    code: u16,
+    reason: &str,
+) -> Result<(), TransportError> {
+    poll_fn(|cx| t.poll_ready(cx)).await?;
+    t.start_close(code, reason)?;
+    poll_fn(|cx| t.poll_flush(cx)).await
+}
+
+/// The next thing the connection delivers.
+pub(crate) async fn recv<T: MessageTransport>(
+    t: &mut T,
+) -> Option<Result<Incoming, TransportError>> {
+    poll_fn(|cx| t.poll_recv(cx)).await
+}
+
+/// A connection that reaches the peer itself, with the relay's part of the v1 protocol
+/// played locally: each side's `hello` (the relay's pairing request) stays here, and the
+/// sender is told `ready` at once, as the relay would after pairing.
+pub(crate) struct AlreadyPaired<T> {
+    inner: T,
+    /// The first outgoing message, `hello`, is still to come.
+    hello_due: bool,
+    /// `ready` is still to be delivered (the sender's side only).
+    ready_due: bool,
+}
+
+impl<T: MessageTransport> AlreadyPaired<T> {
+    pub(crate) fn sender(inner: T) -> Self {
+        AlreadyPaired {
+            inner,
+            hello_due: true,
+            ready_due: true,
+        }
+    }
+
+    pub(crate) fn receiver(inner: T) -> Self {
+        AlreadyPaired {
+            inner,
+            hello_due: true,
+            ready_due: false,
+        }
+    }
+}
+
+impl<T: MessageTransport> MessageTransport for AlreadyPaired<T> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn start_send(&mut self, msg: WireMessage) -> Result<(), TransportError> {
+        if std::mem::take(&mut self.hello_due) {
+            if let WireMessage::Text(t) = &msg {
+                if t.contains(r#""hello""#) {
+                    return Ok(());
+                }
+            }
+        }
+        self.inner.start_send(msg)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        self.inner.poll_flush(cx)
+    }
+
+    fn start_close(&mut self, code: u16, reason: &str) -> Result<(), TransportError> {
+        self.inner.start_close(code, reason)
+    }
+
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Incoming, TransportError>>> {
+        if std::mem::take(&mut self.ready_due) {
+            let ready = WireMessage::Text(r#"{"type":"ready"}"#.into());
+            return Poll::Ready(Some(Ok(Incoming::Message(ready))));
+        }
+        self.inner.poll_recv(cx)
+    }
+}
+
+/// The session's messages over a WebSocket.
+pub(crate) struct WsTransport(pub(crate) Ws);
+
+impl MessageTransport for WsTransport {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        Pin::new(&mut self.0)
+            .poll_ready(cx)
+            .map_err(|e| TransportError::Lost(e.to_string()))
+    }
+
+    fn start_send(&mut self, msg: WireMessage) -> Result<(), TransportError> {
+        Pin::new(&mut self.0)
+            .start_send(from_wire(msg))
+            .map_err(|e| TransportError::Lost(e.to_string()))
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        Pin::new(&mut self.0)
+            .poll_flush(cx)
+            .map_err(|e| TransportError::Lost(e.to_string()))
+    }
+
+    fn start_close(&mut self, code: u16, reason: &str) -> Result<(), TransportError> {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_owned().into(),
+        };
+        Pin::new(&mut self.0)
+            .start_send(Message::Close(Some(frame)))
+            .map_err(|e| TransportError::Lost(e.to_string()))
+    }
+
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Incoming, TransportError>>> {
+        use async_tungstenite::tungstenite::error::ProtocolError;
+        use async_tungstenite::tungstenite::Error as WsError;
+        loop {
+            let got = match ready!(self.0.poll_next_unpin(cx)) {
+                None => return Poll::Ready(None),
+                Some(Ok(Message::Close(frame))) => {
+                    Ok(Incoming::Close(frame.map(|f| {
+                        (u16::from(f.code), f.reason.as_str().to_owned())
+                    })))
+                }
+                Some(Ok(other)) => match to_wire(other) {
+                    Some(wire) => Ok(Incoming::Message(wire)),
+                    // Ping and pong: tungstenite answers them itself.
+                    None => continue,
+                },
+                Some(Err(e)) => Err(match e {
+                    // The connection itself failed: it is lost.
+                    WsError::Io(_)
+                    | WsError::ConnectionClosed
+                    | WsError::AlreadyClosed
+                    | WsError::Tls(_)
+                    | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                        TransportError::Lost(e.to_string())
+                    }
+                    // What came was not acceptable WebSocket traffic (too large,
+                    // malformed): the other end broke the protocol, as a close with the
+                    // matching code would say.
+                    WsError::Capacity(_) => TransportError::Violation {
+                        code: 1009,
+                        reason: e.to_string(),
+                    },
+                    other => TransportError::Violation {
+                        code: 1007,
+                        reason: other.to_string(),
+                    },
+                }),
+            };
+            return Poll::Ready(Some(got));
+        }
+    }
+}
 
 /// Any byte stream a WebSocket runs over: plain TCP or TLS.
 pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}

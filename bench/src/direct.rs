@@ -1,0 +1,189 @@
+//! One session's throughput over the direct path (QUIC between two endpoints on
+//! 127.0.0.1) against the relayed path (WebSocket through a relay on 127.0.0.1), in one
+//! process, alternating rounds; every output is checked byte for byte.
+//!
+//! ```text
+//! p2p-copy-bench-direct [--mib 256] [--rounds 3] [--dir DIR (target/bench-data/direct)]
+//! ```
+//!
+//! Prints one line per transfer and then the medians: `MEDIAN quic=… MB/s relay=… MB/s`.
+
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use p2p_copy_smol::quic::{self, Identity};
+use p2p_copy_smol::{
+    receive, receive_direct, send, send_direct, ClientConfig, CompressMode, RelayServer,
+    RelayServerConfig, SendOptions, TransferError,
+};
+
+const USAGE: &str = "usage: p2p-copy-bench-direct [--mib 256] [--rounds 3] [--dir DIR]";
+const BLOCK: usize = 1 << 20;
+
+fn parse_args() -> Result<(usize, usize, PathBuf), String> {
+    let (mut mib, mut rounds, mut dir) = (256, 3, PathBuf::from("target/bench-data/direct"));
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--mib" => mib = value.parse().map_err(|e| format!("--mib: {e}"))?,
+            "--rounds" => rounds = value.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--dir" => dir = PathBuf::from(value),
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    Ok((mib, rounds.max(1), dir))
+}
+
+/// Incompressible pseudo-random bytes (xorshift), written block by block.
+fn write_noise(path: &Path, mib: usize) -> io::Result<()> {
+    let mut out = BufWriter::new(File::create(path)?);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; BLOCK];
+    for _ in 0..mib {
+        for chunk in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+        out.write_all(&block)?;
+    }
+    out.flush()
+}
+
+fn identical(a: &Path, b: &Path) -> io::Result<bool> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    loop {
+        let na = fa.read(&mut ba)?;
+        let mut nb = 0;
+        while nb < na {
+            let n = fb.read(&mut bb[nb..na])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            nb += n;
+        }
+        if na == 0 {
+            return Ok(fb.read(&mut bb)? == 0);
+        }
+        if ba[..na] != bb[..na] {
+            return Ok(false);
+        }
+    }
+}
+
+fn options() -> SendOptions {
+    SendOptions {
+        // The data is random: compression would only cost time on both paths.
+        compress: CompressMode::Off,
+        ..SendOptions::default()
+    }
+}
+
+async fn over_quic(file: &Path, out: &Path) -> Result<(), TransferError> {
+    let bind = || UdpSocket::bind("127.0.0.1:0").map_err(|e| TransferError::Direct(e.to_string()));
+    let a = quic::endpoint(bind()?, Identity::generate()?)?;
+    let b = quic::endpoint(bind()?, Identity::generate()?)?;
+    let b_addr = b
+        .local_addr()
+        .map_err(|e| TransferError::Direct(e.to_string()))?;
+    let (client, server) = smol::future::zip(
+        a.connect(b_addr, b.fingerprint()),
+        b.accept(a.fingerprint()),
+    )
+    .await;
+    let cfg = ClientConfig::new("ws://unused.invalid", "bench direct code");
+    let sending = send_direct(cfg.clone(), client?, vec![file.into()], options(), |_| {});
+    let receiving = receive_direct(cfg, server?, out.into(), |_| {});
+    let (s, r) = smol::future::zip(sending, receiving).await;
+    s?;
+    r?;
+    Ok(())
+}
+
+async fn over_relay(file: &Path, out: &Path) -> Result<(), TransferError> {
+    let relay = RelayServer::bind(RelayServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        tls: None,
+        relay: Default::default(),
+        stun: p2p_copy_smol::StunPorts::Off,
+    })
+    .await
+    .map_err(|e| TransferError::Connect(e.to_string()))?;
+    let url = format!("ws://{}", relay.local_addr());
+    let serving = smol::spawn(relay.run());
+    let cfg = ClientConfig::new(url, "bench relay code");
+    let sending = send(cfg.clone(), vec![file.into()], options(), |_| {});
+    let receiving = receive(cfg, out.into(), |_| {});
+    let (s, r) = smol::future::zip(sending, receiving).await;
+    drop(serving);
+    s?;
+    r?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn run() -> Result<(), String> {
+    let (mib, rounds, dir) = parse_args()?;
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let file = src.join(format!("noise-{mib}MiB.bin"));
+    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some((mib * BLOCK) as u64) {
+        write_noise(&file, mib).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    let bytes = (mib * BLOCK) as f64;
+    let (mut quic_rates, mut relay_rates) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for path in ["quic", "relay"] {
+            let out = dir.join(format!("out-{path}"));
+            let _ = std::fs::remove_dir_all(&out);
+            let start = Instant::now();
+            let done = match path {
+                "quic" => smol::block_on(over_quic(&file, &out)),
+                _ => smol::block_on(over_relay(&file, &out)),
+            };
+            let secs = start.elapsed().as_secs_f64();
+            done.map_err(|e| format!("{path}: {e}"))?;
+            let got = out.join(file.file_name().expect("a file name"));
+            if !identical(&file, &got).map_err(|e| format!("compare: {e}"))? {
+                return Err(format!("{path}: the output differs from the input"));
+            }
+            let rate = bytes / secs / 1e6;
+            println!("round {round} {path:5} {mib} MiB in {secs:.2} s = {rate:.0} MB/s");
+            match path {
+                "quic" => quic_rates.push(rate),
+                _ => relay_rates.push(rate),
+            }
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    }
+    println!(
+        "MEDIAN quic={:.0} MB/s relay={:.0} MB/s",
+        median(quic_rates),
+        median(relay_rates)
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("p2p-copy-bench-direct: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

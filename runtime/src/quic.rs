@@ -1,0 +1,705 @@
+//! The direct path: QUIC between the two peers, over one UDP socket.
+//!
+//! Each side makes a self-signed certificate at start ([`Identity`]) and announces its
+//! SHA-256 fingerprint over the relay. The direct connection is mutually authenticated
+//! by exactly those fingerprints: the connecting side accepts only the server
+//! certificate it was told about, and the accepting side requires a client certificate
+//! and accepts only the one it was told about. Both still check the handshake
+//! signature, so holding the certificate is not enough: the peer must hold its key.
+//!
+//! A session runs over one bidirectional stream ([`QuicConn`]). The connecting side
+//! opens it and writes [`PREFACE`], the accepting side answers with it (in TLS 1.3
+//! only that answer tells the client that its certificate was accepted). The accepting
+//! side takes the first bidirectional stream and no other: its peer is granted one bidirectional stream and no
+//! unidirectional one, so opening more costs the accepting side nothing.
+//!
+//! # Framing
+//! Each message is `kind (1 byte) | length (4 bytes, big-endian) | payload`, with kind
+//! 0 a text message (UTF-8), 1 a binary message, 2 the close (2-byte close code, then a
+//! UTF-8 reason) after which the stream ends. A length above
+//! [`MAX_MESSAGE_LEN`](p2p_copy_core::wire::MAX_MESSAGE_LEN) is refused before anything
+//! is allocated for it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_rustls::rustls;
+use p2p_copy_core::wire::MAX_MESSAGE_LEN;
+use p2p_copy_core::WireMessage;
+use quinn::{IdleTimeout, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+
+use crate::transport::{Incoming, MessageTransport, TransportError};
+use crate::TransferError;
+
+/// The ALPN name of the direct path: a QUIC peer that speaks anything else is refused
+/// during the handshake.
+pub const ALPN: &[u8] = b"p2p-copy/1";
+
+/// What the connecting side writes first on its stream: QUIC announces a stream only
+/// when data flows on it, and the session's first message may be the accepting side's.
+pub const PREFACE: &[u8; 8] = b"P2PCOPY1";
+
+/// The name the connecting side asks for; the certificate is checked by fingerprint,
+/// never by name.
+const SERVER_NAME: &str = "p2p-copy";
+
+const KIND_TEXT: u8 = 0;
+const KIND_BINARY: u8 = 1;
+const KIND_CLOSE: u8 = 2;
+const HEADER_LEN: usize = 5;
+
+/// The SHA-256 of a certificate (its DER form).
+pub type Fingerprint = [u8; 32];
+
+/// The SHA-256 fingerprint of a DER certificate.
+pub fn fingerprint(cert_der: &[u8]) -> Fingerprint {
+    Sha256::digest(cert_der).into()
+}
+
+/// A fingerprint as lowercase hex, for messages.
+fn hex(f: &Fingerprint) -> String {
+    f.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One side's self-signed certificate and key, made at start and never stored.
+#[derive(Clone)]
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: Arc<PrivatePkcs8KeyDer<'static>>,
+    fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("fingerprint", &hex(&self.fingerprint))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A fresh ECDSA P-256 key and a self-signed certificate for it.
+    ///
+    /// # Errors
+    /// [`TransferError::Direct`] if no key can be made (no randomness).
+    pub fn generate() -> Result<Identity, TransferError> {
+        let made = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
+            .map_err(|e| TransferError::Direct(format!("cannot make a certificate: {e}")))?;
+        let cert = made.cert.der().clone();
+        Ok(Identity {
+            fingerprint: fingerprint(&cert),
+            key: Arc::new(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der())),
+            cert,
+        })
+    }
+
+    /// The certificate's SHA-256 fingerprint, which the peer must be told.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The certificate in DER form.
+    pub fn certificate(&self) -> &[u8] {
+        &self.cert
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly one certificate, by fingerprint, as a server's or a client's; the
+/// handshake signature is verified as usual.
+#[derive(Debug)]
+struct Pinned {
+    expected: Fingerprint,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    fn new(expected: Fingerprint) -> Pinned {
+        Pinned {
+            expected,
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    fn check(&self, cert: &CertificateDer<'_>, whose: &str) -> Result<(), rustls::Error> {
+        let got = fingerprint(cert);
+        if got == self.expected {
+            return Ok(());
+        }
+        Err(rustls::Error::General(format!(
+            "the {whose}'s certificate is not the one it announced over the relay (fingerprint {}, expected {})",
+            hex(&got),
+            hex(&self.expected)
+        )))
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity, "peer")?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for Pinned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity, "peer")?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Flow control and liveness for bulk transfer over one stream.
+///
+/// - Stream receive window 8 MiB: one round trip's worth at 1 Gbit/s up to 67 ms of
+///   RTT (quinn's default of 1.25 MiB caps a stream at 100 Mbit/s over 100 ms). It is
+///   also what a receiver that stops reading holds at most, so memory stays bounded.
+/// - Connection receive window 16 MiB: the one data stream plus headroom; without a
+///   bound (quinn's default) a peer could fill memory over many streams.
+/// - Send window 32 MiB: the sender may keep more than one receive window in flight and
+///   buffered, so that it never waits for acknowledgements while the peer's window is
+///   open; the session loop's own read-ahead (a few 1 MiB pieces) is far below it.
+/// - One bidirectional stream and no unidirectional ones for the peer: the session
+///   needs one, and each stream the peer may open costs state here.
+/// - Keep-alive every 5 s (NAT mappings for UDP often expire after 30 s), and an idle
+///   timeout of 30 s, so that a dead path is noticed well before the session's own
+///   idle timeout.
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    const MIB: u32 = 1024 * 1024;
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(VarInt::from_u32(8 * MIB))
+        .receive_window(VarInt::from_u32(16 * MIB))
+        .send_window(32 * u64::from(MIB))
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits"),
+        ));
+    Arc::new(t)
+}
+
+fn tls_error(e: rustls::Error) -> TransferError {
+    TransferError::Direct(format!("TLS settings: {e}"))
+}
+
+fn client_config(me: &Identity, peer: Fingerprint) -> Result<quinn::ClientConfig, TransferError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned::new(peer)))
+        .with_client_auth_cert(
+            vec![me.cert.clone()],
+            PrivateKeyDer::Pkcs8(me.key.clone_key()),
+        )
+        .map_err(tls_error)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TransferError::Direct(format!("TLS settings: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+fn server_config(me: &Identity, peer: Fingerprint) -> Result<quinn::ServerConfig, TransferError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_client_cert_verifier(Arc::new(Pinned::new(peer)))
+        .with_single_cert(
+            vec![me.cert.clone()],
+            PrivateKeyDer::Pkcs8(me.key.clone_key()),
+        )
+        .map_err(tls_error)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TransferError::Direct(format!("TLS settings: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// A QUIC endpoint on one UDP socket, which both connects and accepts.
+#[derive(Debug, Clone)]
+pub struct QuicEndpoint {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+}
+
+impl QuicEndpoint {
+    /// Run QUIC on `socket` with `identity`'s certificate. `runtime` is the executor's
+    /// I/O and timers for quinn (the runtime crates supply it).
+    ///
+    /// # Errors
+    /// [`TransferError::Direct`] if the socket cannot be used or the TLS settings fail.
+    pub fn new(
+        socket: std::net::UdpSocket,
+        identity: Identity,
+        runtime: Arc<dyn quinn::Runtime>,
+    ) -> Result<QuicEndpoint, TransferError> {
+        // Until a peer is known, no client certificate is acceptable: `accept` supplies
+        // the settings for the one peer it waits for.
+        let nobody = server_config(&identity, [0; 32])?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(nobody),
+            socket,
+            runtime,
+        )
+        .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?;
+        Ok(QuicEndpoint { endpoint, identity })
+    }
+
+    /// The local address of the UDP socket.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// This side's certificate fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.identity.fingerprint
+    }
+
+    /// Connect to the peer at `addr`, accepting only the certificate with fingerprint
+    /// `peer`, and open the session's stream. The caller bounds the time it may take.
+    ///
+    /// # Errors
+    /// [`TransferError::Direct`] if the handshake fails (a different certificate on
+    /// either side, another protocol) or the connection is lost.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        peer: Fingerprint,
+    ) -> Result<QuicConn, TransferError> {
+        let config = client_config(&self.identity, peer)?;
+        let failed = |e: &dyn fmt::Display| {
+            TransferError::Direct(format!(
+                "the QUIC connection to {addr} failed: {e} (each side accepts only the certificate the other announced)"
+            ))
+        };
+        let connection = self
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|e| failed(&e))?
+            .await
+            .map_err(|e| failed(&e))?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| failed(&e))?;
+        send.write_all(PREFACE).await.map_err(|e| failed(&e))?;
+        // In TLS 1.3 the client's handshake completes before the server has checked the
+        // client's certificate: only the server's answer shows that it accepted this side.
+        read_preface(&connection, &mut recv)
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv))
+    }
+
+    /// Accept the next connection, requiring the client certificate with fingerprint
+    /// `peer`, and take its first bidirectional stream. The caller bounds the time it
+    /// may take.
+    ///
+    /// # Errors
+    /// [`TransferError::Direct`] if the endpoint is closed, the handshake fails (a
+    /// different certificate on either side, another protocol), or the peer's stream
+    /// does not start with [`PREFACE`].
+    pub async fn accept(&self, peer: Fingerprint) -> Result<QuicConn, TransferError> {
+        let incoming = self
+            .endpoint
+            .accept()
+            .await
+            .ok_or_else(|| TransferError::Direct("the QUIC endpoint is closed".into()))?;
+        let addr = incoming.remote_address();
+        let failed = |e: &dyn fmt::Display| {
+            TransferError::Direct(format!(
+                "the QUIC connection from {addr} failed: {e} (each side accepts only the certificate the other announced)"
+            ))
+        };
+        let config = Arc::new(server_config(&self.identity, peer)?);
+        let connection = incoming
+            .accept_with(config)
+            .map_err(|e| failed(&e))?
+            .await
+            .map_err(|e| failed(&e))?;
+        let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| failed(&e))?;
+        read_preface(&connection, &mut recv)
+            .await
+            .map_err(|e| failed(&e))?;
+        send.write_all(PREFACE).await.map_err(|e| failed(&e))?;
+        Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv))
+    }
+}
+
+/// Read the peer's [`PREFACE`]; close the connection if something else comes.
+async fn read_preface(
+    connection: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+) -> Result<(), String> {
+    let mut preface = [0u8; PREFACE.len()];
+    recv.read_exact(&mut preface)
+        .await
+        .map_err(|e| e.to_string())?;
+    if &preface != PREFACE {
+        connection.close(VarInt::from_u32(1), b"not p2p-copy");
+        return Err("the peer's stream does not start as p2p-copy's does".into());
+    }
+    Ok(())
+}
+
+type Stopped = Pin<Box<dyn Future<Output = Result<Option<VarInt>, quinn::StoppedError>> + Send>>;
+
+/// Where reading a message stands.
+enum ReadState {
+    /// Reading the 5-byte header; this many bytes are in.
+    Header(usize),
+    /// Reading a payload of the given kind into `payload`; this many bytes are in.
+    Payload(u8, usize),
+    /// The stream ended or failed: nothing more comes.
+    Done,
+}
+
+/// A session's messages over one bidirectional QUIC stream (see the module docs for the
+/// framing).
+pub struct QuicConn {
+    // Kept so the endpoint's driver runs as long as the connection does.
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Framed bytes not yet taken by the stream.
+    pending: VecDeque<Bytes>,
+    /// The close is queued: after it, the stream is finished and the peer's
+    /// acknowledgement awaited.
+    closing: bool,
+    stopped: Option<Stopped>,
+    header: [u8; HEADER_LEN],
+    payload: Vec<u8>,
+    state: ReadState,
+}
+
+impl fmt::Debug for QuicConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicConn")
+            .field("remote", &self.connection.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuicConn {
+    fn new(
+        endpoint: quinn::Endpoint,
+        connection: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> QuicConn {
+        QuicConn {
+            _endpoint: endpoint,
+            connection,
+            send,
+            recv,
+            pending: VecDeque::new(),
+            closing: false,
+            stopped: None,
+            header: [0; HEADER_LEN],
+            payload: Vec::new(),
+            state: ReadState::Header(0),
+        }
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// The underlying QUIC connection, for statistics and tests.
+    #[doc(hidden)]
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// The connection and the session's stream, for tests that write what a correct
+    /// peer never would.
+    #[doc(hidden)]
+    pub fn into_parts(self) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+        (self.connection, self.send, self.recv)
+    }
+
+    fn queue(&mut self, kind: u8, payload: Bytes) {
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = kind;
+        // Every message is at most MAX_MESSAGE_LEN (2 MiB), far below 4 GiB.
+        header[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+        self.pending.push_back(Bytes::copy_from_slice(&header));
+        if !payload.is_empty() {
+            self.pending.push_back(payload);
+        }
+    }
+
+    /// Hand pending bytes to the stream until all are taken.
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        while let Some(front) = self.pending.front_mut() {
+            let n = ready!(Pin::new(&mut self.send).poll_write(cx, front))
+                .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
+            if n >= front.len() {
+                self.pending.pop_front();
+            } else {
+                let _ = front.split_to(n);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Fill `buf` from the stream; `Ok(false)` if the stream ended first.
+    fn poll_fill(
+        recv: &mut quinn::RecvStream,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        filled: &mut usize,
+    ) -> Poll<Result<bool, TransportError>> {
+        while *filled < buf.len() {
+            let n = ready!(recv.poll_read(cx, &mut buf[*filled..]))
+                .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
+            if n == 0 {
+                return Poll::Ready(Ok(false));
+            }
+            *filled += n;
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    fn violation(&mut self, code: u16, reason: String) -> TransportError {
+        self.state = ReadState::Done;
+        // Nothing more is read: tell the peer's QUIC stack to stop sending.
+        let _ = self.recv.stop(VarInt::from_u32(u32::from(code)));
+        TransportError::Violation { code, reason }
+    }
+
+    fn decode(&mut self, kind: u8, payload: Vec<u8>) -> Result<Incoming, TransportError> {
+        match kind {
+            KIND_BINARY => Ok(Incoming::Message(WireMessage::Binary(Bytes::from(payload)))),
+            KIND_TEXT => match String::from_utf8(payload) {
+                Ok(text) => Ok(Incoming::Message(WireMessage::Text(text))),
+                Err(_) => Err(self.violation(1007, "a text message is not UTF-8".into())),
+            },
+            _ => {
+                if payload.len() < 2 {
+                    return Err(self.violation(1007, "a close message without a code".into()));
+                }
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                match String::from_utf8(payload[2..].to_vec()) {
+                    Ok(reason) => Ok(Incoming::Close(Some((code, reason)))),
+                    Err(_) => Err(self.violation(1007, "a close reason is not UTF-8".into())),
+                }
+            }
+        }
+    }
+}
+
+impl MessageTransport for QuicConn {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        // quinn buffers up to the send window: a message is taken once the previous one
+        // is in that buffer, so the window, not this queue, is the backpressure.
+        self.poll_write_pending(cx)
+    }
+
+    fn start_send(&mut self, msg: WireMessage) -> Result<(), TransportError> {
+        if self.closing {
+            return Err(TransportError::Lost(
+                "the direct connection is closing".into(),
+            ));
+        }
+        match msg {
+            WireMessage::Text(t) => self.queue(KIND_TEXT, Bytes::from(t.into_bytes())),
+            WireMessage::Binary(b) => self.queue(KIND_BINARY, b),
+        }
+        Ok(())
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        ready!(self.poll_write_pending(cx))?;
+        if !self.closing {
+            return Poll::Ready(Ok(()));
+        }
+        if self.stopped.is_none() {
+            let _ = self.send.finish();
+            self.stopped = Some(Box::pin(self.send.stopped()));
+        }
+        // The close is delivered once the peer has acknowledged the whole stream;
+        // dropping the connection before would discard what is still in flight.
+        let stopped = self.stopped.as_mut().expect("set above");
+        match ready!(stopped.as_mut().poll(cx)) {
+            Ok(None) => Poll::Ready(Ok(())),
+            Ok(Some(code)) => Poll::Ready(Err(TransportError::Lost(format!(
+                "the peer stopped reading (code {code})"
+            )))),
+            Err(e) => Poll::Ready(Err(TransportError::Lost(format!(
+                "the direct connection failed: {e}"
+            )))),
+        }
+    }
+
+    fn start_close(&mut self, code: u16, reason: &str) -> Result<(), TransportError> {
+        if self.closing {
+            return Ok(());
+        }
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        self.queue(KIND_CLOSE, Bytes::from(payload));
+        self.closing = true;
+        Ok(())
+    }
+
+    fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Incoming, TransportError>>> {
+        loop {
+            match self.state {
+                ReadState::Done => return Poll::Ready(None),
+                ReadState::Header(mut filled) => {
+                    let got = Self::poll_fill(&mut self.recv, cx, &mut self.header, &mut filled);
+                    self.state = ReadState::Header(filled);
+                    match ready!(got) {
+                        Err(e) => {
+                            self.state = ReadState::Done;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        Ok(false) if filled == 0 => {
+                            self.state = ReadState::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(false) => {
+                            self.state = ReadState::Done;
+                            return Poll::Ready(Some(Err(TransportError::Lost(
+                                "the direct connection ended in the middle of a message".into(),
+                            ))));
+                        }
+                        Ok(true) => {}
+                    }
+                    let kind = self.header[0];
+                    let len = u32::from_be_bytes([
+                        self.header[1],
+                        self.header[2],
+                        self.header[3],
+                        self.header[4],
+                    ]) as usize;
+                    if kind > KIND_CLOSE {
+                        let e = self.violation(1007, format!("unknown message kind {kind}"));
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    // Checked before anything is allocated: the length is the peer's
+                    // claim, not data that has arrived.
+                    if len > MAX_MESSAGE_LEN {
+                        let e = self.violation(
+                            1009,
+                            format!(
+                                "a message of {len} bytes is larger than the limit of {MAX_MESSAGE_LEN}"
+                            ),
+                        );
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    self.payload = vec![0; len];
+                    self.state = ReadState::Payload(kind, 0);
+                }
+                ReadState::Payload(kind, mut filled) => {
+                    let got = Self::poll_fill(&mut self.recv, cx, &mut self.payload, &mut filled);
+                    self.state = ReadState::Payload(kind, filled);
+                    match ready!(got) {
+                        Err(e) => {
+                            self.state = ReadState::Done;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        Ok(false) => {
+                            self.state = ReadState::Done;
+                            return Poll::Ready(Some(Err(TransportError::Lost(
+                                "the direct connection ended in the middle of a message".into(),
+                            ))));
+                        }
+                        Ok(true) => {}
+                    }
+                    self.state = ReadState::Header(0);
+                    let payload = std::mem::take(&mut self.payload);
+                    return Poll::Ready(Some(self.decode(kind, payload)));
+                }
+            }
+        }
+    }
+}
