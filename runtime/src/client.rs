@@ -115,17 +115,7 @@ async fn send_session<R: Rt>(
     opts: SendOptions,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
-    let (files, locals): (Vec<SendFile>, Vec<Listed>) = picked
-        .into_iter()
-        .map(|s| {
-            let listed = Listed {
-                path: s.local,
-                size: s.file.size,
-                modified: s.modified,
-            };
-            (s.file, listed)
-        })
-        .unzip();
+    let (files, locals) = split_sources(picked);
     let seed = nonce_seed()?;
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
     let conn = transport::WsTransport(ws);
@@ -329,18 +319,7 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
     let listing = rt
         .spawn_blocking(move || source::list(&paths, list_opts))
         .await?;
-    let (files, locals): (Vec<SendFile>, Vec<Listed>) = listing
-        .files
-        .into_iter()
-        .map(|s| {
-            let listed = Listed {
-                path: s.local,
-                size: s.file.size,
-                modified: s.modified,
-            };
-            (s.file, listed)
-        })
-        .unzip();
+    let (files, locals) = split_sources(listing.files);
     let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
     let seed = nonce_seed()?;
     let events: EventSink = Arc::new(Mutex::new(on_event));
@@ -371,6 +350,21 @@ pub async fn receive_direct<R: Rt, T: MessageTransport>(
     let conn = AlreadyPaired::receiver(conn);
     let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn).await?;
     Ok(total(&[done], start))
+}
+
+/// What the sender announces of each listed file, and what its file access checks.
+fn split_sources(sources: Vec<Source>) -> (Vec<SendFile>, Vec<Listed>) {
+    sources
+        .into_iter()
+        .map(|s| {
+            let listed = Listed {
+                path: s.local,
+                size: s.file.size,
+                modified: s.modified,
+            };
+            (s.file, listed)
+        })
+        .unzip()
 }
 
 fn prepare_out_dir(dir: &std::path::Path) -> Result<(), TransferError> {
