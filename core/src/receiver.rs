@@ -335,9 +335,6 @@ struct Incoming {
     eof_seen: bool,
 }
 
-/// How the reason for a file that could not be renamed into place starts.
-const NOT_PUT_IN_PLACE: &str = "could not be put in place";
-
 /// Most messages held back while the receiver waits for its own work to finish; a
 /// runtime that honours [`Receiver::wants_input`] never gets near it.
 const BACKLOG_LIMIT: usize = 64;
@@ -384,6 +381,8 @@ pub struct Receiver {
     seed: Option<[u8; 32]>,
     /// Files not delivered, and why.
     failed: Vec<FailedFile>,
+    /// Of those, the ones whose rename into place failed (shown escaped, with why).
+    uncommitted: Vec<String>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -426,6 +425,7 @@ impl Receiver {
             reported: false,
             seed: None,
             failed: Vec::new(),
+            uncommitted: Vec::new(),
         };
         r.transmit.push_back(
             Control::Hello {
@@ -1359,12 +1359,7 @@ impl Receiver {
                 if self.confirm {
                     self.queue_report(None);
                 }
-                let uncommitted: Vec<String> = self
-                    .failed
-                    .iter()
-                    .filter(|f| f.reason.starts_with(NOT_PUT_IN_PLACE))
-                    .map(|f| format!("{} ({})", crate::path::escape(&f.path), f.reason))
-                    .collect();
+                let uncommitted = std::mem::take(&mut self.uncommitted);
                 if uncommitted.is_empty() {
                     self.phase = Phase::Done;
                     self.events.push_back(Event::Done);
@@ -1488,7 +1483,12 @@ impl Receiver {
                 Ok(())
             }
             IoCompletion::CommitFailed { reason, .. } => {
-                self.not_delivered(file, format!("{NOT_PUT_IN_PLACE}: {reason}"));
+                let reason = format!("could not be put in place: {reason}");
+                self.uncommitted.push(format!(
+                    "{} ({reason})",
+                    crate::path::escape(self.entries[file].path.as_str())
+                ));
+                self.not_delivered(file, reason);
                 self.advance_commit();
                 Ok(())
             }

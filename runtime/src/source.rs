@@ -70,6 +70,7 @@ pub(crate) fn list(paths: &[PathBuf], opts: ListOptions) -> Result<Listing, Tran
         out: Listing::default(),
         names: HashMap::new(),
         seen: HashSet::new(),
+        canonical_dirs: HashMap::new(),
     };
     for arg in paths {
         l.argument(arg)?;
@@ -84,6 +85,9 @@ struct Lister {
     names: HashMap<String, usize>,
     /// Entries listed already: the canonical directory and the name in it.
     seen: HashSet<PathBuf>,
+    /// Each directory's canonical form, resolved once (a `readlink` per component)
+    /// however many files it holds.
+    canonical_dirs: HashMap<PathBuf, PathBuf>,
 }
 
 /// What a directory entry or argument is, links not followed.
@@ -223,7 +227,8 @@ impl Lister {
         meta: &Metadata,
     ) -> Result<(), TransferError> {
         let shown = local.display().to_string();
-        if !self.seen.insert(entry_key(&local)) {
+        let key = self.entry_key(&local);
+        if !self.seen.insert(key) {
             return Ok(());
         }
         let mut names = Vec::with_capacity(parts.len());
@@ -261,6 +266,23 @@ impl Lister {
         Ok(())
     }
 
+    /// The entry `local` names: its directory resolved, its own name kept, so that the
+    /// same entry reached by two paths is one, while a link and its target stay two.
+    fn entry_key(&mut self, local: &Path) -> PathBuf {
+        let parent = match local.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = self
+            .canonical_dirs
+            .entry(parent.to_path_buf())
+            .or_insert_with(|| fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf()));
+        match local.file_name() {
+            Some(n) => dir.join(n),
+            None => dir.clone(),
+        }
+    }
+
     /// Leave `shown` out by policy, with a warning.
     fn exclude(&mut self, shown: &str, why: &str) -> Result<(), TransferError> {
         log::warn!("skipping {}: {why}", escape(shown));
@@ -279,20 +301,6 @@ impl Lister {
         log::warn!("skipping {}: {why}", escape(shown));
         self.out.failed.push((shown.to_owned(), why));
         Ok(())
-    }
-}
-
-/// The entry `local` names: its directory resolved, its own name kept, so that the same
-/// entry reached by two paths is one, while a link and its target stay two.
-fn entry_key(local: &Path) -> PathBuf {
-    let parent = match local.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let dir = fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
-    match local.file_name() {
-        Some(n) => dir.join(n),
-        None => dir,
     }
 }
 
