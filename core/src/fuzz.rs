@@ -76,6 +76,123 @@ pub fn direct(data: &[u8]) -> DirectRun {
     direct_body::run(data)
 }
 
+/// Drive a [`SenderHandover`](crate::handover::SenderHandover) and a
+/// [`ReceiverHandover`](crate::handover::ReceiverHandover) with a script of sends,
+/// deliveries, acknowledgements (true or forged counts), losses and resumes (true or
+/// forged), checking that nothing panics, that a forged count is refused, and that when
+/// the peers follow the protocol the receiver gets every message once and in order. Returns how many messages arrived.
+pub fn handover(data: &[u8]) -> usize {
+    handover_body::run(data)
+}
+
+mod handover_body {
+    use std::collections::VecDeque;
+
+    use bytes::Bytes;
+
+    use crate::handover::{ReceiverHandover, SenderHandover};
+    use crate::wire::{Control, WireMessage};
+
+    fn msg(i: u64, len: usize) -> WireMessage {
+        let mut v = vec![0u8; len.max(8)];
+        v[..8].copy_from_slice(&i.to_be_bytes());
+        WireMessage::Binary(Bytes::from(v))
+    }
+
+    fn id(m: &WireMessage) -> u64 {
+        match m {
+            WireMessage::Binary(b) => u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+            WireMessage::Text(_) => u64::MAX,
+        }
+    }
+
+    pub(super) fn run(data: &[u8]) -> usize {
+        let mut s = SenderHandover::new();
+        let mut r = ReceiverHandover::new();
+        let mut next = 0u64;
+        let mut wire: VecDeque<WireMessage> = VecDeque::new();
+        let mut got: Vec<u64> = Vec::new();
+        let mut acks: VecDeque<u64> = VecDeque::new();
+        let mut resumed = false;
+        let mut it = data.iter().copied();
+        while let Some(op) = it.next() {
+            let arg = it.next().unwrap_or(0);
+            match op % 6 {
+                // Send one message of arg * 64 KiB, when allowed.
+                0 if s.can_send() => {
+                    let m = msg(next, usize::from(arg) * 65_536);
+                    s.on_sent(&m);
+                    wire.push_back(m);
+                    next += 1;
+                }
+                // Deliver up to arg messages on the direct path.
+                1 if r.on_direct() => {
+                    for _ in 0..arg {
+                        let Some(m) = wire.pop_front() else { break };
+                        got.push(id(&m));
+                        if let Some(Control::DirectAck { received }) = r.on_received(m.len()) {
+                            acks.push_back(received);
+                        }
+                    }
+                }
+                // Pass the oldest acknowledgement to the sender.
+                2 => {
+                    if let Some(n) = acks.pop_front() {
+                        if s.on_direct() {
+                            s.on_ack(n).expect("a true acknowledgement is taken");
+                        }
+                    }
+                }
+                // A forged count: refused when out of range, and nothing changes.
+                3 => {
+                    let forged = s.sent() + 1 + u64::from(arg);
+                    assert!(
+                        s.on_ack(forged).is_err(),
+                        "a count past what was sent is refused"
+                    );
+                }
+                // The direct path fails: the rest goes on the relay, resent from the count.
+                4 if s.on_direct() && !resumed => {
+                    let lost = s.lost().expect("the first loss says direct_lost");
+                    let Control::DirectLost { attempt } = lost else {
+                        panic!("{lost:?}")
+                    };
+                    let Control::DirectResume { attempt, received } =
+                        r.on_lost(attempt).expect("a true direct_lost is answered")
+                    else {
+                        panic!("not a direct_resume")
+                    };
+                    wire.clear(); // in flight on the dead path: gone
+                    let again = s
+                        .on_resume(attempt, received)
+                        .expect("a true count is taken");
+                    got.extend(again.iter().map(id));
+                    resumed = true;
+                }
+                // Raw protocol errors on the receiver: a second direct_lost, another attempt.
+                5 if !r.on_direct() => {
+                    assert!(r.on_lost(u32::from(arg)).is_err());
+                }
+                _ => {}
+            }
+        }
+        // The session ends: whatever is still in flight arrives (on the direct path, or
+        // the rest goes on the relay after a loss).
+        if s.on_direct() {
+            while let Some(m) = wire.pop_front() {
+                got.push(id(&m));
+                r.on_received(m.len());
+            }
+        }
+        assert_eq!(
+            got,
+            (0..next).collect::<Vec<_>>(),
+            "every message once, in order"
+        );
+        got.len()
+    }
+}
+
 /// How deep a [`direct`] run got.
 #[derive(Debug, Default)]
 pub struct DirectRun {
@@ -3370,6 +3487,13 @@ mod tests {
         ];
         let out = super::relay(&script);
         assert_eq!((out.pairs, out.aborted), (1, 1));
+    }
+
+    #[test]
+    fn handover_script_resends_what_a_lost_path_did_not_deliver() {
+        // Send 3, deliver 1, lose the path: 2 are sent again on the relay; send 1 more.
+        let script = [0, 1, 0, 1, 0, 1, 1, 1, 4, 0, 0, 1];
+        assert_eq!(super::handover(&script), 3);
     }
 
     #[rustfmt::skip]

@@ -43,8 +43,6 @@ use crate::DirectOptions;
 const PUNCH_EVERY: Duration = Duration::from_millis(100);
 /// How long to wait for STUN answers while gathering.
 const STUN_WAIT: Duration = Duration::from_millis(800);
-/// A direct-only sender waits this long for the receiver's answer to its offer.
-const ANSWER_WAIT: Duration = Duration::from_secs(15);
 /// What the receiver sends to open its NAT: too short to be a QUIC packet, so the
 /// sender's QUIC stack drops it without answering.
 const PUNCH: &[u8] = &[0];
@@ -1135,7 +1133,11 @@ impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {
 
     fn poll_background(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         let mut progress = false;
-        if self.held.is_empty() && !self.relay_done {
+        // Before the peer agreed to an attempt the relay carries only the session's
+        // messages: the session reads them itself, in its own order (it sends `hello`
+        // before it reads, even when the relay has already refused it).
+        let attempting = !matches!(self.stage, Stage::Idle);
+        if attempting && self.held.is_empty() && !self.relay_done {
             if let Poll::Ready(item) = self.poll_relay(cx) {
                 self.held.push_back(item);
                 progress = true;
@@ -1156,9 +1158,11 @@ impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {
         }
         // A direct-only sender whose receiver never answers the offer (p2p-copy 0.1.x).
         if self.sender_holds() && matches!(self.stage, Stage::Idle) {
+            // As long as the attempt itself may take.
+            let wait = self.opts.timeout;
             let t = self
                 .answer_timer
-                .get_or_insert_with(|| self.rt.sleep_until(Instant::now() + ANSWER_WAIT).boxed());
+                .get_or_insert_with(|| self.rt.sleep_until(Instant::now() + wait).boxed());
             if t.poll_unpin(cx).is_ready() {
                 let direct_only = self.direct_only();
                 self.give_up(

@@ -27,14 +27,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future;
 use p2p_copy_core::wire::Compression;
-use p2p_copy_core::Event;
+use p2p_copy_core::{Event, PathEvent};
 use p2p_copy_tests::binary::cli_binary;
 use p2p_copy_tests::events::EventLog;
 use p2p_copy_tests::process::{start_cli_relay, ChildGuard};
 use p2p_copy_tests::python;
 use p2p_copy_tests::tree::{self, Content, FileSpec, MIB};
 use p2p_copy_tests::{
-    ClientConfig, CompressMode, Runtime, SendOptions, Smol, Summary, TestRelay, TransferError,
+    ClientConfig, CompressMode, DirectMode, Runtime, SendOptions, Smol, Summary, TestRelay,
+    TransferError,
 };
 
 /// The longest any one transfer of the suite may take, including process start-up.
@@ -929,6 +930,36 @@ fn run_case(name: &str, mode: Mode, combo: Combo) {
     if combo.receiver == Ours {
         check_our_events(&mode, r.events(), "our receiver", &reports);
     }
+    // Our sides run with direct connections on (the default). With a p2p-copy 0.1.2 peer
+    // the offer is never answered (our sender) or never made (our receiver): the relay
+    // carries everything and no direct-path message is sent.
+    let paths = |log: &EventLog| -> Vec<PathEvent> {
+        log.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Path(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    };
+    if combo.sender == Ours && combo.receiver == Py {
+        assert_eq!(
+            paths(s.events()),
+            vec![],
+            "our sender with a Python receiver\n{reports}"
+        );
+    }
+    if combo.receiver == Ours && combo.sender == Py {
+        let sessions = mode.parallel.unwrap_or(1).max(1);
+        let want = PathEvent::Relay {
+            reason: "the sender offers no direct connection".into(),
+        };
+        assert_eq!(
+            paths(r.events()),
+            vec![want; sessions],
+            "our receiver with a Python sender\n{reports}"
+        );
+    }
 }
 
 /// One test module per mode, one test per combination with at least one side ours.
@@ -1313,6 +1344,50 @@ fn our_sender_ends_clearly_when_the_python_receiver_uses_another_encrypt_setting
         "the Python receiver was expected to be still waiting"
     );
     assert!(!out.join("x.txt").exists());
+}
+
+#[test]
+fn our_direct_only_sender_fails_clearly_against_a_python_receiver_and_sends_no_file() {
+    let _slot = Slot::acquire();
+    let scratch = Scratch::new("direct-only-py");
+    let src = write_source(&scratch, "src", &[FileSpec::random("x.bin", 300_000, 4)]);
+    let out = scratch.out();
+    let relay = AnyRelay::start(Py);
+    let url = relay.url();
+    let code = "interop direct-only";
+    let Side::Proc {
+        guard: mut receiver,
+        ..
+    } = start_receiver(Py, &url, code, &out, false)
+    else {
+        unreachable!("the Python receiver is a process")
+    };
+    let mut cfg = our_config(&url, code, false);
+    cfg.direct.mode = DirectMode::DirectOnly;
+    cfg.direct.timeout = Duration::from_secs(2);
+    let paths = vec![src.join("x.bin")];
+    let t0 = Instant::now();
+    let s = Side::lib("our sender", move |log| {
+        Smol::send(cfg, paths, SendOptions::default(), log.recorder())
+    })
+    .wait_until(t0 + Duration::from_secs(60));
+    assert_exit(&s, 9, &[&s]);
+    assert!(
+        s.message.contains("0.1.x"),
+        "the message must say why there is no direct path\n{}",
+        s.report()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the 2 s attempt was not kept"
+    );
+    let started_files = started(s.events());
+    assert!(
+        started_files.is_empty(),
+        "no file data may go through the relay: {started_files:?}"
+    );
+    receiver.kill();
+    assert!(!out.join("x.bin").exists());
 }
 
 #[test]

@@ -1096,3 +1096,14 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// The handover fuzz target on arbitrary scripts: no panic, every message once and
+    /// in order.
+    #[test]
+    fn handover_scripts_deliver_every_message_once(data in prop::collection::vec(any::<u8>(), 0..400)) {
+        crate::fuzz::handover(&data);
+    }
+}
