@@ -119,6 +119,7 @@ async fn send_session<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let (files, locals) = split_sources(picked);
     let seed = nonce_seed()?;
+    let opening = Instant::now();
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
     let conn = Paths::new(
         rt.clone(),
@@ -126,6 +127,7 @@ async fn send_session<R: Rt>(
         cfg.direct.clone(),
         cfg.server.clone(),
         transport::WsTransport(ws),
+        opening.elapsed(),
     );
     drive_send(
         rt, cfg, index, secrets, files, locals, seed, opts, events, conn,
@@ -270,6 +272,7 @@ async fn receive_session<R: Rt>(
     out_dir: PathBuf,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
+    let opening = Instant::now();
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
     let conn = Paths::new(
         rt.clone(),
@@ -277,6 +280,7 @@ async fn receive_session<R: Rt>(
         cfg.direct.clone(),
         cfg.server.clone(),
         transport::WsTransport(ws),
+        opening.elapsed(),
     );
     drive_receive(rt, cfg, index, secrets, out_dir, events, conn).await
 }

@@ -41,6 +41,12 @@ use crate::DirectOptions;
 
 /// How often the receiver sends a datagram to each sender candidate while it waits.
 const PUNCH_EVERY: Duration = Duration::from_millis(100);
+/// How long file data waits for the direct path once the peer agreed to try (see
+/// [`Paths::hold_until`]).
+const SWITCH_HOLD: Duration = Duration::from_secs(1);
+/// Bounds of how long file data waits for the receiver's answer to the offer.
+const ANSWER_HOLD_MIN: Duration = Duration::from_millis(100);
+const ANSWER_HOLD_MAX: Duration = Duration::from_secs(1);
 /// How long to wait for STUN answers while gathering.
 const STUN_WAIT: Duration = Duration::from_millis(800);
 /// What the receiver sends to open its NAT: too short to be a QUIC packet, so the
@@ -134,10 +140,29 @@ pub(crate) struct Paths<R: Rt, T: MessageTransport> {
     /// manifest through the relay and holds the rest for the direct path).
     session_sent: u64,
     answer_timer: Option<BoxFuture<'static, ()>>,
+    /// How long the sender's file data waits for the receiver's answer: twice the time
+    /// the relay connection took to open (a few round trips), within bounds.
+    answer_hold: Duration,
+    /// When the manifest went out (sender).
+    manifest_at: Option<Instant>,
+    /// When the peer agreed to an attempt.
+    agreed_at: Option<Instant>,
+    /// File data went on the relay without waiting: no later wait.
+    data_flowed: bool,
+    hold_timer: Option<(Instant, BoxFuture<'static, ()>)>,
 }
 
 impl<R: Rt, T: MessageTransport> Paths<R, T> {
-    pub(crate) fn new(rt: R, role: Role, opts: DirectOptions, server: String, relay: T) -> Self {
+    /// `opened_in` is how long the relay connection took to open, a measure of the
+    /// round trip to the relay.
+    pub(crate) fn new(
+        rt: R,
+        role: Role,
+        opts: DirectOptions,
+        server: String,
+        relay: T,
+        opened_in: Duration,
+    ) -> Self {
         Paths {
             rt,
             role,
@@ -153,6 +178,11 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
             fatal: None,
             session_sent: 0,
             answer_timer: None,
+            answer_hold: (opened_in * 2).clamp(ANSWER_HOLD_MIN, ANSWER_HOLD_MAX),
+            manifest_at: None,
+            agreed_at: None,
+            data_flowed: false,
+            hold_timer: None,
         }
     }
 
@@ -281,6 +311,11 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
                     if let Some(m) = self.on_relay_message(m) {
                         return Poll::Ready(Some(Ok(Incoming::Message(m))));
                     }
+                    // A direct-path message may have changed where the session reads
+                    // and writes (a switch, a loss) or queued messages and events: the
+                    // session loop must go round again, even if this read ends Pending,
+                    // since nothing else would wake it for the new path.
+                    cx.waker().wake_by_ref();
                 }
                 None => {
                     self.relay_done = true;
@@ -296,7 +331,16 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
     }
 
     /// Send our queued relay messages.
+    ///
+    /// Never before the session's second message (`hello`, then the sender's manifest
+    /// or the receiver's answer to it): the peer must learn that this side accepted the
+    /// extension before it sees any of the extension's messages, and the receiver's
+    /// answer may still wait in the session's queue when the attempt has its first
+    /// message ready.
     fn poll_relay_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        if self.session_sent < 2 {
+            return Poll::Ready(Ok(()));
+        }
         while !self.relay_out.is_empty() {
             ready!(self.relay.poll_ready(cx))?;
             let m = self.relay_out.pop_front().expect("not empty");
@@ -361,7 +405,16 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
                 }
             }
             Role::Receiver => Link {
-                conns: a.verified.drain().map(|(_, c)| c).collect(),
+                // A connection whose accept completed but was not yet taken may be the
+                // one the sender chose.
+                conns: a
+                    .accepting
+                    .take()
+                    .and_then(|f| f.now_or_never())
+                    .and_then(Result::ok)
+                    .into_iter()
+                    .chain(a.verified.drain().map(|(_, c)| c))
+                    .collect(),
                 chosen: None,
                 broken: false,
                 side: Side::Receiver(ReceiverHandover::new()),
@@ -370,9 +423,10 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
             },
         };
         log::debug!(
-            "direct path up after {:.2} s: {addr} ({})",
+            "direct path up after {:.2} s: {addr} ({}; {} verified connection(s))",
             setup.as_secs_f64(),
-            if punched { "hole-punched" } else { "LAN" }
+            if punched { "hole-punched" } else { "LAN" },
+            link.conns.len()
         );
         self.stage = Stage::Direct(Box::new(link));
         self.events.push_back(PathEvent::Direct {
@@ -423,17 +477,42 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
         }
     }
 
-    /// Whether file data waits for the attempt: a direct-only sender (or one told to
-    /// wait) lets `hello` and the manifest through the relay, then holds the rest until
-    /// the attempt is decided.
+    /// Until when the sender's file data waits, if it does now (`Some(None)`: until the
+    /// attempt is decided, however long that takes).
+    ///
+    /// The sender lets `hello` and the manifest through the relay. A direct-only sender
+    /// (or one told to) holds everything after them until the attempt is decided. Any
+    /// other sender holds file data briefly, so that a direct path that comes up at once
+    /// carries all of it instead of the relay: for the receiver's answer to the offer
+    /// (twice the relay connection's opening time, 0.1 to 1 s; a p2p-copy 0.1.x receiver
+    /// never answers), then, when the receiver agreed, for up to [`SWITCH_HOLD`] while
+    /// the attempt runs. Once file data went on the relay it never waits again.
+    fn hold_until(&self) -> Option<Option<Instant>> {
+        if self.role != Role::Sender || self.session_sent < 2 {
+            return None;
+        }
+        let undecided = matches!(
+            self.stage,
+            Stage::Idle | Stage::Gathering { .. } | Stage::Trying(_)
+        );
+        if !undecided || self.opts.mode == DirectMode::RelayOnly {
+            return None;
+        }
+        if self.direct_only() || self.opts.hold_until_decided {
+            return Some(None);
+        }
+        if self.data_flowed {
+            return None;
+        }
+        let until = match self.stage {
+            Stage::Idle => self.manifest_at? + self.answer_hold,
+            _ => self.agreed_at? + SWITCH_HOLD,
+        };
+        (Instant::now() < until).then_some(Some(until))
+    }
+
     fn sender_holds(&self) -> bool {
-        self.role == Role::Sender
-            && (self.direct_only() || self.opts.hold_until_decided)
-            && self.session_sent >= 2
-            && matches!(
-                self.stage,
-                Stage::Idle | Stage::Gathering { .. } | Stage::Trying(_)
-            )
+        self.hold_until().is_some()
     }
 
     fn poll_gathering(&mut self, cx: &mut Context<'_>) -> bool {
@@ -992,6 +1071,11 @@ impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {
 
     fn start_send(&mut self, msg: WireMessage) -> Result<(), TransportError> {
         self.session_sent += 1;
+        match self.session_sent {
+            2 => self.manifest_at = Some(Instant::now()),
+            n if n > 2 && !matches!(self.stage, Stage::Direct(_)) => self.data_flowed = true,
+            _ => {}
+        }
         if let Stage::Direct(link) = &mut self.stage {
             if let Side::Sender(h) = &mut link.side {
                 if h.on_direct() {
@@ -1115,6 +1199,7 @@ impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {
                 self.give_up(reason.into(), false);
             }
             DirectAnswer::Agreed(sealing) => {
+                self.agreed_at = Some(Instant::now());
                 let opts = self.opts.clone();
                 let server = self.server.clone();
                 let fut = self
@@ -1155,6 +1240,21 @@ impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {
                 Poll::Ready(Err(_)) => {} // the session's own writes report it
                 Poll::Pending => {}
             }
+        }
+        // A sender holding its file data: go on when the wait ends.
+        match self.hold_until() {
+            Some(Some(until)) => {
+                if self.hold_timer.as_ref().map(|t| t.0) != Some(until) {
+                    self.hold_timer = Some((until, self.rt.sleep_until(until).boxed()));
+                }
+                if let Some((_, t)) = &mut self.hold_timer {
+                    if t.poll_unpin(cx).is_ready() {
+                        self.hold_timer = None;
+                        progress = true;
+                    }
+                }
+            }
+            _ => self.hold_timer = None,
         }
         // A direct-only sender whose receiver never answers the offer (p2p-copy 0.1.x).
         if self.sender_holds() && matches!(self.stage, Stage::Idle) {

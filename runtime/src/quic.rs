@@ -236,6 +236,9 @@ impl ClientCertVerifier for Pinned {
 ///   open; the session loop's own read-ahead (a few 1 MiB pieces) is far below it.
 /// - One bidirectional stream and no unidirectional ones for the peer: the session
 ///   needs one, and each stream the peer may open costs state here.
+/// - An initial round-trip estimate of 100 ms (quinn's default is 333 ms): while hole
+///   punching, the first packets are dropped until the other side's NAT has seen its
+///   own packets, and the handshake is retried after about three times this estimate.
 /// - Keep-alive every second and an idle timeout of 5 s: a dead direct path is
 ///   noticed within seconds, and the session continues on the relay (NAT mappings
 ///   for UDP often expire after 30 s, far longer).
@@ -247,6 +250,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         .send_window(32 * u64::from(MIB))
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .initial_rtt(Duration::from_millis(100))
         .keep_alive_interval(Some(Duration::from_secs(1)))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s fits"),

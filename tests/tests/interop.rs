@@ -1381,13 +1381,15 @@ fn our_direct_only_sender_fails_clearly_against_a_python_receiver_and_sends_no_f
         t0.elapsed() < Duration::from_secs(30),
         "the 2 s attempt was not kept"
     );
-    let started_files = started(s.events());
-    assert!(
-        started_files.is_empty(),
-        "no file data may go through the relay: {started_files:?}"
-    );
     receiver.kill();
-    assert!(!out.join("x.bin").exists());
+    // The Python receiver creates a file when its header arrives: none did.
+    let arrived: Vec<_> = fs::read_dir(&out)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        arrived.is_empty(),
+        "no file may go through the relay: {arrived:?}"
+    );
 }
 
 #[test]

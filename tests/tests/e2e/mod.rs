@@ -433,7 +433,11 @@ pub fn sender_dropped_mid_transfer_then_resumed<R: Runtime>() {
     };
     let mut recv_cfg = client(&relay, "interrupted", Duration::from_secs(20));
     recv_cfg.idle_timeout = Duration::from_secs(5);
-    let send_cfg = client(&relay, "interrupted", Duration::from_secs(20));
+    let mut send_cfg = client(&relay, "interrupted", Duration::from_secs(20));
+    // On the relay from the first byte: the sender is dropped once it has queued a few
+    // MiB, which must then be on their way (a sender that waits briefly for a direct
+    // path would still hold them).
+    send_cfg.direct.mode = DirectMode::RelayOnly;
     let sender = future::or(
         async {
             let r = R::send(
