@@ -4,7 +4,10 @@
 //!
 //! ```text
 //! p2p-copy-bench-direct [--mib 256] [--rounds 3] [--dir DIR (target/bench-data/direct)]
+//!                       [--only quic|relay]
 //! ```
+//!
+//! `--only` runs one path, for profiling it alone; comparisons need both from one run.
 //!
 //! Prints one line per transfer and then the medians: `MEDIAN quic=… MB/s relay=… MB/s`.
 
@@ -23,11 +26,20 @@ use p2p_copy_smol::{
     RelayServerConfig, SendOptions, TransferError,
 };
 
-const USAGE: &str = "usage: p2p-copy-bench-direct [--mib 256] [--rounds 3] [--dir DIR]";
+const USAGE: &str =
+    "usage: p2p-copy-bench-direct [--mib 256] [--rounds 3] [--dir DIR] [--only quic|relay]";
 const BLOCK: usize = 1 << 20;
 
-fn parse_args() -> Result<(usize, usize, PathBuf), String> {
+struct Args {
+    mib: usize,
+    rounds: usize,
+    dir: PathBuf,
+    paths: Vec<&'static str>,
+}
+
+fn parse_args() -> Result<Args, String> {
     let (mut mib, mut rounds, mut dir) = (256, 3, PathBuf::from("target/bench-data/direct"));
+    let mut paths = vec!["quic", "relay"];
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
@@ -35,10 +47,22 @@ fn parse_args() -> Result<(usize, usize, PathBuf), String> {
             "--mib" => mib = value.parse().map_err(|e| format!("--mib: {e}"))?,
             "--rounds" => rounds = value.parse().map_err(|e| format!("--rounds: {e}"))?,
             "--dir" => dir = PathBuf::from(value),
+            "--only" => {
+                paths = match value.as_str() {
+                    "quic" => vec!["quic"],
+                    "relay" => vec!["relay"],
+                    _ => return Err(format!("--only: quic or relay, not {value}")),
+                }
+            }
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
-    Ok((mib, rounds.max(1), dir))
+    Ok(Args {
+        mib,
+        rounds: rounds.max(1),
+        dir,
+        paths,
+    })
 }
 
 /// Incompressible pseudo-random bytes (xorshift), written block by block.
@@ -132,12 +156,20 @@ async fn over_relay(file: &Path, out: &Path) -> Result<(), TransferError> {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 fn run() -> Result<(), String> {
-    let (mib, rounds, dir) = parse_args()?;
+    let Args {
+        mib,
+        rounds,
+        dir,
+        paths,
+    } = parse_args()?;
     let src = dir.join("src");
     std::fs::create_dir_all(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let file = src.join(format!("noise-{mib}MiB.bin"));
@@ -147,7 +179,7 @@ fn run() -> Result<(), String> {
     let bytes = (mib * BLOCK) as f64;
     let (mut quic_rates, mut relay_rates) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for path in ["quic", "relay"] {
+        for &path in &paths {
             let out = dir.join(format!("out-{path}"));
             let _ = std::fs::remove_dir_all(&out);
             let start = Instant::now();

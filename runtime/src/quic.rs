@@ -513,15 +513,23 @@ impl QuicConn {
     }
 
     /// Hand pending bytes to the stream until all are taken.
+    ///
+    /// The chunks are handed over as they are (quinn keeps the `Bytes`), not copied
+    /// into the stream's buffer as `poll_write` would: a file piece is never copied
+    /// between the file access and the packet being sealed.
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
-        while let Some(front) = self.pending.front_mut() {
-            let n = ready!(Pin::new(&mut self.send).poll_write(cx, front))
-                .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
-            if n >= front.len() {
-                self.pending.pop_front();
-            } else {
-                let _ = front.split_to(n);
+        while !self.pending.is_empty() {
+            let (chunks, _) = self.pending.as_mut_slices();
+            // Polled once and dropped: quinn's write_chunks takes nothing unless it
+            // resolves, and registers the waker when the window is full.
+            let written = {
+                let write = self.send.write_chunks(chunks);
+                let mut write = std::pin::pin!(write);
+                ready!(write.as_mut().poll(cx))
             }
+            .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
+            // Fully written chunks are emptied, a partly written one keeps its tail.
+            self.pending.drain(..written.chunks);
         }
         Poll::Ready(Ok(()))
     }
