@@ -124,10 +124,26 @@ async fn over_quic(file: &Path, out: &Path) -> Result<(), TransferError> {
         b.accept(a.fingerprint()),
     )
     .await;
+    let (client, server) = (client?, server?);
+    // The sender's view of the path, printed after the transfer: what the congestion
+    // controller and MTU discovery made of it explains a rate.
+    let connection = client.connection().clone();
     let cfg = ClientConfig::new("ws://unused.invalid", "bench direct code");
-    let sending = send_direct(cfg.clone(), client?, vec![file.into()], options(), |_| {});
-    let receiving = receive_direct(cfg, server?, out.into(), |_| {});
+    let sending = send_direct(cfg.clone(), client, vec![file.into()], options(), |_| {});
+    let receiving = receive_direct(cfg, server, out.into(), |_| {});
     let (s, r) = smol::future::zip(sending, receiving).await;
+    let stats = connection.stats();
+    println!(
+        "  quic path: mtu {} rtt {:?} cwnd {} KiB, {} packets sent, {} lost, {} congestion events; {} datagrams in {} sends",
+        stats.path.current_mtu,
+        stats.path.rtt,
+        stats.path.cwnd / 1024,
+        stats.path.sent_packets,
+        stats.path.lost_packets,
+        stats.path.congestion_events,
+        stats.udp_tx.datagrams,
+        stats.udp_tx.ios,
+    );
     s?;
     r?;
     Ok(())

@@ -239,6 +239,13 @@ impl ClientCertVerifier for Pinned {
 /// - Keep-alive every 5 s (NAT mappings for UDP often expire after 30 s), and an idle
 ///   timeout of 30 s, so that a dead path is noticed well before the session's own
 ///   idle timeout.
+/// The largest UDP payload MTU discovery searches for and this side accepts: the most
+/// UDP allows. Discovery probes upwards from 1200 bytes and keeps what the path
+/// delivers, so a 1500-byte Ethernet path ends at its 1452 bytes after a few lost
+/// probes, while loopback and jumbo-frame links get packets many times as large, and
+/// with them a fraction of the per-packet work (sealing, acknowledging, system calls).
+const MAX_UDP_PAYLOAD: u16 = 6500;
+
 fn transport_config() -> Arc<quinn::TransportConfig> {
     const MIB: u32 = 1024 * 1024;
     let mut t = quinn::TransportConfig::default();
@@ -251,7 +258,44 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         .max_idle_timeout(Some(
             IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits"),
         ));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
+}
+
+/// What each UDP socket's kernel buffers are asked to hold, each way.
+///
+/// The sender hands the kernel bursts of up to 20 GSO batches (about 1.3 MB at large
+/// packet sizes) and the receiving task may be off the CPU for a scheduler tick; the
+/// usual default of 208 KiB then overflows, and every datagram dropped there is a
+/// loss that halves the congestion window. 8 MiB covers the 8 MiB stream window
+/// that may be in flight.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Ask for [`SOCKET_BUFFER`] both ways. The kernel caps the ordinary request at its
+/// configured maximum (`net.core.rmem_max`, often 208 KiB); on Linux a process with
+/// `CAP_NET_ADMIN` may go past it, and does. Failing only costs speed, so nothing is
+/// reported but a debug line.
+fn size_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(SOCKET_BUFFER) {
+        log::debug!("cannot size the UDP receive buffer: {e}");
+    }
+    if let Err(e) = sock.set_send_buffer_size(SOCKET_BUFFER) {
+        log::debug!("cannot size the UDP send buffer: {e}");
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // Linux reports twice what was asked (the other half is its bookkeeping), so
+        // less than the request means the request was capped.
+        if sock.recv_buffer_size().is_ok_and(|n| n < 2 * SOCKET_BUFFER) {
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(socket, SOCKET_BUFFER);
+        }
+        if sock.send_buffer_size().is_ok_and(|n| n < 2 * SOCKET_BUFFER) {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(socket, SOCKET_BUFFER);
+        }
+    }
 }
 
 fn tls_error(e: rustls::Error) -> TransferError {
@@ -316,13 +360,13 @@ impl QuicEndpoint {
         // Until a peer is known, no client certificate is acceptable: `accept` supplies
         // the settings for the one peer it waits for.
         let nobody = server_config(&identity, [0; 32])?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(nobody),
-            socket,
-            runtime,
-        )
-        .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?;
+        size_buffers(&socket);
+        let mut config = quinn::EndpointConfig::default();
+        config
+            .max_udp_payload_size(MAX_UDP_PAYLOAD)
+            .map_err(|e| TransferError::Direct(format!("QUIC settings: {e}")))?;
+        let endpoint = quinn::Endpoint::new(config, Some(nobody), socket, runtime)
+            .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?;
         Ok(QuicEndpoint { endpoint, identity })
     }
 
