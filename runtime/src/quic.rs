@@ -473,7 +473,7 @@ type Stopped = Pin<Box<dyn Future<Output = Result<Option<VarInt>, quinn::Stopped
 enum ReadState {
     /// Reading the 5-byte header; this many bytes are in.
     Header(usize),
-    /// Reading a payload of the given kind into `payload`; this many bytes are in.
+    /// Reading a payload of the given kind and length into `payload`.
     Payload(u8, usize),
     /// The stream ended or failed: nothing more comes.
     Done,
@@ -592,6 +592,34 @@ impl QuicConn {
                 return Poll::Ready(Ok(false));
             }
             *filled += n;
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// Append to `buf` from the stream until it holds `len` bytes; `Ok(false)` if the
+    /// stream ended first.
+    ///
+    /// The stream's received chunks are copied straight into `buf`, which was only
+    /// reserved: nothing is zeroed first, as a `poll_read` into a slice would need.
+    fn poll_fill_vec(
+        recv: &mut quinn::RecvStream,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+        len: usize,
+    ) -> Poll<Result<bool, TransportError>> {
+        while buf.len() < len {
+            // Polled once and dropped: quinn's read_chunk takes nothing unless it
+            // resolves.
+            let chunk = {
+                let read = recv.read_chunk(len - buf.len(), true);
+                let mut read = std::pin::pin!(read);
+                ready!(read.as_mut().poll(cx))
+            }
+            .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
+            match chunk {
+                Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+                None => return Poll::Ready(Ok(false)),
+            }
         }
         Poll::Ready(Ok(true))
     }
@@ -728,12 +756,11 @@ impl MessageTransport for QuicConn {
                         );
                         return Poll::Ready(Some(Err(e)));
                     }
-                    self.payload = vec![0; len];
-                    self.state = ReadState::Payload(kind, 0);
+                    self.payload = Vec::with_capacity(len);
+                    self.state = ReadState::Payload(kind, len);
                 }
-                ReadState::Payload(kind, mut filled) => {
-                    let got = Self::poll_fill(&mut self.recv, cx, &mut self.payload, &mut filled);
-                    self.state = ReadState::Payload(kind, filled);
+                ReadState::Payload(kind, len) => {
+                    let got = Self::poll_fill_vec(&mut self.recv, cx, &mut self.payload, len);
                     match ready!(got) {
                         Err(e) => {
                             self.state = ReadState::Done;
