@@ -134,7 +134,7 @@ async fn over_quic(file: &Path, out: &Path) -> Result<(), TransferError> {
     let (s, r) = smol::future::zip(sending, receiving).await;
     let stats = connection.stats();
     println!(
-        "  quic path: mtu {} rtt {:?} cwnd {} KiB, {} packets sent, {} lost, {} congestion events; {} datagrams in {} sends",
+        "  quic path: mtu {} rtt {:?} cwnd {} KiB, {} packets sent, {} lost, {} congestion events; {} datagrams in {} sends, {} ACKs back",
         stats.path.current_mtu,
         stats.path.rtt,
         stats.path.cwnd / 1024,
@@ -143,6 +143,7 @@ async fn over_quic(file: &Path, out: &Path) -> Result<(), TransferError> {
         stats.path.congestion_events,
         stats.udp_tx.datagrams,
         stats.udp_tx.ios,
+        stats.frame_rx.acks,
     );
     s?;
     r?;
