@@ -416,14 +416,15 @@ fn mtu_discovery_goes_past_ethernet_on_loopback() {
     future::block_on(within(LIMIT, "MTU discovery on loopback", async {
         let (mut client, mut server) = pair(&a, &b, b_addr).await;
         let connection = client.connection().clone();
-        // Loopback carries 64 KiB datagrams: discovery should find packets far larger
-        // than Ethernet's 1452-byte payloads, without declaring a black hole.
+        // Loopback carries 64 KiB datagrams: discovery should climb far past Ethernet's
+        // 1452-byte payloads, close to its 6500-byte bound, without declaring a black
+        // hole. It probes while data flows.
         let mut rounds = 0;
-        while connection.stats().path.current_mtu <= 1452 {
+        while connection.stats().path.current_mtu < 6000 {
             rounds += 1;
             assert!(
                 rounds < 200,
-                "the MTU stayed at {}",
+                "MTU discovery stopped at {}",
                 connection.stats().path.current_mtu
             );
             let msg = p2p_copy_core::WireMessage::Binary(vec![7u8; 1 << 20].into());
@@ -432,11 +433,6 @@ fn mtu_discovery_goes_past_ethernet_on_loopback() {
             assert_eq!(got, Some(Ok(Incoming::Message(msg))));
         }
         let path = connection.stats().path;
-        assert!(
-            path.current_mtu > 4096,
-            "the MTU is only {}",
-            path.current_mtu
-        );
         assert_eq!(path.black_holes_detected, 0, "{path:?}");
     }));
 }
