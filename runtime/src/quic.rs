@@ -224,7 +224,20 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
-/// Flow control and liveness for bulk transfer over one stream.
+/// The largest UDP payload MTU discovery searches for and this side accepts.
+///
+/// Discovery probes upwards from 1200 bytes and keeps what the path delivers, so a
+/// 1500-byte Ethernet path ends near its 1452 bytes after a few lost probes, while
+/// loopback and jumbo-frame links get packets several times as large, and with them a
+/// fraction of the per-packet work (sealing, acknowledging, system calls). Not the
+/// 65527 bytes UDP allows: quinn sends up to 10 packets per GSO `sendmsg`, which may
+/// carry 64 KiB in all; a larger batch fails as a whole with `EMSGSIZE`, which
+/// quinn-udp drops silently, and black-hole detection then falls back to 1200 bytes.
+/// The receive side's buffer grows with it (quinn reserves 64 GRO segments times 32
+/// datagrams of this size: 13 MiB of address space, touched as datagrams arrive).
+const MAX_UDP_PAYLOAD: u16 = 6500;
+
+/// Flow control, liveness and packet size for bulk transfer over one stream.
 ///
 /// - Stream receive window 8 MiB: one round trip's worth at 1 Gbit/s up to 67 ms of
 ///   RTT (quinn's default of 1.25 MiB caps a stream at 100 Mbit/s over 100 ms). It is
@@ -239,13 +252,9 @@ impl ClientCertVerifier for Pinned {
 /// - Keep-alive every 5 s (NAT mappings for UDP often expire after 30 s), and an idle
 ///   timeout of 30 s, so that a dead path is noticed well before the session's own
 ///   idle timeout.
-/// The largest UDP payload MTU discovery searches for and this side accepts: the most
-/// UDP allows. Discovery probes upwards from 1200 bytes and keeps what the path
-/// delivers, so a 1500-byte Ethernet path ends at its 1452 bytes after a few lost
-/// probes, while loopback and jumbo-frame links get packets many times as large, and
-/// with them a fraction of the per-packet work (sealing, acknowledging, system calls).
-const MAX_UDP_PAYLOAD: u16 = 6500;
-
+/// - MTU discovery up to [`MAX_UDP_PAYLOAD`] instead of quinn's 1452 bytes.
+/// - Cubic (quinn's default): on loopback nothing is lost and its window never binds;
+///   BBR's pacing cut the GSO batches short and cost CPU (docs/BENCHMARKS.md).
 fn transport_config() -> Arc<quinn::TransportConfig> {
     const MIB: u32 = 1024 * 1024;
     let mut t = quinn::TransportConfig::default();
