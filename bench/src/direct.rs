@@ -1,6 +1,7 @@
 //! One session's throughput over the direct path (QUIC between two endpoints on
 //! 127.0.0.1) against the relayed path (WebSocket through a relay on 127.0.0.1), in one
-//! process, alternating rounds; every output is checked byte for byte.
+//! process, after an untimed 8 MiB warm-up over each, alternating rounds and which path
+//! goes first; every output is checked byte for byte.
 //!
 //! ```text
 //! p2p-copy-bench-direct [--mib 256] [--rounds 3] [--dir DIR (target/bench-data/direct)]
@@ -194,6 +195,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The size of the untimed warm-up transfer over each path.
+const WARM_MIB: usize = 8;
+
+fn transfer(path: &str, file: &Path, out: &Path) -> Result<(), TransferError> {
+    match path {
+        "quic" => smol::block_on(over_quic(file, out)),
+        _ => smol::block_on(over_relay(file, out)),
+    }
+}
+
 fn run() -> Result<(), String> {
     let Args {
         mib,
@@ -207,17 +218,32 @@ fn run() -> Result<(), String> {
     if std::fs::metadata(&file).map(|m| m.len()).ok() != Some((mib * BLOCK) as u64) {
         write_noise(&file, mib).map_err(|e| format!("{}: {e}", file.display()))?;
     }
+    // One small untimed transfer over each path first: the first transfer in a process
+    // pays for starting executor threads and growing the allocator's arenas, which
+    // would otherwise land on whichever path runs first.
+    let warm = src.join(format!("noise-{WARM_MIB}MiB.bin"));
+    if std::fs::metadata(&warm).map(|m| m.len()).ok() != Some((WARM_MIB * BLOCK) as u64) {
+        write_noise(&warm, WARM_MIB).map_err(|e| format!("{}: {e}", warm.display()))?;
+    }
+    for &path in &paths {
+        let out = dir.join(format!("out-{path}"));
+        let _ = std::fs::remove_dir_all(&out);
+        transfer(path, &warm, &out).map_err(|e| format!("{path} (warm-up): {e}"))?;
+        let _ = std::fs::remove_dir_all(&out);
+    }
     let bytes = (mib * BLOCK) as f64;
     let (mut quic_rates, mut relay_rates) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for &path in &paths {
+        // Alternate which path goes first, so neither always follows the other.
+        let order: Vec<&str> = match round % 2 {
+            0 => paths.clone(),
+            _ => paths.iter().rev().copied().collect(),
+        };
+        for path in order {
             let out = dir.join(format!("out-{path}"));
             let _ = std::fs::remove_dir_all(&out);
             let (start, cpu_start) = (Instant::now(), cpu_seconds());
-            let done = match path {
-                "quic" => smol::block_on(over_quic(&file, &out)),
-                _ => smol::block_on(over_relay(&file, &out)),
-            };
+            let done = transfer(path, &file, &out);
             let secs = start.elapsed().as_secs_f64();
             let cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
             done.map_err(|e| format!("{path}: {e}"))?;
