@@ -224,7 +224,20 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
-/// Flow control and liveness for bulk transfer over one stream.
+/// The largest UDP payload MTU discovery searches for and this side accepts.
+///
+/// Discovery probes upwards from 1200 bytes and keeps what the path delivers, so a
+/// 1500-byte Ethernet path ends near its 1452 bytes after a few lost probes, while
+/// loopback and jumbo-frame links get packets several times as large, and with them a
+/// fraction of the per-packet work (sealing, acknowledging, system calls). Not the
+/// 65527 bytes UDP allows: quinn sends up to 10 packets per GSO `sendmsg`, which may
+/// carry 64 KiB in all; a larger batch fails as a whole with `EMSGSIZE`, which
+/// quinn-udp drops silently, and black-hole detection then falls back to 1200 bytes.
+/// The receive side's buffer grows with it (quinn reserves 64 GRO segments times 32
+/// datagrams of this size: 13 MiB of address space, touched as datagrams arrive).
+const MAX_UDP_PAYLOAD: u16 = 6500;
+
+/// Flow control, liveness and packet size for bulk transfer over one stream.
 ///
 /// - Stream receive window 8 MiB: one round trip's worth at 1 Gbit/s up to 67 ms of
 ///   RTT (quinn's default of 1.25 MiB caps a stream at 100 Mbit/s over 100 ms). It is
@@ -242,6 +255,9 @@ impl ClientCertVerifier for Pinned {
 /// - Keep-alive every second and an idle timeout of 5 s: a dead direct path is
 ///   noticed within seconds, and the session continues on the relay (NAT mappings
 ///   for UDP often expire after 30 s, far longer).
+/// - MTU discovery up to [`MAX_UDP_PAYLOAD`] instead of quinn's 1452 bytes.
+/// - Cubic (quinn's default): on loopback nothing is lost and its window never binds;
+///   BBR's pacing cut the GSO batches short and cost CPU (docs/BENCHMARKS.md).
 fn transport_config() -> Arc<quinn::TransportConfig> {
     const MIB: u32 = 1024 * 1024;
     let mut t = quinn::TransportConfig::default();
@@ -255,7 +271,44 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         .max_idle_timeout(Some(
             IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s fits"),
         ));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
+}
+
+/// What each UDP socket's kernel buffers are asked to hold, each way.
+///
+/// The sender hands the kernel bursts of up to 20 GSO batches (about 1.3 MB at large
+/// packet sizes) and the receiving task may be off the CPU for a scheduler tick; the
+/// usual default of 208 KiB then overflows, and every datagram dropped there is a
+/// loss that halves the congestion window. 8 MiB covers the 8 MiB stream window
+/// that may be in flight.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Ask for [`SOCKET_BUFFER`] both ways. The kernel caps the ordinary request at its
+/// configured maximum (`net.core.rmem_max`, often 208 KiB); on Linux a process with
+/// `CAP_NET_ADMIN` may go past it, and does. Failing only costs speed, so nothing is
+/// reported but a debug line.
+fn size_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(SOCKET_BUFFER) {
+        log::debug!("cannot size the UDP receive buffer: {e}");
+    }
+    if let Err(e) = sock.set_send_buffer_size(SOCKET_BUFFER) {
+        log::debug!("cannot size the UDP send buffer: {e}");
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // Linux reports twice what was asked (the other half is its bookkeeping), so
+        // less than the request means the request was capped.
+        if sock.recv_buffer_size().is_ok_and(|n| n < 2 * SOCKET_BUFFER) {
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(socket, SOCKET_BUFFER);
+        }
+        if sock.send_buffer_size().is_ok_and(|n| n < 2 * SOCKET_BUFFER) {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size_force(socket, SOCKET_BUFFER);
+        }
+    }
 }
 
 fn tls_error(e: rustls::Error) -> TransferError {
@@ -320,13 +373,13 @@ impl QuicEndpoint {
         // Until a peer is known, no client certificate is acceptable: `accept` supplies
         // the settings for the one peer it waits for.
         let nobody = server_config(&identity, [0; 32])?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(nobody),
-            socket,
-            runtime,
-        )
-        .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?;
+        size_buffers(&socket);
+        let mut config = quinn::EndpointConfig::default();
+        config
+            .max_udp_payload_size(MAX_UDP_PAYLOAD)
+            .map_err(|e| TransferError::Direct(format!("QUIC settings: {e}")))?;
+        let endpoint = quinn::Endpoint::new(config, Some(nobody), socket, runtime)
+            .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?;
         Ok(QuicEndpoint { endpoint, identity })
     }
 
@@ -438,7 +491,7 @@ type Stopped = Pin<Box<dyn Future<Output = Result<Option<VarInt>, quinn::Stopped
 enum ReadState {
     /// Reading the 5-byte header; this many bytes are in.
     Header(usize),
-    /// Reading a payload of the given kind into `payload`; this many bytes are in.
+    /// Reading a payload of the given kind and length into `payload`.
     Payload(u8, usize),
     /// The stream ended or failed: nothing more comes.
     Done,
@@ -522,15 +575,23 @@ impl QuicConn {
     }
 
     /// Hand pending bytes to the stream until all are taken.
+    ///
+    /// The chunks are handed over as they are (quinn keeps the `Bytes`), not copied
+    /// into the stream's buffer as `poll_write` would: a file piece is never copied
+    /// between the file access and the packet being sealed.
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
-        while let Some(front) = self.pending.front_mut() {
-            let n = ready!(Pin::new(&mut self.send).poll_write(cx, front))
-                .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
-            if n >= front.len() {
-                self.pending.pop_front();
-            } else {
-                let _ = front.split_to(n);
+        while !self.pending.is_empty() {
+            let (chunks, _) = self.pending.as_mut_slices();
+            // Polled once and dropped: quinn's write_chunks takes nothing unless it
+            // resolves, and registers the waker when the window is full.
+            let written = {
+                let write = self.send.write_chunks(chunks);
+                let mut write = std::pin::pin!(write);
+                ready!(write.as_mut().poll(cx))
             }
+            .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
+            // Fully written chunks are emptied, a partly written one keeps its tail.
+            self.pending.drain(..written.chunks);
         }
         Poll::Ready(Ok(()))
     }
@@ -549,6 +610,34 @@ impl QuicConn {
                 return Poll::Ready(Ok(false));
             }
             *filled += n;
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// Append to `buf` from the stream until it holds `len` bytes; `Ok(false)` if the
+    /// stream ended first.
+    ///
+    /// The stream's received chunks are copied straight into `buf`, which was only
+    /// reserved: nothing is zeroed first, as a `poll_read` into a slice would need.
+    fn poll_fill_vec(
+        recv: &mut quinn::RecvStream,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+        len: usize,
+    ) -> Poll<Result<bool, TransportError>> {
+        while buf.len() < len {
+            // Polled once and dropped: quinn's read_chunk takes nothing unless it
+            // resolves.
+            let chunk = {
+                let read = recv.read_chunk(len - buf.len(), true);
+                let mut read = std::pin::pin!(read);
+                ready!(read.as_mut().poll(cx))
+            }
+            .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
+            match chunk {
+                Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+                None => return Poll::Ready(Ok(false)),
+            }
         }
         Poll::Ready(Ok(true))
     }
@@ -685,12 +774,11 @@ impl MessageTransport for QuicConn {
                         );
                         return Poll::Ready(Some(Err(e)));
                     }
-                    self.payload = vec![0; len];
-                    self.state = ReadState::Payload(kind, 0);
+                    self.payload = Vec::with_capacity(len);
+                    self.state = ReadState::Payload(kind, len);
                 }
-                ReadState::Payload(kind, mut filled) => {
-                    let got = Self::poll_fill(&mut self.recv, cx, &mut self.payload, &mut filled);
-                    self.state = ReadState::Payload(kind, filled);
+                ReadState::Payload(kind, len) => {
+                    let got = Self::poll_fill_vec(&mut self.recv, cx, &mut self.payload, len);
                     match ready!(got) {
                         Err(e) => {
                             self.state = ReadState::Done;

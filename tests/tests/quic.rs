@@ -351,3 +351,88 @@ fn a_tree_crosses_a_direct_connection_on_async_std() {
     }));
     assert_same_tree(&src, &out);
 }
+
+/// Whether this process may raise socket buffers past `net.core.rmem_max`
+/// (`CAP_NET_ADMIN`, bit 12 of the effective capabilities).
+#[cfg(target_os = "linux")]
+fn may_force_buffers() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("a CapEff line");
+    u64::from_str_radix(caps.trim(), 16).expect("hex capabilities") & (1 << 12) != 0
+}
+
+#[test]
+fn the_udp_socket_gets_large_kernel_buffers() {
+    const ASKED: usize = 8 * 1024 * 1024;
+    let fresh = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
+    let default = socket2::SockRef::from(&fresh)
+        .recv_buffer_size()
+        .expect("SO_RCVBUF");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
+    let view = socket.try_clone().expect("a second handle on the socket");
+    let _endpoint = quic::endpoint(socket, Identity::generate().expect("a certificate"))
+        .expect("a QUIC endpoint");
+    let view = socket2::SockRef::from(&view);
+    let (recv, send) = (
+        view.recv_buffer_size().expect("SO_RCVBUF"),
+        view.send_buffer_size().expect("SO_SNDBUF"),
+    );
+    assert!(
+        recv > default,
+        "receive buffer {recv}, a fresh socket's {default}"
+    );
+    #[cfg(target_os = "linux")]
+    {
+        // Linux reports twice what was set. Without CAP_NET_ADMIN the request is capped
+        // at net.core.[rw]mem_max.
+        let max = |name: &str| -> usize {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .expect("a sysctl")
+                .trim()
+                .parse()
+                .expect("a number")
+        };
+        let (want_recv, want_send) = match may_force_buffers() {
+            true => (2 * ASKED, 2 * ASKED),
+            false => (
+                2 * ASKED.min(max("rmem_max")),
+                2 * ASKED.min(max("wmem_max")),
+            ),
+        };
+        assert_eq!(recv, want_recv, "the receive buffer");
+        assert_eq!(send, want_send, "the send buffer");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ASKED, send);
+}
+
+#[test]
+fn mtu_discovery_goes_past_ethernet_on_loopback() {
+    let (a, _) = endpoint();
+    let (b, b_addr) = endpoint();
+    future::block_on(within(LIMIT, "MTU discovery on loopback", async {
+        let (mut client, mut server) = pair(&a, &b, b_addr).await;
+        let connection = client.connection().clone();
+        // Loopback carries 64 KiB datagrams: discovery should climb far past Ethernet's
+        // 1452-byte payloads, close to its 6500-byte bound, without declaring a black
+        // hole. It probes while data flows.
+        let mut rounds = 0;
+        while connection.stats().path.current_mtu < 6000 {
+            rounds += 1;
+            assert!(
+                rounds < 200,
+                "MTU discovery stopped at {}",
+                connection.stats().path.current_mtu
+            );
+            let msg = p2p_copy_core::WireMessage::Binary(vec![7u8; 1 << 20].into());
+            send(&mut client, msg.clone()).await;
+            let got = future::poll_fn(|cx| server.poll_recv(cx)).await;
+            assert_eq!(got, Some(Ok(Incoming::Message(msg))));
+        }
+        let path = connection.stats().path;
+        assert_eq!(path.black_holes_detected, 0, "{path:?}");
+    }));
+}
