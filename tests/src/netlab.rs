@@ -680,31 +680,41 @@ impl LabProcess {
 
     /// Wait until it exits and return how it ended and all it printed; after `limit` it
     /// is killed and this panics with what it wrote to standard error.
-    pub fn wait(mut self, limit: Duration) -> Finished {
+    pub fn wait(self, limit: Duration) -> Finished {
+        let id = self.id;
+        let (finished, killed) = self.wait_or_kill(limit);
+        assert!(
+            !killed,
+            "process {id} still running after {limit:?}; killed. stderr:\n{}",
+            finished.stderr
+        );
+        finished
+    }
+
+    /// Wait until it exits, for at most `limit`, then kill it if it still runs. Returns
+    /// how it ended with all it printed, and whether it had to be killed.
+    pub fn wait_or_kill(mut self, limit: Duration) -> (Finished, bool) {
         let deadline = Instant::now() + limit;
+        let mut killed = false;
         let status = loop {
-            if let Some(status) = self.lock().try_wait().expect("try_wait") {
+            let mut child = self.lock();
+            if let Some(status) = child.try_wait().expect("try_wait") {
                 break status;
             }
             if Instant::now() > deadline {
-                {
-                    let mut child = self.lock();
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                let err = self.stderr.take().map(join).unwrap_or_default();
-                panic!(
-                    "process {} still running after {limit:?}; killed. stderr:\n{err}",
-                    self.id
-                );
+                let _ = child.kill();
+                killed = true;
+                break child.wait().expect("wait for a killed child");
             }
+            drop(child);
             std::thread::sleep(Duration::from_millis(20));
         };
-        Finished {
+        let finished = Finished {
             status,
             stdout: self.stdout.take().map(join).unwrap_or_default(),
             stderr: self.stderr.take().map(join).unwrap_or_default(),
-        }
+        };
+        (finished, killed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Child> {
