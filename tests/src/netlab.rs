@@ -338,18 +338,23 @@ impl Lab {
             a.router_ns, b.router_ns,
             "hosts on one LAN talk past their router"
         );
-        for (near, far) in [(a, b), (b, a)] {
-            let far = far.public_ip.to_string();
-            // `insert` puts the drops ahead of the rule that accepts established flows.
-            for dir in ["saddr", "daddr"] {
-                self.run(
-                    &near.router_ns,
-                    &[
-                        "nft", "insert", "rule", "ip", "lab", "forward", "ip", dir, &far, "meta",
-                        "l4proto", "udp", "drop",
-                    ],
-                );
-            }
+        self.block_udp(a, b.public_ip);
+        self.block_udp(b, a.public_ip);
+    }
+
+    /// Drop, from now on, all UDP between the hosts behind `host`'s NAT router and `peer`
+    /// (both ways, flows already under way included).
+    pub fn block_udp(&self, host: &Host, peer: Ipv4Addr) {
+        let peer = peer.to_string();
+        // `insert` puts the drops ahead of the rule that accepts established flows.
+        for dir in ["saddr", "daddr"] {
+            self.run(
+                &host.router_ns,
+                &[
+                    "nft", "insert", "rule", "ip", "lab", "forward", "ip", dir, &peer, "meta",
+                    "l4proto", "udp", "drop",
+                ],
+            );
         }
     }
 

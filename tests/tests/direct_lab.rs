@@ -439,3 +439,141 @@ fn g_direct_only_fails_without_a_direct_path() {
         "big.bin arrived although there was no direct path"
     );
 }
+
+// The lab itself: what the cases above rely on, checked with tools that do not depend on
+// direct mode (STUN probes, relayed transfers, a shell).
+
+/// Run `stun-probe` in `ns` from `bind` against the relay's STUN port: the mapped address,
+/// or the error.
+fn stun_probe(lab: &Lab, ns: &str, bind: &str) -> Result<SocketAddr, String> {
+    let server = format!("{RELAY_IP}:{PORT}");
+    let out = lab.exec(
+        ns,
+        std::path::Path::new(env!("CARGO_BIN_EXE_stun-probe")),
+        &[bind, "1500", &server],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), 0, "stun-probe failed: {out:?}");
+    let json: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("stun-probe printed {:?}: {e}", out.stdout));
+    let r = &json["results"][0];
+    match (r["mapped"].as_str(), r["error"].as_str()) {
+        (Some(m), None) => Ok(m.parse().expect("mapped address")),
+        (None, Some(e)) => Err(e.to_owned()),
+        _ => panic!("bad result {r}"),
+    }
+}
+
+#[test]
+fn lab_hosts_on_one_lan_share_their_nat_s_public_address() {
+    let mut lab = Lab::new();
+    let first = lab.add_nat(1, Nat::Cone);
+    let second = lab.add_lan_host(&first);
+    let third = lab.add_lan_host(&first);
+    lab.start_relay(&cli_binary(), PORT, &[]);
+    assert_eq!(
+        [second.lan_ip, third.lan_ip].map(|ip| ip.to_string()),
+        ["10.1.0.3", "10.1.0.4"]
+    );
+    assert_eq!(second.router_ns, first.router_ns);
+    for host in [&first, &second, &third] {
+        let seen = stun_probe(&lab, &host.ns, "0.0.0.0:0").expect("a STUN answer");
+        assert_eq!(seen.ip(), IpAddr::V4(first.public_ip), "from {}", host.ns);
+    }
+}
+
+#[test]
+fn lab_udp_block_cuts_a_flow_under_way_and_leaves_tcp_alone() {
+    let (mut s, h) = Scene::new(&[(1, Nat::Cone), (2, Nat::Cone)], MIB);
+    // The same local port twice: the second probe belongs to the flow the first opened.
+    stun_probe(&s.lab, &h[0].ns, "0.0.0.0:40000").expect("an answer before the block");
+    s.lab.block_udp(&h[0], RELAY_IP);
+    let err = stun_probe(&s.lab, &h[0].ns, "0.0.0.0:40000").expect_err("no answer after");
+    assert!(err.starts_with("no STUN answer from"), "{err}");
+    stun_probe(&s.lab, &h[1].ns, "0.0.0.0:40000").expect("the other NAT is not blocked");
+    // The relay's TCP still passes: a transfer between the two hosts goes through.
+    let receiver = s.receiver(&h[1], &[]);
+    let sender = s.sender(&h[0], &[]);
+    let (r, snd) = finish(receiver, sender);
+    assert_ok("receiver", &r);
+    assert_ok("sender", &snd);
+    s.assert_received();
+}
+
+#[test]
+fn lab_slow_relay_link_holds_a_relayed_transfer_to_its_rate() {
+    // Symmetric NATs: whatever the clients try, the data goes through the relay.
+    let (mut s, h) = Scene::new(&[(1, Nat::Symmetric), (2, Nat::Symmetric)], 2 * MIB);
+    s.slow_relay();
+    let started = Instant::now();
+    let receiver = s.receiver(&h[1], &[]);
+    let sender = s.sender(&h[0], &[]);
+    let (r, snd) = finish(receiver, sender);
+    let took = started.elapsed().as_secs_f64();
+    assert_ok("receiver", &r);
+    assert_ok("sender", &snd);
+    s.assert_received();
+    let floor = s.payload() as f64 / (f64::from(SLOW_RELAY_MBIT) * 1e6 / 8.0);
+    assert!(
+        took >= 0.9 * floor,
+        "{} bytes through a {SLOW_RELAY_MBIT} Mbit/s link in {took:.2} s, faster than the \
+         link ({floor:.2} s)",
+        s.payload()
+    );
+}
+
+#[test]
+fn lab_forwarded_tcp_port_reaches_the_host_behind_the_nat() {
+    let mut lab = Lab::new();
+    let behind = lab.add_nat(1, Nat::Cone);
+    lab.forward_tcp_port(&behind, 9000);
+    // A relay on the host behind the NAT, reached by the public relay host through the
+    // forward, and by nobody else.
+    // Its stdout goes to stderr, where the lab watches for the line that says it listens.
+    let mut relay = Command::new("sh");
+    relay
+        .args([
+            "-c",
+            "exec \"$0\" run-relay-server \"$1\" 9000 --no-tls >&2",
+        ])
+        .arg(cli_binary())
+        .arg(behind.lan_ip.to_string());
+    let relay = lab.spawn(&behind.ns, &relay);
+    let listening = relay.wait_for_stderr_line(Duration::from_secs(10), |l| {
+        l.starts_with("relay listening on ws://")
+    });
+    assert!(
+        listening.is_some(),
+        "the relay behind the NAT did not start"
+    );
+    let mut s = Scene::around(lab, MIB);
+    s.url = format!("ws://{}:9000", behind.public_ip);
+    let public = Host {
+        ns: s.lab.relay_ns(),
+        lan_ip: RELAY_IP,
+        router_ns: s.lab.relay_ns(),
+        public_ip: RELAY_IP,
+    };
+    let (r, snd) = s.transfer((&public, &[]), (&public, &[]));
+    assert_ok("receiver", &r);
+    assert_ok("sender", &snd);
+    s.assert_received();
+}
+
+#[test]
+fn lab_spawned_process_stderr_is_seen_line_by_line_and_killed_with_the_lab() {
+    let mut lab = Lab::new();
+    let host = lab.add_nat(1, Nat::Cone);
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "echo one >&2; echo two >&2; exec sleep 60"]);
+    let p = lab.spawn(&host.ns, &cmd);
+    let line = p.wait_for_stderr_line(Duration::from_secs(10), |l| l.starts_with('t'));
+    assert_eq!(line.as_deref(), Some("two"));
+    assert!(!p.has_exited());
+    let proc_dir = PathBuf::from(format!("/proc/{}", p.id()));
+    assert!(proc_dir.exists());
+    drop(lab);
+    // Killed and reaped: its PID is gone.
+    assert!(!proc_dir.exists(), "{} still runs", p.id());
+    assert!(p.has_exited());
+}
