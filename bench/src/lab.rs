@@ -245,15 +245,16 @@ impl Bench {
             .arg(&out)
             .args(flags);
         let receiver = self.lab.spawn(&self.b.ns, &receive);
-        let paired_wait = receiver.wait_for_stderr_line(Duration::from_secs(10), |l| {
+        let started = receiver.wait_for_stderr_line(Duration::from_secs(10), |l| {
             l.starts_with("waiting for the sender")
         });
-        if paired_wait.is_none() {
+        if started.is_none() {
             let (r, _) = receiver.wait_or_kill(Duration::ZERO);
-            return Err(format!(
-                "{what}: the receiver did not reach the relay: {r:?}"
-            ));
+            return Err(format!("{what}: the receiver did not start: {r:?}"));
         }
+        // It says so before it connects; half a second is plenty to reach the relay, so
+        // that the time measured starts with a receiver that waits there.
+        std::thread::sleep(Duration::from_millis(500));
         let mut send = Command::new(&self.o.bin);
         send.args(["-v", "send", &url, code])
             .arg(&self.file)
