@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p_copy_core::relay::RelayConfig;
 
-use crate::backend::{ClientConfig, CompressMode, RelayServerConfig, SendOptions, StunPorts};
+use crate::backend::{
+    ClientConfig, CompressMode, DirectMode, RelayServerConfig, SendOptions, StunPorts,
+};
 
 const AFTER_HELP: &str = "\
 A code of the form n=<N>=n<rest> (e.g. n=4=nMySecret) moves the files over N parallel
@@ -102,6 +104,22 @@ pub struct ClientArgs {
     /// Give up when the peer goes silent mid-transfer for this many seconds.
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_secs)]
     pub idle_timeout: Duration,
+    /// Never leave the relay: no direct connection, no UDP at all (for sites that
+    /// forbid UDP, or to keep every byte on the relay).
+    #[arg(long, conflicts_with = "direct_only")]
+    pub relay_only: bool,
+    /// Send file data only over a direct connection with the peer: fail (exit 9) rather
+    /// than fall back to the relay.
+    #[arg(long)]
+    pub direct_only: bool,
+    /// A STUN server (HOST:PORT) to learn this side's public address from, besides the
+    /// relay's own; repeat for more.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stun: Vec<String>,
+    /// How long the direct-connection attempt may run before the transfer stays on the
+    /// relay.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    pub direct_timeout: Duration,
 }
 
 impl ClientArgs {
@@ -112,6 +130,13 @@ impl ClientArgs {
         cfg.ca_file = self.ca_file.clone();
         cfg.pair_timeout = self.timeout;
         cfg.idle_timeout = self.idle_timeout;
+        cfg.direct.mode = match (self.relay_only, self.direct_only) {
+            (true, _) => DirectMode::RelayOnly,
+            (_, true) => DirectMode::DirectOnly,
+            _ => DirectMode::Auto,
+        };
+        cfg.direct.stun = self.stun.clone();
+        cfg.direct.timeout = self.direct_timeout;
         cfg
     }
 }

@@ -188,6 +188,7 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
 /// file was delivered, [`EXIT_NOT_DELIVERED`] otherwise.
 fn accounted(summary: &Summary, role: Role, quiet: bool) -> u8 {
     if !quiet {
+        eprintln!("path: {}", escape(&summary.path.to_string()));
         for (path, why) in &summary.excluded {
             eprintln!("left out: {}: {}", escape(path), escape(why));
         }

@@ -14,7 +14,7 @@ use indicatif::{
     ProgressStyle,
 };
 use p2p_copy_core::path::escape;
-use p2p_copy_core::Event;
+use p2p_copy_core::{Event, PathEvent};
 
 use crate::backend::{SessionEvent, Summary};
 use crate::ctrl_echo::QuietCtrlEcho;
@@ -314,6 +314,31 @@ impl Display {
                     self.say(format!("{} is already there, skipped", escape(&path)));
                 }
                 self.update_total();
+            }
+            Event::Path(p) => {
+                let line = match p {
+                    PathEvent::Direct {
+                        addr,
+                        punched,
+                        setup,
+                    } => format!(
+                        "direct connection to the {} at {addr} ({}), up after {:.2} s",
+                        self.role.peer(),
+                        if punched { "hole-punched" } else { "LAN" },
+                        setup.as_secs_f64()
+                    ),
+                    PathEvent::BackToRelay { reason } => format!(
+                        "the direct connection failed ({}); continuing through the relay",
+                        escape(&reason)
+                    ),
+                    PathEvent::Relay { reason } => {
+                        format!("staying on the relay: {}", escape(&reason))
+                    }
+                };
+                // Only once per transfer for parallel codes, except with -v.
+                if self.verbose || session == 0 {
+                    self.say(line);
+                }
             }
             Event::FileDone { path, .. } => {
                 self.files_done += 1;

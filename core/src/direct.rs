@@ -79,6 +79,27 @@ impl Default for DirectConfig {
     }
 }
 
+/// What the peer said to the offer of a direct connection (see
+/// [`Sender::take_direct_start`](crate::sender::Sender::take_direct_start)).
+#[derive(Clone)]
+pub enum DirectAnswer {
+    /// Both sides run the attempt; with the session's cipher and nonce seed S when
+    /// encrypting (they seal the candidates).
+    Agreed(Option<(Cipher, [u8; 32])>),
+    /// The peer does not take part (it runs `--relay-only`, or the sender offered no
+    /// direct connection): the session stays on the relay.
+    Declined,
+}
+
+impl std::fmt::Debug for DirectAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirectAnswer::Agreed(s) => write!(f, "Agreed(encrypted: {})", s.is_some()),
+            DirectAnswer::Declined => f.write_str("Declined"),
+        }
+    }
+}
+
 /// Whether a sender with this configuration offers [`wire::EXT_DIRECT`] in its manifest.
 pub fn offers(config: &DirectConfig) -> bool {
     config.mode != DirectMode::RelayOnly
@@ -200,6 +221,8 @@ pub struct DirectPath {
     peer_fingerprint: Option<[u8; 32]>,
     /// Probes asked for, by peer candidate.
     probes: HashMap<SocketAddr, Probe>,
+    /// How the peer learned each usable candidate.
+    peer_kinds: HashMap<SocketAddr, CandidateKind>,
     /// The first verified path.
     verified: Option<SocketAddr>,
     /// We sent `direct_ready`.
@@ -275,6 +298,7 @@ impl DirectPath {
             sealing,
             peer_fingerprint: None,
             probes: HashMap::new(),
+            peer_kinds: HashMap::new(),
             verified: None,
             sent_ready: false,
             peer_ready: false,
@@ -326,6 +350,16 @@ impl DirectPath {
             Some(Outcome::Switched(a)) => Some(a),
             _ => None,
         }
+    }
+
+    /// The fingerprint the peer announced with its candidates, once they arrived.
+    pub fn peer_fingerprint(&self) -> Option<[u8; 32]> {
+        self.peer_fingerprint
+    }
+
+    /// How the peer learned `addr`, one of its usable candidates.
+    pub fn peer_kind(&self, addr: SocketAddr) -> Option<CandidateKind> {
+        self.peer_kinds.get(&addr).copied()
     }
 
     /// True once the attempt ended (switched or given up) or failed.
@@ -521,7 +555,10 @@ impl DirectPath {
             });
             match why {
                 Some(why) => ignored.push((c.addr.clone(), why.to_owned())),
-                None => usable.push(addr),
+                None => {
+                    usable.push(addr);
+                    self.peer_kinds.insert(addr, c.kind);
+                }
             }
         }
         self.peer_fingerprint = Some(fingerprint);

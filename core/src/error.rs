@@ -57,6 +57,10 @@ pub enum Error {
     /// [`EXT_CONFIRM`](crate::wire::EXT_CONFIRM)), or files did not arrive.
     #[error("not delivered: {0}")]
     NotDelivered(String),
+    /// A direct connection was required (`direct-only`) and none came up, or the peer
+    /// does not support one (extension [`EXT_DIRECT`](crate::wire::EXT_DIRECT)).
+    #[error("no direct path: {0}")]
+    NoDirectPath(String),
 }
 
 struct FileCtx<'a>(&'a Option<String>);
@@ -119,7 +123,7 @@ impl Error {
     }
 
     /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
-    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`), for logs and exit-code
+    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`), for logs and exit-code
     /// mapping.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -132,6 +136,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::ConnectionLost(_) => "lost",
             Error::NotDelivered(_) => "undelivered",
+            Error::NoDirectPath(_) => "direct",
         }
     }
 }

@@ -75,4 +75,36 @@ pub enum Event {
     Done,
     /// The session failed; the error is sticky.
     Failed(Error),
+    /// Where the session's messages travel (extension
+    /// [`EXT_DIRECT`](crate::wire::EXT_DIRECT)): reported by the runtime that runs the
+    /// direct-path attempt beside the session, not by the state machines.
+    Path(PathEvent),
+}
+
+/// A change of the path a session's messages take (see [`Event::Path`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathEvent {
+    /// The session stays on the relay: why (the peer does not support direct
+    /// connections, no direct path came up in time, the user asked for the relay).
+    Relay {
+        /// Why, for the user.
+        reason: String,
+    },
+    /// The session moved to a direct connection with the peer.
+    Direct {
+        /// The peer's address on it.
+        addr: std::net::SocketAddr,
+        /// True when the address is one the peer learned from a STUN server (the path
+        /// crosses NATs: hole-punched), false for an address of the peer's own
+        /// interfaces (one LAN, or no NAT between).
+        punched: bool,
+        /// From the start of the attempt to the switch.
+        setup: std::time::Duration,
+    },
+    /// The direct connection failed after the switch; the rest of the session goes
+    /// through the relay, starting where the direct path stopped.
+    BackToRelay {
+        /// Why, for the user.
+        reason: String,
+    },
 }

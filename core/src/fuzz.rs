@@ -480,6 +480,7 @@ mod receiver_body {
             manifest_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
             window,
+            direct: false,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -1229,6 +1230,7 @@ mod receiver_body {
                     self.tracks[i].not_delivered = true;
                 }
                 Event::Delivery { .. } => panic!("only a sender reports delivery"),
+                Event::Path(_) => panic!("only the runtime reports the path"),
                 Event::Manifest { files, .. } => {
                     assert!(self.manifest.is_none(), "one manifest per session");
                     let offered = self
@@ -2101,6 +2103,7 @@ mod sender_body {
                 Event::FileNotDelivered { .. } | Event::Delivery { .. } => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
+                Event::Path(_) => panic!("only the runtime reports the path"),
                 Event::Manifest { files, bytes } => {
                     assert_eq!(files, self.files.len());
                     assert_eq!(bytes, self.files.iter().map(|f| f.size).sum::<u64>());

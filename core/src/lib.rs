@@ -11,6 +11,7 @@ mod error;
 mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
+pub mod handover;
 pub mod parallel;
 pub mod path;
 mod pipe;
@@ -26,5 +27,5 @@ pub mod wire;
 
 pub use crypto::Secrets;
 pub use error::Error;
-pub use event::Event;
+pub use event::{Event, PathEvent};
 pub use wire::WireMessage;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::chain::Chain;
 use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
+use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::path::SafePath;
 use crate::pipe::ReadPipe;
@@ -27,6 +28,9 @@ pub struct ReceiverConfig {
     pub idle_timeout: Duration,
     /// Pieces in flight at once (work items and writes together).
     pub window: usize,
+    /// Accept a direct connection ([`EXT_DIRECT`](crate::wire::EXT_DIRECT)) when the
+    /// sender offers one; [`Receiver::take_direct_start`] then says so. Off by default.
+    pub direct: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -35,6 +39,7 @@ impl Default for ReceiverConfig {
             manifest_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
             window: 4,
+            direct: false,
         }
     }
 }
@@ -377,6 +382,9 @@ pub struct Receiver {
     confirm: bool,
     /// The report was queued.
     reported: bool,
+    /// This side's answer to the offer of a direct connection (true: accepted), until
+    /// the runtime takes it.
+    direct_answer: Option<bool>,
     /// The encrypted session's nonce seed S, which also seals the report.
     seed: Option<[u8; 32]>,
     /// Files not delivered, and why.
@@ -395,6 +403,22 @@ impl std::fmt::Debug for Receiver {
 }
 
 impl Receiver {
+    /// Once, after the manifest arrived (with [`ReceiverConfig::direct`]): whether the
+    /// sender offered a direct connection, which this side then accepted.
+    pub fn take_direct_start(&mut self) -> Option<DirectAnswer> {
+        let agreed = self.direct_answer.take()?;
+        if self.error.is_some() {
+            return None;
+        }
+        Some(match agreed {
+            true => DirectAnswer::Agreed(match (&self.cipher, &self.seed) {
+                (Some(c), Some(seed)) => Some((c.clone(), *seed)),
+                _ => None,
+            }),
+            false => DirectAnswer::Declined,
+        })
+    }
+
     /// A receiver, which queues `hello` at once.
     pub fn new(now: Instant, config: ReceiverConfig, secrets: &Secrets) -> Receiver {
         let mut r = Receiver {
@@ -423,6 +447,7 @@ impl Receiver {
             error: None,
             confirm: false,
             reported: false,
+            direct_answer: None,
             seed: None,
             failed: Vec::new(),
             uncommitted: Vec::new(),
@@ -623,6 +648,15 @@ impl Receiver {
             None => "before the transfer was complete (run again with --resume to continue)".to_owned(),
         };
         Err(crate::error::closed_error(code, reason, &when))
+    }
+
+    /// Fail the session for a reason of the runtime's own (a direct path that was
+    /// required and never came up): like any failure, the peer is told why when it
+    /// confirms delivery. Nothing happens once the session ended.
+    pub fn abort(&mut self, e: Error) {
+        if self.error.is_none() && !matches!(self.phase, Phase::Done) {
+            self.fail(e);
+        }
     }
 
     /// Stop the session. Partial files stay for a later `--resume`.
@@ -863,15 +897,21 @@ impl Receiver {
         entries: Vec<ManifestEntry>,
         extensions: &[String],
     ) -> Result<(), Error> {
+        // The direct path needs the report, which ends the session on both paths.
+        let direct = extensions.iter().any(|e| e == wire::EXT_CONFIRM)
+            && extensions.iter().any(|e| e == wire::EXT_DIRECT);
+        if self.config.direct {
+            self.direct_answer = Some(direct);
+        }
         if extensions.iter().any(|e| e == wire::EXT_CONFIRM) {
             // Answered before anything else this side sends (the resume answer).
             self.confirm = true;
-            self.transmit.push_back(
-                Control::Extensions {
-                    accept: vec![wire::EXT_CONFIRM.to_owned()],
-                }
-                .into(),
-            );
+            let mut accept = vec![wire::EXT_CONFIRM.to_owned()];
+            if self.config.direct && direct {
+                accept.push(wire::EXT_DIRECT.to_owned());
+            }
+            self.transmit
+                .push_back(Control::Extensions { accept }.into());
         }
         let mut files: HashSet<&str> = HashSet::new();
         for e in &entries {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::chain::Chain;
 use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
+use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::pipe::ReadPipe;
 use crate::wire::{
@@ -52,6 +53,11 @@ pub struct SenderConfig {
     /// Skip a file that cannot be read or changes while being sent (reported as
     /// [`Event::FileNotDelivered`]) instead of failing the session.
     pub skip_errors: bool,
+    /// Offer a direct connection ([`EXT_DIRECT`](crate::wire::EXT_DIRECT)) in the
+    /// manifest, together with `confirm`. When the receiver accepts,
+    /// [`Sender::take_direct_start`] says so and the runtime runs
+    /// [`DirectPath`](crate::direct::DirectPath) beside the session. Off by default.
+    pub direct: bool,
 }
 
 impl Default for SenderConfig {
@@ -65,6 +71,7 @@ impl Default for SenderConfig {
             confirm: false,
             report_timeout: Duration::from_secs(120),
             skip_errors: false,
+            direct: false,
         }
     }
 }
@@ -290,6 +297,9 @@ pub struct Sender {
     last_now: Instant,
     /// The receiver accepted delivery confirmation.
     accepted: bool,
+    /// The receiver's answer to the offer of a direct connection (true: accepted), until
+    /// the runtime takes it.
+    direct_answer: Option<bool>,
     /// The session failed after offering confirmation but before the receiver's answer
     /// arrived: the report to send if the answer comes (see
     /// [`awaits_acceptance`](Sender::awaits_acceptance)).
@@ -354,6 +364,7 @@ impl Sender {
             error: None,
             last_now: now,
             accepted: false,
+            direct_answer: None,
             unsent_report: None,
             skipped: Vec::new(),
             abandoned: HashSet::new(),
@@ -545,6 +556,15 @@ impl Sender {
         self.settle(Err(e))
     }
 
+    /// Fail the session for a reason of the runtime's own (a direct path that was
+    /// required and never came up): like any failure, the peer is told why when it
+    /// confirms delivery. Nothing happens once the session ended.
+    pub fn abort(&mut self, e: Error) {
+        if self.error.is_none() && !matches!(self.phase, Phase::Done) {
+            self.fail(e);
+        }
+    }
+
     /// Stop the session.
     pub fn cancel(&mut self, reason: &str) {
         if self.error.is_none() && !matches!(self.phase, Phase::Done) {
@@ -609,6 +629,19 @@ impl Sender {
         }
     }
 
+    /// Once, after the receiver answered the offer of a direct connection: what it
+    /// said. A p2p-copy 0.1.x receiver never answers.
+    pub fn take_direct_start(&mut self) -> Option<DirectAnswer> {
+        let agreed = self.direct_answer.take()?;
+        if self.error.is_some() {
+            return None;
+        }
+        Some(match agreed {
+            true => DirectAnswer::Agreed(self.sealing().map(|(c, s)| (c.clone(), *s))),
+            false => DirectAnswer::Declined,
+        })
+    }
+
     /// The cipher and nonce seed that seal reports, when encrypting.
     fn sealing(&self) -> Option<(&Cipher, &[u8; 32])> {
         self.cipher.as_ref().map(|c| (c, &self.nonce_seed))
@@ -643,6 +676,9 @@ impl Sender {
                 if self.config.confirm && after_manifest && !self.accepted =>
             {
                 self.accepted = accept.iter().any(|e| e == wire::EXT_CONFIRM);
+                if self.config.direct && self.config.confirm {
+                    self.direct_answer = Some(accept.iter().any(|e| e == wire::EXT_DIRECT));
+                }
                 Ok(())
             }
             (_, c @ (Control::Report(_) | Control::EncReport { .. }))
@@ -698,9 +734,12 @@ impl Sender {
         let manifest = Control::Manifest {
             resume: self.config.resume,
             entries,
-            extensions: match self.config.confirm {
-                true => vec![wire::EXT_CONFIRM.to_owned()],
-                false => Vec::new(),
+            // The direct path relies on the receiver's report to know when the session
+            // ended, so it is offered only with confirmation.
+            extensions: match (self.config.confirm, self.config.direct) {
+                (true, true) => vec![wire::EXT_CONFIRM.to_owned(), wire::EXT_DIRECT.to_owned()],
+                (true, false) => vec![wire::EXT_CONFIRM.to_owned()],
+                (false, _) => Vec::new(),
             },
         };
         let msg = match (&self.cipher, &mut self.nonces) {

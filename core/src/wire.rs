@@ -218,6 +218,29 @@ pub enum Control {
         #[serde(default)]
         why: String,
     },
+    /// Extension [`EXT_DIRECT`], on the direct path from the receiver: it has taken this
+    /// many of the session's messages from the direct path, so the sender may forget
+    /// them (see [`crate::handover`]).
+    DirectAck {
+        /// Session messages taken from the direct path so far.
+        received: u64,
+    },
+    /// Extension [`EXT_DIRECT`], on the relay from the sender: the direct path failed
+    /// after the switch; the session continues on the relay once the receiver says how
+    /// much it took from the direct path.
+    DirectLost {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// Extension [`EXT_DIRECT`], on the relay from the receiver, answering
+    /// [`Control::DirectLost`]: it took this many session messages from the direct path
+    /// and reads the rest from the relay.
+    DirectResume {
+        /// The attempt.
+        attempt: u32,
+        /// Session messages taken from the direct path.
+        received: u64,
+    },
 }
 
 /// The extension by which two peers of this project exchange candidate addresses over
@@ -326,6 +349,9 @@ impl Control {
             Control::EncCandidates { .. } => "enc_candidates",
             Control::DirectReady { .. } => "direct_ready",
             Control::DirectFailed { .. } => "direct_failed",
+            Control::DirectAck { .. } => "direct_ack",
+            Control::DirectLost { .. } => "direct_lost",
+            Control::DirectResume { .. } => "direct_resume",
         }
     }
 }

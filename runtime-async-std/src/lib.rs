@@ -43,8 +43,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, Incoming, MessageTransport, RelayConfig, RelayServerConfig,
-    SendOptions, SessionEvent, StunPorts, StunQueryError, Summary, TransferError, TransportError,
+    ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, MessageTransport,
+    PathEvent, PathTaken, RelayConfig, RelayServerConfig, SendOptions, SessionEvent, StunPorts,
+    StunQueryError, Summary, TransferError, TransportError,
 };
 
 /// async-std's services for the generic loop.
@@ -115,6 +116,10 @@ impl p2p_copy_runtime::Rt for AsyncStd {
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send + 'static {
         async_std::net::UdpSocket::bind(addr)
+    }
+
+    fn quinn_runtime(&self) -> std::sync::Arc<dyn quinn::Runtime> {
+        std::sync::Arc::new(quinn::AsyncStdRuntime)
     }
 
     fn udp_local_addr(socket: &Self::UdpSocket) -> io::Result<SocketAddr> {

@@ -40,8 +40,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, Incoming, MessageTransport, RelayConfig, RelayServerConfig,
-    SendOptions, SessionEvent, StunPorts, StunQueryError, Summary, TransferError, TransportError,
+    ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, MessageTransport,
+    PathEvent, PathTaken, RelayConfig, RelayServerConfig, SendOptions, SessionEvent, StunPorts,
+    StunQueryError, Summary, TransferError, TransportError,
 };
 
 /// smol's services for the generic loop.
@@ -111,6 +112,10 @@ impl p2p_copy_runtime::Rt for Smol {
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send + 'static {
         smol::net::UdpSocket::bind(addr)
+    }
+
+    fn quinn_runtime(&self) -> std::sync::Arc<dyn quinn::Runtime> {
+        std::sync::Arc::new(quinn::SmolRuntime)
     }
 
     fn udp_local_addr(socket: &Self::UdpSocket) -> io::Result<SocketAddr> {

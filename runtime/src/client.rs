@@ -19,10 +19,12 @@ use crate::drive::{Driver, EventSink};
 use crate::files_receive::ReceiveFiles;
 use crate::files_send::{Listed, SendFiles};
 use crate::io_worker::IoWorker;
+use crate::paths::Paths;
 use crate::rt::Rt;
 use crate::source::{self, ListOptions, Source};
 use crate::transport::{self, AlreadyPaired, MessageTransport};
 use crate::{ClientConfig, SendOptions, SessionEvent, Summary, TransferError};
+use p2p_copy_core::wire::Role;
 
 /// Derive each session's secrets on the blocking pool. With encryption every
 /// derivation is Argon2id with 32 MiB, so only a few run at once.
@@ -118,7 +120,13 @@ async fn send_session<R: Rt>(
     let (files, locals) = split_sources(picked);
     let seed = nonce_seed()?;
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
-    let conn = transport::WsTransport(ws);
+    let conn = Paths::new(
+        rt.clone(),
+        Role::Sender,
+        cfg.direct.clone(),
+        cfg.server.clone(),
+        transport::WsTransport(ws),
+    );
     drive_send(
         rt, cfg, index, secrets, files, locals, seed, opts, events, conn,
     )
@@ -145,6 +153,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         confirm: true,
         report_timeout: cfg.idle_timeout,
         skip_errors: opts.skip_errors,
+        direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         ..SenderConfig::default()
     };
     let sender =
@@ -262,7 +271,13 @@ async fn receive_session<R: Rt>(
     events: EventSink,
 ) -> Result<Summary, TransferError> {
     let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
-    let conn = transport::WsTransport(ws);
+    let conn = Paths::new(
+        rt.clone(),
+        Role::Receiver,
+        cfg.direct.clone(),
+        cfg.server.clone(),
+        transport::WsTransport(ws),
+    );
     drive_receive(rt, cfg, index, secrets, out_dir, events, conn).await
 }
 
@@ -278,6 +293,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
     let config = ReceiverConfig {
         manifest_timeout: cfg.pair_timeout,
         idle_timeout: cfg.idle_timeout,
+        direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, &secrets);
@@ -285,6 +301,13 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
     Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
         .run()
         .await
+}
+
+fn direct_config(cfg: &ClientConfig) -> p2p_copy_core::direct::DirectConfig {
+    p2p_copy_core::direct::DirectConfig {
+        mode: cfg.direct.mode,
+        ..Default::default()
+    }
 }
 
 /// The one session of a plain code (a parallel code is refused: its sessions need one

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use p2p_copy_core::relay::RelayConfig;
 use p2p_copy_core::sender::CompressMode;
-use p2p_copy_core::Event;
+use p2p_copy_core::{Event, PathEvent};
 
 /// How a client reaches the relay and which session it joins.
 #[derive(Debug, Clone)]
@@ -24,6 +24,100 @@ pub struct ClientConfig {
     pub pair_timeout: Duration,
     /// How long the peer may stay silent (or stop reading) in the middle of a transfer.
     pub idle_timeout: Duration,
+    /// Whether and how to try a direct connection with a peer of this project.
+    pub direct: DirectOptions,
+}
+
+pub use p2p_copy_core::direct::DirectMode;
+
+/// The direct connection's settings (see the crate docs, "Direct connections").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectOptions {
+    /// [`DirectMode::Auto`] (the default) tries a direct connection when the peer is a
+    /// p2p-copy of this project and stays on the relay otherwise;
+    /// [`DirectMode::RelayOnly`] never leaves the relay (no UDP at all);
+    /// [`DirectMode::DirectOnly`] fails rather than send file data through the relay.
+    pub mode: DirectMode,
+    /// STUN servers (`host:port`) to learn this side's public address from, besides
+    /// the relay's own (its listener's port number, on UDP).
+    pub stun: Vec<String>,
+    /// Ask the relay's STUN port too (default true).
+    pub relay_stun: bool,
+    /// How long the attempt may run before the session stays on the relay.
+    pub timeout: Duration,
+    /// Use loopback addresses as candidates: only for two peers on one machine (tests).
+    pub allow_loopback: bool,
+    /// Sender: cut the direct connection after this many messages on it, as a failing
+    /// network would (tests of the fallback to the relay).
+    #[doc(hidden)]
+    pub cut_after: Option<u64>,
+    /// Sender: hold file data until the attempt decided (switched, or gave up), as
+    /// [`DirectMode::DirectOnly`] does, but fall back to the relay when it gives up.
+    /// Tests use it to know that the data takes the direct path.
+    #[doc(hidden)]
+    pub hold_until_decided: bool,
+}
+
+impl Default for DirectOptions {
+    fn default() -> Self {
+        DirectOptions {
+            mode: DirectMode::Auto,
+            stun: Vec::new(),
+            relay_stun: true,
+            timeout: Duration::from_secs(10),
+            allow_loopback: false,
+            cut_after: None,
+            hold_until_decided: false,
+        }
+    }
+}
+
+/// The path a session's data took.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PathTaken {
+    /// Through the relay; why, when a direct connection was possible in principle.
+    #[default]
+    Relay,
+    /// Through the relay, although the peer supports direct connections: why.
+    RelayBecause(String),
+    /// Direct to the peer at `addr`.
+    Direct {
+        /// The peer's address.
+        addr: std::net::SocketAddr,
+        /// Through NATs, by an address learned from STUN (hole-punched), rather than
+        /// by one of the peer's own interface addresses.
+        punched: bool,
+    },
+    /// Direct at first; the direct connection failed and the rest went through the
+    /// relay.
+    DirectThenRelay {
+        /// The peer's address on the direct path.
+        addr: std::net::SocketAddr,
+        /// As for [`PathTaken::Direct`].
+        punched: bool,
+        /// Why the direct path failed.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for PathTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = |punched: bool| if punched { "hole-punched" } else { "LAN" };
+        match self {
+            PathTaken::Relay => f.write_str("relay"),
+            PathTaken::RelayBecause(why) => write!(f, "relay ({why})"),
+            PathTaken::Direct { addr, punched } => write!(f, "direct ({}) {addr}", how(*punched)),
+            PathTaken::DirectThenRelay {
+                addr,
+                punched,
+                reason,
+            } => write!(
+                f,
+                "direct ({}) {addr}, then relay ({reason})",
+                how(*punched)
+            ),
+        }
+    }
 }
 
 impl ClientConfig {
@@ -43,6 +137,7 @@ impl ClientConfig {
             ca_file: None,
             pair_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
+            direct: DirectOptions::default(),
         }
     }
 }
@@ -100,6 +195,8 @@ pub struct Summary {
     /// Time from the first sign of the peer (`Paired` or `Manifest`) to the end: what a
     /// rate should be computed over. The longest over parallel sessions.
     pub transfer_time: Duration,
+    /// The path the data took (the first session's, for a parallel code).
+    pub path: PathTaken,
 }
 
 impl Summary {
@@ -117,6 +214,25 @@ impl Summary {
             Event::Delivery {
                 confirmed: false, ..
             } => self.unconfirmed += 1,
+            Event::Path(p) => {
+                self.path = match (p, &self.path) {
+                    (PathEvent::Relay { reason }, _) => PathTaken::RelayBecause(reason.clone()),
+                    (PathEvent::Direct { addr, punched, .. }, _) => PathTaken::Direct {
+                        addr: *addr,
+                        punched: *punched,
+                    },
+                    (PathEvent::BackToRelay { reason }, PathTaken::Direct { addr, punched }) => {
+                        PathTaken::DirectThenRelay {
+                            addr: *addr,
+                            punched: *punched,
+                            reason: reason.clone(),
+                        }
+                    }
+                    (PathEvent::BackToRelay { reason }, _) => {
+                        PathTaken::RelayBecause(reason.clone())
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -130,6 +246,9 @@ impl Summary {
         self.confirmed += other.confirmed;
         self.unconfirmed += other.unconfirmed;
         self.transfer_time = self.transfer_time.max(other.transfer_time);
+        if self.path == PathTaken::Relay {
+            self.path = other.path.clone();
+        }
     }
 }
 

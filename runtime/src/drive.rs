@@ -97,6 +97,12 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
         let outcome = poll_fn(|cx| self.poll_session(cx)).await;
         match outcome {
             Ok(()) => {
+                while let Some(p) = self.ws.poll_path_event() {
+                    self.report(Event::Path(p));
+                }
+                if let Some(p) = self.ws.finish() {
+                    self.report(Event::Path(p));
+                }
                 self.summary.transfer_time =
                     self.paired_at.map(|t| t.elapsed()).unwrap_or_default();
                 self.close(CLOSE_NORMAL, "", true).await;
@@ -226,6 +232,14 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                 any = true;
                 self.report(event);
             }
+            if let Some(answer) = self.machine.take_direct_start() {
+                any = true;
+                self.ws.direct_answer(answer);
+            }
+            while let Some(p) = self.ws.poll_path_event() {
+                any = true;
+                self.report(Event::Path(p));
+            }
             if !any {
                 return;
             }
@@ -283,6 +297,22 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             let mut progress = false;
             if let Some(e) = self.machine.error() {
                 return Poll::Ready(Err(e.clone()));
+            }
+            // The connection's own work (a direct-path attempt beside the session).
+            match self.ws.poll_background(cx) {
+                Poll::Ready(Ok(())) => {
+                    progress = true;
+                    self.drain_outputs();
+                }
+                Poll::Ready(Err(e)) => {
+                    self.machine.abort(e);
+                    self.drain_outputs();
+                    if let Some(e) = self.machine.error() {
+                        return Poll::Ready(Err(e.clone()));
+                    }
+                    continue;
+                }
+                Poll::Pending => {}
             }
 
             // Messages out, only as fast as the connection takes them: that is the
@@ -516,6 +546,9 @@ mod tests {
             _: SocketAddr,
         ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send + 'static {
             async { Err(io::Error::other("this test has no network")) }
+        }
+        fn quinn_runtime(&self) -> std::sync::Arc<dyn quinn::Runtime> {
+            std::sync::Arc::new(quinn::SmolRuntime)
         }
         fn udp_local_addr(s: &Self::UdpSocket) -> io::Result<SocketAddr> {
             s.local_addr()

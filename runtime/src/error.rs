@@ -39,6 +39,7 @@ impl TransferError {
     /// (no peer: wrong code, mismatched `--encrypt`, different relay), 4 protocol
     /// violation by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost
     /// (the peer or the relay went away), 8 not delivered (the peer reported a failure),
+    /// 9 no direct path although one was required (`DirectMode::DirectOnly`),
     /// 130 interrupted, 1 for invalid settings.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -52,6 +53,7 @@ impl TransferError {
                 "cancelled" => 130,
                 "lost" => 7,
                 "undelivered" => 8,
+                "direct" => 9,
                 _ => 1,
             },
         }
@@ -84,5 +86,7 @@ mod tests {
         assert_eq!(TransferError::Session(lost).exit_code(), 7);
         let undelivered = Error::NotDelivered("the receiver failed".into());
         assert_eq!(TransferError::Session(undelivered).exit_code(), 8);
+        let direct = Error::NoDirectPath("none came up".into());
+        assert_eq!(TransferError::Session(direct).exit_code(), 9);
     }
 }

@@ -55,6 +55,7 @@ mod io_worker;
 mod job_pool;
 mod listen;
 mod machine;
+mod paths;
 pub mod quic;
 mod relay_conn;
 mod relay_hub;
@@ -69,12 +70,15 @@ mod transport;
 pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
-pub use config::{ClientConfig, RelayServerConfig, SendOptions, SessionEvent, StunPorts, Summary};
+pub use config::{
+    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayServerConfig, SendOptions,
+    SessionEvent, StunPorts, Summary,
+};
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
 pub use p2p_copy_core::relay::RelayConfig;
 pub use p2p_copy_core::sender::CompressMode;
-pub use p2p_copy_core::Event;
+pub use p2p_copy_core::{Event, PathEvent};
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;
 pub use stun_client::{stun_query, StunQueryError};

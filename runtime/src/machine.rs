@@ -52,6 +52,15 @@ pub(crate) trait Machine: Send + 'static {
     fn awaits_acceptance(&self) -> bool {
         false
     }
+
+    /// Fail the session for a reason of the runtime's own.
+    fn abort(&mut self, e: Error);
+
+    /// Once: the peer's answer to the offer of a direct connection (see
+    /// `Sender::take_direct_start`).
+    fn take_direct_start(&mut self) -> Option<p2p_copy_core::direct::DirectAnswer> {
+        None
+    }
 }
 
 impl crate::io_worker::Cheap for sender::IoRequest {
@@ -132,6 +141,12 @@ macro_rules! delegate {
         }
         fn run_job(job: Self::Job) -> Self::JobResult {
             job.run()
+        }
+        fn take_direct_start(&mut self) -> Option<p2p_copy_core::direct::DirectAnswer> {
+            self.take_direct_start()
+        }
+        fn abort(&mut self, e: Error) {
+            self.abort(e)
         }
     };
 }

@@ -236,9 +236,9 @@ impl ClientCertVerifier for Pinned {
 ///   open; the session loop's own read-ahead (a few 1 MiB pieces) is far below it.
 /// - One bidirectional stream and no unidirectional ones for the peer: the session
 ///   needs one, and each stream the peer may open costs state here.
-/// - Keep-alive every 5 s (NAT mappings for UDP often expire after 30 s), and an idle
-///   timeout of 30 s, so that a dead path is noticed well before the session's own
-///   idle timeout.
+/// - Keep-alive every second and an idle timeout of 5 s: a dead direct path is
+///   noticed within seconds, and the session continues on the relay (NAT mappings
+///   for UDP often expire after 30 s, far longer).
 fn transport_config() -> Arc<quinn::TransportConfig> {
     const MIB: u32 = 1024 * 1024;
     let mut t = quinn::TransportConfig::default();
@@ -247,9 +247,9 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         .send_window(32 * u64::from(MIB))
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .keep_alive_interval(Some(Duration::from_secs(1)))
         .max_idle_timeout(Some(
-            IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits"),
+            IdleTimeout::try_from(Duration::from_secs(5)).expect("5 s fits"),
         ));
     Arc::new(t)
 }
@@ -332,6 +332,11 @@ impl QuicEndpoint {
     /// The socket's error.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// Close the endpoint and every connection on it at once.
+    pub fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"closed");
     }
 
     /// This side's certificate fingerprint.

@@ -10,7 +10,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 /// The services of an async runtime: spawning, a blocking pool, timers, TCP and UDP. Each
 /// runtime crate implements it in a few lines; everything else is written once against
 /// it.
-pub trait Rt: Clone + Send + Sync + 'static {
+pub trait Rt: Clone + Send + Unpin + Sync + 'static {
     /// A connected TCP stream.
     type TcpStream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// A listening TCP socket.
@@ -80,4 +80,7 @@ pub trait Rt: Clone + Send + Sync + 'static {
         socket: &'a Self::UdpSocket,
         buf: &'a mut [u8],
     ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send + 'a;
+
+    /// The executor's I/O and timers for quinn (the direct path's QUIC).
+    fn quinn_runtime(&self) -> std::sync::Arc<dyn quinn::Runtime>;
 }

@@ -81,6 +81,32 @@ pub trait MessageTransport: Send + Unpin {
     /// The next message, the other end's close, an error, or `None` at the end.
     fn poll_recv(&mut self, cx: &mut Context<'_>)
         -> Poll<Option<Result<Incoming, TransportError>>>;
+
+    /// The peer answered the offer of a direct connection (the session machine says
+    /// so once): a connection that can run the attempt starts it. Others ignore it.
+    fn direct_answer(&mut self, answer: p2p_copy_core::direct::DirectAnswer) {
+        let _ = answer;
+    }
+
+    /// Work of the connection's own that must go on whether or not the session reads or
+    /// writes (a direct-path attempt, acknowledgements): `Ready(Ok)` after progress
+    /// (call again), `Pending` when nothing more can be done now, `Ready(Err)` when the
+    /// session must fail.
+    fn poll_background(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), p2p_copy_core::Error>> {
+        let _ = cx;
+        Poll::Pending
+    }
+
+    /// The next change of the path the session's messages take.
+    fn poll_path_event(&mut self) -> Option<p2p_copy_core::PathEvent> {
+        None
+    }
+
+    /// The session ended well: the last word on its path, if any (an attempt that was
+    /// still running).
+    fn finish(&mut self) -> Option<p2p_copy_core::PathEvent> {
+        None
+    }
 }
 
 /// Send one message and flush it.
@@ -316,6 +342,11 @@ fn parse_server(server: &str) -> Result<Target, String> {
         .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     Ok(Target { tls, host, port })
+}
+
+/// The relay's host and port, from its URL (for its STUN port).
+pub(crate) fn relay_host_port(server: &str) -> Option<(String, u16)> {
+    parse_server(server).ok().map(|t| (t.host, t.port))
 }
 
 /// Open a WebSocket to the relay at `server`.

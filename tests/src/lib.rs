@@ -33,6 +33,6 @@ pub use runtimes::{AsyncStd, Runtime, Smol};
 
 /// The runtime library's types, the same for both runtimes.
 pub use p2p_copy_smol::{
-    ClientConfig, CompressMode, RelayServerConfig, SendOptions, SessionEvent, Summary,
-    TransferError,
+    ClientConfig, CompressMode, DirectMode, PathTaken, RelayServerConfig, SendOptions,
+    SessionEvent, Summary, TransferError,
 };

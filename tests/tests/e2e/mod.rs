@@ -18,8 +18,8 @@ use p2p_copy_tests::tree::{
     MIB,
 };
 use p2p_copy_tests::{
-    ClientConfig, CompressMode, Order, Pair, Runtime, SendOptions, SessionEvent, TestRelay,
-    TransferError,
+    ClientConfig, CompressMode, DirectMode, Order, Pair, PathTaken, Runtime, SendOptions,
+    SessionEvent, TestRelay, TransferError,
 };
 
 /// Expand to one `#[test]` per scenario, run on the runtime type given.
@@ -46,6 +46,13 @@ macro_rules! e2e_suite {
             sender_dropped_mid_transfer_then_resumed,
             parallel_code_with_three_connections,
             missing_source_fails_before_pairing,
+            direct_tree_arrives_over_quic,
+            direct_encrypted_tree_arrives_over_quic,
+            direct_path_cut_mid_transfer_finishes_over_the_relay,
+            direct_encrypted_cut_finishes_over_the_relay,
+            relay_only_on_one_side_keeps_everything_on_the_relay,
+            direct_only_against_relay_only_fails_with_exit_9,
+            parallel_code_goes_direct_per_session,
         );
     };
     (@each $rt:ty; $($name:ident),* $(,)?) => {
@@ -514,4 +521,147 @@ pub fn missing_source_fails_before_pairing<R: Runtime>() {
     assert!(matches!(err, TransferError::Source(_)), "{err:?}");
     assert_eq!(err.exit_code(), 6);
     assert!(err.to_string().contains("does-not-exist"), "{err}");
+}
+
+/// A pair on 127.0.0.1 that may use loopback candidates (two peers on one machine).
+fn direct_pair(relay: &TestRelay, code: &str, paths: Vec<PathBuf>, out: &Path) -> Pair {
+    let mut p = pair(relay, code, paths, out);
+    p.send_cfg.direct.allow_loopback = true;
+    p.recv_cfg.direct.allow_loopback = true;
+    p
+}
+
+fn assert_direct(path: &PathTaken) {
+    assert!(
+        matches!(path, PathTaken::Direct { addr, punched: false } if addr.ip().is_loopback()),
+        "expected a direct path over loopback, got {path:?}"
+    );
+}
+
+/// A tree of several MiB: enough messages that the receiver acknowledges on the way.
+fn direct_files() -> Vec<FileSpec> {
+    let mut files = standard_tree();
+    files.push(FileSpec::random("big/a.bin", 6 * MIB + 17, 7));
+    files.push(FileSpec::random("big/b.bin", 3 * MIB, 8));
+    files
+}
+
+fn direct_transfer<R: Runtime>(code: &str, encrypt: bool, cut_after: Option<u64>) {
+    let relay = TestRelay::start::<R>();
+    let s = Scene::new();
+    let files = direct_files();
+    write_tree(&s.src.join("tree"), &files);
+    let mut p = direct_pair(&relay, code, vec![s.src.join("tree")], &s.out).encrypt(encrypt);
+    p.send_cfg.direct.cut_after = cut_after;
+    p.send_cfg.direct.hold_until_decided = true;
+    let outcome = p.run::<R>();
+    let (sent, received) = outcome.expect_ok();
+    assert_same_tree(&s.src, &s.out);
+    assert_eq!(received.bytes, total_size(&files));
+    assert_eq!(sent.confirmed, 1, "the receiver confirmed delivery");
+    match cut_after {
+        None => {
+            assert_direct(&sent.path);
+            assert_direct(&received.path);
+        }
+        Some(_) => {
+            for path in [&sent.path, &received.path] {
+                assert!(
+                    matches!(path, PathTaken::DirectThenRelay { .. }),
+                    "expected direct, then relay: {path:?}"
+                );
+            }
+            // No file started over: each was sent once.
+            let starts = outcome
+                .send_events
+                .events()
+                .iter()
+                .filter(|e| matches!(e, Event::FileStarted { .. }))
+                .count();
+            assert_eq!(starts, files.len());
+        }
+    }
+}
+
+pub fn direct_tree_arrives_over_quic<R: Runtime>() {
+    direct_transfer::<R>("direct plain", false, None);
+}
+
+pub fn direct_encrypted_tree_arrives_over_quic<R: Runtime>() {
+    direct_transfer::<R>("direct sealed", true, None);
+}
+
+pub fn direct_path_cut_mid_transfer_finishes_over_the_relay<R: Runtime>() {
+    // Past the first acknowledgement, in the middle of the big file.
+    direct_transfer::<R>("direct cut", false, Some(30));
+}
+
+pub fn direct_encrypted_cut_finishes_over_the_relay<R: Runtime>() {
+    direct_transfer::<R>("direct cut sealed", true, Some(5));
+}
+
+pub fn relay_only_on_one_side_keeps_everything_on_the_relay<R: Runtime>() {
+    let relay = TestRelay::start::<R>();
+    let s = Scene::new();
+    write_tree(&s.src.join("tree"), &standard_tree());
+    let mut p = direct_pair(&relay, "relay only", vec![s.src.join("tree")], &s.out);
+    p.recv_cfg.direct.mode = DirectMode::RelayOnly;
+    let outcome = p.run::<R>();
+    let (sent, received) = outcome.expect_ok();
+    assert_same_tree(&s.src, &s.out);
+    assert!(
+        matches!(&sent.path, PathTaken::RelayBecause(why) if why.contains("does not take")),
+        "{:?}",
+        sent.path
+    );
+    assert_eq!(received.path, PathTaken::Relay);
+}
+
+pub fn direct_only_against_relay_only_fails_with_exit_9<R: Runtime>() {
+    let relay = TestRelay::start::<R>();
+    let s = Scene::new();
+    write_tree(&s.src.join("tree"), &standard_tree());
+    let mut p = direct_pair(&relay, "direct only", vec![s.src.join("tree")], &s.out);
+    p.send_cfg.direct.mode = DirectMode::DirectOnly;
+    p.recv_cfg.direct.mode = DirectMode::RelayOnly;
+    let outcome = p.run::<R>();
+    let err = outcome
+        .send
+        .as_ref()
+        .expect_err("the sender must not fall back");
+    assert_eq!(err.exit_code(), 9, "{err}");
+    assert!(err.to_string().contains("no direct path"), "{err}");
+    // Nothing was sent through the relay: no file reached the receiver.
+    assert!(
+        !s.out.join("tree").exists() || fs::read_dir(s.out.join("tree")).unwrap().next().is_none()
+    );
+}
+
+pub fn parallel_code_goes_direct_per_session<R: Runtime>() {
+    let relay = TestRelay::start::<R>();
+    let s = Scene::new();
+    let files = direct_files();
+    write_tree(&s.src.join("tree"), &files);
+    let mut p = direct_pair(&relay, "n=3=n direct", vec![s.src.join("tree")], &s.out);
+    p.send_cfg.direct.mode = DirectMode::DirectOnly;
+    let outcome = p.run::<R>();
+    let (sent, received) = outcome.expect_ok();
+    assert_same_tree(&s.src, &s.out);
+    assert_direct(&sent.path);
+    assert_direct(&received.path);
+    let direct_sessions = outcome
+        .send_events
+        .all()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event,
+                Event::Path(p2p_copy_core::PathEvent::Direct { .. })
+            )
+        })
+        .count();
+    assert_eq!(
+        direct_sessions, 3,
+        "each session of the parallel code goes direct"
+    );
 }
