@@ -218,8 +218,8 @@ impl Bench {
         let (r, r_killed) = r.wait_or_kill(Duration::from_secs(60));
         if s_killed || r_killed || !s.status.success() || !r.status.success() {
             return Err(format!(
-                "{what} failed (killed after {limit:?}: sender {s_killed}, receiver \
-                 {r_killed})\nsender: {s:?}\nreceiver: {r:?}"
+                "{what} failed (killed at the time limit of {limit:.0?}: sender {s_killed}, \
+                 receiver {r_killed})\nsender: {s:?}\nreceiver: {r:?}"
             ));
         }
         Ok([r, s])
