@@ -4,9 +4,16 @@
 //! ```text
 //! {p}-wan:   bridge br0, the "internet"
 //! {p}-relay: wan0 100.64.0.1/24 on br0                 the relay host
-//! {p}-natN:  wan0 100.64.0.(N+1)/24 on br0, lan0 10.N.0.1/24, forwarding, nftables NAT
+//! {p}-natN:  wan0 100.64.0.(N+1)/24 on br0, bridge lan0 10.N.0.1/24, forwarding, NAT
 //! {p}-hN:    eth0 10.N.0.2/24, default via 10.N.0.1   a host behind NAT N
+//! {p}-hNxK:  eth0 10.N.0.K/24 on the same bridge       more hosts on that LAN
 //! ```
+//!
+//! Beyond the topology: links limited with `tc … tbf` ([`Lab::limit_wan_link`],
+//! [`Lab::limit_rate`]), UDP cut between two hosts while they talk
+//! ([`Lab::block_udp_between`]), a TCP port forwarded through a NAT
+//! ([`Lab::forward_tcp_port`]), and processes started in a namespace whose standard error
+//! can be watched line by line ([`Lab::spawn`]).
 //!
 //! Every lab has its own name prefix `{p}` (process id and a counter), so tests run in
 //! parallel. Dropping the [`Lab`] kills the processes it started and deletes every
@@ -17,15 +24,16 @@
 //! tests fail, never skip).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::process::ChildGuard;
+use crate::process::{ChildGuard, Finished};
 
 /// The relay host's address on the lab's internet.
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -146,6 +154,12 @@ pub struct Lab {
     namespaces: Vec<String>,
     /// Processes started in the lab; killed before the namespaces go.
     children: Vec<ChildGuard>,
+    /// Processes started with [`Lab::spawn`], shared with their [`LabProcess`] handles.
+    spawned: Vec<Arc<Mutex<Child>>>,
+    /// Namespace attached to the bridge -> its port's name in the wan namespace.
+    wan_ports: BTreeMap<String, String>,
+    /// NAT number -> the last host address octet handed out on its LAN.
+    lan_hosts: BTreeMap<u8, u8>,
 }
 
 impl Lab {
@@ -161,6 +175,9 @@ impl Lab {
             prefix: format!("p2pl{}x{n}", std::process::id()),
             namespaces: Vec::new(),
             children: Vec::new(),
+            spawned: Vec::new(),
+            wan_ports: BTreeMap::new(),
+            lan_hosts: BTreeMap::new(),
         };
         lab.check_tools();
         // Left over by an earlier process with the same id that was killed.
@@ -189,19 +206,11 @@ impl Lab {
     pub fn add_nat(&mut self, n: u8, nat: Nat) -> Host {
         assert!((1..=200).contains(&n), "NAT number {n} out of range");
         let router = self.ns(&format!("nat{n}"));
-        let host = self.ns(&format!("h{n}"));
         let public_ip = Ipv4Addr::new(100, 64, 0, n + 1);
-        let lan_ip = Ipv4Addr::new(10, n, 0, 2);
         self.add_ns(&router);
         self.attach_to_wan(&router, public_ip);
-        self.add_ns(&host);
-        self.run(
-            &host,
-            &[
-                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns",
-                &router,
-            ],
-        );
+        // A bridge, so that more hosts can join the LAN later.
+        self.run(&router, &["ip", "link", "add", "lan0", "type", "bridge"]);
         self.run(
             &router,
             &[
@@ -219,6 +228,44 @@ impl Lab {
             &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
         );
         self.run_with_input(&router, &["nft", "-f", "-"], &nat.ruleset());
+        self.lan_hosts.insert(n, 1);
+        self.add_lan_host_of(n, &router, public_ip)
+    }
+
+    /// Add another host on the LAN of `neighbour`'s NAT router (10.N.0.3, then .4, …), in
+    /// namespace `{p}-hNxK`. Traffic between hosts of one LAN stays on its bridge; it never
+    /// passes the router's NAT or filters.
+    pub fn add_lan_host(&mut self, neighbour: &Host) -> Host {
+        let n = neighbour.lan_ip.octets()[1];
+        self.add_lan_host_of(n, &neighbour.router_ns.clone(), neighbour.public_ip)
+    }
+
+    fn add_lan_host_of(&mut self, n: u8, router: &str, public_ip: Ipv4Addr) -> Host {
+        let last = self
+            .lan_hosts
+            .get_mut(&n)
+            .unwrap_or_else(|| panic!("no NAT router {n} in this lab"));
+        *last += 1;
+        let k = *last;
+        assert!(k < 255, "LAN {n} is full");
+        let host = if k == 2 {
+            self.ns(&format!("h{n}"))
+        } else {
+            self.ns(&format!("h{n}x{k}"))
+        };
+        let lan_ip = Ipv4Addr::new(10, n, 0, k);
+        let port = format!("v{k}");
+        self.add_ns(&host);
+        self.run(
+            &host,
+            &[
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", router,
+            ],
+        );
+        self.run(
+            router,
+            &["ip", "link", "set", &port, "master", "lan0", "up"],
+        );
         self.run(
             &host,
             &["ip", "addr", "add", &format!("{lan_ip}/24"), "dev", "eth0"],
@@ -238,8 +285,147 @@ impl Lab {
         Host {
             ns: host,
             lan_ip,
-            router_ns: router,
+            router_ns: router.to_owned(),
             public_ip,
+        }
+    }
+
+    /// Limit what `iface` in namespace `ns` sends to `mbit` Mbit/s (`tc qdisc replace …
+    /// root tbf`). The burst is a hundredth of a second at that rate (at least 256 KiB,
+    /// what held a 100 Mbit/s link to its rate here), and up to 50 ms of packets queue
+    /// before the rest are dropped, as at a real bottleneck.
+    pub fn limit_rate(&self, ns: &str, iface: &str, mbit: u32) {
+        assert!(mbit > 0, "a rate of 0 Mbit/s");
+        let burst = (u64::from(mbit) * 1_000_000 / 8 / 100).max(256 * 1024);
+        self.run(
+            ns,
+            &[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                iface,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{mbit}mbit"),
+                "burst",
+                &burst.to_string(),
+                "latency",
+                "50ms",
+            ],
+        );
+    }
+
+    /// Limit the link between namespace `ns` (the relay host or a NAT router) and the
+    /// lab's internet to `mbit` Mbit/s in each direction: its `wan0` and the bridge's
+    /// port facing it.
+    pub fn limit_wan_link(&self, ns: &str, mbit: u32) {
+        let port = self
+            .wan_ports
+            .get(ns)
+            .unwrap_or_else(|| panic!("{ns} has no link to the lab's internet"));
+        self.limit_rate(ns, "wan0", mbit);
+        self.limit_rate(&self.ns("wan"), port, mbit);
+    }
+
+    /// Drop, from now on, all UDP between `a` and `b` on their NAT routers (both ways, on
+    /// both routers, flows already under way included), while TCP (and so the relay) still
+    /// passes. The hosts must sit behind different routers: traffic within one LAN never
+    /// reaches its router's filters.
+    pub fn block_udp_between(&self, a: &Host, b: &Host) {
+        assert_ne!(
+            a.router_ns, b.router_ns,
+            "hosts on one LAN talk past their router"
+        );
+        self.block_udp(a, b.public_ip);
+        self.block_udp(b, a.public_ip);
+    }
+
+    /// Drop, from now on, all UDP between the hosts behind `host`'s NAT router and `peer`
+    /// (both ways, flows already under way included).
+    pub fn block_udp(&self, host: &Host, peer: Ipv4Addr) {
+        let peer = peer.to_string();
+        // `insert` puts the drops ahead of the rule that accepts established flows.
+        for dir in ["saddr", "daddr"] {
+            self.run(
+                &host.router_ns,
+                &[
+                    "nft", "insert", "rule", "ip", "lab", "forward", "ip", dir, &peer, "meta",
+                    "l4proto", "udp", "drop",
+                ],
+            );
+        }
+    }
+
+    /// Forward TCP `port` on `host`'s public address to the same port on the host, through
+    /// its NAT router, so that hosts elsewhere can connect to it.
+    pub fn forward_tcp_port(&self, host: &Host, port: u16) {
+        let (port, lan_ip) = (port.to_string(), host.lan_ip.to_string());
+        let rules = format!(
+            "add chain ip lab dstnat {{ type nat hook prerouting priority dstnat; }}
+add rule ip lab dstnat iifname \"wan0\" tcp dport {port} dnat to {lan_ip}
+insert rule ip lab prerouting iifname \"wan0\" tcp dport {port} accept
+insert rule ip lab forward iifname \"wan0\" ip daddr {lan_ip} tcp dport {port} accept
+"
+        );
+        self.run_with_input(&host.router_ns, &["nft", "-f", "-"], &rules);
+    }
+
+    /// Start `cmd` (program, arguments, environment and working directory) in namespace
+    /// `ns`, with stdin closed and its output collected. Its standard error can be watched
+    /// line by line while it runs. The lab kills it (by its PID, which is the program's
+    /// own: `ip netns exec` execs it) when dropped, if it still runs then.
+    pub fn spawn(&mut self, ns: &str, cmd: &Command) -> LabProcess {
+        let mut wrapped = Command::new("ip");
+        wrapped
+            .args(["netns", "exec", ns])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(v) => wrapped.env(key, v),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        let mut child = wrapped
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {wrapped:?}: {e}"));
+        let id = child.id();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let child = Arc::new(Mutex::new(child));
+        self.spawned.push(Arc::clone(&child));
+        let stdout = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = BufReader::new(stdout).read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        });
+        let (tx, lines) = mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                all.push_str(&text);
+                let _ = tx.send(text.trim_end_matches(['\n', '\r']).to_owned());
+                line.clear();
+            }
+            all
+        });
+        LabProcess {
+            id,
+            child,
+            lines,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
         }
     }
 
@@ -371,7 +557,7 @@ impl Lab {
     }
 
     /// Give `ns` an interface wan0 with address `ip`/24 on the lab's bridge.
-    fn attach_to_wan(&self, ns: &str, ip: Ipv4Addr) {
+    fn attach_to_wan(&mut self, ns: &str, ip: Ipv4Addr) {
         let wan = self.ns("wan");
         let port = format!("p{}", ip.octets()[3]);
         self.run(
@@ -386,6 +572,7 @@ impl Lab {
             &["ip", "addr", "add", &format!("{ip}/24"), "dev", "wan0"],
         );
         self.run(ns, &["ip", "link", "set", "wan0", "up"]);
+        self.wan_ports.insert(ns.to_owned(), port);
     }
 
     /// Run a setup command in `ns`; panics with its output if it fails.
@@ -432,6 +619,13 @@ impl Drop for Lab {
             child.kill();
         }
         self.children.clear();
+        for child in self.spawned.drain(..) {
+            // A poisoned lock still holds the child; kill it all the same.
+            let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+            // Ok also when it has exited and been reaped: std then sends no signal.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
@@ -446,4 +640,93 @@ impl Default for Lab {
     fn default() -> Lab {
         Lab::new()
     }
+}
+
+/// A process started in a namespace with [`Lab::spawn`]. Dropping the handle leaves the
+/// process running; the [`Lab`] kills it when the lab is dropped.
+#[derive(Debug)]
+pub struct LabProcess {
+    id: u32,
+    child: Arc<Mutex<Child>>,
+    lines: mpsc::Receiver<String>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl LabProcess {
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Has it exited yet?
+    pub fn has_exited(&self) -> bool {
+        matches!(self.lock().try_wait(), Ok(Some(_)))
+    }
+
+    /// Wait up to `limit` for a line of standard error, not seen by an earlier call, that
+    /// `wanted` accepts, and return it. `None` when the process closed its standard error
+    /// first or the time ran out.
+    pub fn wait_for_stderr_line(
+        &self,
+        limit: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Wait until it exits and return how it ended and all it printed; after `limit` it
+    /// is killed and this panics with what it wrote to standard error.
+    pub fn wait(self, limit: Duration) -> Finished {
+        let id = self.id;
+        let (finished, killed) = self.wait_or_kill(limit);
+        assert!(
+            !killed,
+            "process {id} still running after {limit:?}; killed. stderr:\n{}",
+            finished.stderr
+        );
+        finished
+    }
+
+    /// Wait until it exits, for at most `limit`, then kill it if it still runs. Returns
+    /// how it ended with all it printed, and whether it had to be killed.
+    pub fn wait_or_kill(mut self, limit: Duration) -> (Finished, bool) {
+        let deadline = Instant::now() + limit;
+        let mut killed = false;
+        let status = loop {
+            let mut child = self.lock();
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                killed = true;
+                break child.wait().expect("wait for a killed child");
+            }
+            drop(child);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let finished = Finished {
+            status,
+            stdout: self.stdout.take().map(join).unwrap_or_default(),
+            stderr: self.stderr.take().map(join).unwrap_or_default(),
+        };
+        (finished, killed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn join(h: JoinHandle<String>) -> String {
+    h.join().unwrap_or_default()
 }

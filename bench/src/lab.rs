@@ -1,0 +1,435 @@
+//! The lab benchmark: one file moved between two hosts behind cone NATs in a small
+//! internet of network namespaces (`p2p_copy_tests::netlab`), three ways side by side:
+//! p2p-copy in its default (direct) mode, p2p-copy `--relay-only`, and raw TCP.
+//!
+//! ```text
+//! p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] [--relay-mbit 100]
+//!                    [--host-mbit 1000] [--bin target/release/p2p-copy]
+//!                    [--dir target/bench-data/lab]
+//! ```
+//!
+//! Runs as root (namespaces, nftables, tc). Shaped by default: the relay host's link is
+//! held to `--relay-mbit` each way and each NAT router's link (the hosts' way to the lab's
+//! internet) to `--host-mbit`, with `tc … tbf`, because on one machine the direct and
+//! the relayed path otherwise compete only for the same CPU, while what really differs is
+//! that a relay's bandwidth is shared and scarce. `--unshaped` leaves every link as fast
+//! as the CPU allows.
+//!
+//! Per transfer it prints seconds, MB/s (10^6 bytes of payload per second, from the
+//! sender's start to the exit of both sides), the share of the payload that crossed the
+//! relay host's interface (its bytes in plus out, from its counters, halved, over the
+//! payload), the path p2p-copy reported, and the time from pairing to a working direct
+//! path that the sender logs with `-v`. Every output is compared byte for byte.
+//!
+//! Raw TCP goes from host A to TCP port 5201 on NAT B's public address, forwarded by NAT
+//! B to host B: the same links as the direct path, bytes only, no hashing. This program
+//! is its own TCP copier, run inside the hosts' namespaces (`tcp-recv`, `tcp-send`).
+
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use p2p_copy_tests::netlab::{Host, Lab, LabProcess, Nat, RELAY_IP};
+use p2p_copy_tests::process::Finished;
+
+const USAGE: &str = "usage: p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] \
+                     [--relay-mbit 100] [--host-mbit 1000] [--bin PATH] [--dir DIR]";
+const BLOCK: usize = 1 << 20;
+/// The relay's WebSocket port (STUN on it and the next).
+const RELAY_PORT: u16 = 8765;
+/// The TCP port NAT B forwards to host B for the raw copy.
+const TCP_PORT: u16 = 5201;
+
+struct Options {
+    mib: usize,
+    rounds: usize,
+    shaped: bool,
+    relay_mbit: u32,
+    host_mbit: u32,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let own_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let mut o = Options {
+        mib: 1024,
+        rounds: 1,
+        shaped: true,
+        relay_mbit: 100,
+        host_mbit: 1000,
+        bin: own_dir.join("p2p-copy"),
+        dir: PathBuf::from("target/bench-data/lab"),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--unshaped" {
+            o.shaped = false;
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
+        let number = |what: &str| format!("{flag}: not a number: {what}");
+        match flag.as_str() {
+            "--mib" => o.mib = value.parse().map_err(|_| number(value))?,
+            "--rounds" => o.rounds = value.parse().map_err(|_| number(value))?,
+            "--relay-mbit" => o.relay_mbit = value.parse().map_err(|_| number(value))?,
+            "--host-mbit" => o.host_mbit = value.parse().map_err(|_| number(value))?,
+            "--bin" => o.bin = PathBuf::from(value),
+            "--dir" => o.dir = PathBuf::from(value),
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    if o.mib == 0 || o.rounds == 0 || o.relay_mbit == 0 || o.host_mbit == 0 {
+        return Err(format!("sizes, rounds and rates must be above 0\n{USAGE}"));
+    }
+    if !o.bin.is_file() {
+        return Err(format!(
+            "no p2p-copy binary at {} (cargo build --release -p p2p-copy, or --bin)",
+            o.bin.display()
+        ));
+    }
+    // Processes in the namespaces may start elsewhere; give them absolute paths.
+    o.bin = std::fs::canonicalize(&o.bin).map_err(|e| format!("{}: {e}", o.bin.display()))?;
+    std::fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    o.dir = std::fs::canonicalize(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
+    Ok(o)
+}
+
+/// Incompressible pseudo-random bytes (xorshift), written block by block.
+fn write_noise(path: &Path, mib: usize) -> io::Result<()> {
+    let mut out = BufWriter::new(File::create(path)?);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; BLOCK];
+    for _ in 0..mib {
+        for chunk in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.copy_from_slice(&state.to_le_bytes());
+        }
+        out.write_all(&block)?;
+    }
+    out.flush()
+}
+
+fn identical(a: &Path, b: &Path) -> io::Result<bool> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// `tcp-recv PORT FILE`: accept one connection on 0.0.0.0:PORT and write what arrives.
+fn tcp_recv(port: &str, file: &str) -> io::Result<()> {
+    let port: u16 = port.parse().map_err(io::Error::other)?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    eprintln!("tcp-recv listening on {}", listener.local_addr()?);
+    let (mut stream, _) = listener.accept()?;
+    let mut out = File::create(file)?;
+    copy(&mut stream, &mut out)?;
+    out.sync_all()
+}
+
+/// `tcp-send ADDR FILE`: connect to ADDR and send the file.
+fn tcp_send(addr: &str, file: &str) -> io::Result<()> {
+    let addr: SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let mut stream = TcpStream::connect(addr)?;
+    copy(&mut File::open(file)?, &mut stream)?;
+    stream.shutdown(std::net::Shutdown::Write)
+}
+
+/// A copy with 1 MiB reads and writes, as the relayed transfers use MiB pieces.
+fn copy(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return to.flush();
+        }
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// One transfer's figures.
+struct Figures {
+    secs: f64,
+    relay_share: f64,
+    direct_up: Option<f64>,
+    path: String,
+}
+
+/// The lab: hosts A (sender) and B (receiver) behind cone NATs, our relay, shaping.
+struct Bench {
+    lab: Lab,
+    a: Host,
+    b: Host,
+    o: Options,
+    file: PathBuf,
+    bytes: u64,
+}
+
+impl Bench {
+    fn relay_bytes(&self) -> u64 {
+        self.lab.iface(&self.lab.relay_ns(), "wan0").total_bytes()
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.o.dir.join("out")
+    }
+
+    /// Wait for both processes, long enough for the slowest link, and fail with their
+    /// output if either fails.
+    fn finish(&self, what: &str, sides: [LabProcess; 2]) -> Result<[Finished; 2], String> {
+        // The slowest path (the relay's link) at its rate, three times over, and a minute.
+        let slowest = self.bytes as f64 * 8.0 / (f64::from(self.o.relay_mbit) * 1e6);
+        let limit = Duration::from_secs_f64(60.0 + 3.0 * slowest);
+        let [r, s] = sides;
+        let (s, s_killed) = s.wait_or_kill(limit);
+        let (r, r_killed) = r.wait_or_kill(Duration::from_secs(60));
+        if s_killed || r_killed || !s.status.success() || !r.status.success() {
+            return Err(format!(
+                "{what} failed (killed at the time limit of {limit:.0?}: sender {s_killed}, \
+                 receiver {r_killed})\nsender: {s:?}\nreceiver: {r:?}"
+            ));
+        }
+        Ok([r, s])
+    }
+
+    fn check_output(&self, what: &str, got: &Path) -> Result<(), String> {
+        match identical(&self.file, got) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("{what}: {} differs from the input", got.display())),
+            Err(e) => Err(format!("{what}: compare {}: {e}", got.display())),
+        }
+    }
+
+    /// p2p-copy from A to B with `flags` on both sides.
+    fn p2p_copy(&mut self, what: &str, code: &str, flags: &[&str]) -> Result<Figures, String> {
+        let out = self.out_dir();
+        let _ = std::fs::remove_dir_all(&out);
+        let url = format!("ws://{RELAY_IP}:{RELAY_PORT}");
+        let before = self.relay_bytes();
+        let mut receive = Command::new(&self.o.bin);
+        receive
+            .args(["-v", "receive", &url, code, "--out"])
+            .arg(&out)
+            .args(flags);
+        let receiver = self.lab.spawn(&self.b.ns, &receive);
+        let started = receiver.wait_for_stderr_line(Duration::from_secs(10), |l| {
+            l.starts_with("waiting for the sender")
+        });
+        if started.is_none() {
+            let (r, _) = receiver.wait_or_kill(Duration::ZERO);
+            return Err(format!("{what}: the receiver did not start: {r:?}"));
+        }
+        // It says so before it connects; half a second is plenty to reach the relay, so
+        // that the time measured starts with a receiver that waits there.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut send = Command::new(&self.o.bin);
+        send.args(["-v", "send", &url, code])
+            .arg(&self.file)
+            .args(["--compress", "off"])
+            .args(flags);
+        let start = Instant::now();
+        let sender = self.lab.spawn(&self.a.ns, &send);
+        let [_, s] = self.finish(what, [receiver, sender])?;
+        let secs = start.elapsed().as_secs_f64();
+        let relayed = self.relay_bytes() - before;
+        let name = self.file.file_name().expect("a file name");
+        self.check_output(what, &out.join(name))?;
+        let _ = std::fs::remove_dir_all(&out);
+        let path = s
+            .stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("path: "))
+            .unwrap_or("(no path line)")
+            .to_owned();
+        let direct_up = s.stderr.lines().find_map(|l| {
+            let (_, rest) = l.split_once("direct path up after ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        });
+        Ok(Figures {
+            secs,
+            relay_share: relayed as f64 / 2.0 / self.bytes as f64,
+            direct_up,
+            path,
+        })
+    }
+
+    /// Raw TCP from A to NAT B's forwarded port.
+    fn raw_tcp(&mut self) -> Result<Figures, String> {
+        let out = self.out_dir();
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let got = out.join("raw.bin");
+        let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+        let before = self.relay_bytes();
+        let mut recv = Command::new(&me);
+        recv.arg("tcp-recv").arg(TCP_PORT.to_string()).arg(&got);
+        let receiver = self.lab.spawn(&self.b.ns, &recv);
+        let listening = receiver.wait_for_stderr_line(Duration::from_secs(10), |l| {
+            l.starts_with("tcp-recv listening")
+        });
+        if listening.is_none() {
+            let (r, _) = receiver.wait_or_kill(Duration::ZERO);
+            return Err(format!("raw TCP: the receiver did not listen: {r:?}"));
+        }
+        let target = SocketAddr::from((self.b.public_ip, TCP_PORT));
+        let mut send = Command::new(&me);
+        send.arg("tcp-send").arg(target.to_string()).arg(&self.file);
+        let start = Instant::now();
+        let sender = self.lab.spawn(&self.a.ns, &send);
+        self.finish("raw TCP", [receiver, sender])?;
+        let secs = start.elapsed().as_secs_f64();
+        let relayed = self.relay_bytes() - before;
+        self.check_output("raw TCP", &got)?;
+        let _ = std::fs::remove_dir_all(&out);
+        Ok(Figures {
+            secs,
+            relay_share: relayed as f64 / 2.0 / self.bytes as f64,
+            direct_up: None,
+            path: format!(
+                "TCP to {target}, NAT B's public address, forwarded to host B {}",
+                self.b.lan_ip
+            ),
+        })
+    }
+}
+
+fn run(o: Options) -> Result<(), String> {
+    let file = o.dir.join(format!("lab-{}MiB.bin", o.mib));
+    let bytes = (o.mib * BLOCK) as u64;
+    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(bytes) {
+        write_noise(&file, o.mib).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    let mut lab = Lab::new();
+    let a = lab.add_nat(1, Nat::Cone);
+    let b = lab.add_nat(2, Nat::Cone);
+    lab.start_relay(&o.bin, RELAY_PORT, &[]);
+    lab.forward_tcp_port(&b, TCP_PORT);
+    let links = if o.shaped {
+        lab.limit_wan_link(&lab.relay_ns(), o.relay_mbit);
+        for host in [&a, &b] {
+            lab.limit_wan_link(&host.router_ns, o.host_mbit);
+        }
+        format!(
+            "shaped (tbf): relay host's link {} Mbit/s, each NAT's link {} Mbit/s, each way",
+            o.relay_mbit, o.host_mbit
+        )
+    } else {
+        "unshaped".to_owned()
+    };
+    println!(
+        "lab: {links}; {} MiB of random bytes from host A {} behind cone NAT {} to host B {} \
+         behind cone NAT {}; relay {RELAY_IP}:{RELAY_PORT}; p2p-copy {}",
+        o.mib,
+        a.lan_ip,
+        a.public_ip,
+        b.lan_ip,
+        b.public_ip,
+        o.bin.display()
+    );
+    println!(
+        "{:<11} {:>9} {:>9} {:>10} {:>16}  path",
+        "transfer", "seconds", "MB/s", "via relay", "direct up after"
+    );
+    let rounds = o.rounds;
+    let mut bench = Bench {
+        lab,
+        a,
+        b,
+        o,
+        file,
+        bytes,
+    };
+    let mut failed = 0;
+    for round in 0..rounds {
+        for what in ["direct", "relay-only", "raw TCP"] {
+            let code = format!("bench-lab-{round}-{what}");
+            let figures = match what {
+                "direct" => bench.p2p_copy(what, &code, &[]),
+                "relay-only" => bench.p2p_copy(what, &code, &["--relay-only"]),
+                _ => bench.raw_tcp(),
+            };
+            let figures = match figures {
+                Ok(f) => f,
+                Err(e) => {
+                    // The other transfers still say something; the exit code says this.
+                    println!("{what:<11} FAILED: {e}");
+                    failed += 1;
+                    continue;
+                }
+            };
+            let up = figures
+                .direct_up
+                .map_or_else(|| "-".to_owned(), |s| format!("{s:.2} s"));
+            println!(
+                "{what:<11} {:>9.2} {:>9.1} {:>9.1}% {up:>16}  {}",
+                figures.secs,
+                bytes as f64 / figures.secs / 1e6,
+                figures.relay_share * 100.0,
+                figures.path
+            );
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} transfer(s) failed"));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let helper = match args.first().map(String::as_str) {
+        Some("tcp-recv") if args.len() == 3 => Some(tcp_recv(&args[1], &args[2])),
+        Some("tcp-send") if args.len() == 3 => Some(tcp_send(&args[1], &args[2])),
+        _ => None,
+    };
+    if let Some(done) = helper {
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("p2p-copy-bench-lab {}: {e}", args[0]);
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match parse_args(&args).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("p2p-copy-bench-lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
