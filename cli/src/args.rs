@@ -20,7 +20,8 @@ Exit codes: 0 ok, 1 usage or invalid settings, 2 relay or connection problem,
 3 timeout (no peer: wrong code, mismatched --encrypt, other relay), 4 protocol violation
 by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost (the peer or the
 relay went away), 8 not everything delivered (files skipped or not stored; the message
-lists them), 130 interrupted (Ctrl-C).
+lists them), 9 no direct connection although --direct-only asked for one, 130
+interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
@@ -68,6 +69,26 @@ pub enum Command {
         p2p-copy run-relay-server localhost 8765 --no-tls\n  \
         p2p-copy run-relay-server 0.0.0.0 443 --tls --certfile cert.pem --keyfile key.pem")]
     RunRelayServer(RelayArgs),
+    /// Check what this network allows: the relay over ws/wss and its latency, UDP to
+    /// its STUN ports, this side's public address, the NAT's mapping behaviour (whether
+    /// direct connections are likely) and IPv6.
+    #[command(after_help = "Examples:\n  \
+        p2p-copy netcheck wss://relay.example.com:443\n  \
+        p2p-copy netcheck ws://localhost:8765 --stun stun.example.org:3478")]
+    Netcheck(NetcheckArgs),
+}
+
+/// `netcheck`.
+#[derive(Debug, Args)]
+pub struct NetcheckArgs {
+    /// Relay URL, e.g. wss://relay.example:443 or ws://localhost:8765.
+    pub server: String,
+    /// Also trust the CA certificates in this PEM file for wss://.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Also ask this STUN server (HOST:PORT) for this side's public address; repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stun: Vec<String>,
 }
 
 /// Verbosity, accepted before or after the subcommand.

@@ -18,7 +18,9 @@ use clap::Parser;
 use log::LevelFilter;
 use p2p_copy_core::path::escape;
 
-use crate::args::{Cli, Command, OutputArgs, ReceiveArgs, RelayArgs, SendArgs, TlsUsage};
+use crate::args::{
+    Cli, Command, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs, SendArgs, TlsUsage,
+};
 use crate::backend::{RelayServer, Summary, TransferError};
 use crate::interrupt::{Ended, Interrupts};
 use crate::progress::{Progress, Role, Style};
@@ -57,7 +59,52 @@ fn main() -> ExitCode {
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),
+        Command::Netcheck(a) => netcheck(a),
     })
+}
+
+/// Print what the network allows; exit 2 when the relay cannot be reached.
+fn netcheck(a: NetcheckArgs) -> u8 {
+    let report = backend::block_on(backend::netcheck(&a.server, a.ca_file.as_deref(), &a.stun));
+    let relay = escape(&report.relay);
+    let reachable = match &report.relay_open {
+        Ok(t) => {
+            println!(
+                "relay {relay}: reachable, connection opened in {:.1} ms",
+                t.as_secs_f64() * 1000.0
+            );
+            true
+        }
+        Err(e) => {
+            println!("relay {relay}: not reachable: {}", escape(e));
+            false
+        }
+    };
+    for (i, answer) in report.stun.iter().enumerate() {
+        let which = match i {
+            0 => "the relay's STUN port",
+            1 => "the relay's second STUN port",
+            _ => "STUN server",
+        };
+        match &answer.result {
+            Ok((mapped, t)) => println!(
+                "UDP to {which} {}: public address {mapped} ({:.1} ms)",
+                answer.server,
+                t.as_secs_f64() * 1000.0
+            ),
+            Err(e) => println!("UDP to {which} {}: no answer: {}", answer.server, escape(e)),
+        }
+    }
+    println!("NAT mapping: {}", report.mapping.explain());
+    match report.ipv6 {
+        Some(ip) => println!("IPv6: global address {ip}"),
+        None => println!("IPv6: no global address"),
+    }
+    if reachable {
+        0
+    } else {
+        EXIT_RELAY
+    }
 }
 
 fn send(a: SendArgs, out: OutputArgs) -> u8 {

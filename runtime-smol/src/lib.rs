@@ -40,9 +40,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, MessageTransport,
-    PathEvent, PathTaken, RelayConfig, RelayServerConfig, SendOptions, SessionEvent, StunPorts,
-    StunQueryError, Summary, TransferError, TransportError,
+    ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, Mapping,
+    MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayServerConfig, SendOptions,
+    SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TransferError, TransportError,
 };
 
 /// smol's services for the generic loop.
@@ -190,6 +190,17 @@ pub async fn receive(
     on_event: impl FnMut(SessionEvent) + Send + 'static,
 ) -> Result<Summary, TransferError> {
     p2p_copy_runtime::receive(Smol, cfg, out_dir, on_event).await
+}
+
+/// Check the network towards the relay at `server` (and the STUN servers `extra`):
+/// WebSocket reachability and time, UDP to its STUN ports, the reflexive address, the
+/// NAT's mapping behaviour and IPv6. See [`NetReport`].
+pub async fn netcheck(
+    server: &str,
+    ca_file: Option<&std::path::Path>,
+    extra: &[String],
+) -> NetReport {
+    p2p_copy_runtime::netcheck(Smol, server, ca_file, extra).await
 }
 
 /// A bound relay server.

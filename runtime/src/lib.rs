@@ -55,6 +55,7 @@ mod io_worker;
 mod job_pool;
 mod listen;
 mod machine;
+mod netcheck;
 mod paths;
 pub mod quic;
 mod relay_conn;
@@ -76,6 +77,7 @@ pub use config::{
 };
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
+pub use netcheck::{netcheck, Mapping, NetReport, StunAnswer};
 pub use p2p_copy_core::relay::RelayConfig;
 pub use p2p_copy_core::sender::CompressMode;
 pub use p2p_copy_core::{Event, PathEvent};

@@ -226,3 +226,59 @@ Inter-|   Receive                                                |  Transmit
     assert_eq!(c["wan0"].total_bytes(), 1_234_567 + 98_765_432);
     assert_eq!(c["lo"].rx_bytes, 140);
 }
+
+/// `p2p-copy netcheck` run on a host of the lab against our relay.
+fn netcheck(lab: &Lab, host: &Host) -> String {
+    let url = format!("ws://{RELAY_IP}:{PORT}");
+    let out = lab.exec(
+        &host.ns,
+        &cli_binary(),
+        &["netcheck", &url],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 0, "netcheck failed: {out:?}");
+    out.stdout
+}
+
+#[test]
+fn netcheck_behind_a_cone_nat_says_direct_connections_are_likely() {
+    let (lab, hosts, _) = lab_with_relay(&[(1, Nat::Cone)]);
+    let out = netcheck(&lab, &hosts[0]);
+    assert!(
+        out.contains("relay ws://100.64.0.1:8765: reachable"),
+        "{out}"
+    );
+    // Both STUN ports saw the NAT's public address, not the host's own.
+    assert_eq!(
+        out.matches("public address 100.64.0.2:").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("NAT mapping: endpoint-independent"), "{out}");
+    assert!(out.contains("direct connections are likely"), "{out}");
+}
+
+#[test]
+fn netcheck_behind_a_symmetric_nat_says_direct_connections_are_unlikely() {
+    let (lab, hosts, _) = lab_with_relay(&[(1, Nat::Symmetric)]);
+    let out = netcheck(&lab, &hosts[0]);
+    assert_eq!(
+        out.matches("public address 100.64.0.2:").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("NAT mapping: endpoint-dependent"), "{out}");
+    assert!(out.contains("direct connections are unlikely"), "{out}");
+}
+
+#[test]
+fn netcheck_with_udp_blocked_says_only_the_relay_can_be_used() {
+    let (lab, hosts, _) = lab_with_relay(&[(1, Nat::UdpBlocked)]);
+    let out = netcheck(&lab, &hosts[0]);
+    assert!(
+        out.contains("relay ws://100.64.0.1:8765: reachable"),
+        "{out}"
+    );
+    assert_eq!(out.matches(": no answer: ").count(), 2, "{out}");
+    assert!(out.contains("only the relay can be used"), "{out}");
+}
