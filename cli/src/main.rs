@@ -100,6 +100,7 @@ fn netcheck(a: NetcheckArgs) -> u8 {
         Some(ip) => println!("IPv6: global address {ip}"),
         None => println!("IPv6: no global address"),
     }
+    println!("verdict: {}", report.verdict());
     if reachable {
         0
     } else {

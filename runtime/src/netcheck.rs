@@ -56,6 +56,21 @@ impl Mapping {
     }
 }
 
+impl NetReport {
+    /// The one-line verdict: what transfers through this relay will do.
+    pub fn verdict(&self) -> &'static str {
+        match (&self.relay_open, &self.mapping) {
+            (Err(_), _) => "the relay cannot be reached: no transfer through it is possible",
+            (Ok(_), Mapping::EndpointIndependent) => "direct connections likely",
+            (Ok(_), Mapping::EndpointDependent) => {
+                "symmetric NAT: transfers will use the relay (unless the peer is reachable)"
+            }
+            (Ok(_), Mapping::UdpBlocked) => "UDP blocked: transfers will use the relay",
+            (Ok(_), Mapping::Unknown) => "direct connections possible: only one STUN port answered",
+        }
+    }
+}
+
 /// What [`netcheck`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetReport {

@@ -952,6 +952,12 @@ fn gather(opts: &DirectOptions, server: &str) -> Result<Gathered, String> {
             }
         }
     }
+    // The relay's second STUN port, asked from the same socket, tells how the NAT maps
+    // (for -v); its answer is no candidate of its own.
+    let second = servers.first().and_then(|first| {
+        let port = first.port().checked_add(1)?;
+        Some(SocketAddr::new(first.ip(), port))
+    });
     for s in &opts.stun {
         match s.to_socket_addrs() {
             Ok(addrs) => servers.extend(addrs.map(canonical)),
@@ -960,7 +966,26 @@ fn gather(opts: &DirectOptions, server: &str) -> Result<Gathered, String> {
     }
     servers.retain(|s| dual || s.is_ipv4());
     servers.dedup();
-    for addr in stun_all(&socket, &servers, STUN_WAIT) {
+    let relay_first = opts.relay_stun && !servers.is_empty();
+    let mut asked = servers.clone();
+    asked.extend(second.filter(|_| relay_first));
+    let found = stun_all(&socket, &asked, STUN_WAIT);
+    if relay_first {
+        let verdict = match (found.first().copied().flatten(), found.last().copied().flatten()) {
+            (Some(a), Some(b)) if a == b => "endpoint-independent NAT mapping: direct connections likely",
+            (Some(_), Some(_)) => "symmetric NAT: transfers will use the relay (unless the peer is reachable)",
+            (None, None) => "no UDP answer from the relay's STUN ports: UDP blocked, or the relay serves no STUN",
+            _ => "only one of the relay's STUN ports answered",
+        };
+        log::debug!("netcheck: {verdict}");
+    }
+    let reflexive: Vec<SocketAddr> = found
+        .iter()
+        .take(servers.len())
+        .flatten()
+        .copied()
+        .collect();
+    for addr in reflexive {
         if !candidates.iter().any(|c| c.addr == addr) {
             candidates.push(Candidate {
                 addr,
@@ -979,9 +1004,9 @@ fn gather(opts: &DirectOptions, server: &str) -> Result<Gathered, String> {
     })
 }
 
-/// Ask every STUN server at once for this socket's reflexive address; the answers that
-/// came within `wait`.
-fn stun_all(socket: &UdpSocket, servers: &[SocketAddr], wait: Duration) -> Vec<SocketAddr> {
+/// Ask every STUN server at once for this socket's reflexive address; each server's
+/// answer, if it came within `wait`.
+fn stun_all(socket: &UdpSocket, servers: &[SocketAddr], wait: Duration) -> Vec<Option<SocketAddr>> {
     let mut found: Vec<Option<SocketAddr>> = vec![None; servers.len()];
     if servers.is_empty() {
         return Vec::new();
@@ -1029,13 +1054,7 @@ fn stun_all(socket: &UdpSocket, servers: &[SocketAddr], wait: Duration) -> Vec<S
             }
         }
     }
-    let mut out: Vec<SocketAddr> = Vec::new();
-    for a in found.into_iter().flatten() {
-        if !out.contains(&a) {
-            out.push(a);
-        }
-    }
-    out
+    found
 }
 
 impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {

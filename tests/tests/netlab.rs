@@ -256,6 +256,7 @@ fn netcheck_behind_a_cone_nat_says_direct_connections_are_likely() {
     );
     assert!(out.contains("NAT mapping: endpoint-independent"), "{out}");
     assert!(out.contains("direct connections are likely"), "{out}");
+    assert!(out.contains("verdict: direct connections likely"), "{out}");
 }
 
 #[test]
@@ -269,6 +270,10 @@ fn netcheck_behind_a_symmetric_nat_says_direct_connections_are_unlikely() {
     );
     assert!(out.contains("NAT mapping: endpoint-dependent"), "{out}");
     assert!(out.contains("direct connections are unlikely"), "{out}");
+    assert!(
+        out.contains("verdict: symmetric NAT: transfers will use the relay"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -281,4 +286,28 @@ fn netcheck_with_udp_blocked_says_only_the_relay_can_be_used() {
     );
     assert_eq!(out.matches(": no answer: ").count(), 2, "{out}");
     assert!(out.contains("only the relay can be used"), "{out}");
+    assert!(
+        out.contains("verdict: UDP blocked: transfers will use the relay"),
+        "{out}"
+    );
+}
+
+#[test]
+fn netcheck_with_the_relay_unreachable_exits_2_and_says_so() {
+    let mut lab = Lab::new();
+    let host = lab.add_nat(1, Nat::Cone);
+    // No relay on the relay host: nothing listens there.
+    let url = format!("ws://{RELAY_IP}:{PORT}");
+    let out = lab.exec(
+        &host.ns,
+        &cli_binary(),
+        &["netcheck", &url],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stdout.contains("not reachable"), "{out:?}");
+    assert!(
+        out.stdout.contains("verdict: the relay cannot be reached"),
+        "{out:?}"
+    );
 }
