@@ -519,13 +519,16 @@ def start_tool(ctx, contender, mode, src, out, logs, tag, procs):
     wait_until(lambda: listening(port), 20, f"the {contender} relay to listen", [relay])
     url = f"ws://127.0.0.1:{port}"
     code = f"bench-{os.urandom(12).hex()}"
-    receiver = Proc(f"{contender} receiver", [exe, "receive", url, code, "--out", str(out)] + mode["recv_opts"],
+    # Both contenders through the relay: ours would otherwise go direct between two
+    # addresses of this machine (the lab benchmark, bench/src/lab.rs, measures that).
+    path = ["--relay-only"] if contender != "reference" else []
+    receiver = Proc(f"{contender} receiver", [exe, "receive", url, code, "--out", str(out)] + path + mode["recv_opts"],
                     logs / f"{tag}-recv.log")
     procs.append(receiver)
     # Start the clock only once the receiver is up (the Python one takes ~0.5 s to
     # import, and with --encrypt derives its key first).
     wait_until(lambda: clients_connected(port) >= 1, 30, f"the {contender} receiver to connect", [receiver, relay])
-    sender = Proc(f"{contender} sender", [exe, "send", url, code, str(src)] + mode["send_opts"],
+    sender = Proc(f"{contender} sender", [exe, "send", url, code, str(src)] + path + mode["send_opts"],
                   logs / f"{tag}-send.log")
     procs.append(sender)
     return sender, receiver, relay

@@ -14,8 +14,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,13 +21,17 @@ use std::time::Instant;
 
 use p2p_copy_smol::quic::{self, Identity};
 use p2p_copy_smol::{
-    receive, receive_direct, send, send_direct, ClientConfig, CompressMode, RelayServer,
-    RelayServerConfig, SendOptions, TransferError,
+    receive, receive_direct, send, send_direct, ClientConfig, CompressMode, DirectMode,
+    RelayServer, RelayServerConfig, SendOptions, TransferError,
 };
 
 const USAGE: &str =
     "usage: p2p-copy-bench-direct [--mib 256] [--rounds 3] [--dir DIR] [--only quic|relay]";
 const BLOCK: usize = 1 << 20;
+
+#[path = "noise.rs"]
+mod noise;
+use noise::{identical, write_noise};
 
 struct Args {
     mib: usize,
@@ -64,45 +66,6 @@ fn parse_args() -> Result<Args, String> {
         dir,
         paths,
     })
-}
-
-/// Incompressible pseudo-random bytes (xorshift), written block by block.
-fn write_noise(path: &Path, mib: usize) -> io::Result<()> {
-    let mut out = BufWriter::new(File::create(path)?);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut block = vec![0u8; BLOCK];
-    for _ in 0..mib {
-        for chunk in block.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes());
-        }
-        out.write_all(&block)?;
-    }
-    out.flush()
-}
-
-fn identical(a: &Path, b: &Path) -> io::Result<bool> {
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
-    loop {
-        let na = fa.read(&mut ba)?;
-        let mut nb = 0;
-        while nb < na {
-            let n = fb.read(&mut bb[nb..na])?;
-            if n == 0 {
-                return Ok(false);
-            }
-            nb += n;
-        }
-        if na == 0 {
-            return Ok(fb.read(&mut bb)? == 0);
-        }
-        if ba[..na] != bb[..na] {
-            return Ok(false);
-        }
-    }
 }
 
 fn options() -> SendOptions {
@@ -163,7 +126,10 @@ async fn over_relay(file: &Path, out: &Path) -> Result<(), TransferError> {
     .map_err(|e| TransferError::Connect(e.to_string()))?;
     let url = format!("ws://{}", relay.local_addr());
     let serving = smol::spawn(relay.run());
-    let cfg = ClientConfig::new(url, "bench relay code");
+    let mut cfg = ClientConfig::new(url, "bench relay code");
+    // The relayed path only: both sides would otherwise go direct over this machine's
+    // own addresses.
+    cfg.direct.mode = DirectMode::RelayOnly;
     let sending = send(cfg.clone(), vec![file.into()], options(), |_| {});
     let receiving = receive(cfg, out.into(), |_| {});
     let (s, r) = smol::future::zip(sending, receiving).await;

@@ -28,7 +28,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -40,6 +40,10 @@ use p2p_copy_tests::process::Finished;
 const USAGE: &str = "usage: p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] \
                      [--relay-mbit 100] [--host-mbit 1000] [--bin PATH] [--dir DIR]";
 const BLOCK: usize = 1 << 20;
+
+#[path = "noise.rs"]
+mod noise;
+use noise::{identical, write_noise};
 /// The relay's WebSocket port (STUN on it and the next).
 const RELAY_PORT: u16 = 8765;
 /// The TCP port NAT B forwards to host B for the raw copy.
@@ -101,52 +105,6 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     std::fs::create_dir_all(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
     o.dir = std::fs::canonicalize(&o.dir).map_err(|e| format!("{}: {e}", o.dir.display()))?;
     Ok(o)
-}
-
-/// Incompressible pseudo-random bytes (xorshift), written block by block.
-fn write_noise(path: &Path, mib: usize) -> io::Result<()> {
-    let mut out = BufWriter::new(File::create(path)?);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut block = vec![0u8; BLOCK];
-    for _ in 0..mib {
-        for chunk in block.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes());
-        }
-        out.write_all(&block)?;
-    }
-    out.flush()
-}
-
-fn identical(a: &Path, b: &Path) -> io::Result<bool> {
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    if fa.metadata()?.len() != fb.metadata()?.len() {
-        return Ok(false);
-    }
-    let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
-    loop {
-        let na = read_full(&mut fa, &mut ba)?;
-        let nb = read_full(&mut fb, &mut bb)?;
-        if na != nb || ba[..na] != bb[..nb] {
-            return Ok(false);
-        }
-        if na == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// `tcp-recv PORT FILE`: accept one connection on 0.0.0.0:PORT and write what arrives.

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use p2p_copy_smol::{receive, send, ClientConfig, SendOptions, Summary, TransferError};
+use p2p_copy_smol::{receive, send, ClientConfig, DirectMode, SendOptions, Summary, TransferError};
 
 const USAGE: &str =
     "usage: p2p-copy-bench load --server ws://127.0.0.1:PORT [--pairs 200] [--mib 16] --dir DIR [--timeout SECS (120)]";
@@ -240,6 +240,8 @@ fn run(args: &Args) -> io::Result<bool> {
                 let mut cfg = ClientConfig::new(args.server.clone(), format!("load-{tag:x}-{i}"));
                 cfg.pair_timeout = args.timeout;
                 cfg.idle_timeout = args.timeout;
+                // The relay's load: every byte through it.
+                cfg.direct.mode = DirectMode::RelayOnly;
                 let receiving = smol::spawn(receive(cfg.clone(), out.join(i.to_string()), |_| {}));
                 let sending = smol::spawn(send(
                     cfg,

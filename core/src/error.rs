@@ -83,7 +83,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn peer(reason: impl Into<String>) -> Self {
+    /// A protocol violation by the peer that concerns no one file.
+    pub fn peer(reason: impl Into<String>) -> Self {
         Error::Peer {
             file: None,
             reason: reason.into(),

@@ -85,7 +85,7 @@ pub fn handover(data: &[u8]) -> usize {
     handover_body::run(data)
 }
 
-mod handover_body {
+pub(crate) mod handover_body {
     use std::collections::VecDeque;
 
     use bytes::Bytes;
@@ -93,13 +93,15 @@ mod handover_body {
     use crate::handover::{ReceiverHandover, SenderHandover};
     use crate::wire::{Control, WireMessage};
 
-    fn msg(i: u64, len: usize) -> WireMessage {
+    /// A binary message of `len` bytes (at least 8) that carries its number `i`.
+    pub(crate) fn msg(i: u64, len: usize) -> WireMessage {
         let mut v = vec![0u8; len.max(8)];
         v[..8].copy_from_slice(&i.to_be_bytes());
         WireMessage::Binary(Bytes::from(v))
     }
 
-    fn id(m: &WireMessage) -> u64 {
+    /// The number [`msg`] put in a message.
+    pub(crate) fn id(m: &WireMessage) -> u64 {
         match m {
             WireMessage::Binary(b) => u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
             WireMessage::Text(_) => u64::MAX,

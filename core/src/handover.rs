@@ -233,21 +233,8 @@ impl ReceiverHandover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use crate::fuzz::handover_body::{id, msg};
     use proptest::prelude::*;
-
-    fn msg(i: u64, len: usize) -> WireMessage {
-        let mut v = vec![0u8; len.max(8)];
-        v[..8].copy_from_slice(&i.to_be_bytes());
-        WireMessage::Binary(Bytes::from(v))
-    }
-
-    fn id(m: &WireMessage) -> u64 {
-        match m {
-            WireMessage::Binary(b) => u64::from_be_bytes(b[..8].try_into().unwrap()),
-            WireMessage::Text(_) => panic!("text"),
-        }
-    }
 
     #[test]
     fn the_sender_waits_when_unacknowledged_messages_reach_the_bound() {

@@ -119,16 +119,7 @@ async fn send_session<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let (files, locals) = split_sources(picked);
     let seed = nonce_seed()?;
-    let opening = Instant::now();
-    let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
-    let conn = Paths::new(
-        rt.clone(),
-        Role::Sender,
-        cfg.direct.clone(),
-        cfg.server.clone(),
-        transport::WsTransport(ws),
-        opening.elapsed(),
-    );
+    let conn = open_relay(&rt, cfg, Role::Sender).await?;
     drive_send(
         rt, cfg, index, secrets, files, locals, seed, opts, events, conn,
     )
@@ -272,16 +263,7 @@ async fn receive_session<R: Rt>(
     out_dir: PathBuf,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
-    let opening = Instant::now();
-    let ws = transport::connect(&rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
-    let conn = Paths::new(
-        rt.clone(),
-        Role::Receiver,
-        cfg.direct.clone(),
-        cfg.server.clone(),
-        transport::WsTransport(ws),
-        opening.elapsed(),
-    );
+    let conn = open_relay(&rt, cfg, Role::Receiver).await?;
     drive_receive(rt, cfg, index, secrets, out_dir, events, conn).await
 }
 
@@ -305,6 +287,24 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
     Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
         .run()
         .await
+}
+
+/// Connect to the relay, with the direct path beside it.
+async fn open_relay<R: Rt>(
+    rt: &R,
+    cfg: &ClientConfig,
+    role: Role,
+) -> Result<Paths<R, transport::WsTransport>, TransferError> {
+    let opening = Instant::now();
+    let ws = transport::connect(rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
+    Ok(Paths::new(
+        rt.clone(),
+        role,
+        cfg.direct.clone(),
+        cfg.server.clone(),
+        transport::WsTransport(ws),
+        opening.elapsed(),
+    ))
 }
 
 fn direct_config(cfg: &ClientConfig) -> p2p_copy_core::direct::DirectConfig {

@@ -39,6 +39,29 @@ pub enum Mapping {
 }
 
 impl Mapping {
+    /// The mapping shown by the public addresses the relay's two STUN ports saw for one
+    /// socket (`None`: no answer).
+    pub fn from_answers(first: Option<SocketAddr>, second: Option<SocketAddr>) -> Mapping {
+        match (first, second) {
+            (Some(a), Some(b)) if a == b => Mapping::EndpointIndependent,
+            (Some(_), Some(_)) => Mapping::EndpointDependent,
+            (None, None) => Mapping::UdpBlocked,
+            _ => Mapping::Unknown,
+        }
+    }
+
+    /// What it means for transfers, in a few words.
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            Mapping::EndpointIndependent => "direct connections likely",
+            Mapping::EndpointDependent => {
+                "symmetric NAT: transfers will use the relay (unless the peer is reachable)"
+            }
+            Mapping::UdpBlocked => "UDP blocked: transfers will use the relay",
+            Mapping::Unknown => "direct connections possible: only one STUN port answered",
+        }
+    }
+
     /// One line for the user.
     pub fn explain(&self) -> &'static str {
         match self {
@@ -59,14 +82,9 @@ impl Mapping {
 impl NetReport {
     /// The one-line verdict: what transfers through this relay will do.
     pub fn verdict(&self) -> &'static str {
-        match (&self.relay_open, &self.mapping) {
-            (Err(_), _) => "the relay cannot be reached: no transfer through it is possible",
-            (Ok(_), Mapping::EndpointIndependent) => "direct connections likely",
-            (Ok(_), Mapping::EndpointDependent) => {
-                "symmetric NAT: transfers will use the relay (unless the peer is reachable)"
-            }
-            (Ok(_), Mapping::UdpBlocked) => "UDP blocked: transfers will use the relay",
-            (Ok(_), Mapping::Unknown) => "direct connections possible: only one STUN port answered",
+        match &self.relay_open {
+            Err(_) => "the relay cannot be reached: no transfer through it is possible",
+            Ok(_) => self.mapping.verdict(),
         }
     }
 }
@@ -158,17 +176,11 @@ pub async fn netcheck<R: Rt>(
             }
         }
     }
-    let relay_seen: Vec<Option<SocketAddr>> = stun
-        .iter()
-        .take(2)
-        .map(|a| a.result.as_ref().ok().map(|(m, _)| *m))
-        .collect();
-    let mapping = match relay_seen.as_slice() {
-        [Some(a), Some(b)] if a == b => Mapping::EndpointIndependent,
-        [Some(_), Some(_)] => Mapping::EndpointDependent,
-        [Some(_), None] | [None, Some(_)] | [Some(_)] => Mapping::Unknown,
-        _ => Mapping::UdpBlocked,
+    let seen = |i: usize| -> Option<SocketAddr> {
+        stun.get(i)
+            .and_then(|a| a.result.as_ref().ok().map(|(m, _)| *m))
     };
+    let mapping = Mapping::from_answers(seen(0), seen(1));
     let ipv6 = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()

@@ -200,7 +200,7 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
     fn give_up(&mut self, reason: String, fatal: bool) {
         log::debug!("direct: staying on the relay: {reason}");
         if let Stage::Trying(a) = &self.stage {
-            a.endpoint_close();
+            a.endpoint.close();
         }
         self.stage = Stage::Relay;
         if fatal || self.direct_only() {
@@ -233,7 +233,7 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
                     if early.len() < 4 {
                         early.push(c);
                     } else {
-                        self.fail(peer("too many direct-path messages"));
+                        self.fail(Error::peer("too many direct-path messages"));
                     }
                 }
                 Stage::Trying(a) => {
@@ -248,7 +248,7 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
             },
             Control::DirectLost { attempt } if self.role == Role::Receiver => {
                 let Stage::Direct(link) = &mut self.stage else {
-                    self.fail(peer("direct_lost without a direct path"));
+                    self.fail(Error::peer("direct_lost without a direct path"));
                     return None;
                 };
                 let Side::Receiver(h) = &mut link.side else {
@@ -272,7 +272,7 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
             }
             Control::DirectResume { attempt, received } if self.role == Role::Sender => {
                 let Stage::Direct(link) = &mut self.stage else {
-                    self.fail(peer("direct_resume without a direct path"));
+                    self.fail(Error::peer("direct_resume without a direct path"));
                     return None;
                 };
                 let Side::Sender(h) = &mut link.side else {
@@ -715,7 +715,7 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
                                     }
                                 }
                                 _ => {
-                                    self.fatal.get_or_insert(peer(
+                                    self.fatal.get_or_insert(Error::peer(
                                         "the receiver sent something other than direct_ack on the direct path",
                                     ));
                                     break;
@@ -723,7 +723,7 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
                             }
                         }
                         Poll::Ready(Some(Ok(_))) => {
-                            self.fatal.get_or_insert(peer(
+                            self.fatal.get_or_insert(Error::peer(
                                 "the receiver sent something other than direct_ack on the direct path",
                             ));
                             break;
@@ -786,10 +786,6 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
 }
 
 impl Attempt {
-    fn endpoint_close(&self) {
-        self.endpoint.close();
-    }
-
     /// Carry out the machine's request to probe `addr`.
     fn probe(&mut self, addr: SocketAddr, role: Role) {
         match role {
@@ -798,7 +794,6 @@ impl Attempt {
                 let Some(fp) = self.machine.peer_fingerprint() else {
                     return;
                 };
-                let deadline = self.machine.poll_timeout();
                 self.connecting.push(
                     async move {
                         let result = endpoint.connect(addr, fp).await.map_err(|e| e.to_string());
@@ -806,7 +801,7 @@ impl Attempt {
                     }
                     .boxed(),
                 );
-                log::debug!("direct: probing {addr} (until {deadline:?})");
+                log::debug!("direct: probing {addr}");
             }
             Role::Receiver => {
                 self.asked.push((addr, false));
@@ -835,13 +830,6 @@ impl Link {
             c.connection().close(0u32.into(), b"closed");
         }
         self.broken = true;
-    }
-}
-
-fn peer(reason: impl Into<String>) -> Error {
-    Error::Peer {
-        file: None,
-        reason: reason.into(),
     }
 }
 
@@ -970,14 +958,12 @@ fn gather(opts: &DirectOptions, server: &str) -> Result<Gathered, String> {
     let mut asked = servers.clone();
     asked.extend(second.filter(|_| relay_first));
     let found = stun_all(&socket, &asked, STUN_WAIT);
-    if relay_first {
-        let verdict = match (found.first().copied().flatten(), found.last().copied().flatten()) {
-            (Some(a), Some(b)) if a == b => "endpoint-independent NAT mapping: direct connections likely",
-            (Some(_), Some(_)) => "symmetric NAT: transfers will use the relay (unless the peer is reachable)",
-            (None, None) => "no UDP answer from the relay's STUN ports: UDP blocked, or the relay serves no STUN",
-            _ => "only one of the relay's STUN ports answered",
-        };
-        log::debug!("netcheck: {verdict}");
+    if relay_first && second.is_some() {
+        let mapping = crate::netcheck::Mapping::from_answers(
+            found.first().copied().flatten(),
+            found.get(servers.len()).copied().flatten(),
+        );
+        log::debug!("netcheck: {}", mapping.verdict());
     }
     let reflexive: Vec<SocketAddr> = found
         .iter()
@@ -1144,7 +1130,7 @@ impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {
                     c.connection().close(0u32.into(), DONE);
                 }
             }
-            Stage::Trying(a) => a.endpoint_close(),
+            Stage::Trying(a) => a.endpoint.close(),
             _ => {}
         }
         self.relay.start_close(code, reason)
