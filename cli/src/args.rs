@@ -2,6 +2,7 @@
 //! `run-relay-server` with the same arguments, options and defaults), plus options of our
 //! own for output, timeouts, a private CA and the relay's limits.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -103,12 +104,19 @@ pub struct OutputArgs {
 }
 
 /// What `send` and `receive` share: where the relay is, the code, encryption, timeouts.
+///
+/// The relay and the code are given either as the first positional arguments, as
+/// p2p-copy 0.1.x takes them (`send SERVER CODE FILES…`, `receive SERVER CODE`), or by
+/// `--relay` (or `P2P_COPY_RELAY`) and `--code`; [`SendArgs::rendezvous`] and
+/// [`ReceiveArgs::rendezvous`] pick whichever was given.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Relay URL, e.g. wss://relay.example:443 or ws://localhost:8765.
-    pub server: String,
-    /// Shared code; the other side must use exactly the same one.
-    pub code: String,
+    /// Relay URL to use when the first argument is not one (also P2P_COPY_RELAY).
+    #[arg(long, value_name = "URL")]
+    pub relay: Option<String>,
+    /// The shared code, when it is not given as an argument.
+    #[arg(long, value_name = "CODE")]
+    pub code: Option<String>,
     /// Encrypt end to end (AES-256-GCM, key derived from the code); both sides must agree.
     #[arg(long, overrides_with = "no_encrypt")]
     pub encrypt: bool,
@@ -143,10 +151,49 @@ pub struct ClientArgs {
     pub direct_timeout: Duration,
 }
 
+/// The environment variable that names the default relay.
+pub const RELAY_ENV: &str = "P2P_COPY_RELAY";
+
+/// Where the peer is met and by which code, once the arguments are sorted out.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rendezvous {
+    /// The relay URL: from the arguments, `--relay`, or [`RELAY_ENV`].
+    pub server: Option<String>,
+    /// The code: from the arguments or `--code`.
+    pub code: Option<String>,
+}
+
+/// Whether a positional argument is a relay URL rather than a code or a file: it names a
+/// scheme, as every relay URL must (`ws://`, `wss://`; other schemes are refused with a
+/// message later, not taken for files).
+fn is_url(arg: &str) -> bool {
+    arg.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    })
+}
+
 impl ClientArgs {
-    /// The runtime's client configuration.
-    pub fn config(&self) -> ClientConfig {
-        let mut cfg = ClientConfig::new(self.server.clone(), self.code.clone());
+    /// The relay and code from the options and the environment, for the positionals
+    /// that did not name them.
+    fn fill(&self, mut found: Rendezvous) -> Rendezvous {
+        if found.server.is_none() {
+            found.server = self
+                .relay
+                .clone()
+                .or_else(|| std::env::var(RELAY_ENV).ok().filter(|s| !s.is_empty()));
+        }
+        if found.code.is_none() {
+            found.code.clone_from(&self.code);
+        }
+        found
+    }
+
+    /// The runtime's client configuration, for the relay at `server` and `code`.
+    pub fn config(&self, server: String, code: String) -> ClientConfig {
+        let mut cfg = ClientConfig::new(server, code);
         cfg.encrypt = self.encrypt;
         cfg.ca_file = self.ca_file.clone();
         cfg.pair_timeout = self.timeout;
@@ -168,9 +215,12 @@ pub struct SendArgs {
     /// Relay, code, encryption and timeouts.
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Files and/or directories to send.
+    /// [SERVER CODE] FILES…: the relay URL and the code (unless given by --relay and
+    /// --code), then the files and/or directories to send.
+    /// (Not `PathBuf`: clap refuses an empty path, and an empty code must get its own
+    /// message.)
     #[arg(required = true, value_name = "FILES")]
-    pub files: Vec<PathBuf>,
+    pub args: Vec<OsString>,
     /// Compress with zstd: auto decides per file from its first MiB.
     #[arg(long, value_enum, default_value_t = Compress::Auto)]
     pub compress: Compress,
@@ -193,6 +243,25 @@ pub struct SendArgs {
 }
 
 impl SendArgs {
+    /// The relay and code, and the files to send: `SERVER CODE FILES…` when the first
+    /// argument is a URL, otherwise every argument is a file.
+    pub fn rendezvous(&self) -> (Rendezvous, Vec<PathBuf>) {
+        let url = |p: &OsString| p.to_str().filter(|s| is_url(s)).map(str::to_owned);
+        let (found, files) = match self.args.first().and_then(url) {
+            Some(server) if self.args.len() >= 2 => {
+                let code = self.args[1].to_string_lossy().into_owned();
+                let found = Rendezvous {
+                    server: Some(server),
+                    code: Some(code),
+                };
+                (found, &self.args[2..])
+            }
+            _ => (Rendezvous::default(), &self.args[..]),
+        };
+        let files = files.iter().map(PathBuf::from).collect();
+        (self.client.fill(found), files)
+    }
+
     /// The runtime's send options.
     pub fn options(&self) -> SendOptions {
         SendOptions {
@@ -225,9 +294,35 @@ pub struct ReceiveArgs {
     /// Relay, code, encryption and timeouts.
     #[command(flatten)]
     pub client: ClientArgs,
+    /// [SERVER] [CODE]: the relay URL (unless given by --relay) and the code (unless
+    /// given by --code).
+    #[arg(value_name = "ARGS", num_args = 0..=2)]
+    pub args: Vec<String>,
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub out: PathBuf,
+}
+
+impl ReceiveArgs {
+    /// The relay and code: `SERVER [CODE]` when the first argument is a URL, otherwise
+    /// `CODE`.
+    pub fn rendezvous(&self) -> Rendezvous {
+        let mut found = Rendezvous::default();
+        let mut rest = self.args.iter();
+        let mut next = rest.next();
+        if let Some(first) = next.filter(|a| is_url(a)) {
+            found.server = Some(first.clone());
+            next = rest.next();
+        }
+        found.code = next.cloned();
+        self.client.fill(found)
+    }
+
+    /// An argument that is neither the relay nor the code.
+    pub fn extra_argument(&self) -> Option<&str> {
+        let skip = usize::from(self.args.first().is_some_and(|a| is_url(a))) + 1;
+        self.args.get(skip).map(String::as_str)
+    }
 }
 
 /// `run-relay-server`.
@@ -349,10 +444,11 @@ mod tests {
         let Command::Send(a) = parse(&["send", "ws://h:1", "c", "a", "b/"]).command else {
             panic!("send")
         };
-        assert_eq!(a.client.server, "ws://h:1");
-        assert_eq!(a.client.code, "c");
-        assert_eq!(a.files, [PathBuf::from("a"), PathBuf::from("b/")]);
-        let cfg = a.client.config();
+        let (found, files) = a.rendezvous();
+        assert_eq!(found.server.as_deref(), Some("ws://h:1"));
+        assert_eq!(found.code.as_deref(), Some("c"));
+        assert_eq!(files, [PathBuf::from("a"), PathBuf::from("b/")]);
+        let cfg = a.client.config("ws://h:1".into(), "c".into());
         assert!(!cfg.encrypt);
         assert_eq!(cfg.pair_timeout, Duration::from_secs(300));
         assert_eq!(
@@ -381,8 +477,8 @@ mod tests {
         else {
             panic!("send")
         };
-        assert!(a.client.config().encrypt);
-        assert_eq!(a.files, [PathBuf::from("f"), PathBuf::from("g")]);
+        assert!(a.client.encrypt);
+        assert_eq!(a.rendezvous().1, [PathBuf::from("f"), PathBuf::from("g")]);
         assert_eq!(
             a.options(),
             SendOptions {
@@ -407,14 +503,84 @@ mod tests {
         else {
             panic!("send")
         };
-        assert!(!a.client.config().encrypt);
+        assert!(!a.client.config("ws://h:1".into(), "c".into()).encrypt);
         assert_eq!(a.options().compress, CompressMode::Off);
         assert!(!a.options().resume);
     }
 
     #[test]
+    fn relay_and_code_come_from_the_arguments_or_the_options() {
+        // p2p-copy 0.1.x's form wins over --relay and --code.
+        let Command::Send(a) = parse(&[
+            "send",
+            "--relay",
+            "ws://other:2",
+            "--code",
+            "x",
+            "wss://h:1",
+            "c",
+            "f",
+        ])
+        .command
+        else {
+            panic!("send")
+        };
+        let (found, files) = a.rendezvous();
+        assert_eq!(found.server.as_deref(), Some("wss://h:1"));
+        assert_eq!(found.code.as_deref(), Some("c"));
+        assert_eq!(files, [PathBuf::from("f")]);
+        // Without a URL first, every argument is a file.
+        let Command::Send(a) =
+            parse(&["send", "--relay", "ws://r:2", "--code", "k", "f", "g"]).command
+        else {
+            panic!("send")
+        };
+        let (found, files) = a.rendezvous();
+        assert_eq!(found.server.as_deref(), Some("ws://r:2"));
+        assert_eq!(found.code.as_deref(), Some("k"));
+        assert_eq!(files, [PathBuf::from("f"), PathBuf::from("g")]);
+        // A URL alone is not the 0.1.x form: it is a file name like any other.
+        let Command::Send(a) = parse(&["send", "--code", "k", "ws://h:1"]).command else {
+            panic!("send")
+        };
+        assert_eq!(a.rendezvous().1, [PathBuf::from("ws://h:1")]);
+
+        for (args, server, code) in [
+            (
+                &["receive", "ws://h:1", "c"][..],
+                Some("ws://h:1"),
+                Some("c"),
+            ),
+            (&["receive", "ws://h:1"][..], Some("ws://h:1"), None),
+            (
+                &["receive", "--relay", "ws://r:2", "c"][..],
+                Some("ws://r:2"),
+                Some("c"),
+            ),
+            (
+                &["receive", "--relay", "ws://r:2", "--code", "k"][..],
+                Some("ws://r:2"),
+                Some("k"),
+            ),
+        ] {
+            let Command::Receive(a) = parse(args).command else {
+                panic!("receive")
+            };
+            let found = a.rendezvous();
+            assert_eq!(found.server.as_deref(), server, "{args:?}");
+            assert_eq!(found.code.as_deref(), code, "{args:?}");
+            assert_eq!(a.extra_argument(), None, "{args:?}");
+        }
+        let Command::Receive(a) = parse(&["receive", "relay:443", "c"]).command else {
+            panic!("receive")
+        };
+        assert_eq!(a.extra_argument(), Some("c"));
+        parse_err(&["receive", "ws://h:1", "c", "d"]);
+    }
+
+    #[test]
     fn send_needs_at_least_one_file_and_a_known_compress_mode() {
-        parse_err(&["send", "ws://h:1", "c"]);
+        parse_err(&["send"]);
         parse_err(&["send", "ws://h:1", "c", "f", "--compress", "maybe"]);
     }
 
@@ -424,7 +590,7 @@ mod tests {
             panic!("receive")
         };
         assert_eq!(a.out, PathBuf::from("."));
-        assert!(!a.client.config().encrypt);
+        assert!(!a.client.config("ws://h:1".into(), "c".into()).encrypt);
         let cli = parse(&[
             "-q",
             "receive",
@@ -442,7 +608,9 @@ mod tests {
         let Command::Receive(a) = cli.command else {
             panic!("receive")
         };
-        let cfg = a.client.config();
+        let found = a.rendezvous();
+        assert_eq!(found.code.as_deref(), Some("n=4=nc"));
+        let cfg = a.client.config(found.server.unwrap(), found.code.unwrap());
         assert_eq!(a.out, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.code, "n=4=nc");
         assert!(cfg.encrypt);

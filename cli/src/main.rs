@@ -109,14 +109,21 @@ fn netcheck(a: NetcheckArgs) -> u8 {
 }
 
 fn send(a: SendArgs, out: OutputArgs) -> u8 {
-    if let Err(code) = usage_ok(usage::check_client(&a.client)) {
-        return code;
+    let (found, files) = a.rendezvous();
+    let first = a.args.first().and_then(|f| f.to_str());
+    let (server, code) = match usage_ok(usage::check_client(&a.client, found, first)) {
+        Ok(ok) => ok,
+        Err(exit) => return exit,
+    };
+    if files.is_empty() {
+        eprintln!("error: no files given: name the files and/or directories to send");
+        return EXIT_USAGE;
     }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
     let transfer = backend::send(
-        a.client.config(),
-        a.files.clone(),
+        a.client.config(server, code),
+        files,
         a.options(),
         progress.callback(),
     );
@@ -130,13 +137,22 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
 }
 
 fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
-    let checked = usage::check_client(&a.client).and_then(|()| usage::check_out(&a.out));
-    if let Err(code) = usage_ok(checked) {
-        return code;
-    }
+    let first = a.args.first().map(String::as_str);
+    let checked = match (a.extra_argument(), first) {
+        // p2p-copy 0.1.x's `receive SERVER CODE` with something other than a URL first.
+        (Some(extra), Some(first)) => Err(usage::check_url(first)
+            .err()
+            .unwrap_or_else(|| usage::Usage(format!("unexpected argument {}", escape(extra))))),
+        _ => usage::check_client(&a.client, a.rendezvous(), first),
+    };
+    let (server, code) =
+        match usage_ok(checked.and_then(|ok| usage::check_out(&a.out).map(|()| ok))) {
+            Ok(ok) => ok,
+            Err(exit) => return exit,
+        };
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
-    let config = a.client.config();
+    let config = a.client.config(server, code);
     let transfer = backend::receive(config, a.out.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     // Before the manifest no file was opened, so there is nothing to resume.
@@ -153,7 +169,7 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
 }
 
 /// Print a usage mistake found before connecting; its exit code is the error.
-fn usage_ok(checked: Result<(), usage::Usage>) -> Result<(), u8> {
+fn usage_ok<T>(checked: Result<T, usage::Usage>) -> Result<T, u8> {
     checked.map_err(|usage::Usage(msg)| {
         eprintln!("error: {msg}");
         EXIT_USAGE

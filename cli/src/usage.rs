@@ -8,27 +8,54 @@ use std::path::Path;
 
 use p2p_copy_core::parallel::connection_count;
 
-use crate::args::ClientArgs;
+use crate::args::{ClientArgs, Rendezvous, RELAY_ENV};
 use crate::shown;
 
 /// What is wrong with the command line, as a message for the user.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Usage(pub String);
 
-/// Check what `send` and `receive` share: the relay URL, the code and `--ca-file`.
+/// Check what `send` and `receive` share: the relay URL, the code and `--ca-file`, and
+/// return the relay and the code. `first` is the first positional argument, which names
+/// the relay in p2p-copy 0.1.x's form: when no relay was found, a first argument that
+/// looks like one (`host:port` without `ws://`) gets its own message.
 ///
 /// # Errors
 /// The first mistake found.
-pub fn check_client(a: &ClientArgs) -> Result<(), Usage> {
-    check_url(&a.server)?;
-    check_code(&a.code)?;
+pub fn check_client(
+    a: &ClientArgs,
+    found: Rendezvous,
+    first: Option<&str>,
+) -> Result<(String, String), Usage> {
+    let Some(server) = found.server else {
+        if let Some(arg) = first.filter(|f| f.contains(':') && !Path::new(f).exists()) {
+            check_url(arg)?;
+        }
+        return Err(Usage(format!(
+            "no relay given: put its URL first (ws://host:port or wss://host:port), \
+             or use --relay URL or {RELAY_ENV}"
+        )));
+    };
+    check_url(&server)?;
+    let Some(code) = found.code else {
+        return Err(Usage(
+            "no code given: give both sides the same code, as the argument after the \
+             relay URL or with --code"
+                .into(),
+        ));
+    };
+    check_code(&code)?;
     if let Some(ca) = &a.ca_file {
         check_readable_file(ca, "--ca-file")?;
     }
-    Ok(())
+    Ok((server, code))
 }
 
-fn check_url(server: &str) -> Result<(), Usage> {
+/// Check that `server` is a ws:// or wss:// URL with a host.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_url(server: &str) -> Result<(), Usage> {
     let shown_url = p2p_copy_core::path::escape(server);
     let Some((scheme, rest)) = server.split_once("://") else {
         return Err(Usage(format!(

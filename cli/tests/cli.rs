@@ -386,9 +386,26 @@ fn usage_mistakes_exit_1_before_connecting() {
             vec!["receive", &ws, "code", "--out", arg(&under_a_file)],
             "cannot create it",
         ),
+        (vec!["send", src], "no relay given"),
+        (vec!["send", "--code", "c", src], "no relay given"),
+        (
+            vec!["send", "relay.example:443", "code", src],
+            "not a relay URL",
+        ),
+        (
+            vec!["receive", "relay.example:443", "code"],
+            "not a relay URL",
+        ),
+        (vec!["send", &ws, "code"], "no files given"),
+        (vec!["receive", &ws, "--out", out], "no code given"),
+        (vec!["send", "--relay", &ws, src], "no code given"),
+        (
+            vec!["send", "--relay", &http, "--code", "c", src],
+            "use ws://",
+        ),
     ];
     for (args, says) in cases {
-        let r = run(&args);
+        let r = ChildGuard::spawn(p2p_copy(&args).env_remove("P2P_COPY_RELAY")).wait(LIMIT);
         assert_eq!(r.code(), 1, "{args:?}: {r:?}");
         assert!(
             r.stderr
@@ -402,6 +419,26 @@ fn usage_mistakes_exit_1_before_connecting() {
             "{args:?} connected before refusing"
         );
     }
+}
+
+#[test]
+fn the_relay_and_code_may_come_from_the_environment_and_options() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("d/f", 100_000, 3)]);
+    let receiver = ChildGuard::spawn(
+        p2p_copy(&["receive", "--code", "env-code", "--out", arg(&s.out)])
+            .env("P2P_COPY_RELAY", &url),
+    );
+    let sender = ChildGuard::spawn(
+        p2p_copy(&["send", "--relay", &url, "--code", "env-code", arg(&s.src)])
+            .env("P2P_COPY_RELAY", "ws://127.0.0.1:9"),
+    )
+    .wait(LIMIT);
+    let received = receiver.wait(LIMIT);
+    assert_eq!(sender.code(), 0, "sender: {sender:?}");
+    assert_eq!(received.code(), 0, "receiver: {received:?}");
+    assert_same_tree(&s.src, &s.out.join("src"));
 }
 
 #[test]
