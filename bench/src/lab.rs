@@ -5,7 +5,7 @@
 //! ```text
 //! p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] [--relay-mbit 100]
 //!                    [--host-mbit 1000] [--bin target/release/p2p-copy]
-//!                    [--dir target/bench-data/lab]
+//!                    [--dir target/bench-data/lab] [--only direct|relay-only|tcp]
 //! ```
 //!
 //! Runs as root (namespaces, nftables, tc). Shaped by default: the relay host's link is
@@ -38,7 +38,8 @@ use p2p_copy_tests::netlab::{Host, Lab, LabProcess, Nat, RELAY_IP};
 use p2p_copy_tests::process::Finished;
 
 const USAGE: &str = "usage: p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] \
-                     [--relay-mbit 100] [--host-mbit 1000] [--bin PATH] [--dir DIR]";
+                     [--relay-mbit 100] [--host-mbit 1000] [--bin PATH] [--dir DIR] \
+                     [--only direct|relay-only|tcp]";
 const BLOCK: usize = 1 << 20;
 
 #[path = "noise.rs"]
@@ -57,6 +58,8 @@ struct Options {
     host_mbit: u32,
     bin: PathBuf,
     dir: PathBuf,
+    /// One of the three ways alone (for profiling), or all of them.
+    only: Option<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -72,6 +75,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         host_mbit: 1000,
         bin: own_dir.join("p2p-copy"),
         dir: PathBuf::from("target/bench-data/lab"),
+        only: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -88,6 +92,11 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--host-mbit" => o.host_mbit = value.parse().map_err(|_| number(value))?,
             "--bin" => o.bin = PathBuf::from(value),
             "--dir" => o.dir = PathBuf::from(value),
+            "--only" => match value.as_str() {
+                "direct" | "relay-only" => o.only = Some(value.clone()),
+                "tcp" => o.only = Some("raw TCP".to_owned()),
+                _ => return Err(format!("--only: direct, relay-only or tcp\n{USAGE}")),
+            },
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
@@ -334,6 +343,9 @@ fn run(o: Options) -> Result<(), String> {
     let mut failed = 0;
     for round in 0..rounds {
         for what in ["direct", "relay-only", "raw TCP"] {
+            if bench.o.only.as_deref().is_some_and(|only| only != what) {
+                continue;
+            }
             let code = format!("bench-lab-{round}-{what}");
             let figures = match what {
                 "direct" => bench.p2p_copy(what, &code, &[]),

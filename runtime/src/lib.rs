@@ -58,6 +58,7 @@ mod machine;
 mod netcheck;
 mod paths;
 pub mod quic;
+mod quic_timer;
 mod relay_conn;
 mod relay_hub;
 mod relay_server;

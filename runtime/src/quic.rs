@@ -378,6 +378,7 @@ impl QuicEndpoint {
         config
             .max_udp_payload_size(MAX_UDP_PAYLOAD)
             .map_err(|e| TransferError::Direct(format!("QUIC settings: {e}")))?;
+        let runtime = Arc::new(crate::quic_timer::LazyTimers(runtime));
         let endpoint = quinn::Endpoint::new(config, Some(nobody), socket, runtime)
             .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?;
         Ok(QuicEndpoint { endpoint, identity })
