@@ -145,6 +145,12 @@ pub struct ClientArgs {
     /// relay's own; repeat for more.
     #[arg(long, value_name = "HOST:PORT")]
     pub stun: Vec<String>,
+    /// Reach the relay through this proxy: http://[user:pass@]host:port (HTTP CONNECT)
+    /// or socks5://[user:pass@]host:port. Without it: HTTPS_PROXY for wss://, http_proxy
+    /// for ws://, then ALL_PROXY, unless NO_PROXY names the relay; --proxy "" turns
+    /// those off.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
     /// How long the direct-connection attempt may run before the transfer stays on the
     /// relay.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
@@ -176,6 +182,15 @@ fn is_url(arg: &str) -> bool {
 }
 
 impl ClientArgs {
+    /// The proxy for the relay at `server`: `--proxy`, else the environment's.
+    pub fn proxy_for(&self, server: &str) -> Option<String> {
+        match &self.proxy {
+            Some(url) if url.is_empty() => None,
+            Some(url) => Some(url.clone()),
+            None => crate::backend::proxy::from_env(server, |name| std::env::var(name).ok()),
+        }
+    }
+
     /// The relay and code from the options and the environment, for the positionals
     /// that did not name them.
     fn fill(&self, mut found: Rendezvous) -> Rendezvous {
@@ -204,6 +219,7 @@ impl ClientArgs {
             _ => DirectMode::Auto,
         };
         cfg.direct.stun = self.stun.clone();
+        cfg.proxy = self.proxy_for(&cfg.server);
         cfg.direct.timeout = self.direct_timeout;
         cfg
     }

@@ -45,6 +45,9 @@ pub fn check_client(
         ));
     };
     check_code(&code)?;
+    if let Some(proxy) = a.proxy_for(&server) {
+        crate::backend::proxy::Proxy::parse(&proxy).map_err(Usage)?;
+    }
     if let Some(ca) = &a.ca_file {
         check_readable_file(ca, "--ca-file")?;
     }

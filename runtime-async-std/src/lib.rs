@@ -42,6 +42,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Proxies for the relay connection.
+pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
     ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, Mapping,
     MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayServerConfig, SendOptions,

@@ -26,6 +26,11 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Whether and how to try a direct connection with a peer of this project.
     pub direct: DirectOptions,
+    /// Reach the relay through this proxy: `http://[user:pass@]host:port` (HTTP
+    /// CONNECT) or `socks5://…` / `socks5h://…` (see [`crate::proxy`]). `None`: connect
+    /// directly (the environment is the caller's to read, e.g. with
+    /// [`crate::proxy::from_env`]).
+    pub proxy: Option<String>,
 }
 
 pub use p2p_copy_core::direct::DirectMode;
@@ -138,6 +143,7 @@ impl ClientConfig {
             pair_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
             direct: DirectOptions::default(),
+            proxy: None,
         }
     }
 }

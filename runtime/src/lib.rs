@@ -57,6 +57,7 @@ mod listen;
 mod machine;
 mod netcheck;
 mod paths;
+pub mod proxy;
 pub mod quic;
 mod quic_timer;
 mod relay_conn;

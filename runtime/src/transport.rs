@@ -354,11 +354,12 @@ pub(crate) async fn connect<R: Rt>(
     rt: &R,
     server: &str,
     ca_file: Option<&std::path::Path>,
+    proxy: Option<&str>,
     timeout: Duration,
 ) -> Result<Ws, TransferError> {
     let timeout = timeout.min(CONNECT_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let attempt = Box::pin(open(rt, server, ca_file));
+    let attempt = Box::pin(open(rt, server, ca_file, proxy));
     match select(attempt, Box::pin(rt.sleep_until(deadline))).await {
         Either::Left((r, _)) => r,
         Either::Right(_) => Err(TransferError::Connect(format!(
@@ -372,6 +373,7 @@ async fn open<R: Rt>(
     rt: &R,
     server: &str,
     ca_file: Option<&std::path::Path>,
+    proxy: Option<&str>,
 ) -> Result<Ws, TransferError> {
     let target = parse_server(server).map_err(TransferError::Connect)?;
     // TLS settings are checked before connecting: a bad CA file is a local mistake.
@@ -379,16 +381,29 @@ async fn open<R: Rt>(
         true => Some(tls::client_config(ca_file).map_err(TransferError::Connect)?),
         false => None,
     };
-    let tcp = rt
-        .connect(target.host.clone(), target.port)
-        .await
-        .map_err(|e| {
-            TransferError::Connect(format!(
-                "{server}: {e} (is the relay running at this address?)"
-            ))
-        })?;
-    // Only a latency tweak; the transfer works without it.
-    let _ = R::set_nodelay(&tcp);
+    let tcp: Box<dyn Conn> = match proxy {
+        Some(proxy) => {
+            let proxy = crate::proxy::Proxy::parse(proxy).map_err(TransferError::Connect)?;
+            log::debug!("relay connection through the proxy {proxy}");
+            proxy
+                .connect(rt, &target.host, target.port)
+                .await
+                .map_err(|e| TransferError::Connect(format!("{server}: {e}")))?
+        }
+        None => {
+            let tcp = rt
+                .connect(target.host.clone(), target.port)
+                .await
+                .map_err(|e| {
+                    TransferError::Connect(format!(
+                        "{server}: {e} (is the relay running at this address?)"
+                    ))
+                })?;
+            // Only a latency tweak; the transfer works without it.
+            let _ = R::set_nodelay(&tcp);
+            Box::new(tcp)
+        }
+    };
     let stream: Box<dyn Conn> = match tls {
         Some(config) => {
             let name = ServerName::try_from(target.host.clone()).map_err(|e| {
