@@ -173,6 +173,14 @@ fn transfer(url: &str, code: &str, extra: &[&str], env: &[(&str, &str)]) {
     assert_same_tree(&s.src, &s.out.join("src"));
 }
 
+/// A receiver for `url` through the proxy `via`, run to its end.
+fn receive_via(url: &str, s: &Scene, via: &str) -> Finished {
+    run(
+        &["receive", url, "code", "--out", arg(&s.out), "--proxy", via],
+        &[],
+    )
+}
+
 #[test]
 fn a_tree_moves_through_an_http_connect_proxy_with_basic_auth() {
     let dir = Scene::new().dir;
@@ -209,18 +217,7 @@ fn a_refusing_http_proxy_gives_a_clear_error_and_exit_2() {
             "wants a user name and password",
         ),
     ] {
-        let r = run(
-            &[
-                "receive",
-                &url,
-                "code",
-                "--out",
-                arg(&s.out),
-                "--proxy",
-                &via,
-            ],
-            &[],
-        );
+        let r = receive_via(&url, &s, &via);
         assert_eq!(r.code(), 2, "{via}: {r:?}");
         assert!(
             r.stderr.contains("refused the connection") && r.stderr.contains(says),
@@ -233,18 +230,7 @@ fn a_refusing_http_proxy_gives_a_clear_error_and_exit_2() {
             r.stderr
         );
     }
-    let r = run(
-        &[
-            "receive",
-            &url,
-            "code",
-            "--out",
-            arg(&s.out),
-            "--proxy",
-            "http://127.0.0.1:1",
-        ],
-        &[],
-    );
+    let r = receive_via(&url, &s, "http://127.0.0.1:1");
     assert_eq!(r.code(), 2, "{r:?}");
     assert!(r.stderr.contains("cannot reach the proxy"), "{}", r.stderr);
 }
@@ -269,18 +255,7 @@ fn a_tree_moves_through_a_socks5_proxy() {
     // A target the proxy cannot reach: its reason comes through.
     let closed = free_port();
     let s = Scene::new();
-    let r = run(
-        &[
-            "receive",
-            &format!("ws://127.0.0.1:{closed}"),
-            "code",
-            "--out",
-            arg(&s.out),
-            "--proxy",
-            &via,
-        ],
-        &[],
-    );
+    let r = receive_via(&format!("ws://127.0.0.1:{closed}"), &s, &via);
     assert_eq!(r.code(), 2, "{r:?}");
     assert!(
         r.stderr
