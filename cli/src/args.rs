@@ -77,6 +77,39 @@ pub enum Command {
         p2p-copy netcheck wss://relay.example.com:443\n  \
         p2p-copy netcheck ws://localhost:8765 --stun stun.example.org:3478")]
     Netcheck(NetcheckArgs),
+    /// Print a completion script for a shell, generated from this command line.
+    #[command(after_help = "Install, e.g.:\n  \
+        p2p-copy completions bash > ~/.local/share/bash-completion/completions/p2p-copy\n  \
+        p2p-copy completions zsh > ~/.zfunc/_p2p-copy   (with fpath+=~/.zfunc)\n  \
+        p2p-copy completions fish > ~/.config/fish/completions/p2p-copy.fish\n  \
+        p2p-copy completions powershell >> $PROFILE")]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), generated from this command line.
+    #[command(after_help = "Install, e.g.:\n  \
+        p2p-copy man > /usr/local/share/man/man1/p2p-copy.1\n  \
+        p2p-copy man | man -l -")]
+    Man,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+    /// PowerShell.
+    Powershell,
 }
 
 /// `netcheck`.

@@ -19,7 +19,8 @@ use log::LevelFilter;
 use p2p_copy_core::path::escape;
 
 use crate::args::{
-    Cli, Command, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs, SendArgs, TlsUsage,
+    Cli, Command, CompletionsArgs, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs, SendArgs,
+    TlsUsage,
 };
 use crate::backend::{RelayServer, Summary, TransferError};
 use crate::interrupt::{Ended, Interrupts};
@@ -32,6 +33,8 @@ const EXIT_RELAY: u8 = 2;
 /// Exit code when the transfer ended but not every file was delivered (skipped with
 /// --skip-errors, or not put in place by the receiver).
 const EXIT_NOT_DELIVERED: u8 = 8;
+/// Exit code for a local I/O error.
+const EXIT_LOCAL: u8 = 6;
 /// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
@@ -56,6 +59,8 @@ fn main() -> ExitCode {
         LevelFilter::Warn
     });
     ExitCode::from(match cli.command {
+        Command::Completions(a) => completions(&a),
+        Command::Man => man(),
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),
@@ -105,6 +110,67 @@ fn netcheck(a: NetcheckArgs) -> u8 {
         0
     } else {
         EXIT_RELAY
+    }
+}
+
+/// `completions SHELL`: the script on stdout.
+fn completions(a: &CompletionsArgs) -> u8 {
+    use clap::CommandFactory;
+    use clap_complete::Shell as S;
+    let shell = match a.shell {
+        args::Shell::Bash => S::Bash,
+        args::Shell::Zsh => S::Zsh,
+        args::Shell::Fish => S::Fish,
+        args::Shell::Powershell => S::PowerShell,
+    };
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "p2p-copy", &mut std::io::stdout());
+    0
+}
+
+/// `man`: the manual page on stdout, with a section per subcommand.
+fn man() -> u8 {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let cmd = Cli::command();
+    let render = || -> std::io::Result<Vec<u8>> {
+        let mut page = Vec::new();
+        let man = clap_mangen::Man::new(cmd.clone());
+        man.render_title(&mut page)?;
+        man.render_name_section(&mut page)?;
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("p2p-copy {}", sub.get_name());
+            writeln!(page, ".SH \"{}\"", name.to_uppercase())?;
+            // The subcommand's own sections, one level down.
+            let mut part = Vec::new();
+            let man = clap_mangen::Man::new(sub.clone().bin_name(name));
+            man.render_synopsis_section(&mut part)?;
+            man.render_description_section(&mut part)?;
+            man.render_options_section(&mut part)?;
+            man.render_extra_section(&mut part)?;
+            let part = String::from_utf8_lossy(&part).replace(".SH ", ".SS ");
+            page.extend_from_slice(part.as_bytes());
+        }
+        man.render_extra_section(&mut page)?;
+        man.render_version_section(&mut page)?;
+        Ok(page)
+    };
+    let written = render().and_then(|page| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&page)?;
+        out.flush()
+    });
+    match written {
+        Ok(()) => 0,
+        // A closed pipe (`p2p-copy man | head`) is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: cannot write the manual page: {e}");
+            EXIT_LOCAL
+        }
     }
 }
 

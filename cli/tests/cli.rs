@@ -442,6 +442,69 @@ fn the_relay_and_code_may_come_from_the_environment_and_options() {
 }
 
 #[test]
+fn completions_and_the_man_page_come_from_the_command_line() {
+    for (shell, marks) in [
+        ("bash", &["_p2p__copy()", "complete -F _p2p__copy"][..]),
+        ("zsh", &["#compdef p2p-copy"][..]),
+        ("fish", &["complete -c p2p-copy"][..]),
+        ("powershell", &["Register-ArgumentCompleter"][..]),
+    ] {
+        let r = run(&["completions", shell]);
+        assert_eq!(r.code(), 0, "{shell}: {r:?}");
+        for mark in marks {
+            assert!(r.stdout.contains(mark), "{shell}: no {mark:?}");
+        }
+        // Every subcommand and a few options of each, straight from the clap definitions.
+        for word in [
+            "send",
+            "receive",
+            "run-relay-server",
+            "netcheck",
+            "relay-only",
+            "proxy",
+            "direct-timeout",
+        ] {
+            assert!(r.stdout.contains(word), "{shell}: no {word:?}");
+        }
+        if shell == "bash" {
+            let scene = Scene::new();
+            let script = scene.dir.path().join("p2p-copy.bash");
+            fs::write(&script, &r.stdout).unwrap();
+            let check = Command::new("bash")
+                .arg("-n")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let r = run(&["completions", "tcsh"]);
+    assert_eq!(r.code(), 1, "{r:?}");
+
+    let r = run(&["man"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    let page = &r.stdout;
+    assert!(
+        page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH p2p-copy 1"),
+        "{page}"
+    );
+    for part in [
+        ".TH p2p-copy 1",
+        ".SH \"P2P-COPY SEND\"",
+        ".SH \"P2P-COPY RECEIVE\"",
+        ".SH \"P2P-COPY RUN-RELAY-SERVER\"",
+        "\\-\\-relay\\-only",
+        "Exit codes",
+    ] {
+        assert!(page.contains(part), "the man page has no {part:?}:\n{page}");
+    }
+}
+
+#[test]
 fn receive_creates_a_missing_out_and_leaves_no_probe_file() {
     let (_relay, url) = plain_relay();
     let s = Scene::new();
