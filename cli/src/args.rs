@@ -12,6 +12,7 @@ use p2p_copy_core::relay::RelayConfig;
 use crate::backend::{
     ClientConfig, CompressMode, DirectMode, RelayServerConfig, SendOptions, StunPorts,
 };
+use crate::config_file::FileConfig;
 
 const AFTER_HELP: &str = "\
 A code of the form n=<N>=n<rest> (e.g. n=4=nMySecret) moves the files over N parallel
@@ -77,6 +78,18 @@ pub enum Command {
         p2p-copy netcheck wss://relay.example.com:443\n  \
         p2p-copy netcheck ws://localhost:8765 --stun stun.example.org:3478")]
     Netcheck(NetcheckArgs),
+    /// Show the settings send and receive use by default, and where each comes from:
+    /// the environment, the configuration file, or the built-in default.
+    #[command(after_help = "The configuration file is TOML, at the platform's \
+        configuration directory\n(~/.config/p2p-copy/config.toml on Linux) or where \
+        P2P_COPY_CONFIG points:\n\n  \
+        relay = \"wss://relay.example:443\"\n  \
+        ca_file = \"/etc/ssl/our-relay.pem\"\n  \
+        proxy = \"http://proxy.corp:3128\"\n  \
+        encrypt = true\n  \
+        out = \"/data/inbox\"\n\n\
+        A flag wins over the environment, which wins over the file.")]
+    Config,
     /// Print a completion script for a shell, generated from this command line.
     #[command(after_help = "Install, e.g.:\n  \
         p2p-copy completions bash > ~/.local/share/bash-completion/completions/p2p-copy\n  \
@@ -188,6 +201,9 @@ pub struct ClientArgs {
     /// relay.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub direct_timeout: Duration,
+    /// The configuration file's settings, below the flags and the environment.
+    #[arg(skip)]
+    pub file: FileConfig,
 }
 
 /// The environment variable that names the default relay.
@@ -215,13 +231,28 @@ fn is_url(arg: &str) -> bool {
 }
 
 impl ClientArgs {
-    /// The proxy for the relay at `server`: `--proxy`, else the environment's.
+    /// The proxy for the relay at `server`: `--proxy`, else the environment's, else the
+    /// configuration file's.
     pub fn proxy_for(&self, server: &str) -> Option<String> {
         match &self.proxy {
             Some(url) if url.is_empty() => None,
             Some(url) => Some(url.clone()),
-            None => crate::backend::proxy::from_env(server, |name| std::env::var(name).ok()),
+            None => crate::backend::proxy::from_env(server, |name| std::env::var(name).ok())
+                .or_else(|| self.file.proxy.clone()),
         }
+    }
+
+    /// `--encrypt` or `--no-encrypt`, else the configuration file's `encrypt`.
+    pub fn encrypt(&self) -> bool {
+        match (self.encrypt, self.no_encrypt) {
+            (false, false) => self.file.encrypt.unwrap_or(false),
+            (on, _) => on,
+        }
+    }
+
+    /// `--ca-file`, else the configuration file's.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.ca_file.clone().or_else(|| self.file.ca_file.clone())
     }
 
     /// The relay and code from the options and the environment, for the positionals
@@ -231,7 +262,8 @@ impl ClientArgs {
             found.server = self
                 .relay
                 .clone()
-                .or_else(|| std::env::var(RELAY_ENV).ok().filter(|s| !s.is_empty()));
+                .or_else(|| std::env::var(RELAY_ENV).ok().filter(|s| !s.is_empty()))
+                .or_else(|| self.file.relay.clone());
         }
         if found.code.is_none() {
             found.code.clone_from(&self.code);
@@ -242,8 +274,8 @@ impl ClientArgs {
     /// The runtime's client configuration, for the relay at `server` and `code`.
     pub fn config(&self, server: String, code: String) -> ClientConfig {
         let mut cfg = ClientConfig::new(server, code);
-        cfg.encrypt = self.encrypt;
-        cfg.ca_file = self.ca_file.clone();
+        cfg.encrypt = self.encrypt();
+        cfg.ca_file = self.ca_file();
         cfg.pair_timeout = self.timeout;
         cfg.idle_timeout = self.idle_timeout;
         cfg.direct.mode = match (self.relay_only, self.direct_only) {
@@ -347,12 +379,21 @@ pub struct ReceiveArgs {
     /// given by --code).
     #[arg(value_name = "ARGS", num_args = 0..=2)]
     pub args: Vec<String>,
-    /// Output directory (created if missing).
-    #[arg(long, value_name = "DIR", default_value = ".")]
-    pub out: PathBuf,
+    /// Output directory (created if missing) [default: the configuration file's `out`,
+    /// or the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 impl ReceiveArgs {
+    /// `--out`, else the configuration file's `out`, else the current directory.
+    pub fn out_dir(&self) -> PathBuf {
+        self.out
+            .clone()
+            .or_else(|| self.client.file.out.clone())
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
     /// The relay and code: `SERVER [CODE]` when the first argument is a URL, otherwise
     /// `CODE`.
     pub fn rendezvous(&self) -> Rendezvous {
@@ -638,7 +679,7 @@ mod tests {
         let Command::Receive(a) = parse(&["receive", "ws://h:1", "c"]).command else {
             panic!("receive")
         };
-        assert_eq!(a.out, PathBuf::from("."));
+        assert_eq!(a.out_dir(), PathBuf::from("."));
         assert!(!a.client.config("ws://h:1".into(), "c".into()).encrypt);
         let cli = parse(&[
             "-q",
@@ -660,7 +701,7 @@ mod tests {
         let found = a.rendezvous();
         assert_eq!(found.code.as_deref(), Some("n=4=nc"));
         let cfg = a.client.config(found.server.unwrap(), found.code.unwrap());
-        assert_eq!(a.out, PathBuf::from("/tmp/x"));
+        assert_eq!(a.out_dir(), PathBuf::from("/tmp/x"));
         assert_eq!(cfg.code, "n=4=nc");
         assert!(cfg.encrypt);
         assert_eq!(cfg.ca_file, Some(PathBuf::from("ca.pem")));

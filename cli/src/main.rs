@@ -5,6 +5,7 @@
 mod alloc;
 mod args;
 mod backend;
+mod config_file;
 mod ctrl_echo;
 mod interrupt;
 mod progress;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
     ExitCode::from(match cli.command {
         Command::Completions(a) => completions(&a),
         Command::Man => man(),
+        Command::Config => show_config(),
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),
@@ -111,6 +113,74 @@ fn netcheck(a: NetcheckArgs) -> u8 {
     } else {
         EXIT_RELAY
     }
+}
+
+/// `config`: the effective defaults and their sources.
+fn show_config() -> u8 {
+    let loaded = match config_file::load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match &loaded.path {
+        Some(path) => println!(
+            "config file: {} ({})",
+            shown(path),
+            if loaded.found { "found" } else { "not found" }
+        ),
+        None => println!("config file: none (this system has no configuration directory)"),
+    }
+    let file = &loaded.file;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let from_file = "config file";
+    let row = |key: &str, value: Option<String>, from: &str| {
+        let value = value.unwrap_or_else(|| "(none)".to_owned());
+        println!("{key:<8} = {:<40} ({from})", escape(&value));
+    };
+    let (relay, from) = match (env(args::RELAY_ENV), &file.relay) {
+        (Some(v), _) => (Some(v), format!("environment {}", args::RELAY_ENV)),
+        (None, Some(v)) => (Some(v.clone()), from_file.to_owned()),
+        (None, None) => (None, "default".to_owned()),
+    };
+    row("relay", relay.clone(), &from);
+    let (proxy, from) = match backend::proxy::from_env_named(
+        relay.as_deref().unwrap_or("wss://relay.invalid"),
+        |name| std::env::var(name).ok(),
+    ) {
+        Some((name, url)) => (Some(url), format!("environment {name}")),
+        None => match &file.proxy {
+            Some(url) => (Some(url.clone()), from_file.to_owned()),
+            None => (None, "default".to_owned()),
+        },
+    };
+    row(
+        "proxy",
+        proxy.map(|p| backend::proxy::hide_password(&p)),
+        &from,
+    );
+    let source = |set: bool| if set { from_file } else { "default" };
+    row(
+        "ca_file",
+        file.ca_file.as_ref().map(|p| p.display().to_string()),
+        source(file.ca_file.is_some()),
+    );
+    row(
+        "encrypt",
+        Some(file.encrypt.unwrap_or(false).to_string()),
+        source(file.encrypt.is_some()),
+    );
+    row(
+        "out",
+        Some(
+            file.out
+                .as_ref()
+                .map_or(".".to_owned(), |p| p.display().to_string()),
+        ),
+        source(file.out.is_some()),
+    );
+    0
 }
 
 /// `completions SHELL`: the script on stdout.
@@ -174,7 +244,11 @@ fn man() -> u8 {
     }
 }
 
-fn send(a: SendArgs, out: OutputArgs) -> u8 {
+fn send(mut a: SendArgs, out: OutputArgs) -> u8 {
+    match load_config() {
+        Ok(file) => a.client.file = file,
+        Err(exit) => return exit,
+    }
     let (found, files) = a.rendezvous();
     let first = a.args.first().and_then(|f| f.to_str());
     let (server, code) = match usage_ok(usage::check_client(&a.client, found, first)) {
@@ -202,7 +276,12 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
     finish(&progress, ended, interrupted, Role::Send)
 }
 
-fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
+fn receive(mut a: ReceiveArgs, out: OutputArgs) -> u8 {
+    match load_config() {
+        Ok(file) => a.client.file = file,
+        Err(exit) => return exit,
+    }
+    let out_dir = a.out_dir();
     let first = a.args.first().map(String::as_str);
     let checked = match (a.extra_argument(), first) {
         // p2p-copy 0.1.x's `receive SERVER CODE` with something other than a URL first.
@@ -212,26 +291,31 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
         _ => usage::check_client(&a.client, a.rendezvous(), first),
     };
     let (server, code) =
-        match usage_ok(checked.and_then(|ok| usage::check_out(&a.out).map(|()| ok))) {
+        match usage_ok(checked.and_then(|ok| usage::check_out(&out_dir).map(|()| ok))) {
             Ok(ok) => ok,
             Err(exit) => return exit,
         };
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let config = a.client.config(server, code);
-    let transfer = backend::receive(config, a.out.clone(), progress.callback());
+    let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     // Before the manifest no file was opened, so there is nothing to resume.
     let interrupted = if progress.paired() {
         format!(
             "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
              and have the sender use --resume to continue",
-            shown(&a.out)
+            shown(&out_dir)
         )
     } else {
         "interrupted while waiting for the sender; nothing was received".to_owned()
     };
     finish(&progress, ended, &interrupted, Role::Receive)
+}
+
+/// The configuration file's settings; a broken file is a usage error.
+fn load_config() -> Result<config_file::FileConfig, u8> {
+    usage_ok(config_file::load().map(|l| l.file).map_err(usage::Usage))
 }
 
 /// Print a usage mistake found before connecting; its exit code is the error.

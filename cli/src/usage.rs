@@ -48,8 +48,13 @@ pub fn check_client(
     if let Some(proxy) = a.proxy_for(&server) {
         crate::backend::proxy::Proxy::parse(&proxy).map_err(Usage)?;
     }
-    if let Some(ca) = &a.ca_file {
-        check_readable_file(ca, "--ca-file")?;
+    if let Some(ca) = &a.ca_file() {
+        let from = if a.ca_file.is_some() {
+            "--ca-file"
+        } else {
+            "ca_file (config file)"
+        };
+        check_readable_file(ca, from)?;
     }
     Ok((server, code))
 }

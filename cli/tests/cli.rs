@@ -699,3 +699,109 @@ fn the_relay_logs_refused_connections_rate_limited() {
         out.stderr
     );
 }
+
+#[test]
+fn the_config_file_gives_defaults_that_the_environment_and_flags_override() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("f", 200_000, 5)]);
+    let config = s.dir.path().join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "relay = \"{url}\"\nencrypt = true\nout = \"{}\"\nproxy = \"http://u:secret@127.0.0.1:9\"\n",
+            arg(&s.out)
+        ),
+    )
+    .unwrap();
+    let with_file = |args: &[&str]| {
+        let mut cmd = p2p_copy(args);
+        cmd.env("P2P_COPY_CONFIG", &config)
+            .env_remove("P2P_COPY_RELAY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy");
+        cmd
+    };
+
+    // `config` names the file and the source of every value, and hides the password.
+    let shown = ChildGuard::spawn(&mut with_file(&["config"])).wait(LIMIT);
+    assert_eq!(shown.code(), 0, "{shown:?}");
+    assert!(
+        shown.stdout.contains(&format!("{} (found)", arg(&config))),
+        "{shown:?}"
+    );
+    let line = |key: &str| {
+        shown
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in {shown:?}"))
+            .to_owned()
+    };
+    assert!(line("relay").contains(&url) && line("relay").ends_with("(config file)"));
+    assert!(line("encrypt").contains("true") && line("encrypt").ends_with("(config file)"));
+    assert!(!shown.stdout.contains("secret"), "{shown:?}");
+    assert!(line("ca_file").ends_with("(default)"), "{shown:?}");
+    let over = ChildGuard::spawn(with_file(&["config"]).env("P2P_COPY_RELAY", "ws://127.0.0.1:7"))
+        .wait(LIMIT);
+    let relay = over
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("relay"))
+        .unwrap();
+    assert!(
+        relay.contains("ws://127.0.0.1:7") && relay.ends_with("(environment P2P_COPY_RELAY)"),
+        "{over:?}"
+    );
+
+    // The receiver takes its relay, encryption and output directory from the file; the
+    // sender's --no-encrypt would not meet it, its default from the file does. The proxy
+    // in the file is never used for a loopback relay.
+    let receiver = ChildGuard::spawn(&mut with_file(&["receive", "--code", "cfg-code"]));
+    let sender =
+        ChildGuard::spawn(&mut with_file(&["send", "--code", "cfg-code", arg(&s.src)])).wait(LIMIT);
+    let received = receiver.wait(LIMIT);
+    assert_eq!(sender.code(), 0, "sender: {sender:?}");
+    assert_eq!(received.code(), 0, "receiver: {received:?}");
+    assert_same_tree(&s.src, &s.out.join("src"));
+
+    // A flag beats the file: a sender with --no-encrypt does not meet an encrypting
+    // receiver: both end with exit 3 (no peer).
+    let receiver = ChildGuard::spawn(&mut with_file(&[
+        "receive",
+        "--code",
+        "cfg-code-2",
+        "--out",
+        arg(&s.dir.path().join("other")),
+        "--timeout",
+        "3",
+    ]));
+    let sender = ChildGuard::spawn(&mut with_file(&[
+        "send",
+        "--code",
+        "cfg-code-2",
+        "--no-encrypt",
+        "--timeout",
+        "3",
+        arg(&s.src),
+    ]))
+    .wait(LIMIT);
+    let received = receiver.wait(LIMIT);
+    assert_eq!(sender.code(), 3, "sender: {sender:?}");
+    assert_eq!(received.code(), 3, "receiver: {received:?}");
+
+    // A broken file is a usage error that names the file and the key.
+    fs::write(&config, "relay = \"ws://x:1\"\nencrypted = true\n").unwrap();
+    let broken = ChildGuard::spawn(&mut with_file(&["receive", "--code", "c"])).wait(LIMIT);
+    assert_eq!(broken.code(), 1, "{broken:?}");
+    assert!(
+        broken.stderr.contains("config.toml") && broken.stderr.contains("encrypted"),
+        "{broken:?}"
+    );
+    // A file named by P2P_COPY_CONFIG must exist.
+    fs::remove_file(&config).unwrap();
+    let missing = ChildGuard::spawn(&mut with_file(&["config"])).wait(LIMIT);
+    assert_eq!(missing.code(), 1, "{missing:?}");
+}

@@ -285,10 +285,18 @@ pub fn hide_password(url: &str) -> String {
 /// `localhost`. `get` reads one variable (the environment, or
 /// a table in tests). Empty variables count as unset.
 pub fn from_env(relay_url: &str, get: impl Fn(&str) -> Option<String>) -> Option<String> {
-    let var = |names: &[&str]| {
+    from_env_named(relay_url, get).map(|(_, url)| url)
+}
+
+/// [`from_env`], with the name of the variable the proxy came from.
+pub fn from_env_named(
+    relay_url: &str,
+    get: impl Fn(&str) -> Option<String>,
+) -> Option<(&'static str, String)> {
+    let var = |names: &[&'static str]| {
         names
             .iter()
-            .find_map(|n| get(n).filter(|v| !v.trim().is_empty()))
+            .find_map(|n| get(n).filter(|v| !v.trim().is_empty()).map(|v| (*n, v)))
     };
     let (scheme, rest) = relay_url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -303,12 +311,12 @@ pub fn from_env(relay_url: &str, get: impl Fn(&str) -> Option<String>) -> Option
     if loopback {
         return None;
     }
-    if let Some(no) = var(&["no_proxy", "NO_PROXY"]) {
+    if let Some((_, no)) = var(&["no_proxy", "NO_PROXY"]) {
         if no_proxy_matches(&no, &host) {
             return None;
         }
     }
-    let specific: &[&str] = if scheme.eq_ignore_ascii_case("wss") {
+    let specific: &[&'static str] = if scheme.eq_ignore_ascii_case("wss") {
         &["https_proxy", "HTTPS_PROXY"]
     } else {
         // Lower case only, as curl does: HTTP_PROXY may be set by a web server's CGI
