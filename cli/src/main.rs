@@ -19,7 +19,7 @@ use log::LevelFilter;
 use p2p_copy_core::path::escape;
 
 use crate::args::{
-    Cli, Command, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs, SendArgs, TlsUsage,
+    Cli, Command, LogFormat, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs, SendArgs, TlsUsage,
 };
 use crate::backend::{RelayServer, Summary, TransferError};
 use crate::interrupt::{Ended, Interrupts};
@@ -46,7 +46,13 @@ fn main() -> ExitCode {
         }
     };
     let out = cli.output;
-    stderr_log::init(if out.quiet {
+    let format = match &cli.command {
+        Command::RunRelayServer(a) if a.ops.log_format == LogFormat::Json => {
+            stderr_log::Format::Json
+        }
+        _ => stderr_log::Format::Text,
+    };
+    let level = if out.quiet {
         LevelFilter::Error
     } else if out.verbose {
         LevelFilter::Debug
@@ -54,7 +60,8 @@ fn main() -> ExitCode {
         LevelFilter::Info
     } else {
         LevelFilter::Warn
-    });
+    };
+    stderr_log::init(level, format);
     ExitCode::from(match cli.command {
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
@@ -214,9 +221,27 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
             for addr in server.stun_addrs() {
                 println!("relay answering STUN on udp {addr}");
             }
+            if let Some(addr) = server.metrics_addr() {
+                println!("relay metrics on http://{addr}/metrics");
+            }
+            if server.requires_token() {
+                println!("relay requires a token");
+            }
         }
-        // Only a signal ends the relay: it then closes its connections with a reason.
-        match server.run_until(interrupts.wait()).await {
+        // Only a signal ends the relay: it then stops accepting, lets running pairs
+        // finish within --drain-timeout, and closes the rest with a reason. A second
+        // signal, caught from the first one on, closes them at once.
+        let (first_tx, first_rx) = async_channel::bounded(1);
+        let stop = async move {
+            interrupts.wait().await;
+            let _ = first_tx.try_send(Interrupts::install());
+        };
+        let hurry = async move {
+            if let Ok(again) = first_rx.recv().await {
+                again.wait().await;
+            }
+        };
+        match server.run_draining(stop, hurry).await {
             Ok(()) => {
                 if !out.quiet {
                     eprintln!("relay stopped");

@@ -2533,6 +2533,8 @@ mod relay_body {
             drain_timeout: Duration::from_secs(30),
             max_connections: 6,
             max_per_address: 3,
+            max_new_per_minute: None,
+            room_salt: [7; 16],
         };
         let mut h = Harness {
             relay: Relay::new(config.clone()),
@@ -2676,7 +2678,9 @@ mod relay_body {
             }
             while let Some(ev) = self.relay.poll_event() {
                 match ev {
-                    RelayEvent::Paired { sender, receiver } => {
+                    RelayEvent::Paired {
+                        sender, receiver, ..
+                    } => {
                         assert!(
                             out.contains(&Out::Paired(sender, receiver)),
                             "paired event without output"

@@ -296,7 +296,14 @@ async fn open_relay<R: Rt>(
     role: Role,
 ) -> Result<Paths<R, transport::WsTransport>, TransferError> {
     let opening = Instant::now();
-    let ws = transport::connect(rt, &cfg.server, cfg.ca_file.as_deref(), cfg.pair_timeout).await?;
+    let ws = transport::connect(
+        rt,
+        &cfg.server,
+        cfg.ca_file.as_deref(),
+        cfg.relay_token.as_deref(),
+        cfg.pair_timeout,
+    )
+    .await?;
     Ok(Paths::new(
         rt.clone(),
         role,

@@ -114,15 +114,16 @@ pub async fn netcheck<R: Rt>(
     extra: &[String],
 ) -> NetReport {
     let start = Instant::now();
-    let relay_open = match transport::connect(&rt, server, ca_file, Duration::from_secs(10)).await {
-        Ok(ws) => {
-            let took = start.elapsed();
-            let mut ws = transport::WsTransport(ws);
-            let _ = transport::close(&mut ws, 1000, "netcheck").await;
-            Ok(took)
-        }
-        Err(e) => Err(e.to_string()),
-    };
+    let relay_open =
+        match transport::connect(&rt, server, ca_file, None, Duration::from_secs(10)).await {
+            Ok(ws) => {
+                let took = start.elapsed();
+                let mut ws = transport::WsTransport(ws);
+                let _ = transport::close(&mut ws, 1000, "netcheck").await;
+                Ok(took)
+            }
+            Err(e) => Err(e.to_string()),
+        };
     let mut servers: Vec<SocketAddr> = Vec::new();
     if let Some((host, port)) = relay_host_port(server) {
         if let Some(a) = (host.as_str(), port)

@@ -1,0 +1,476 @@
+//! The relay as an operator runs it: `p2p-copy run-relay-server` with metrics, access
+//! tokens, fair-use limits, a drain on SIGTERM and JSON logs, driven by real senders and
+//! receivers (ours and the Python p2p-copy 0.1.2) as separate processes on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use p2p_copy_tests::deadline::wait_for;
+use p2p_copy_tests::process::{ChildGuard, Finished};
+use p2p_copy_tests::python;
+use p2p_copy_tests::scene::Scene;
+use p2p_copy_tests::tree::{assert_same_tree, write_tree, FileSpec, MIB};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2p-copy");
+/// Longest any single command of these tests may take.
+const LIMIT: Duration = Duration::from_secs(60);
+const SECRET: &str = "Zq7-relay-secret-4711";
+
+fn p2p_copy(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("P2P_COPY_RELAY_TOKEN");
+    cmd
+}
+
+fn spawn(args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(&mut p2p_copy(args))
+}
+
+fn run(args: &[&str]) -> Finished {
+    spawn(args).wait(LIMIT)
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// A relay process and what it announced on stdout.
+struct Relay {
+    process: ChildGuard,
+    url: String,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    /// The STUN ports, when the relay announced them before what was waited for.
+    stun: Vec<SocketAddr>,
+}
+
+/// Start `p2p-copy run-relay-server 127.0.0.1 <port> --no-tls <extra>` and read its
+/// announcements: the WebSocket URL, and the metrics address when `--metrics` is given.
+fn start_relay_on(port: u16, extra: &[&str]) -> Relay {
+    let mut cmd = p2p_copy(&[
+        "run-relay-server",
+        "127.0.0.1",
+        &port.to_string(),
+        "--no-tls",
+    ]);
+    cmd.args(extra);
+    let (mut process, stdout) = ChildGuard::spawn_reading_stdout(&mut cmd);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let wants_metrics = extra.contains(&"--metrics");
+    let (mut url, mut metrics, mut stun) = (None, None, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while url.is_none() || (wants_metrics && metrics.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            process.kill();
+            panic!(
+                "the relay did not announce itself: {:?}",
+                process.wait(LIMIT)
+            );
+        };
+        if let Some(u) = line.strip_prefix("relay listening on ") {
+            url = Some(u.to_owned());
+        } else if let Some(a) = line.strip_prefix("relay answering STUN on udp ") {
+            stun.push(a.parse().expect("STUN address"));
+        } else if let Some(m) = line.strip_prefix("relay metrics on http://") {
+            let addr = m.trim_end_matches("/metrics");
+            metrics = Some(addr.parse().expect("metrics address"));
+        }
+    }
+    let url = url.expect("url");
+    let addr = url
+        .trim_start_matches("ws://")
+        .parse()
+        .expect("relay address");
+    Relay {
+        process,
+        url,
+        addr,
+        metrics,
+        stun,
+    }
+}
+
+fn start_relay(extra: &[&str]) -> Relay {
+    start_relay_on(0, extra)
+}
+
+/// An HTTP GET on `addr`: the status code and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).expect("read the reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a complete reply");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_owned())
+}
+
+/// The value of the sample `name` (with its labels, exactly as written) in the text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn scrape(relay: &Relay) -> String {
+    let (status, body) = http_get(relay.metrics.expect("--metrics given"), "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn metric(relay: &Relay, name: &str) -> f64 {
+    sample(&scrape(relay), name).unwrap_or(0.0)
+}
+
+/// Wait until the metric `name` of `relay` reaches `value` (bounded).
+fn wait_metric(relay: &Relay, name: &str, value: f64) {
+    wait_for(Duration::from_secs(20), name, || {
+        (metric(relay, name) >= value).then_some(())
+    });
+}
+
+/// The status line's code of a WebSocket upgrade request to `target` on `addr`, with
+/// any extra header lines.
+fn upgrade_status(addr: SocketAddr, target: &str, headers: &str) -> u16 {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        tcp,
+        "GET {target} HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(tcp)
+        .read_line(&mut line)
+        .expect("status line");
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"))
+}
+
+/// A source tree of one random file of `size` bytes.
+fn one_file(size: u64) -> Scene {
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("data.bin", size, 7)]);
+    s
+}
+
+/// A receiver, then a sender over the relay only (a direct path on this machine would
+/// bypass the relay), with `extra` arguments for both. Returns both when done.
+fn transfer_through(url: &str, code: &str, s: &Scene, extra: &[&str]) -> (Finished, Finished) {
+    let mut recv = vec!["receive", url, code, "--out", arg(&s.out), "--relay-only"];
+    recv.extend_from_slice(extra);
+    let receiver = spawn(&recv);
+    let mut send = vec!["send", url, code, arg(&s.src), "--relay-only"];
+    send.extend_from_slice(extra);
+    let sender = run(&send);
+    (sender, receiver.wait(LIMIT))
+}
+
+/// The sender was given the folder `src`: it arrives as `out/src`.
+fn assert_received(s: &Scene) {
+    assert_same_tree(&s.src, &s.out.join("src"));
+}
+
+fn assert_ok(sender: &Finished, receiver: &Finished) {
+    assert_eq!(sender.code(), 0, "sender: {sender:?}");
+    assert_eq!(receiver.code(), 0, "receiver: {receiver:?}");
+}
+
+fn stop(relay: Relay) -> Finished {
+    relay.process.signal("TERM");
+    relay.process.wait(LIMIT)
+}
+
+#[test]
+fn metrics_and_healthz_show_a_real_transfer() {
+    let relay = start_relay(&["--metrics", "127.0.0.1:0"]);
+    let (status, body) = http_get(relay.metrics.unwrap(), "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(http_get(relay.metrics.unwrap(), "/nothing").0, 404);
+    let before = scrape(&relay);
+    assert_eq!(
+        sample(&before, "p2p_copy_relay_connections_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&before, "p2p_copy_relay_forwarded_bytes_total"),
+        Some(0.0)
+    );
+
+    // A STUN Binding request to the relay's UDP port is answered and counted.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    udp.send_to(
+        &p2p_copy_core::stun::binding_request([3; 12]),
+        relay.stun[0],
+    )
+    .unwrap();
+    let mut buf = [0u8; 256];
+    udp.recv_from(&mut buf).expect("a STUN answer");
+
+    let size = 5 * MIB + 123;
+    let s = one_file(size);
+    let code = "metrics code";
+    let receiver = spawn(&[
+        "receive",
+        &relay.url,
+        code,
+        "--out",
+        arg(&s.out),
+        "--relay-only",
+    ]);
+    // While the receiver waits, the relay shows it.
+    wait_metric(&relay, "p2p_copy_relay_pairs_waiting", 1.0);
+    assert_eq!(metric(&relay, "p2p_copy_relay_connections_open"), 1.0);
+    let sender = run(&["send", &relay.url, code, arg(&s.src), "--relay-only"]);
+    let receiver = receiver.wait(LIMIT);
+    assert_ok(&sender, &receiver);
+    assert_received(&s);
+
+    wait_metric(
+        &relay,
+        "p2p_copy_relay_pairs_ended_total{outcome=\"completed\"}",
+        1.0,
+    );
+    wait_for(Duration::from_secs(10), "connections closed", || {
+        (metric(&relay, "p2p_copy_relay_connections_open") == 0.0).then_some(())
+    });
+    let text = scrape(&relay);
+    let get = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name}:\n{text}"));
+    assert_eq!(get("p2p_copy_relay_connections_total"), 2.0);
+    assert!(get("p2p_copy_relay_forwarded_bytes_total") >= size as f64);
+    assert_eq!(get("p2p_copy_relay_pairs_active"), 0.0);
+    assert_eq!(get("p2p_copy_relay_pairs_waiting"), 0.0);
+    assert_eq!(get("p2p_copy_relay_pairing_seconds_count"), 1.0);
+    assert!(get("p2p_copy_relay_pairing_seconds_sum") > 0.0);
+    assert_eq!(get("p2p_copy_relay_handshake_seconds_count"), 2.0);
+    assert_eq!(
+        get("p2p_copy_relay_stun_requests_total{result=\"answered\"}"),
+        1.0
+    );
+    assert!(text.contains("# TYPE p2p_copy_relay_handshake_seconds histogram"));
+
+    // A refused connection is counted by its reason.
+    assert_eq!(http_get(relay.addr, "/").0, 426);
+    wait_metric(
+        &relay,
+        "p2p_copy_relay_connections_refused_total{reason=\"plain_http\"}",
+        1.0,
+    );
+    assert_eq!(stop(relay).code(), 0);
+}
+
+#[test]
+fn a_metrics_port_that_is_taken_stops_the_relay_with_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    let out = run(&[
+        "run-relay-server",
+        "127.0.0.1",
+        "0",
+        "--no-tls",
+        "--metrics",
+        &at,
+    ]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(out.stderr.contains("metrics on"), "{}", out.stderr);
+}
+
+fn token_file(dir: &Path, tokens: &str) -> String {
+    let file = dir.join("tokens.txt");
+    std::fs::write(&file, tokens).unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_relay_with_tokens_refuses_clients_without_one_and_never_logs_them() {
+    let s = one_file(MIB + 5);
+    let file = token_file(s.dir.path(), &format!("# team A\n{SECRET}\nother-token\n"));
+    let relay = start_relay(&["--token-file", &file, "--metrics", "127.0.0.1:0", "-v"]);
+
+    // No token: exit 2 and the reason, before any waiting.
+    let out = run(&[
+        "receive",
+        &relay.url,
+        "code",
+        "--out",
+        arg(&s.out),
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("the relay requires a token"),
+        "{}",
+        out.stderr
+    );
+    // A wrong token, in the URL: also refused, and the URL is shown without it.
+    let wrong_url = format!("{}/?token=not-{SECRET}", relay.url);
+    let out = run(&["receive", &wrong_url, "code", "--out", arg(&s.out), "-v"]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("refused the one given") && out.stderr.contains("token=***"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(SECRET), "{}", out.stderr);
+    assert_eq!(
+        metric(
+            &relay,
+            "p2p_copy_relay_connections_refused_total{reason=\"token\"}"
+        ),
+        2.0
+    );
+
+    // The flag on one side, the environment on the other.
+    let code = "token code";
+    let mut recv = p2p_copy(&[
+        "receive",
+        &relay.url,
+        code,
+        "--out",
+        arg(&s.out),
+        "--relay-only",
+        "-v",
+    ]);
+    recv.env("P2P_COPY_RELAY_TOKEN", SECRET);
+    let receiver = ChildGuard::spawn(&mut recv);
+    let sender = run(&[
+        "send",
+        &relay.url,
+        code,
+        arg(&s.src),
+        "--relay-only",
+        "--relay-token",
+        SECRET,
+        "-v",
+    ]);
+    let receiver = receiver.wait(LIMIT);
+    assert_ok(&sender, &receiver);
+    assert_received(&s);
+
+    // The token in the URL works too (as Python clients give it).
+    let s2 = one_file(1000);
+    let url = format!("{}/?token={SECRET}", relay.url);
+    let (sender2, receiver2) = transfer_through(&url, "url code", &s2, &["-v"]);
+    assert_ok(&sender2, &receiver2);
+    assert_received(&s2);
+
+    let stopped = stop(relay);
+    assert_eq!(stopped.code(), 0);
+    for (who, text) in [
+        ("relay", stopped.stderr + &stopped.stdout),
+        ("sender", sender.stderr),
+        ("receiver", receiver.stderr),
+        ("url sender", sender2.stderr),
+        ("url receiver", receiver2.stderr),
+    ] {
+        assert!(!text.contains(SECRET), "{who} shows the token:\n{text}");
+    }
+}
+
+#[test]
+fn sighup_rereads_the_token_file() {
+    let s = Scene::new();
+    let dir = &s.dir;
+    let file = token_file(dir.path(), "old-token\n");
+    let relay = start_relay(&["--token-file", &file]);
+    assert_eq!(upgrade_status(relay.addr, "/?token=old-token", ""), 101);
+    assert_eq!(upgrade_status(relay.addr, "/?token=new-token", ""), 401);
+    assert_eq!(
+        upgrade_status(relay.addr, "/", "Authorization: Bearer old-token\r\n"),
+        101
+    );
+    token_file(dir.path(), "new-token\n");
+    relay.process.signal("HUP");
+    wait_for(Duration::from_secs(10), "the new token admitted", || {
+        (upgrade_status(relay.addr, "/?token=new-token", "") == 101).then_some(())
+    });
+    assert_eq!(upgrade_status(relay.addr, "/?token=old-token", ""), 401);
+    // A file that became unusable keeps the tokens in force.
+    token_file(dir.path(), "\n# empty\n");
+    relay.process.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(upgrade_status(relay.addr, "/?token=new-token", ""), 101);
+    let out = stop(relay);
+    assert!(
+        out.stderr.contains("token file re-read: 1 tokens"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("holds no token"), "{}", out.stderr);
+}
+
+#[test]
+fn a_missing_or_empty_token_file_stops_the_relay_at_start() {
+    let s = Scene::new();
+    let empty = token_file(s.dir.path(), "# nobody\n");
+    for file in [empty.as_str(), "/nonexistent/tokens"] {
+        let out = run(&[
+            "run-relay-server",
+            "127.0.0.1",
+            "0",
+            "--no-tls",
+            "--token-file",
+            file,
+        ]);
+        assert_eq!(out.code(), 2, "{out:?}");
+        assert!(out.stderr.contains("token file"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn python_clients_pass_the_token_in_the_url() {
+    let s = one_file(2 * MIB + 9);
+    let file = token_file(s.dir.path(), &format!("{SECRET}\n"));
+    let relay = start_relay(&["--token-file", &file]);
+    let url = format!("{}/?token={SECRET}", relay.url);
+    let receiver = ChildGuard::spawn(&mut python::command([
+        "receive",
+        &url,
+        "python code",
+        "--out",
+        arg(&s.out),
+    ]));
+    let sender = ChildGuard::spawn(&mut python::command([
+        "send",
+        &url,
+        "python code",
+        arg(&s.src),
+    ]));
+    let sent = sender.wait(LIMIT);
+    let received = receiver.wait(LIMIT);
+    assert_ok(&sent, &received);
+    assert_received(&s);
+    // Without the token the Python client is refused (it exits non-zero).
+    let refused = ChildGuard::spawn(&mut python::command([
+        "send",
+        &relay.url,
+        "python code",
+        arg(&s.src),
+    ]))
+    .wait(LIMIT);
+    assert_ne!(refused.code(), 0, "{refused:?}");
+    assert!(
+        (refused.stderr.clone() + &refused.stdout).contains("401"),
+        "{refused:?}"
+    );
+}
