@@ -474,3 +474,117 @@ fn python_clients_pass_the_token_in_the_url() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn new_connections_over_the_per_minute_limit_are_refused_with_a_reason() {
+    let relay = start_relay(&["--max-new-per-minute", "2", "--metrics", "127.0.0.1:0"]);
+    assert_eq!(upgrade_status(relay.addr, "/", ""), 101);
+    assert_eq!(upgrade_status(relay.addr, "/", ""), 101);
+    let s = Scene::new();
+    let out = run(&[
+        "receive",
+        &relay.url,
+        "code",
+        "--out",
+        arg(&s.out),
+        "--relay-only",
+    ]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("too many new connections from this address (the relay allows 2 a minute)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        metric(
+            &relay,
+            "p2p_copy_relay_connections_refused_total{reason=\"rate_limit\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_pair_over_max_bytes_is_closed_and_both_sides_say_why() {
+    let relay = start_relay(&["--max-bytes", "1M", "--metrics", "127.0.0.1:0"]);
+    let s = one_file(4 * MIB);
+    let (sender, receiver) = transfer_through(&relay.url, "big code", &s, &[]);
+    for (who, out) in [("sender", &sender), ("receiver", &receiver)] {
+        assert_ne!(out.code(), 0, "{who}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("the transfer went over the relay's limit of 1000000 bytes per pair"),
+            "{who}: {}",
+            out.stderr
+        );
+    }
+    assert!(!s.out.join("src").join("data.bin").exists());
+    wait_metric(
+        &relay,
+        "p2p_copy_relay_pairs_ended_total{outcome=\"limit\"}",
+        1.0,
+    );
+    let forwarded = metric(&relay, "p2p_copy_relay_forwarded_bytes_total");
+    assert!(forwarded <= 1e6, "forwarded {forwarded} bytes");
+    // A smaller transfer on the same relay goes through.
+    let small = one_file(200_000);
+    let (sender, receiver) = transfer_through(&relay.url, "small code", &small, &[]);
+    assert_ok(&sender, &receiver);
+    assert_received(&small);
+}
+
+#[test]
+fn max_rate_slows_a_pair_down_and_the_data_still_arrives_whole() {
+    let relay = start_relay(&["--max-rate", "2M"]);
+    let s = one_file(6 * MIB);
+    let start = Instant::now();
+    let (sender, receiver) = transfer_through(&relay.url, "slow code", &s, &[]);
+    let took = start.elapsed();
+    assert_ok(&sender, &receiver);
+    assert_received(&s);
+    // 6.3 MB at 2 MB/s with a one-second burst: at least 2 s.
+    assert!(took >= Duration::from_millis(2000), "took {took:?}");
+    eprintln!("6 MiB through --max-rate 2M took {took:?}");
+}
+
+#[test]
+fn max_rate_also_caps_all_pairs_of_one_address_together() {
+    let relay = start_relay(&["--max-rate", "2M"]);
+    let scenes = [one_file(3 * MIB), one_file(3 * MIB)];
+    let start = Instant::now();
+    let receivers: Vec<ChildGuard> = scenes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let code = format!("pair {i}");
+            spawn(&[
+                "receive",
+                &relay.url,
+                &code,
+                "--out",
+                arg(&s.out),
+                "--relay-only",
+            ])
+        })
+        .collect();
+    let senders: Vec<ChildGuard> = scenes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let code = format!("pair {i}");
+            spawn(&["send", &relay.url, &code, arg(&s.src), "--relay-only"])
+        })
+        .collect();
+    for (sender, receiver) in senders.into_iter().zip(receivers) {
+        assert_ok(&sender.wait(LIMIT), &receiver.wait(LIMIT));
+    }
+    let took = start.elapsed();
+    for s in &scenes {
+        assert_received(s);
+    }
+    // Each pair alone may go at 2 MB/s, but both come from 127.0.0.1: 6.3 MB at
+    // 2 MB/s with a one-second burst takes at least 2 s.
+    assert!(took >= Duration::from_millis(2000), "took {took:?}");
+    eprintln!("two pairs of 3 MiB from one address through --max-rate 2M took {took:?}");
+}
