@@ -588,3 +588,130 @@ fn max_rate_also_caps_all_pairs_of_one_address_together() {
     assert!(took >= Duration::from_millis(2000), "took {took:?}");
     eprintln!("two pairs of 3 MiB from one address through --max-rate 2M took {took:?}");
 }
+
+/// A receiver and a sender of `s` over `relay`, started; returns once the relay has
+/// paired them.
+fn start_pair(relay: &Relay, code: &str, s: &Scene) -> (ChildGuard, ChildGuard) {
+    let receiver = spawn(&[
+        "receive",
+        &relay.url,
+        code,
+        "--out",
+        arg(&s.out),
+        "--relay-only",
+    ]);
+    let sender = spawn(&["send", &relay.url, code, arg(&s.src), "--relay-only"]);
+    wait_metric(relay, "p2p_copy_relay_pairs_active", 1.0);
+    (sender, receiver)
+}
+
+#[test]
+fn sigterm_lets_a_running_pair_finish_while_a_new_relay_takes_the_port() {
+    let relay = start_relay(&[
+        "--max-rate",
+        "2M",
+        "--drain-timeout",
+        "30",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let s = one_file(8 * MIB);
+    let (sender, receiver) = start_pair(&relay, "draining code", &s);
+    relay.process.signal("TERM");
+    // The old relay stops accepting at once: a new instance can listen on its port
+    // while the pair still runs on the old one.
+    let port = relay.addr.port();
+    let new = wait_for(
+        Duration::from_secs(5),
+        "a new relay on the same port",
+        || {
+            TcpStream::connect(relay.addr)
+                .is_err()
+                .then(|| start_relay_on(port, &["--metrics", "127.0.0.1:0"]))
+        },
+    );
+    let small = one_file(10_000);
+    let (s2, r2) = transfer_through(&new.url, "after restart", &small, &[]);
+    assert_ok(&s2, &r2);
+    assert_received(&small);
+    assert_eq!(metric(&new, "p2p_copy_relay_connections_total"), 2.0);
+
+    let (sent, received) = (sender.wait(LIMIT), receiver.wait(LIMIT));
+    assert_ok(&sent, &received);
+    assert_received(&s);
+    let old = relay.process.wait(LIMIT);
+    assert_eq!(old.code(), 0, "{old:?}");
+    assert!(
+        old.stderr.contains("1 pairs may finish within 30 s"),
+        "{}",
+        old.stderr
+    );
+    assert!(old.stderr.contains(": completed,"), "{}", old.stderr);
+    assert_eq!(stop(new).code(), 0);
+}
+
+#[test]
+fn a_pair_still_running_at_the_drain_timeout_is_closed_with_a_reason() {
+    let relay = start_relay(&[
+        "--max-rate",
+        "1M",
+        "--drain-timeout",
+        "1",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let s = one_file(16 * MIB);
+    let (sender, receiver) = start_pair(&relay, "too slow", &s);
+    let signalled = Instant::now();
+    relay.process.signal("TERM");
+    let old = relay.process.wait(LIMIT);
+    let took = signalled.elapsed();
+    assert_eq!(old.code(), 0, "{old:?}");
+    assert!(took < Duration::from_secs(5), "stopped after {took:?}");
+    assert!(old.stderr.contains(": shutting_down,"), "{}", old.stderr);
+    for (who, out) in [
+        ("sender", sender.wait(LIMIT)),
+        ("receiver", receiver.wait(LIMIT)),
+    ] {
+        assert_eq!(out.code(), 7, "{who}: {out:?}");
+        assert!(
+            out.stderr.contains("relay shutting down"),
+            "{who}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_second_signal_ends_the_drain_at_once() {
+    let relay = start_relay(&[
+        "--max-rate",
+        "1M",
+        "--drain-timeout",
+        "60",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let s = one_file(16 * MIB);
+    let (sender, receiver) = start_pair(&relay, "impatient", &s);
+    relay.process.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        TcpStream::connect(relay.addr).is_err(),
+        "no longer accepting"
+    );
+    let signalled = Instant::now();
+    relay.process.signal("INT");
+    let old = relay.process.wait(LIMIT);
+    assert_eq!(old.code(), 0, "{old:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        signalled.elapsed()
+    );
+    assert!(old.stderr.contains("relay stopping now"), "{}", old.stderr);
+    for out in [sender.wait(LIMIT), receiver.wait(LIMIT)] {
+        assert_eq!(out.code(), 7, "{out:?}");
+        assert!(out.stderr.contains("relay shutting down"), "{}", out.stderr);
+    }
+}
