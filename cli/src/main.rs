@@ -211,7 +211,8 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
         let server = match RelayServer::bind(config).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: cannot start the relay on {place}: {e}");
+                // Through the log, so that --log-format json keeps every line JSON.
+                log::error!("cannot start the relay on {place}: {e}");
                 return EXIT_RELAY;
             }
         };
@@ -243,13 +244,11 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
         };
         match server.run_draining(stop, hurry).await {
             Ok(()) => {
-                if !out.quiet {
-                    eprintln!("relay stopped");
-                }
+                log::info!("relay stopped");
                 0
             }
             Err(e) => {
-                eprintln!("error: the relay stopped: {e}");
+                log::error!("the relay stopped: {e}");
                 EXIT_RELAY
             }
         }

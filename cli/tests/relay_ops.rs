@@ -715,3 +715,55 @@ fn a_second_signal_ends_the_drain_at_once() {
         assert!(out.stderr.contains("relay shutting down"), "{}", out.stderr);
     }
 }
+
+#[test]
+fn json_logs_give_one_object_per_line_and_one_line_per_pair_without_the_code() {
+    let relay = start_relay(&["--log-format", "json"]);
+    let code = "json-log-code-0815";
+    let s = one_file(3 * MIB);
+    let (sender, receiver) = transfer_through(&relay.url, code, &s, &[]);
+    assert_ok(&sender, &receiver);
+    assert_eq!(http_get(relay.addr, "/").0, 426);
+    let out = stop(relay);
+    assert_eq!(out.code(), 0);
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["time"].is_string() && l["level"].is_string()));
+    let pairs: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "pair_ended")
+        .collect();
+    assert_eq!(pairs.len(), 1, "{}", out.stderr);
+    let pair = pairs[0];
+    assert_eq!(pair["outcome"], "completed");
+    assert_eq!(pair["level"], "info");
+    assert!(pair["bytes"].as_u64().unwrap() >= 3 * MIB, "{pair}");
+    assert!(pair["duration_s"].as_f64().unwrap() >= 0.0, "{pair}");
+    let room = pair["room"].as_str().unwrap();
+    assert!(
+        room.len() == 8 && room.chars().all(|c| c.is_ascii_hexdigit()),
+        "{room}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("426 Upgrade Required")),
+        "{}",
+        out.stderr
+    );
+    assert!(lines.last().unwrap()["message"] == "relay stopped");
+    let hash: String = p2p_copy_core::crypto::code_hash(code, false)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for secret in [code, &hash, &hash[..8]] {
+        assert!(!out.stderr.contains(secret), "{secret} in the log");
+    }
+}
