@@ -317,9 +317,10 @@ pub struct Relay {
     events: VecDeque<RelayEvent>,
 }
 
-/// Most addresses remembered for `max_new_per_minute`; past it, addresses whose bucket
-/// has refilled are forgotten, and while none has, new addresses are refused.
-const MAX_ADMISSION_ADDRS: usize = 65_536;
+/// Most addresses remembered for `max_new_per_minute` (about 1 MiB); past it, addresses
+/// whose bucket has refilled are forgotten, and while none has, new addresses are
+/// refused.
+const MAX_ADMISSION_ADDRS: usize = 16_384;
 
 /// A token bucket per address: `burst` connections at once, refilled at `burst` a
 /// minute.
@@ -330,6 +331,7 @@ struct Admissions {
 
 impl Admissions {
     fn admit(&mut self, now: Instant, addr: IpAddr, per_minute: u32) -> bool {
+        let addr = admission_key(addr);
         let burst = f64::from(per_minute);
         let rate = burst / 60.0;
         let refill = |(tokens, at): (f64, Instant)| {
@@ -350,6 +352,21 @@ impl Admissions {
         }
         *b = (tokens - 1.0, now);
         true
+    }
+}
+
+/// The key a client address is rate-limited under: its IPv4 address, or its IPv6 /64
+/// (one host usually holds a whole /64, and could otherwise take a fresh address per
+/// connection).
+fn admission_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 

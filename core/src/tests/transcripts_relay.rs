@@ -691,6 +691,12 @@ fn new_connections_per_address_are_limited_per_minute_then_refill() {
     );
     // Another address is not held back.
     assert!(r.handle_connect(now, ConnId(5), addr(2)));
+    // An IPv6 host counts per /64: a fresh address in the same /64 is no way around it.
+    let v6 = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+    for i in 0..3u16 {
+        assert!(r.handle_connect(now, ConnId(100 + u64::from(i)), v6(i)));
+    }
+    assert!(!r.handle_connect(now, ConnId(103), v6(3)));
     // One connection's worth comes back after a third of the minute.
     let later = now + Duration::from_secs(20);
     assert!(r.handle_connect(later, ConnId(6), addr(1)));
