@@ -64,10 +64,14 @@ pub enum Command {
     /// Run the relay that pairs a sender and a receiver by code and forwards their data.
     ///
     /// It stores nothing. TLS (wss://) is on unless --no-tls is given, and then needs
-    /// --certfile and --keyfile. Stops on Ctrl-C or SIGTERM.
+    /// --certfile and --keyfile. On Ctrl-C or SIGTERM it stops accepting at once, lets
+    /// running pairs finish within --drain-timeout and exits; SIGHUP re-reads
+    /// --token-file.
     #[command(after_help = "Examples:\n  \
         p2p-copy run-relay-server localhost 8765 --no-tls\n  \
-        p2p-copy run-relay-server 0.0.0.0 443 --tls --certfile cert.pem --keyfile key.pem")]
+        p2p-copy run-relay-server 0.0.0.0 443 --tls --certfile cert.pem --keyfile key.pem\n  \
+        p2p-copy run-relay-server 127.0.0.1 8765 --no-tls --metrics 127.0.0.1:9100 \
+        --token-file /etc/p2p-copy/tokens --max-rate 50M --log-format json")]
     RunRelayServer(RelayArgs),
     /// Check what this network allows: the relay over ws/wss and its latency, UDP to
     /// its STUN ports, this side's public address, the NAT's mapping behaviour (whether

@@ -511,7 +511,7 @@ fn a_pair_over_max_bytes_is_closed_and_both_sides_say_why() {
     let s = one_file(4 * MIB);
     let (sender, receiver) = transfer_through(&relay.url, "big code", &s, &[]);
     for (who, out) in [("sender", &sender), ("receiver", &receiver)] {
-        assert_ne!(out.code(), 0, "{who}: {out:?}");
+        assert_eq!(out.code(), 2, "{who}: {out:?}");
         assert!(
             out.stderr
                 .contains("the transfer went over the relay's limit of 1000000 bytes per pair"),
