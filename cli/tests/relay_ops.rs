@@ -767,3 +767,134 @@ fn json_logs_give_one_object_per_line_and_one_line_per_pair_without_the_code() {
         assert!(!out.stderr.contains(secret), "{secret} in the log");
     }
 }
+
+/// The `Key=value` lines of a unit file, continuation lines joined, comments dropped.
+fn unit_entries(text: &str) -> Vec<(String, String)> {
+    let joined = text.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.trim().to_owned(),
+                v.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect()
+}
+
+fn packaging(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/systemd")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_and_runs_a_command_line_the_relay_accepts() {
+    let unit = packaging("p2p-copy-relay.service");
+    let low_port = packaging("p2p-copy-relay.service.d/low-port.conf");
+    let entries = unit_entries(&unit);
+    let get = |key: &str| -> Vec<&str> {
+        entries
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    for (key, value) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("SystemCallFilter", "@system-service"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(get(key).first().copied(), Some(value), "{key}");
+    }
+    for stateful in ["StateDirectory", "CacheDirectory", "LogsDirectory", "User"] {
+        assert!(get(stateful).is_empty(), "{stateful} in a state-free unit");
+    }
+    assert_eq!(
+        unit_entries(&low_port),
+        [
+            (
+                "AmbientCapabilities".to_owned(),
+                "CAP_NET_BIND_SERVICE".to_owned()
+            ),
+            (
+                "CapabilityBoundingSet".to_owned(),
+                "CAP_NET_BIND_SERVICE".to_owned()
+            ),
+        ]
+    );
+
+    // The command line parses: with the token file missing the relay stops with exit
+    // 2 naming it, not with a usage error (exit 1).
+    let exec = get("ExecStart")[0];
+    let mut words: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    let file = words
+        .iter()
+        .position(|w| *w == "--token-file")
+        .expect("--token-file")
+        + 1;
+    words[file] = "/nonexistent/p2p-copy/tokens";
+    let port = words.iter().position(|w| *w == "8765").expect("port");
+    words[port] = "0";
+    let out = run(&words);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr.contains("token file /nonexistent"),
+        "{}",
+        out.stderr
+    );
+    // systemd gives the drain time to finish before it kills.
+    let drain: u64 = words[words.iter().position(|w| *w == "--drain-timeout").unwrap() + 1]
+        .parse()
+        .unwrap();
+    let stop: u64 = get("TimeoutStopSec")[0].parse().unwrap();
+    assert!(
+        stop > drain,
+        "TimeoutStopSec {stop} <= --drain-timeout {drain}"
+    );
+
+    // Where systemd-analyze exists, it checks every key and the command, the unit alone
+    // and with the low-port drop-in.
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dir = Scene::new();
+        let ours = unit.replace("/usr/local/bin/p2p-copy", BIN);
+        for (name, text) in [
+            ("p2p-copy-relay.service", ours.clone()),
+            (
+                "p2p-copy-relay-low-port.service",
+                format!("{ours}\n{low_port}"),
+            ),
+        ] {
+            let path = dir.dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&path)
+                .output()
+                .expect("run systemd-analyze verify");
+            let said = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "{name}: {said}"
+            );
+        }
+    }
+}
