@@ -205,6 +205,8 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
         }
     };
     let interrupts = Interrupts::install();
+    // With a token file the relay itself re-reads it on SIGHUP.
+    let hangups = config.ops.token_file.is_none().then(interrupt::log_hangups);
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let place = format!("{}:{}", escape(&config.host), config.port);
     backend::block_on(async {
@@ -234,8 +236,14 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
         // signal, caught from the first one on, closes them at once.
         let (first_tx, first_rx) = async_channel::bounded(1);
         let stop = async move {
-            interrupts.wait().await;
-            let _ = first_tx.try_send(Interrupts::install());
+            let signalled = async {
+                interrupts.wait().await;
+                let _ = first_tx.try_send(Interrupts::install());
+            };
+            match hangups {
+                Some(h) => futures_lite::future::or(signalled, h).await,
+                None => signalled.await,
+            }
         };
         let hurry = async move {
             if let Ok(again) = first_rx.recv().await {

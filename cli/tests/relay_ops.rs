@@ -420,6 +420,21 @@ fn sighup_rereads_the_token_file() {
 }
 
 #[test]
+fn sighup_without_a_token_file_leaves_the_relay_running() {
+    let relay = start_relay(&[]);
+    relay.process.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(upgrade_status(relay.addr, "/", ""), 101, "still serving");
+    let out = stop(relay);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains("SIGHUP: no --token-file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn a_missing_or_empty_token_file_stops_the_relay_at_start() {
     let s = Scene::new();
     let empty = token_file(s.dir.path(), "# nobody\n");
