@@ -2948,6 +2948,12 @@ mod relay_body {
             assert_eq!(self.relay.connection_count(), self.conns.len());
             let waiting = self.conns.values().filter(|c| c.waiting()).count();
             assert_eq!(self.relay.waiting_count(), waiting);
+            let paired = self
+                .conns
+                .values()
+                .filter(|c| c.partner.is_some() && c.closing_until.is_none())
+                .count();
+            assert_eq!(self.relay.paired_count() * 2, paired, "pairs running");
             let tracked = self.conns.values().filter_map(|c| self.deadline(c));
             let next = tracked.chain(self.refused.values().copied()).min();
             assert_eq!(self.relay.poll_timeout(), next, "the relay's next deadline");

@@ -309,6 +309,8 @@ pub struct Relay {
     over_limit: HashSet<ConnId>,
     /// Recent new connections per address, for `max_new_per_minute`.
     admissions: Admissions,
+    /// Pairs formed and not yet ended.
+    pairs: usize,
     /// Set once [`Relay::handle_shutdown`] was called.
     shutting_down: bool,
     /// When the pairs still running at shutdown are closed; taken when it passes.
@@ -381,6 +383,7 @@ impl Relay {
             refused: HashMap::new(),
             over_limit: HashSet::new(),
             admissions: Admissions::default(),
+            pairs: 0,
             shutting_down: false,
             drain_deadline: None,
             out: VecDeque::new(),
@@ -400,11 +403,7 @@ impl Relay {
 
     /// Pairs forwarding data.
     pub fn paired_count(&self) -> usize {
-        self.conns
-            .values()
-            .filter(|c| matches!(c.state, ConnState::Paired { .. }))
-            .count()
-            / 2
+        self.pairs
     }
 
     /// Whether nothing is left: no connection tracked, none refused and still open.
@@ -587,6 +586,7 @@ impl Relay {
                     msg: Control::Ready.into(),
                 });
                 self.out.push_back(RelayOutput::Paired { sender, receiver });
+                self.pairs += 1;
                 self.events.push_back(RelayEvent::Paired {
                     sender,
                     receiver,
@@ -705,6 +705,7 @@ impl Relay {
             Role::Sender => (conn, partner),
             Role::Receiver => (partner, conn),
         };
+        self.pairs -= 1;
         self.events.push_back(RelayEvent::PairEnded {
             sender,
             receiver,
@@ -808,6 +809,7 @@ impl Relay {
                     Some(CLOSE_NORMAL) => PairOutcome::Completed,
                     _ => PairOutcome::Lost,
                 };
+                self.pairs -= 1;
                 self.events.push_back(RelayEvent::PairEnded {
                     sender,
                     receiver,
