@@ -332,13 +332,10 @@ fn a_relay_with_tokens_refuses_clients_without_one_and_never_logs_them() {
         out.stderr
     );
     assert!(!out.stderr.contains(SECRET), "{}", out.stderr);
-    assert_eq!(
-        metric(
-            &relay,
-            "p2p_copy_relay_connections_refused_total{reason=\"token\"}"
-        ),
-        2.0
-    );
+    // Counted once the relay's side of the refused connection has ended.
+    let refused = "p2p_copy_relay_connections_refused_total{reason=\"token\"}";
+    wait_metric(&relay, refused, 2.0);
+    assert_eq!(metric(&relay, refused), 2.0);
 
     // The flag on one side, the environment on the other.
     let code = "token code";
