@@ -721,7 +721,12 @@ fn a_second_signal_ends_the_drain_at_once() {
         "stopped after {:?}",
         signalled.elapsed()
     );
-    assert!(old.stderr.contains("relay stopping now"), "{}", old.stderr);
+    assert!(
+        old.stderr.contains("relay stopping now: closing 1 pairs"),
+        "{}",
+        old.stderr
+    );
+    assert!(old.stderr.contains(": shutting_down,"), "{}", old.stderr);
     for out in [sender.wait(LIMIT), receiver.wait(LIMIT)] {
         assert_eq!(out.code(), 7, "{out:?}");
         assert!(out.stderr.contains("relay shutting down"), "{}", out.stderr);

@@ -730,27 +730,32 @@ impl Relay {
     /// The relay is shutting down: refuse every new connection, close every connection
     /// that has not paired with [`CLOSE_GOING_AWAY`] at once (its client can go to
     /// another relay), and let the pairs run until `drain` has passed, then close them
-    /// the same way. Watch [`is_empty`](Self::is_empty) to know when all are gone.
+    /// the same way. A later call can only bring that deadline closer (a zero `drain`
+    /// closes the pairs at once). Watch [`is_empty`](Self::is_empty) to know when all
+    /// are gone.
     pub fn handle_shutdown(&mut self, now: Instant, drain: Duration) {
-        if self.shutting_down {
-            return;
-        }
-        self.shutting_down = true;
-        let mut unpaired: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.state, ConnState::New { .. } | ConnState::Waiting { .. }))
-            .map(|(id, _)| *id)
-            .collect();
-        unpaired.sort();
-        for conn in unpaired {
-            let kind = RefusalKind::ShuttingDown;
-            self.refuse(now, conn, CLOSE_GOING_AWAY, kind, SHUTTING_DOWN);
+        if !self.shutting_down {
+            self.shutting_down = true;
+            let mut unpaired: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| {
+                    matches!(c.state, ConnState::New { .. } | ConnState::Waiting { .. })
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            unpaired.sort();
+            for conn in unpaired {
+                let kind = RefusalKind::ShuttingDown;
+                self.refuse(now, conn, CLOSE_GOING_AWAY, kind, SHUTTING_DOWN);
+            }
         }
         if drain.is_zero() {
+            self.drain_deadline = None;
             self.close_remaining_pairs(now);
         } else {
-            self.drain_deadline = Some(now + drain);
+            let at = now + drain;
+            self.drain_deadline = Some(self.drain_deadline.map_or(at, |d| d.min(at)));
         }
     }
 

@@ -343,15 +343,6 @@ impl Hub {
         }
     }
 
-    /// Ask every connection to close with this code and reason; returns how many there
-    /// are.
-    pub(crate) fn close_all(&mut self, code: u16, reason: &'static str) -> usize {
-        for e in self.conns.values() {
-            let _ = e.commands.try_send(Command::Close(code, reason.into()));
-        }
-        self.conns.len()
-    }
-
     /// Whether every connection has ended.
     pub(crate) fn is_empty(&self) -> bool {
         self.conns.is_empty()

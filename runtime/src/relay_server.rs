@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_rustls::TlsAcceptor;
 use futures_util::future::{select, AbortHandle, Abortable, Either};
 use futures_util::StreamExt;
-use p2p_copy_core::relay::{ConnId, RelayConfig, CLOSE_GOING_AWAY, SHUTTING_DOWN};
+use p2p_copy_core::relay::{ConnId, RelayConfig};
 
 use crate::relay_conn::{ConnTask, FORWARD_QUEUE};
 use crate::relay_hub::{lock, ByteLimits, Entry, Hub, SharedHub};
@@ -261,37 +261,29 @@ impl<R: Rt> RelayServer<R> {
         } else {
             log::info!("relay stopping: closing every connection");
         }
-        let deadline = Instant::now() + drain + close_grace + SHUTDOWN_SLACK;
-        let mut hurry = Box::pin(hurry);
-        let mut hurried = false;
+        let mut deadline = Instant::now() + drain + close_grace + SHUTDOWN_SLACK;
+        let mut hurry = Some(Box::pin(hurry));
         while !lock(&hub).is_empty() && Instant::now() < deadline {
-            let tick = rt.sleep_until(Instant::now() + SHUTDOWN_POLL);
-            if hurried {
+            let tick = Box::pin(rt.sleep_until(Instant::now() + SHUTDOWN_POLL));
+            let Some(h) = hurry.as_mut() else {
                 tick.await;
                 continue;
-            }
-            if let Either::Right(_) = select(Box::pin(tick), hurry.as_mut()).await {
-                hurried = true;
-                let open = lock(&hub).close_all(CLOSE_GOING_AWAY, SHUTTING_DOWN);
-                log::info!("relay stopping now: closing {open} connections");
-                let soon = Instant::now() + close_grace + SHUTDOWN_SLACK;
-                if soon < deadline {
-                    return finish(&rt, &hub, soon).await;
-                }
+            };
+            if let Either::Right(_) = select(tick, h.as_mut()).await {
+                hurry = None;
+                let mut h = lock(&hub);
+                log::info!(
+                    "relay stopping now: closing {} pairs",
+                    h.relay.paired_count()
+                );
+                h.relay.handle_shutdown(Instant::now(), Duration::ZERO);
+                h.after_input();
+                deadline = deadline.min(Instant::now() + close_grace + SHUTDOWN_SLACK);
             }
         }
         lock(&hub).flush_refusals();
         Ok(())
     }
-}
-
-/// Wait until every connection is gone or `deadline`, then log what was held back.
-async fn finish<R: Rt>(rt: &R, hub: &SharedHub, deadline: Instant) -> io::Result<()> {
-    while !lock(hub).is_empty() && Instant::now() < deadline {
-        rt.sleep_until(Instant::now() + SHUTDOWN_POLL).await;
-    }
-    lock(hub).flush_refusals();
-    Ok(())
 }
 
 /// Re-read the token file on every SIGHUP; a file that cannot be used leaves the tokens

@@ -771,3 +771,23 @@ fn a_pair_that_ends_during_the_drain_is_not_closed_by_it() {
     assert!(ended(&mut r).is_empty());
     assert!(r.is_empty());
 }
+
+#[test]
+fn a_second_shutdown_can_only_bring_the_drain_deadline_closer() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    r.handle_shutdown(now, Duration::from_secs(30));
+    r.handle_shutdown(now, Duration::from_secs(60));
+    assert_eq!(r.poll_timeout(), Some(now + Duration::from_secs(30)));
+    let later = now + Duration::from_secs(3);
+    r.handle_shutdown(later, Duration::ZERO);
+    assert_eq!(
+        outputs(&mut r),
+        vec![
+            close(1, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+            close(2, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+        ]
+    );
+    assert_eq!(ended(&mut r), [(PairOutcome::ShuttingDown, room_of(HASH))]);
+    assert_eq!(r.paired_count(), 0);
+}
