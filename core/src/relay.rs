@@ -701,18 +701,7 @@ impl Relay {
             return;
         };
         let (partner, role, since, room) = (*partner, *role, *since, *room);
-        let (sender, receiver) = match role {
-            Role::Sender => (conn, partner),
-            Role::Receiver => (partner, conn),
-        };
-        self.pairs -= 1;
-        self.events.push_back(RelayEvent::PairEnded {
-            sender,
-            receiver,
-            lasted: now.saturating_duration_since(since),
-            room,
-            outcome,
-        });
+        self.report_pair_end(now, (conn, role, partner), since, room, outcome);
         for c in [conn, partner] {
             if let Some(entry) = self.conns.get_mut(&c) {
                 entry.state = ConnState::Closing {
@@ -725,6 +714,30 @@ impl Relay {
                 });
             }
         }
+    }
+
+    /// Count a pair's end and report it; `side` is one connection, its role, and its
+    /// partner.
+    fn report_pair_end(
+        &mut self,
+        now: Instant,
+        side: (ConnId, Role, ConnId),
+        since: Instant,
+        room: RoomTag,
+        outcome: PairOutcome,
+    ) {
+        let (sender, receiver) = match side {
+            (conn, Role::Sender, partner) => (conn, partner),
+            (conn, Role::Receiver, partner) => (partner, conn),
+        };
+        self.pairs -= 1;
+        self.events.push_back(RelayEvent::PairEnded {
+            sender,
+            receiver,
+            lasted: now.saturating_duration_since(since),
+            room,
+            outcome,
+        });
     }
 
     /// The relay is shutting down: refuse every new connection, close every connection
@@ -806,22 +819,11 @@ impl Relay {
                 room,
                 closed_with,
             } => {
-                let (sender, receiver) = match role {
-                    Role::Sender => (conn, partner),
-                    Role::Receiver => (partner, conn),
-                };
                 let outcome = match closed_with {
                     Some(CLOSE_NORMAL) => PairOutcome::Completed,
                     _ => PairOutcome::Lost,
                 };
-                self.pairs -= 1;
-                self.events.push_back(RelayEvent::PairEnded {
-                    sender,
-                    receiver,
-                    lasted: now.saturating_duration_since(since),
-                    room,
-                    outcome,
-                });
+                self.report_pair_end(now, (conn, role, partner), since, room, outcome);
                 if let Some(p) = self.conns.get_mut(&partner) {
                     p.state = ConnState::Closing {
                         deadline: now + self.config.drain_timeout,
