@@ -19,8 +19,8 @@ use log::LevelFilter;
 use p2p_copy_core::path::escape;
 
 use crate::args::{
-    Cli, Command, CompletionsArgs, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs, SendArgs,
-    TlsUsage,
+    Cli, Command, CompletionsArgs, LogFormat, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs,
+    SendArgs, TlsUsage,
 };
 use crate::backend::{RelayServer, Summary, TransferError};
 use crate::interrupt::{Ended, Interrupts};
@@ -49,7 +49,13 @@ fn main() -> ExitCode {
         }
     };
     let out = cli.output;
-    stderr_log::init(if out.quiet {
+    let format = match &cli.command {
+        Command::RunRelayServer(a) if a.ops.log_format == LogFormat::Json => {
+            stderr_log::Format::Json
+        }
+        _ => stderr_log::Format::Text,
+    };
+    let level = if out.quiet {
         LevelFilter::Error
     } else if out.verbose {
         LevelFilter::Debug
@@ -57,7 +63,8 @@ fn main() -> ExitCode {
         LevelFilter::Info
     } else {
         LevelFilter::Warn
-    });
+    };
+    stderr_log::init(level, format);
     ExitCode::from(match cli.command {
         Command::Completions(a) => completions(&a),
         Command::Man => man(),
@@ -280,13 +287,16 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
         }
     };
     let interrupts = Interrupts::install();
+    // With a token file the relay itself re-reads it on SIGHUP.
+    let hangups = config.ops.token_file.is_none().then(interrupt::log_hangups);
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let place = format!("{}:{}", escape(&config.host), config.port);
     backend::block_on(async {
         let server = match RelayServer::bind(config).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: cannot start the relay on {place}: {e}");
+                // Through the log, so that --log-format json keeps every line JSON.
+                log::error!("cannot start the relay on {place}: {e}");
                 return EXIT_RELAY;
             }
         };
@@ -296,17 +306,39 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
             for addr in server.stun_addrs() {
                 println!("relay answering STUN on udp {addr}");
             }
+            if let Some(addr) = server.metrics_addr() {
+                println!("relay metrics on http://{addr}/metrics");
+            }
+            if server.requires_token() {
+                println!("relay requires a token");
+            }
         }
-        // Only a signal ends the relay: it then closes its connections with a reason.
-        match server.run_until(interrupts.wait()).await {
+        // Only a signal ends the relay: it then stops accepting, lets running pairs
+        // finish within --drain-timeout, and closes the rest with a reason. A second
+        // signal, caught from the first one on, closes them at once.
+        let (first_tx, first_rx) = async_channel::bounded(1);
+        let stop = async move {
+            let signalled = async {
+                interrupts.wait().await;
+                let _ = first_tx.try_send(Interrupts::install());
+            };
+            match hangups {
+                Some(h) => futures_lite::future::or(signalled, h).await,
+                None => signalled.await,
+            }
+        };
+        let hurry = async move {
+            if let Ok(again) = first_rx.recv().await {
+                again.wait().await;
+            }
+        };
+        match server.run_draining(stop, hurry).await {
             Ok(()) => {
-                if !out.quiet {
-                    eprintln!("relay stopped");
-                }
+                log::info!("relay stopped");
                 0
             }
             Err(e) => {
-                eprintln!("error: the relay stopped: {e}");
+                log::error!("the relay stopped: {e}");
                 EXIT_RELAY
             }
         }

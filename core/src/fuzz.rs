@@ -2533,6 +2533,8 @@ mod relay_body {
             drain_timeout: Duration::from_secs(30),
             max_connections: 6,
             max_per_address: 3,
+            max_new_per_minute: None,
+            room_salt: [7; 16],
         };
         let mut h = Harness {
             relay: Relay::new(config.clone()),
@@ -2676,7 +2678,9 @@ mod relay_body {
             }
             while let Some(ev) = self.relay.poll_event() {
                 match ev {
-                    RelayEvent::Paired { sender, receiver } => {
+                    RelayEvent::Paired {
+                        sender, receiver, ..
+                    } => {
                         assert!(
                             out.contains(&Out::Paired(sender, receiver)),
                             "paired event without output"
@@ -2944,6 +2948,12 @@ mod relay_body {
             assert_eq!(self.relay.connection_count(), self.conns.len());
             let waiting = self.conns.values().filter(|c| c.waiting()).count();
             assert_eq!(self.relay.waiting_count(), waiting);
+            let paired = self
+                .conns
+                .values()
+                .filter(|c| c.partner.is_some() && c.closing_until.is_none())
+                .count();
+            assert_eq!(self.relay.paired_count() * 2, paired, "pairs running");
             let tracked = self.conns.values().filter_map(|c| self.deadline(c));
             let next = tracked.chain(self.refused.values().copied()).min();
             assert_eq!(self.relay.poll_timeout(), next, "the relay's next deadline");

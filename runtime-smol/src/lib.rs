@@ -15,6 +15,7 @@
 //!         tls: None,
 //!         relay: Default::default(),
 //!         stun: Default::default(),
+//!         ops: Default::default(),
 //!     })
 //!     .await?;
 //!     let url = format!("ws://{}", relay.local_addr());
@@ -43,8 +44,9 @@ use std::time::Instant;
 pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
     ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, Mapping,
-    MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayServerConfig, SendOptions,
-    SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TransferError, TransportError,
+    MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayOps, RelayServerConfig,
+    SendOptions, SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TransferError,
+    TransportError,
 };
 
 /// smol's services for the generic loop.
@@ -231,6 +233,29 @@ impl RelayServer {
         self.0.stun_addrs()
     }
 
+    /// Where `/metrics` and `/healthz` are served (see [`RelayOps::metrics`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.0.metrics_addr()
+    }
+
+    /// Whether clients must present a token (see [`RelayOps::token_file`]).
+    pub fn requires_token(&self) -> bool {
+        self.0.requires_token()
+    }
+
+    /// Serve until `stop` completes, then drain for [`RelayOps::drain_timeout`] and
+    /// close; `hurry` closes every connection at once during the drain.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_draining(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> io::Result<()> {
+        self.0.run_draining(stop, hurry).await
+    }
+
     /// Serve until the future is dropped.
     ///
     /// # Errors
@@ -262,6 +287,7 @@ impl RelayServer {
 ///     tls: None,
 ///     relay: Default::default(),
 ///     stun: Default::default(),
+///     ops: Default::default(),
 /// };
 /// smol::block_on(p2p_copy_smol::serve_relay(cfg)).unwrap();
 /// ```

@@ -301,6 +301,7 @@ async fn open_relay<R: Rt>(
         &cfg.server,
         cfg.ca_file.as_deref(),
         cfg.proxy.as_deref(),
+        cfg.relay_token.as_deref(),
         cfg.pair_timeout,
     )
     .await?;

@@ -62,7 +62,9 @@ pub mod quic;
 mod quic_timer;
 mod relay_conn;
 mod relay_hub;
+mod relay_metrics;
 mod relay_server;
+mod relay_tokens;
 mod rt;
 mod source;
 mod stun_client;
@@ -74,7 +76,7 @@ pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
 pub use config::{
-    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayServerConfig, SendOptions,
+    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayOps, RelayServerConfig, SendOptions,
     SessionEvent, StunPorts, Summary,
 };
 pub use error::TransferError;
