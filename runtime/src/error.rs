@@ -39,7 +39,8 @@ impl TransferError {
     /// (no peer: wrong code, mismatched `--encrypt`, different relay), 4 protocol
     /// violation by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost
     /// (the peer or the relay went away), 8 not delivered (the peer reported a failure),
-    /// 9 no direct path although one was required (`DirectMode::DirectOnly`),
+    /// 9 no direct path although one was required (`DirectMode::DirectOnly`), 10 wrong
+    /// code (the PAKE of a code like `7-guitar-rocket` did not confirm),
     /// 130 interrupted, 1 for invalid settings.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -54,6 +55,7 @@ impl TransferError {
                 "lost" => 7,
                 "undelivered" => 8,
                 "direct" => 9,
+                "wrong_code" => 10,
                 _ => 1,
             },
         }
@@ -88,5 +90,7 @@ mod tests {
         assert_eq!(TransferError::Session(undelivered).exit_code(), 8);
         let direct = Error::NoDirectPath("none came up".into());
         assert_eq!(TransferError::Session(direct).exit_code(), 9);
+        let wrong = Error::WrongCode("wrong code".into());
+        assert_eq!(TransferError::Session(wrong).exit_code(), 10);
     }
 }
