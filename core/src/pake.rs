@@ -275,8 +275,9 @@ fn parse(msg: &WireMessage) -> Result<Incoming, Error> {
     }
 }
 
-fn text(v: serde_json::Value) -> WireMessage {
-    WireMessage::Text(v.to_string())
+/// A message of the exchange: compact JSON, `type` first, as every v1 message.
+fn text(json: String) -> WireMessage {
+    WireMessage::Text(json)
 }
 
 impl Pake {
@@ -364,9 +365,9 @@ impl Pake {
 
     fn fail(&mut self, e: Error) -> Error {
         if matches!(e, Error::WrongCode(_)) {
-            self.out.push_back(text(
-                serde_json::json!({"type":"pake_failed","why":WRONG_CODE}),
-            ));
+            self.out.push_back(text(format!(
+                r#"{{"type":"pake_failed","why":"{WRONG_CODE}"}}"#
+            )));
         }
         self.state = State::Failed;
         self.error = Some(e.clone());
@@ -394,17 +395,21 @@ impl Pake {
             Err(e) => return Err(self.fail(e)),
         };
         if let Incoming::Failed = incoming {
-            return Err(self.fail(Error::WrongCode(format!(
+            // Not answered with a `pake_failed` of our own: the other side has stopped.
+            let e = Error::WrongCode(format!(
                 "wrong code: the other side in room {} says the code does not match",
                 self.room_number
-            ))));
+            ));
+            self.state = State::Failed;
+            self.error = Some(e.clone());
+            return Err(e);
         }
         let state = std::mem::replace(&mut self.state, State::Failed);
         match (state, incoming) {
             (State::WaitReady(spake, msg), Incoming::Ready) => {
                 self.paired = true;
                 self.out
-                    .push_back(text(serde_json::json!({"type":"pake","msg":hex(&msg)})));
+                    .push_back(text(format!(r#"{{"type":"pake","msg":"{}"}}"#, hex(&msg))));
                 self.state = State::WaitReply(spake);
                 self.deadline = Some(now + self.config.step_timeout);
                 Ok(())
@@ -423,9 +428,10 @@ impl Pake {
                 if !bool::from(d.confirm_receiver.ct_eq(&confirm)) {
                     return Err(self.wrong_code());
                 }
-                self.out.push_back(text(serde_json::json!({
-                    "type":"pake_confirm","confirm":hex(&d.confirm_sender)
-                })));
+                self.out.push_back(text(format!(
+                    r#"{{"type":"pake_confirm","confirm":"{}"}}"#,
+                    hex(&d.confirm_sender)
+                )));
                 self.state = State::Done(PakeKeys { session: d.session });
                 Ok(())
             }
@@ -435,9 +441,11 @@ impl Pake {
                     return Err(self.wrong_code());
                 };
                 let d = derive(&key);
-                self.out.push_back(text(serde_json::json!({
-                    "type":"pake","msg":hex(&own),"confirm":hex(&d.confirm_receiver)
-                })));
+                self.out.push_back(text(format!(
+                    r#"{{"type":"pake","msg":"{}","confirm":"{}"}}"#,
+                    hex(&own),
+                    hex(&d.confirm_receiver)
+                )));
                 self.state = State::WaitConfirm(d);
                 self.deadline = Some(now + self.config.step_timeout);
                 Ok(())
@@ -609,6 +617,7 @@ mod tests {
         );
         assert!(s.is_done() && r.is_done());
         assert_eq!(s.keys(), r.keys());
+        assert!(drain(&mut s).is_empty() && drain(&mut r).is_empty());
         // A fresh exchange with the same code gives another key.
         let (mut s2, mut r2, now) = pair("7-guitar-rocket", "7-guitar-rocket", 2);
         let (a, b) = run(&mut s2, &mut r2, now, |_, m| m);
@@ -642,6 +651,8 @@ mod tests {
         assert!(matches!(b, Err(Error::WrongCode(_))), "{b:?}");
         assert!(s.keys().is_none() && r.keys().is_none());
         assert!(b.unwrap_err().to_string().contains("wrong code"));
+        // The side that found out told the other once; the other does not answer it.
+        assert!(drain(&mut s).is_empty() && drain(&mut r).is_empty());
     }
 
     #[test]
