@@ -111,7 +111,8 @@ pub(crate) mod pake_body {
                 let mut b = t.clone().into_bytes();
                 if !b.is_empty() {
                     let i = usize::from(at) % b.len();
-                    b[i] = b"0123456789abcdef\"{}:,x"[usize::from(to) % 23];
+                    const BYTES: &[u8] = b"0123456789abcdef\"{}:,x";
+                    b[i] = BYTES[usize::from(to) % BYTES.len()];
                 }
                 WireMessage::Text(String::from_utf8_lossy(&b).into_owned())
             }

@@ -4,6 +4,9 @@
 //! learns nothing: no manifest, no name, no candidate. Our sender and receiver run as
 //! the library on smol; the relay is scripted.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
@@ -12,7 +15,9 @@ use p2p_copy_core::pake::{Pake, PakeConfig};
 use p2p_copy_core::wire::Role;
 use p2p_copy_core::{Error, WireMessage};
 use p2p_copy_smol::{ClientConfig, DirectMode, SendOptions, TransferError};
+use p2p_copy_tests::binary::cli_binary;
 use p2p_copy_tests::hostile_peer::{HostilePeer, Received, StandInRelay};
+use p2p_copy_tests::process::start_cli_relay;
 use p2p_copy_tests::scene::Scene;
 use p2p_copy_tests::tree::{write_tree, FileSpec};
 
@@ -142,4 +147,112 @@ fn a_relay_that_replaces_the_pake_messages_learns_nothing_and_both_sides_abort()
         assert!(!all.contains(secret), "the relay saw {secret:?}: {all}");
     }
     assert_eq!(std::fs::read_dir(&s.out).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+/// A TCP proxy in front of the relay that records what the relay sends each client:
+/// WebSocket frames from a server are not masked, so every message the other side sent
+/// through the relay appears in these bytes as the relay (and the network) saw it.
+struct Tap {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    fn start(relay: std::net::SocketAddr) -> Tap {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the tap");
+        let addr = listener.local_addr().expect("tap address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(relay) else {
+                    return;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                let record = Arc::clone(&record);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                record.lock().unwrap().extend_from_slice(&buf[..n]);
+                                if c_write.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Tap { addr, seen }
+    }
+
+    fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+}
+
+#[test]
+fn after_the_pake_the_direct_paths_candidates_travel_sealed_under_its_key() {
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("secret-name.bin", 200_000, 1)]);
+    let (_relay, url) = start_cli_relay(&cli_binary(), &["--no-tls"]);
+    let relay_addr = url
+        .trim_start_matches("ws://")
+        .parse()
+        .expect("relay address");
+    let tap = Tap::start(relay_addr);
+    let url = format!("ws://{}", tap.addr);
+    let direct = |url: &str| {
+        let mut cfg = config(url);
+        cfg.direct.mode = DirectMode::Auto;
+        cfg.direct.allow_loopback = true;
+        // Only host candidates: the tap passes no UDP to the relay's STUN port.
+        cfg.direct.relay_stun = false;
+        cfg
+    };
+    let (sent, received) = smol::block_on(async {
+        let receiver = smol::spawn(p2p_copy_smol::receive(direct(&url), s.out.clone(), |_| {}));
+        let sent = p2p_copy_smol::send(
+            direct(&url),
+            vec![s.src.clone()],
+            SendOptions::default(),
+            |_| {},
+        )
+        .await;
+        (sent, receiver.await)
+    });
+    let summary = sent.expect("sent");
+    received.expect("received");
+    assert_eq!(
+        std::fs::read(s.out.join("src/secret-name.bin")).unwrap(),
+        std::fs::read(s.src.join("secret-name.bin")).unwrap()
+    );
+    assert!(
+        matches!(summary.path, p2p_copy_smol::PathTaken::Direct { .. }),
+        "{:?}",
+        summary.path
+    );
+    let all = tap.seen();
+    assert!(all.contains(r#""type":"pake","msg""#), "{all}");
+    assert!(all.contains(r#""type":"enc_candidates""#), "{all}");
+    assert!(all.contains(r#""type":"enc_manifest""#), "{all}");
+    for plain in [
+        r#""type":"candidates""#,
+        r#""type":"manifest""#,
+        "secret-name",
+        "fingerprint",
+        "127.0.0.1",
+    ] {
+        assert!(!all.contains(plain), "the relay saw {plain}: {all}");
+    }
 }
