@@ -65,6 +65,11 @@ pub enum Error {
     /// did not confirm ([`crate::pake`]).
     #[error("{0}")]
     WrongCode(String),
+    /// The relay refused to let this side into the room of a code like
+    /// `7-guitar-rocket`: a client in the same role waits there (another transfer drew
+    /// the same number).
+    #[error("{0}")]
+    RoomInUse(String),
 }
 
 struct FileCtx<'a>(&'a Option<String>);
@@ -128,7 +133,7 @@ impl Error {
     }
 
     /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
-    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`, `wrong_code`), for logs and exit-code
+    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`, `wrong_code`, `room`), for logs and exit-code
     /// mapping.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -143,6 +148,7 @@ impl Error {
             Error::NotDelivered(_) => "undelivered",
             Error::NoDirectPath(_) => "direct",
             Error::WrongCode(_) => "wrong_code",
+            Error::RoomInUse(_) => "room",
         }
     }
 }

@@ -482,14 +482,11 @@ impl Pake {
             ))
         } else if code == Some(1013) && reason.eq_ignore_ascii_case("duplicate role for code") {
             self.room_taken = true;
-            Error::Peer {
-                file: None,
-                reason: format!(
-                    "room {} is in use at the relay: another transfer has the same number \
-                     (send again for a new code)",
-                    self.room_number
-                ),
-            }
+            Error::RoomInUse(format!(
+                "room {} is in use at the relay: another transfer has the same number \
+                 (send again for a new code)",
+                self.room_number
+            ))
         } else {
             closed_error(code, reason, "before the other side arrived")
         };
@@ -758,6 +755,7 @@ mod tests {
         let (mut s, _, _) = pair("7-guitar-rocket", "7-guitar-rocket", 11);
         let e = s.handle_close(Some(1013), "Duplicate role for code");
         assert!(s.room_taken());
+        assert!(matches!(e, Error::RoomInUse(_)), "{e:?}");
         assert!(e.to_string().contains("room 7 is in use"), "{e}");
     }
 
