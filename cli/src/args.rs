@@ -14,15 +14,19 @@ use crate::backend::{
 };
 
 const AFTER_HELP: &str = "\
-A code of the form n=<N>=n<rest> (e.g. n=4=nMySecret) moves the files over N parallel
-connections; both sides must use the same code.
+Without a code, send makes one like 7-guitar-rocket and prints the command that receives
+it: the two sides prove they hold it with a PAKE, the relay learns nothing it could guess,
+and the transfer is always encrypted. With the relay URL first (p2p-copy 0.1.x's form) a
+code is hashed as p2p-copy 0.1.x does. A code of the form n=<N>=n<rest> (e.g.
+n=4=nMySecret) moves the files over N parallel connections; both sides must use the same
+code.
 
 Exit codes: 0 ok, 1 usage or invalid settings, 2 relay or connection problem,
 3 timeout (no peer: wrong code, mismatched --encrypt, other relay), 4 protocol violation
 by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost (the peer or the
 relay went away), 8 not everything delivered (files skipped or not stored; the message
-lists them), 9 no direct connection although --direct-only asked for one, 130
-interrupted (Ctrl-C).
+lists them), 9 no direct connection although --direct-only asked for one, 10 wrong
+code (the sides hold different codes like 7-guitar-rocket), 130 interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
@@ -233,6 +237,9 @@ pub struct Rendezvous {
     pub server: Option<String>,
     /// The code: from the arguments or `--code`.
     pub code: Option<String>,
+    /// The relay came first, as p2p-copy 0.1.x takes it: the code is a v1 code,
+    /// whatever its shape.
+    pub v1_form: bool,
 }
 
 /// Whether a positional argument is a relay URL rather than a code or a file: it names a
@@ -324,6 +331,13 @@ pub struct SendArgs {
     /// folders). Without it links are never followed: they are skipped with a warning.
     #[arg(short = 'L', long)]
     pub follow_symlinks: bool,
+    /// Words in a generated code (2 to 8; each adds about 10.3 bits).
+    #[arg(long, value_name = "N", default_value = "2", value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub code_words: u8,
+    /// With a code like 7-guitar-rocket: how long the code stays valid, waiting for the
+    /// receiver.
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
+    pub ttl: Duration,
 }
 
 impl SendArgs {
@@ -337,6 +351,7 @@ impl SendArgs {
                 let found = Rendezvous {
                     server: Some(server),
                     code: Some(code),
+                    v1_form: true,
                 };
                 (found, &self.args[2..])
             }
@@ -396,6 +411,7 @@ impl ReceiveArgs {
         let mut next = rest.next();
         if let Some(first) = next.filter(|a| is_url(a)) {
             found.server = Some(first.clone());
+            found.v1_form = true;
             next = rest.next();
         }
         found.code = next.cloned();

@@ -5,6 +5,7 @@
 mod alloc;
 mod args;
 mod backend;
+mod codes;
 mod ctrl_echo;
 mod interrupt;
 mod progress;
@@ -182,8 +183,12 @@ fn man() -> u8 {
 }
 
 fn send(a: SendArgs, out: OutputArgs) -> u8 {
-    let (found, files) = a.rendezvous();
+    let (mut found, files) = a.rendezvous();
     let first = a.args.first().and_then(|f| f.to_str());
+    let kind = match usage_ok(codes::sender_code(&mut found, a.code_words.into())) {
+        Ok(kind) => kind,
+        Err(exit) => return exit,
+    };
     let (server, code) = match usage_ok(usage::check_client(&a.client, found, first)) {
         Ok(ok) => ok,
         Err(exit) => return exit,
@@ -192,14 +197,17 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
         eprintln!("error: no files given: name the files and/or directories to send");
         return EXIT_USAGE;
     }
+    let mut config = a.client.config(server, code);
+    if kind != codes::SendCode::V1 {
+        config.pake = true;
+        config.pair_timeout = a.ttl;
+    }
+    if let codes::SendCode::Generated(code) = &kind {
+        codes::announce(code, &config.server, a.ttl.as_secs());
+    }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
-    let transfer = backend::send(
-        a.client.config(server, code),
-        files,
-        a.options(),
-        progress.callback(),
-    );
+    let transfer = backend::send(config, files, a.options(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     let interrupted = if progress.paired() {
         "interrupted; the receiver keeps what it got: run the same send with --resume to continue"
@@ -216,16 +224,21 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
         (Some(extra), Some(first)) => Err(usage::check_url(first)
             .err()
             .unwrap_or_else(|| usage::Usage(format!("unexpected argument {}", escape(extra))))),
-        _ => usage::check_client(&a.client, a.rendezvous(), first),
+        _ => {
+            let mut found = a.rendezvous();
+            codes::receiver_code(&mut found)
+                .and_then(|pake| usage::check_client(&a.client, found, first).map(|ok| (ok, pake)))
+        }
     };
-    let (server, code) =
+    let ((server, code), pake) =
         match usage_ok(checked.and_then(|ok| usage::check_out(&a.out).map(|()| ok))) {
             Ok(ok) => ok,
             Err(exit) => return exit,
         };
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
-    let config = a.client.config(server, code);
+    let mut config = a.client.config(server, code);
+    config.pake = pake;
     let transfer = backend::receive(config, a.out.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     // Before the manifest no file was opened, so there is nothing to resume.

@@ -40,7 +40,8 @@ pub fn check_client(
     let Some(code) = found.code else {
         return Err(Usage(
             "no code given: give both sides the same code, as the argument after the \
-             relay URL or with --code"
+             relay URL or with --code (receive also reads P2P_COPY_CODE, and asks on a \
+             terminal)"
                 .into(),
         ));
     };

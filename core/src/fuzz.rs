@@ -85,6 +85,157 @@ pub fn handover(data: &[u8]) -> usize {
     handover_body::run(data)
 }
 
+/// Drive a sender's and a receiver's [`Pake`](crate::pake::Pake) (same code or not)
+/// through a relay that the script controls: it delivers, drops, reorders, replays,
+/// corrupts and injects messages, closes connections and moves the clock. Checks that
+/// nothing panics, that different codes never confirm, that two sides that both
+/// confirmed hold the same key, and that a failed side stays failed. Returns whether
+/// the sender and the receiver confirmed.
+pub fn pake(data: &[u8]) -> (bool, bool) {
+    pake_body::run(data)
+}
+
+pub(crate) mod pake_body {
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    use crate::code::PakeCode;
+    use crate::pake::{Pake, PakeConfig};
+    use crate::wire::{Role, WireMessage};
+
+    const MAX_STEPS: usize = 64;
+
+    fn corrupt(m: &WireMessage, at: u8, to: u8) -> WireMessage {
+        match m {
+            WireMessage::Text(t) => {
+                let mut b = t.clone().into_bytes();
+                if !b.is_empty() {
+                    let i = usize::from(at) % b.len();
+                    const BYTES: &[u8] = b"0123456789abcdef\"{}:,x";
+                    b[i] = BYTES[usize::from(to) % BYTES.len()];
+                }
+                WireMessage::Text(String::from_utf8_lossy(&b).into_owned())
+            }
+            WireMessage::Binary(b) => WireMessage::Binary(b.clone()),
+        }
+    }
+
+    pub(crate) fn run(data: &[u8]) -> (bool, bool) {
+        let Some((&first, mut script)) = data.split_first() else {
+            return (false, false);
+        };
+        let same = first & 1 == 0;
+        let t0 = Instant::now();
+        let mut now = t0;
+        let code = PakeCode::parse("7-guitar-rocket").expect("valid code");
+        let other = PakeCode::parse(if same {
+            "7-guitar-rocket"
+        } else {
+            "7-guitar-racket"
+        })
+        .expect("valid code");
+        let mut s = Pake::new(now, Role::Sender, &code, [first; 32], PakeConfig::default());
+        let mut r = Pake::new(
+            now,
+            Role::Receiver,
+            &other,
+            [!first; 32],
+            PakeConfig::default(),
+        );
+        let mut to_r: VecDeque<WireMessage> = VecDeque::new();
+        let mut to_s: VecDeque<WireMessage> = VecDeque::new();
+        let mut last: Option<(bool, WireMessage)> = None;
+        let mut s_failed = false;
+        let mut r_failed = false;
+        let mut steps = 0;
+        // The hellos go to the relay, not the peer.
+        assert!(s.poll_transmit().is_some() && r.poll_transmit().is_some());
+        while let Some((&op, rest)) = script.split_first() {
+            script = rest;
+            steps += 1;
+            if steps > MAX_STEPS {
+                break;
+            }
+            let arg = |script: &mut &[u8]| -> u8 {
+                let Some((&b, rest)) = script.split_first() else {
+                    return 0;
+                };
+                *script = rest;
+                b
+            };
+            // Which side gets the message, and the message.
+            let delivery: Option<(bool, WireMessage)> = match op % 9 {
+                0 => to_r.pop_front().map(|m| (true, m)),
+                1 => to_s.pop_front().map(|m| (false, m)),
+                2 => Some((false, WireMessage::Text(r#"{"type":"ready"}"#.into()))),
+                3 => {
+                    let (at, to) = (arg(&mut script), arg(&mut script));
+                    to_r.pop_front().map(|m| (true, corrupt(&m, at, to)))
+                }
+                4 => {
+                    let (at, to) = (arg(&mut script), arg(&mut script));
+                    to_s.pop_front().map(|m| (false, corrupt(&m, at, to)))
+                }
+                5 => last.clone(),
+                6 => {
+                    let len = usize::from(arg(&mut script) % 80).min(script.len());
+                    let (raw, rest) = script.split_at(len);
+                    script = rest;
+                    let text = String::from_utf8_lossy(raw).into_owned();
+                    Some((op & 0x10 == 0, WireMessage::Text(text)))
+                }
+                7 => {
+                    now += Duration::from_secs(u64::from(arg(&mut script)) * 10);
+                    s_failed |= s.handle_timeout(now).is_err();
+                    r_failed |= r.handle_timeout(now).is_err();
+                    None
+                }
+                _ => {
+                    let e = if op & 0x10 == 0 {
+                        s_failed = true;
+                        s.handle_close(Some(1000), "")
+                    } else {
+                        r_failed = true;
+                        r.handle_close(None, "")
+                    };
+                    assert!(!e.to_string().is_empty());
+                    None
+                }
+            };
+            if let Some((to_receiver, m)) = delivery {
+                last = Some((to_receiver, m.clone()));
+                let (side, failed) = if to_receiver {
+                    (&mut r, &mut r_failed)
+                } else {
+                    (&mut s, &mut s_failed)
+                };
+                let was_done = side.is_done();
+                match side.handle_message(now, m) {
+                    Ok(()) => assert!(!*failed, "a failed side accepted a message"),
+                    Err(_) => {
+                        *failed = true;
+                        assert!(side.keys().is_none() || was_done);
+                    }
+                }
+            }
+            while let Some(m) = s.poll_transmit() {
+                to_r.push_back(m);
+            }
+            while let Some(m) = r.poll_transmit() {
+                to_s.push_back(m);
+            }
+            assert!(to_r.len() + to_s.len() < 4 * MAX_STEPS);
+        }
+        if !same {
+            assert!(!s.is_done() && !r.is_done(), "different codes confirmed");
+        }
+        if let (Some(a), Some(b)) = (s.keys(), r.keys()) {
+            assert_eq!(a, b, "both confirmed with different keys");
+        }
+        (s.is_done(), r.is_done())
+    }
+}
+
 pub(crate) mod handover_body {
     use std::collections::VecDeque;
 
@@ -3354,7 +3505,10 @@ mod tests {
 
     type Body = fn(&[u8]);
 
-    const TARGETS: [(&str, Body); 6] = [
+    const TARGETS: [(&str, Body); 7] = [
+        ("pake", |d| {
+            super::pake(d);
+        }),
         ("decode", super::decode_message),
         ("receiver", |d| {
             super::receiver(d);
@@ -3391,6 +3545,14 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "fuzz bodies failed on {failures:#?}");
+    }
+
+    #[test]
+    fn pake_body_reaches_both_confirmations_and_stops_a_wrong_code() {
+        assert_eq!(super::pake(&[0, 2, 0, 1, 0]), (true, true));
+        assert_eq!(super::pake(&[1, 2, 0, 1, 0, 1]), (false, false));
+        // A corrupted message B: nobody confirms.
+        assert_eq!(super::pake(&[0, 2, 0, 4, 40, 2, 0]), (false, false));
     }
 
     #[test]

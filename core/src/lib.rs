@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod code;
 pub mod compress;
 pub mod crypto;
 mod delivery;
@@ -12,6 +13,7 @@ mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod handover;
+pub mod pake;
 pub mod parallel;
 pub mod path;
 mod pipe;

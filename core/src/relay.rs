@@ -548,6 +548,13 @@ impl Relay {
 
     fn on_hello(&mut self, now: Instant, conn: ConnId, hash: String, role: Role) {
         match self.waiting.remove(&hash) {
+            Some((other, other_role)) if other_role == role && crate::code::is_room_id(&hash) => {
+                // The room of a code like 7-guitar-rocket: the number is public, so a
+                // newcomer (another transfer that drew the same number, or someone
+                // guessing) must not end the transfer that waits there.
+                self.waiting.insert(hash, (other, other_role));
+                self.refuse(now, conn, CLOSE_TRY_AGAIN, "Duplicate role for code");
+            }
             Some((other, other_role)) if other_role == role => {
                 let dup = RefusalKind::DuplicateRole;
                 self.refuse(now, other, CLOSE_TRY_AGAIN, dup, "Duplicate role for code");

@@ -14,6 +14,13 @@ pub struct ClientConfig {
     pub server: String,
     /// The shared code. A parallel code `n=<N>=n…` runs N sessions over N connections.
     pub code: String,
+    /// The code is one people can say out loud (`7-guitar-rocket`,
+    /// [`p2p_copy_core::code::PakeCode`]): the two sides meet in the room its number
+    /// names (URL path `/r/<room-id>`, and the room id in `hello`), prove with a PAKE that
+    /// they hold the same code, and encrypt the session with the key it gives, whatever
+    /// [`ClientConfig::encrypt`] says. The caller decides which form a code is; p2p-copy
+    /// 0.1.x only knows the other (v1) form.
+    pub pake: bool,
     /// End-to-end encryption (both sides must agree, or they never pair).
     pub encrypt: bool,
     /// An extra CA certificate (PEM) to trust for `wss://`, for self-hosted relays. The
@@ -141,6 +148,7 @@ impl ClientConfig {
         ClientConfig {
             server: server.into(),
             code: code.into(),
+            pake: false,
             encrypt: false,
             ca_file: None,
             pair_timeout: Duration::from_secs(300),

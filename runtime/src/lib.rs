@@ -56,6 +56,7 @@ mod job_pool;
 mod listen;
 mod machine;
 mod netcheck;
+mod pake_conn;
 mod paths;
 pub mod proxy;
 pub mod quic;

@@ -225,6 +225,30 @@ fn messages_of_paired_connections_are_left_to_the_runtime() {
 }
 
 #[test]
+fn a_newcomer_in_an_occupied_room_is_refused_and_the_waiting_client_keeps_it() {
+    let room = crate::code::room_id(7);
+    for role in [Role::Sender, Role::Receiver] {
+        let now = Instant::now();
+        let mut r = connected(3, now);
+        r.handle_message(now, ConnId(1), hello(&room, role));
+        r.handle_message(now, ConnId(2), hello(&room, role));
+        assert_eq!(
+            outputs(&mut r),
+            vec![close(2, CLOSE_TRY_AGAIN, "Duplicate role for code")]
+        );
+        assert_eq!(r.waiting_count(), 1);
+        // The first client still pairs.
+        r.handle_message(now, ConnId(3), hello(&room, role.other()));
+        let out = outputs(&mut r);
+        assert!(
+            out.iter().any(|o| matches!(o, RelayOutput::Paired { .. })),
+            "{out:?}"
+        );
+        assert_eq!(r.waiting_count(), 0, "the room is free again once paired");
+    }
+}
+
+#[test]
 fn a_duplicate_role_closes_both_with_1013() {
     for role in [Role::Sender, Role::Receiver] {
         let now = Instant::now();
