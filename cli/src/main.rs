@@ -8,6 +8,7 @@ mod backend;
 mod ctrl_echo;
 mod interrupt;
 mod progress;
+mod serverless;
 mod stderr_log;
 mod usage;
 
@@ -56,6 +57,16 @@ fn main() -> ExitCode {
         LevelFilter::Warn
     });
     ExitCode::from(match cli.command {
+        Command::Send(a)
+            if serverless::chosen(&a.serverless, a.rendezvous().0.server.is_none()) =>
+        {
+            serverless::send(a, out)
+        }
+        Command::Receive(a)
+            if serverless::chosen(&a.serverless, a.rendezvous().server.is_none()) =>
+        {
+            serverless::receive(a, out)
+        }
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),

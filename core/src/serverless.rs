@@ -312,7 +312,7 @@ pub struct Authenticated {
 pub enum AuthError {
     /// The key confirmation did not verify: the codes differ, or someone without the code
     /// answered.
-    #[error("wrong code: the peer's code is not this side's (or someone without the code answered); nothing was sent")]
+    #[error("wrong code: the peer's code is not this side's (or someone without the code answered); nothing was transferred")]
     WrongCode,
     /// The two sides cannot work together as set up: a role or a code is missing.
     #[error("{0}")]
