@@ -75,7 +75,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("ready {}", socket.local_addr().expect("local address"));
+    let local = socket.local_addr().expect("local address");
+    println!("ready {local}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let mut buf = [0u8; 1500];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf) else {
