@@ -139,12 +139,36 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
         progress.callback(),
     );
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = if progress.paired() {
+    finish(
+        &progress,
+        ended,
+        send_interrupted(progress.paired()),
+        Role::Send,
+    )
+}
+
+/// What an interrupted `send` says, once the receiver was seen (`paired`) or before.
+fn send_interrupted(paired: bool) -> &'static str {
+    if paired {
         "interrupted; the receiver keeps what it got: run the same send with --resume to continue"
     } else {
         "interrupted while waiting for the receiver; nothing was sent"
-    };
-    finish(&progress, ended, interrupted, Role::Send)
+    }
+}
+
+/// What an interrupted `receive` into `out` says, once the sender was seen (`paired`)
+/// or before.
+fn receive_interrupted(paired: bool, out: &Path) -> String {
+    // Before the manifest no file was opened, so there is nothing to resume.
+    if paired {
+        format!(
+            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
+             and have the sender use --resume to continue",
+            shown(out)
+        )
+    } else {
+        "interrupted while waiting for the sender; nothing was received".to_owned()
+    }
 }
 
 fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
@@ -166,16 +190,7 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let config = a.client.config(server, code);
     let transfer = backend::receive(config, a.out.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    // Before the manifest no file was opened, so there is nothing to resume.
-    let interrupted = if progress.paired() {
-        format!(
-            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
-             and have the sender use --resume to continue",
-            shown(&a.out)
-        )
-    } else {
-        "interrupted while waiting for the sender; nothing was received".to_owned()
-    };
+    let interrupted = receive_interrupted(progress.paired(), &a.out);
     finish(&progress, ended, &interrupted, Role::Receive)
 }
 

@@ -3,7 +3,6 @@
 //! input), and run the transfer.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
 
 use p2p_copy_core::path::escape;
 
@@ -12,7 +11,7 @@ use crate::backend::{self, PeerSpec, Serverless, ServerlessConfig};
 use crate::interrupt::Interrupts;
 use crate::progress::{Progress, Role, Style};
 use crate::usage::{self, Usage};
-use crate::{finish, shown, usage_ok};
+use crate::{finish, receive_interrupted, send_interrupted, usage_ok};
 
 /// Whether this command runs without a relay: a serverless option was given, or no
 /// relay was named at all and a user at a terminal can paste the peer's ticket.
@@ -157,12 +156,12 @@ pub fn send(a: SendArgs, out: OutputArgs) -> u8 {
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
     let transfer = bound.send(peer, files, a.options(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = if progress.paired() {
-        "interrupted; the receiver keeps what it got: run the same send with --resume to continue"
-    } else {
-        "interrupted while waiting for the receiver; nothing was sent"
-    };
-    finish(&progress, ended, interrupted, Role::Send)
+    finish(
+        &progress,
+        ended,
+        send_interrupted(progress.paired()),
+        Role::Send,
+    )
 }
 
 /// `receive --peer …`, `receive --listen …`, or `receive` at a terminal with no relay.
@@ -185,17 +184,8 @@ pub fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     };
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
-    let out_dir: PathBuf = a.out.clone();
-    let transfer = bound.receive(peer, out_dir, progress.callback());
+    let transfer = bound.receive(peer, a.out.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = if progress.paired() {
-        format!(
-            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
-             and have the sender use --resume to continue",
-            shown(&a.out)
-        )
-    } else {
-        "interrupted while waiting for the sender; nothing was received".to_owned()
-    };
+    let interrupted = receive_interrupted(progress.paired(), &a.out);
     finish(&progress, ended, &interrupted, Role::Receive)
 }

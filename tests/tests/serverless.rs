@@ -4,16 +4,14 @@
 //! responder whose clock is an hour and a half-second ahead. No relay runs in any test.
 //! The lab (`serverless_lab.rs`) runs the same across NATs.
 
-use std::io::Write;
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{ChildStdin, Command};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::time::Duration;
 
-use p2p_copy_core::serverless::Ticket;
 use p2p_copy_tests::binary::cli_binary;
 use p2p_copy_tests::process::{ChildGuard, Finished};
+use p2p_copy_tests::serverless::{punching_instants, Talking};
 use p2p_copy_tests::tree::{self, FileSpec, MIB};
 
 /// How long one side may run.
@@ -91,39 +89,6 @@ fn assert_ok(side: &str, f: &Finished) {
     );
 }
 
-/// A process whose stdin the test writes and whose stdout lines it reads.
-struct Talking {
-    guard: ChildGuard,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Talking {
-    fn start(mut cmd: Command) -> Talking {
-        let (guard, stdin, lines) = ChildGuard::spawn_talking(&mut cmd);
-        Talking {
-            guard,
-            stdin,
-            lines,
-        }
-    }
-
-    /// The ticket it printed on stdout.
-    fn ticket(&self) -> String {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("a ticket on stdout within 20 s");
-        Ticket::parse(&line).unwrap_or_else(|e| panic!("{line:?} is no ticket: {e}"));
-        line
-    }
-
-    fn paste(&mut self, ticket: &str) {
-        writeln!(self.stdin, "{ticket}").expect("write the peer's ticket");
-        self.stdin.flush().expect("flush");
-    }
-}
-
 #[test]
 fn a_code_moves_a_tree_over_one_quic_connection_without_a_relay() {
     let s = Scene::new();
@@ -194,7 +159,7 @@ fn tickets_pasted_both_ways_need_no_code() {
     let s = Scene::new();
     // The receiver is asked for the sender's ticket; the sender gets the receiver's.
     let mut r = Talking::start(s.receive(&["--local-port", "0"]));
-    let r_ticket = r.ticket();
+    let r_ticket = r.ticket().to_string();
     let snd = Talking::start(s.send(&["--peer", &r_ticket]));
     let s_ticket = snd.ticket();
     r.paste(&s_ticket);
@@ -212,7 +177,7 @@ fn tickets_pasted_both_ways_need_no_code() {
 fn a_ticket_with_a_wrong_key_is_refused_and_says_why() {
     let s = Scene::new();
     let mut r = Talking::start(s.receive(&["--local-port", "0"]));
-    let mut wrong = Ticket::parse(&r.ticket()).expect("ticket");
+    let mut wrong = r.ticket();
     wrong.fingerprint[0] ^= 1;
     let snd = Talking::start(s.send(&["--peer", &wrong.to_string()]));
     r.paste(&snd.ticket());
@@ -320,23 +285,6 @@ fn sntp_responder(offset_ms: i64) -> (ChildGuard, String) {
     (guard, addr)
 }
 
-/// The first punching instant a side logged: (by the time server, by the local clock).
-fn first_instant(f: &Finished) -> (f64, f64) {
-    let line = f
-        .stderr
-        .lines()
-        .find(|l| l.contains("punching instant 1 at "))
-        .unwrap_or_else(|| panic!("no punching instant logged: {f:?}"));
-    let num = |after: &str| -> f64 {
-        let rest = &line[line.find(after).expect(after) + after.len()..];
-        rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no number after {after:?} in {line:?}"))
-    };
-    (num("instant 1 at "), num("(local clock "))
-}
-
 #[test]
 fn ntp_time_sets_the_punching_instants_when_the_local_clock_is_wrong() {
     // The time server is 3600.5 s ahead of this machine: by its time, the local clock is
@@ -372,7 +320,7 @@ fn ntp_time_sets_the_punching_instants_when_the_local_clock_is_wrong() {
             f.stderr.contains("says this clock is 3600.5"),
             "the {side} measured the offset: {f:?}"
         );
-        let (ntp, local) = first_instant(f);
+        let (ntp, local) = punching_instants(f)[0];
         assert_eq!(ntp % 10.0, 0.0, "the {side}'s instant by NTP time: {ntp}");
         let shift = ntp - local;
         assert!(
@@ -397,4 +345,43 @@ fn a_time_server_that_does_not_answer_is_an_error() {
     .wait(LIMIT);
     assert_eq!(f.code(), 2, "{f:?}");
     assert!(f.stderr.contains("gave no usable time"), "{f:?}");
+}
+
+#[test]
+fn the_library_runs_a_serverless_transfer_on_async_std_with_tickets() {
+    use p2p_copy_async_std::{PeerSpec, SendOptions, Serverless, ServerlessConfig, Ticket};
+    let s = Scene::new();
+    let out = s.out();
+    let src = s.src();
+    let (sent, received) = async_std::task::block_on(async move {
+        let cfg = ServerlessConfig {
+            idle_timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(20),
+            ..ServerlessConfig::default()
+        };
+        let r = Serverless::bind(cfg.clone())
+            .await
+            .expect("the receiver binds");
+        let snd = Serverless::bind(cfg).await.expect("the sender binds");
+        // Each side's ticket, with the address this machine reaches it at.
+        let on_loopback = |t: Ticket| {
+            PeerSpec::Ticket(Ticket {
+                addr: ([127, 0, 0, 1], t.addr.port()).into(),
+                ..t
+            })
+        };
+        let (r_peer, s_peer) = (on_loopback(snd.ticket()), on_loopback(r.ticket()));
+        futures_lite::future::zip(
+            snd.send(Some(s_peer), vec![src], SendOptions::default(), |_| {}),
+            r.receive(Some(r_peer), out, |_| {}),
+        )
+        .await
+    });
+    let (sent, received) = (sent.expect("sent"), received.expect("received"));
+    assert_eq!(sent.files, received.files);
+    assert!(matches!(
+        sent.path,
+        p2p_copy_async_std::PathTaken::Direct { .. }
+    ));
+    s.assert_received();
 }

@@ -11,16 +11,15 @@
 //! Runs as root with iproute2 and nftables (`.ci/run` installs them); without them the
 //! tests fail with the reason, never skip.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use p2p_copy_core::serverless::Ticket;
 use p2p_copy_tests::binary::cli_binary;
 use p2p_copy_tests::netlab::{Host, Lab, Nat, RELAY_IP};
 use p2p_copy_tests::process::{ChildGuard, Finished};
+use p2p_copy_tests::serverless::{punching_instants, Talking};
 use p2p_copy_tests::tree::{self, FileSpec, MIB};
 
 /// How long one side may run.
@@ -96,37 +95,6 @@ impl Scene {
 
     fn assert_received(&self) {
         tree::assert_same_tree(&self.src(), &self.out().join("src"));
-    }
-}
-
-/// A process whose stdin the test writes and whose stdout lines it reads.
-struct Talking {
-    guard: ChildGuard,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
-
-impl Talking {
-    fn start(mut cmd: Command) -> Talking {
-        let (guard, stdin, lines) = ChildGuard::spawn_talking(&mut cmd);
-        Talking {
-            guard,
-            stdin,
-            lines,
-        }
-    }
-
-    fn ticket(&self) -> Ticket {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a ticket on stdout within 30 s");
-        Ticket::parse(&line).unwrap_or_else(|e| panic!("{line:?} is no ticket: {e}"))
-    }
-
-    fn paste(&mut self, ticket: &Ticket) {
-        writeln!(self.stdin, "{ticket}").expect("write the peer's ticket");
-        self.stdin.flush().expect("flush");
     }
 }
 
@@ -256,24 +224,6 @@ fn a_ticket_with_a_wrong_key_is_refused_before_any_file_moves() {
     assert!(!s.out().join("src").exists(), "files arrived");
 }
 
-/// The punching instants a side logged: (by its reference clock, by the local clock).
-fn instants(f: &Finished) -> Vec<(f64, f64)> {
-    f.stderr
-        .lines()
-        .filter(|l| l.contains("punching instant "))
-        .map(|line| {
-            let num = |after: &str| -> f64 {
-                let rest = &line[line.find(after).expect(after) + after.len()..];
-                rest.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| panic!("no number after {after:?} in {line:?}"))
-            };
-            (num(" at "), num("(local clock "))
-        })
-        .collect()
-}
-
 /// A receiver on `a` and a sender on `b`, each given the other's predicted public
 /// address and the code, the sender started `apart` after the receiver.
 fn by_address(
@@ -311,7 +261,7 @@ fn sides_started_seven_seconds_apart_punch_at_the_same_instants() {
     assert_direct("sender", &sf, &format!("{}:{PORT}", a.public_ip));
     assert_direct("receiver", &rf, &format!("{}:{PORT}", b.public_ip));
     s.assert_received();
-    let (si, ri) = (instants(&sf), instants(&rf));
+    let (si, ri) = (punching_instants(&sf), punching_instants(&rf));
     assert!(!si.is_empty() && !ri.is_empty(), "{sf:?}\n{rf:?}");
     for (at, _) in si.iter().chain(&ri) {
         assert_eq!(
@@ -347,7 +297,7 @@ fn ntp_time_sets_both_sides_instants_when_the_local_clock_is_wrong() {
             f.stderr.contains("says this clock is 3600.5"),
             "the {side} measured the offset: {f:?}"
         );
-        for (ntp, local) in instants(f) {
+        for (ntp, local) in punching_instants(f) {
             assert_eq!(ntp % 10.0, 0.0, "the {side}'s instant by NTP time: {ntp}");
             assert!(
                 (ntp - local - 3600.5).abs() < 0.1,
