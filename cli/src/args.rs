@@ -25,8 +25,10 @@ Exit codes: 0 ok, 1 usage or invalid settings, 2 relay or connection problem,
 3 timeout (no peer: wrong code, mismatched --encrypt, other relay), 4 protocol violation
 by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost (the peer or the
 relay went away), 8 not everything delivered (files skipped or not stored; the message
-lists them), 9 no direct connection although --direct-only asked for one, 10 wrong
-code (the sides hold different codes like 7-guitar-rocket), 130 interrupted (Ctrl-C).
+lists them), 9 no direct connection although --direct-only asked for one (or, with no
+relay, the peer never reached), 10 wrong code (the sides hold different codes like
+7-guitar-rocket) or, with no relay, the peer not authenticated (wrong code or ticket),
+130 interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
@@ -338,6 +340,9 @@ pub struct SendArgs {
     /// receiver.
     #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
     pub ttl: Duration,
+    /// No relay at all: --peer, --listen, --local-port, --ntp.
+    #[command(flatten)]
+    pub serverless: ServerlessArgs,
 }
 
 impl SendArgs {
@@ -400,6 +405,43 @@ pub struct ReceiveArgs {
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub out: PathBuf,
+    /// No relay at all: --peer, --listen, --local-port, --ntp.
+    #[command(flatten)]
+    pub serverless: ServerlessArgs,
+}
+
+/// A transfer with no relay at all (`send` and `receive` alike). Each side prints its
+/// ticket; `--peer` takes the peer's ticket or a bare `HOST:PORT` (then both sides give
+/// the same `--code`). Without `--peer` or `--listen`, the peer's ticket is read from
+/// standard input.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerlessArgs {
+    /// No relay: the peer's ticket (printed by the peer), or its HOST:PORT together with
+    /// the same --code on both sides.
+    #[arg(long, value_name = "TICKET|HOST:PORT", conflicts_with = "listen")]
+    pub peer: Option<String>,
+    /// No relay: the UDP port of this side, which the peer's --peer names [default: any
+    /// free port].
+    #[arg(long, value_name = "N")]
+    pub local_port: Option<u16>,
+    /// No relay: wait on UDP port PORT for the peer, which reaches this side with --peer
+    /// (both sides give the same --code).
+    #[arg(long, value_name = "PORT", conflicts_with = "local_port")]
+    pub listen: Option<u16>,
+    /// No relay: punch at the 10-second instants of this SNTP server's time instead of
+    /// the local clock's.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub ntp: Option<String>,
+}
+
+impl ServerlessArgs {
+    /// Whether any option of a transfer without a relay was given.
+    pub fn given(&self) -> bool {
+        self.peer.is_some()
+            || self.local_port.is_some()
+            || self.listen.is_some()
+            || self.ntp.is_some()
+    }
 }
 
 impl ReceiveArgs {

@@ -9,6 +9,7 @@ mod codes;
 mod ctrl_echo;
 mod interrupt;
 mod progress;
+mod serverless;
 mod stderr_log;
 mod usage;
 
@@ -69,6 +70,16 @@ fn main() -> ExitCode {
     ExitCode::from(match cli.command {
         Command::Completions(a) => completions(&a),
         Command::Man => man(),
+        Command::Send(a)
+            if serverless::chosen(&a.serverless, a.rendezvous().0.server.is_none()) =>
+        {
+            serverless::send(a, out)
+        }
+        Command::Receive(a)
+            if serverless::chosen(&a.serverless, a.rendezvous().server.is_none()) =>
+        {
+            serverless::receive(a, out)
+        }
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),
@@ -209,12 +220,36 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
     let transfer = backend::send(config, files, a.options(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = if progress.paired() {
+    finish(
+        &progress,
+        ended,
+        send_interrupted(progress.paired()),
+        Role::Send,
+    )
+}
+
+/// What an interrupted `send` says, once the receiver was seen (`paired`) or before.
+fn send_interrupted(paired: bool) -> &'static str {
+    if paired {
         "interrupted; the receiver keeps what it got: run the same send with --resume to continue"
     } else {
         "interrupted while waiting for the receiver; nothing was sent"
-    };
-    finish(&progress, ended, interrupted, Role::Send)
+    }
+}
+
+/// What an interrupted `receive` into `out` says, once the sender was seen (`paired`)
+/// or before.
+fn receive_interrupted(paired: bool, out: &Path) -> String {
+    // Before the manifest no file was opened, so there is nothing to resume.
+    if paired {
+        format!(
+            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
+             and have the sender use --resume to continue",
+            shown(out)
+        )
+    } else {
+        "interrupted while waiting for the sender; nothing was received".to_owned()
+    }
 }
 
 fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
@@ -241,16 +276,7 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     config.pake = pake;
     let transfer = backend::receive(config, a.out.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    // Before the manifest no file was opened, so there is nothing to resume.
-    let interrupted = if progress.paired() {
-        format!(
-            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
-             and have the sender use --resume to continue",
-            shown(&a.out)
-        )
-    } else {
-        "interrupted while waiting for the sender; nothing was received".to_owned()
-    };
+    let interrupted = receive_interrupted(progress.paired(), &a.out);
     finish(&progress, ended, &interrupted, Role::Receive)
 }
 

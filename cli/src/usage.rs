@@ -82,7 +82,11 @@ pub fn check_url(server: &str) -> Result<(), Usage> {
     Ok(())
 }
 
-fn check_code(code: &str) -> Result<(), Usage> {
+/// Check that a code can be used: not empty, and a parallel code well formed.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_code(code: &str) -> Result<(), Usage> {
     if code.is_empty() {
         return Err(Usage(
             "the code is empty: give both sides the same non-empty code".into(),

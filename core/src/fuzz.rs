@@ -236,6 +236,18 @@ pub(crate) mod pake_body {
     }
 }
 
+/// Read bytes as the serverless parts: a ticket's text (which, when it parses, must
+/// print back to a ticket that parses to the same), an SNTP answer, and a script that
+/// drives a [`Handshake`](crate::serverless::Handshake) against a true peer (with the
+/// same code or another, pinned or not) while forged, replayed and damaged messages
+/// come in between. Checks that the outcome, once reached, never changes, that a side
+/// is authenticated by tickets only when it pinned its peer, and by code only when the
+/// true peer had the same code. Returns whether it
+/// authenticated.
+pub fn serverless(data: &[u8]) -> bool {
+    serverless_body::run(data)
+}
+
 pub(crate) mod handover_body {
     use std::collections::VecDeque;
 
@@ -3494,6 +3506,101 @@ mod direct_body {
     }
 }
 
+mod serverless_body {
+    use std::time::Duration;
+
+    use crate::serverless::{AuthenticatedBy, Handshake, HandshakeConfig, Ticket};
+    use crate::wire::{Role, WireMessage};
+
+    pub(crate) fn run(data: &[u8]) -> bool {
+        if let Ok(text) = std::str::from_utf8(data) {
+            if let Ok(t) = Ticket::parse(text) {
+                assert_eq!(Ticket::parse(&t.to_string()), Ok(t));
+            }
+            let _ = crate::serverless::PeerSpec::parse(text);
+        }
+        let t = Duration::from_secs(1_764_775_237);
+        let _ = crate::sntp::parse_response(data, t, t);
+        let Some((&flags, script)) = data.split_first() else {
+            return false;
+        };
+        let role = if flags & 1 == 0 {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        let pinned = flags & 2 != 0;
+        let peer_pinned = flags & 4 != 0;
+        let same_code = flags & 8 != 0;
+        let mut ours = Handshake::new(HandshakeConfig {
+            role,
+            pinned_peer: pinned,
+            code: (flags & 16 == 0).then(|| "code".to_owned()),
+            channel_binding: [1; 32],
+            seed: [2; 32],
+        });
+        let mut peer = Handshake::new(HandshakeConfig {
+            role: role.other(),
+            pinned_peer: peer_pinned,
+            code: Some(if same_code { "code" } else { "cdoe" }.to_owned()),
+            channel_binding: [1; 32],
+            seed: [3; 32],
+        });
+        let mut first = None;
+        let mut i = 0;
+        while i < script.len() {
+            let step = script[i];
+            i += 1;
+            match step % 4 {
+                0 | 1 => {
+                    while let Some(m) = ours.poll_transmit() {
+                        peer.handle_message(m);
+                    }
+                    if let Some(m) = peer.poll_transmit() {
+                        ours.handle_message(m);
+                    }
+                }
+                2 => {
+                    let len = usize::from(script.get(i).copied().unwrap_or(0));
+                    let raw = &script[(i + 1).min(script.len())..(i + 1 + len).min(script.len())];
+                    i += 1 + len;
+                    ours.handle_message(WireMessage::Text(
+                        String::from_utf8_lossy(raw).into_owned(),
+                    ));
+                }
+                _ => {
+                    if let Some(WireMessage::Text(t)) = peer.poll_transmit() {
+                        let mut b = t.into_bytes();
+                        if !b.is_empty() {
+                            let at = usize::from(step) % b.len();
+                            b[at] ^= 1 << (step % 7);
+                        }
+                        ours.handle_message(WireMessage::Text(
+                            String::from_utf8_lossy(&b).into_owned(),
+                        ));
+                    }
+                }
+            }
+            let now = ours.outcome().map(|r| r.cloned().map_err(Clone::clone));
+            if first.is_none() {
+                first.clone_from(&now);
+            }
+            assert_eq!(now, first, "the outcome changed");
+        }
+        match ours.outcome() {
+            Some(Ok(a)) => {
+                match a.by {
+                    AuthenticatedBy::Tickets => assert!(pinned, "tickets without pinning"),
+                    // Whatever was forged, only a peer with the code gets in.
+                    AuthenticatedBy::Code => assert!(same_code, "a wrong code authenticated"),
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -3505,7 +3612,7 @@ mod tests {
 
     type Body = fn(&[u8]);
 
-    const TARGETS: [(&str, Body); 7] = [
+    const TARGETS: [(&str, Body); 8] = [
         ("pake", |d| {
             super::pake(d);
         }),
@@ -3522,6 +3629,9 @@ mod tests {
         ("stun", super::stun),
         ("direct", |d| {
             super::direct(d);
+        }),
+        ("serverless", |d| {
+            super::serverless(d);
         }),
     ];
 

@@ -20,8 +20,10 @@ mod pipe;
 pub mod receiver;
 pub mod relay;
 pub mod sender;
+pub mod serverless;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod sim;
+pub mod sntp;
 pub mod stun;
 #[cfg(test)]
 mod tests;

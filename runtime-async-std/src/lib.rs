@@ -361,3 +361,56 @@ pub async fn receive_direct(
 ) -> Result<Summary, TransferError> {
     p2p_copy_runtime::receive_direct(AsyncStd, cfg, conn, out_dir, on_event).await
 }
+
+pub use p2p_copy_runtime::serverless::{PeerSpec, Ticket};
+pub use p2p_copy_runtime::ServerlessConfig;
+
+/// A transfer with no server at all: the bound UDP socket and this side's ticket, then
+/// the transfer with the peer (see `p2p_copy_runtime::Serverless`).
+#[derive(Debug)]
+pub struct Serverless(p2p_copy_runtime::Serverless<AsyncStd>);
+
+impl Serverless {
+    /// Bind the socket, make this run's certificate, learn the public address and the
+    /// clock's offset.
+    ///
+    /// # Errors
+    /// See `p2p_copy_runtime::Serverless::bind`.
+    pub async fn bind(cfg: ServerlessConfig) -> Result<Serverless, TransferError> {
+        p2p_copy_runtime::Serverless::bind(AsyncStd, cfg)
+            .await
+            .map(Serverless)
+    }
+
+    /// What the peer must be given.
+    pub fn ticket(&self) -> Ticket {
+        self.0.ticket()
+    }
+
+    /// Send `paths` to the peer (`None` when listening).
+    ///
+    /// # Errors
+    /// See `p2p_copy_runtime::Serverless::send`.
+    pub async fn send(
+        self,
+        peer: Option<PeerSpec>,
+        paths: Vec<PathBuf>,
+        opts: SendOptions,
+        on_event: impl FnMut(SessionEvent) + Send + 'static,
+    ) -> Result<Summary, TransferError> {
+        self.0.send(peer, paths, opts, on_event).await
+    }
+
+    /// Receive into `out_dir` from the peer (`None` when listening).
+    ///
+    /// # Errors
+    /// See `p2p_copy_runtime::Serverless::receive`.
+    pub async fn receive(
+        self,
+        peer: Option<PeerSpec>,
+        out_dir: PathBuf,
+        on_event: impl FnMut(SessionEvent) + Send + 'static,
+    ) -> Result<Summary, TransferError> {
+        self.0.receive(peer, out_dir, on_event).await
+    }
+}
