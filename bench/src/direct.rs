@@ -121,6 +121,7 @@ async fn over_relay(file: &Path, out: &Path) -> Result<(), TransferError> {
         tls: None,
         relay: Default::default(),
         stun: p2p_copy_smol::StunPorts::Off,
+        ops: Default::default(),
     })
     .await
     .map_err(|e| TransferError::Connect(e.to_string()))?;

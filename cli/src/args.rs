@@ -10,20 +10,26 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p_copy_core::relay::RelayConfig;
 
 use crate::backend::{
-    ClientConfig, CompressMode, DirectMode, RelayServerConfig, SendOptions, StunPorts,
+    ClientConfig, CompressMode, DirectMode, RelayOps, RelayServerConfig, SendOptions, StunPorts,
 };
 use crate::config_file::FileConfig;
 
 const AFTER_HELP: &str = "\
-A code of the form n=<N>=n<rest> (e.g. n=4=nMySecret) moves the files over N parallel
-connections; both sides must use the same code.
+Without a code, send makes one like 7-guitar-rocket and prints the command that receives
+it: the two sides prove they hold it with a PAKE, the relay learns nothing it could guess,
+and the transfer is always encrypted. With the relay URL first (p2p-copy 0.1.x's form) a
+code is hashed as p2p-copy 0.1.x does. A code of the form n=<N>=n<rest> (e.g.
+n=4=nMySecret) moves the files over N parallel connections; both sides must use the same
+code.
 
 Exit codes: 0 ok, 1 usage or invalid settings, 2 relay or connection problem,
 3 timeout (no peer: wrong code, mismatched --encrypt, other relay), 4 protocol violation
 by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost (the peer or the
 relay went away), 8 not everything delivered (files skipped or not stored; the message
-lists them), 9 no direct connection although --direct-only asked for one, 130
-interrupted (Ctrl-C).
+lists them), 9 no direct connection although --direct-only asked for one (or, with no
+relay, the peer never reached), 10 wrong code (the sides hold different codes like
+7-guitar-rocket) or, with no relay, the peer not authenticated (wrong code or ticket),
+130 interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
@@ -66,10 +72,14 @@ pub enum Command {
     /// Run the relay that pairs a sender and a receiver by code and forwards their data.
     ///
     /// It stores nothing. TLS (wss://) is on unless --no-tls is given, and then needs
-    /// --certfile and --keyfile. Stops on Ctrl-C or SIGTERM.
+    /// --certfile and --keyfile. On Ctrl-C or SIGTERM it stops accepting at once, lets
+    /// running pairs finish within --drain-timeout and exits; SIGHUP re-reads
+    /// --token-file.
     #[command(after_help = "Examples:\n  \
         p2p-copy run-relay-server localhost 8765 --no-tls\n  \
-        p2p-copy run-relay-server 0.0.0.0 443 --tls --certfile cert.pem --keyfile key.pem")]
+        p2p-copy run-relay-server 0.0.0.0 443 --tls --certfile cert.pem --keyfile key.pem\n  \
+        p2p-copy run-relay-server 127.0.0.1 8765 --no-tls --metrics 127.0.0.1:9100 \
+        --token-file /etc/p2p-copy/tokens --max-rate 50M --log-format json")]
     RunRelayServer(RelayArgs),
     /// Check what this network allows: the relay over ws/wss and its latency, UDP to
     /// its STUN ports, this side's public address, the NAT's mapping behaviour (whether
@@ -204,6 +214,35 @@ pub struct ClientArgs {
     /// The configuration file's settings, below the flags and the environment.
     #[arg(skip)]
     pub file: FileConfig,
+    /// The relay's access token.
+    #[command(flatten)]
+    pub token: RelayTokenArgs,
+}
+
+/// The relay's access token, for relays run with `--token-file`.
+#[derive(Debug, Args)]
+pub struct RelayTokenArgs {
+    /// Access token for a relay that requires one [default: $P2P_COPY_RELAY_TOKEN]. It
+    /// is sent as an Authorization header and never printed; the environment variable
+    /// keeps it out of the process list.
+    #[arg(long, value_name = "TOKEN")]
+    pub relay_token: Option<String>,
+}
+
+/// The environment variable that holds the relay token when `--relay-token` is not given.
+pub const RELAY_TOKEN_ENV: &str = "P2P_COPY_RELAY_TOKEN";
+
+impl RelayTokenArgs {
+    /// The token to send: `--relay-token`, else `$P2P_COPY_RELAY_TOKEN`, else
+    /// `from_config` (the configuration file's value, for the caller that reads one).
+    /// Empty values count as none.
+    pub fn resolve(&self, from_config: Option<String>) -> Option<String> {
+        self.relay_token
+            .clone()
+            .or_else(|| std::env::var(RELAY_TOKEN_ENV).ok())
+            .or(from_config)
+            .filter(|t| !t.trim().is_empty())
+    }
 }
 
 /// The environment variable that names the default relay.
@@ -216,6 +255,9 @@ pub struct Rendezvous {
     pub server: Option<String>,
     /// The code: from the arguments or `--code`.
     pub code: Option<String>,
+    /// The relay came first, as p2p-copy 0.1.x takes it: the code is a v1 code,
+    /// whatever its shape.
+    pub v1_form: bool,
 }
 
 /// Whether a positional argument is a relay URL rather than a code or a file: it names a
@@ -286,6 +328,8 @@ impl ClientArgs {
         cfg.direct.stun = self.stun.clone();
         cfg.proxy = self.proxy_for(&cfg.server);
         cfg.direct.timeout = self.direct_timeout;
+        // A configuration file's token goes here, as the last fallback.
+        cfg.relay_token = self.token.resolve(self.file.relay_token.clone());
         cfg
     }
 }
@@ -321,6 +365,16 @@ pub struct SendArgs {
     /// folders). Without it links are never followed: they are skipped with a warning.
     #[arg(short = 'L', long)]
     pub follow_symlinks: bool,
+    /// Words in a generated code (2 to 8; each adds about 10.3 bits).
+    #[arg(long, value_name = "N", default_value = "2", value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub code_words: u8,
+    /// With a code like 7-guitar-rocket: how long the code stays valid, waiting for the
+    /// receiver.
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
+    pub ttl: Duration,
+    /// No relay at all: --peer, --listen, --local-port, --ntp.
+    #[command(flatten)]
+    pub serverless: ServerlessArgs,
 }
 
 impl SendArgs {
@@ -334,6 +388,7 @@ impl SendArgs {
                 let found = Rendezvous {
                     server: Some(server),
                     code: Some(code),
+                    v1_form: true,
                 };
                 (found, &self.args[2..])
             }
@@ -383,6 +438,43 @@ pub struct ReceiveArgs {
     /// or the current directory].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// No relay at all: --peer, --listen, --local-port, --ntp.
+    #[command(flatten)]
+    pub serverless: ServerlessArgs,
+}
+
+/// A transfer with no relay at all (`send` and `receive` alike). Each side prints its
+/// ticket; `--peer` takes the peer's ticket or a bare `HOST:PORT` (then both sides give
+/// the same `--code`). Without `--peer` or `--listen`, the peer's ticket is read from
+/// standard input.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerlessArgs {
+    /// No relay: the peer's ticket (printed by the peer), or its HOST:PORT together with
+    /// the same --code on both sides.
+    #[arg(long, value_name = "TICKET|HOST:PORT", conflicts_with = "listen")]
+    pub peer: Option<String>,
+    /// No relay: the UDP port of this side, which the peer's --peer names [default: any
+    /// free port].
+    #[arg(long, value_name = "N")]
+    pub local_port: Option<u16>,
+    /// No relay: wait on UDP port PORT for the peer, which reaches this side with --peer
+    /// (both sides give the same --code).
+    #[arg(long, value_name = "PORT", conflicts_with = "local_port")]
+    pub listen: Option<u16>,
+    /// No relay: punch at the 10-second instants of this SNTP server's time instead of
+    /// the local clock's.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub ntp: Option<String>,
+}
+
+impl ServerlessArgs {
+    /// Whether any option of a transfer without a relay was given.
+    pub fn given(&self) -> bool {
+        self.peer.is_some()
+            || self.local_port.is_some()
+            || self.listen.is_some()
+            || self.ntp.is_some()
+    }
 }
 
 impl ReceiveArgs {
@@ -402,6 +494,7 @@ impl ReceiveArgs {
         let mut next = rest.next();
         if let Some(first) = next.filter(|a| is_url(a)) {
             found.server = Some(first.clone());
+            found.v1_form = true;
             next = rest.next();
         }
         found.code = next.cloned();
@@ -450,6 +543,62 @@ pub struct RelayArgs {
     /// 0 turns STUN off].
     #[arg(long, value_name = "N")]
     pub stun_port: Option<u16>,
+    /// Operator settings: metrics, tokens, fair use, shutdown, logs.
+    #[command(flatten)]
+    pub ops: RelayOpsArgs,
+}
+
+/// The relay's operator settings.
+#[derive(Debug, Args)]
+pub struct RelayOpsArgs {
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics and a liveness check at
+    /// /healthz (port 0 picks a free port and prints it).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Require an access token: one per line in FILE (blank lines and lines starting
+    /// with # are skipped), re-read on SIGHUP. Clients give it with --relay-token, or
+    /// in the URL as ?token=… (Python p2p-copy).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Refuse a client address's connections beyond N new ones a minute.
+    #[arg(long, value_name = "N", value_parser = per_minute)]
+    pub max_new_per_minute: Option<u32>,
+    /// Forward at most RATE bytes a second per pair and per client address (e.g.
+    /// 500k, 10M, 1Gi); faster clients are slowed down.
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    pub max_rate: Option<u64>,
+    /// Close a pair, with a reason both clients print, once it has forwarded more than
+    /// SIZE bytes (e.g. 10G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_bytes: Option<u64>,
+    /// On SIGTERM or Ctrl-C, stop accepting at once and let running pairs finish for up
+    /// to this many seconds before closing them; a second signal closes them at once.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_drain)]
+    pub drain_timeout: Duration,
+    /// Log as plain text lines or as one JSON object per line, for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `info: …` lines.
+    Text,
+    /// One JSON object per line: time, level, message and fields.
+    Json,
+}
+
+impl RelayOpsArgs {
+    fn ops(&self) -> RelayOps {
+        RelayOps {
+            metrics: self.metrics,
+            token_file: self.token_file.clone(),
+            max_rate: self.max_rate,
+            max_bytes: self.max_bytes,
+            drain_timeout: self.drain_timeout,
+        }
+    }
 }
 
 /// Why the relay's settings cannot be used.
@@ -477,6 +626,7 @@ impl RelayArgs {
             wait_timeout: self.wait_timeout,
             max_connections: self.max_connections,
             max_per_address: self.max_per_address,
+            max_new_per_minute: self.ops.max_new_per_minute,
             ..RelayConfig::default()
         };
         Ok(RelayServerConfig {
@@ -489,6 +639,7 @@ impl RelayArgs {
                 Some(0) => StunPorts::Off,
                 Some(n) => StunPorts::Port(n),
             },
+            ops: self.ops.ops(),
         })
     }
 }
@@ -505,6 +656,53 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}` is too long: give at most 1e9 seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Seconds from 0 (no drain) to 1e9.
+fn parse_drain(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_secs(s),
+    }
+}
+
+/// A count of at least 1 that fits 32 bits.
+fn per_minute(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a whole number from 1 to 4294967295")),
+    }
+}
+
+/// A number of bytes, at least 1, with an optional suffix: k, M, G, T (powers of 1000)
+/// or Ki, Mi, Gi, Ti (powers of 1024), optionally followed by B (and /s for a rate).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a size such as 500k, 10M, 1.5G or 1Gi");
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: f64 = match unit {
+        "" => 1.0,
+        "k" | "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = (n * factor).round();
+    if !(1.0..=9e18).contains(&bytes) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
 }
 
 /// A count of at least 1.
@@ -798,6 +996,95 @@ mod tests {
             (cfg.relay.max_connections, cfg.relay.max_per_address),
             (10, 2)
         );
+    }
+
+    #[test]
+    fn relay_operator_flags_reach_the_configuration() {
+        let Command::RunRelayServer(a) = parse(&[
+            "run-relay-server",
+            "h",
+            "1",
+            "--no-tls",
+            "--metrics",
+            "127.0.0.1:9100",
+            "--token-file",
+            "t.txt",
+            "--max-new-per-minute",
+            "30",
+            "--max-rate",
+            "10M",
+            "--max-bytes",
+            "1Gi",
+            "--drain-timeout",
+            "0",
+            "--log-format",
+            "json",
+        ])
+        .command
+        else {
+            panic!("relay")
+        };
+        assert_eq!(a.ops.log_format, LogFormat::Json);
+        let cfg = a.config().unwrap();
+        assert_eq!(cfg.relay.max_new_per_minute, Some(30));
+        assert_eq!(
+            cfg.ops,
+            RelayOps {
+                metrics: Some("127.0.0.1:9100".parse().unwrap()),
+                token_file: Some(PathBuf::from("t.txt")),
+                max_rate: Some(10_000_000),
+                max_bytes: Some(1 << 30),
+                drain_timeout: Duration::ZERO,
+            }
+        );
+        let Command::RunRelayServer(a) = parse(&["run-relay-server", "h", "1", "--no-tls"]).command
+        else {
+            panic!("relay")
+        };
+        let cfg = a.config().unwrap();
+        assert_eq!(cfg.ops.drain_timeout, Duration::from_secs(30));
+        assert_eq!((cfg.ops.metrics, cfg.ops.max_rate), (None, None));
+        assert_eq!(a.ops.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn sizes_take_decimal_and_binary_suffixes() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("500k"), Ok(500_000));
+        assert_eq!(parse_size("1.5MB"), Ok(1_500_000));
+        assert_eq!(parse_size("2Mi/s"), Ok(2 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        for bad in ["", "0", "-1", "10X", "M", "1e99", "1.2.3k"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        parse_err(&["run-relay-server", "h", "1", "--max-rate", "fast"]);
+        parse_err(&["run-relay-server", "h", "1", "--max-new-per-minute", "0"]);
+        parse_err(&["run-relay-server", "h", "1", "--drain-timeout", "0.5"]);
+    }
+
+    #[test]
+    fn the_relay_token_comes_from_the_flag_then_the_environment_then_the_config() {
+        let flag = RelayTokenArgs {
+            relay_token: Some("from-flag".into()),
+        };
+        assert_eq!(
+            flag.resolve(Some("cfg".into())).as_deref(),
+            Some("from-flag")
+        );
+        let none = RelayTokenArgs { relay_token: None };
+        // The environment is read by the process-level tests (cli/tests/relay_ops.rs);
+        // here it is unset.
+        if std::env::var_os(RELAY_TOKEN_ENV).is_none() {
+            assert_eq!(none.resolve(Some("cfg".into())).as_deref(), Some("cfg"));
+            assert_eq!(none.resolve(Some(" ".into())), None);
+            assert_eq!(none.resolve(None), None);
+        }
+        let Command::Send(a) =
+            parse(&["send", "ws://h:1", "c", "f", "--relay-token", "s3cret"]).command
+        else {
+            panic!("send")
+        };
+        assert_eq!(a.client.config("ws://h:1".into(), "c".into()).relay_token.as_deref(), Some("s3cret"));
     }
 
     #[test]

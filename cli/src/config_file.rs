@@ -12,6 +12,7 @@
 //! proxy = "http://proxy.corp:3128"
 //! encrypt = true
 //! out = "/data/inbox"
+//! relay_token = "…"   # for a relay run with --token-file
 //! ```
 //!
 //! A flag wins over the environment, which wins over the file, which wins over the
@@ -38,6 +39,8 @@ pub struct FileConfig {
     pub encrypt: Option<bool>,
     /// The receiver's output directory.
     pub out: Option<PathBuf>,
+    /// The access token for a relay run with `--token-file`.
+    pub relay_token: Option<String>,
 }
 
 /// The configuration file that applies, and what it holds.
@@ -110,13 +113,14 @@ mod tests {
         assert_eq!(parse("").unwrap(), FileConfig::default());
         let f = parse(
             "relay = \"wss://r:443\"\nca_file = \"/x.pem\"\nproxy = \"http://p:1\"\n\
-             encrypt = true\nout = \"/in\"\n",
+             encrypt = true\nout = \"/in\"\nrelay_token = \"t\"\n",
         )
         .unwrap();
         assert_eq!(f.relay.as_deref(), Some("wss://r:443"));
         assert_eq!(f.ca_file, Some(PathBuf::from("/x.pem")));
         assert_eq!(f.encrypt, Some(true));
         assert_eq!(f.out, Some(PathBuf::from("/in")));
+        assert_eq!(f.relay_token.as_deref(), Some("t"));
         let e = parse("relays = \"x\"").unwrap_err();
         assert!(e.contains("relays"), "{e}");
         let e = parse("encrypt = \"yes\"").unwrap_err();

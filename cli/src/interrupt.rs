@@ -53,3 +53,17 @@ impl Interrupts {
         future::or(async { Ended::Done(fut.await) }, interrupted).await
     }
 }
+
+/// Catch SIGHUP from now on and only log it; the future never completes. A relay without
+/// a token file has nothing to re-read, and SIGHUP (`systemctl reload`) must not end it.
+pub fn log_hangups() -> impl Future<Output = ()> {
+    let signals = Signals::new([Signal::Hup]).ok();
+    async move {
+        if let Some(mut s) = signals {
+            while s.next().await.is_some() {
+                log::info!("SIGHUP: no --token-file to re-read");
+            }
+        }
+        future::pending::<()>().await
+    }
+}

@@ -5,10 +5,12 @@
 mod alloc;
 mod args;
 mod backend;
+mod codes;
 mod config_file;
 mod ctrl_echo;
 mod interrupt;
 mod progress;
+mod serverless;
 mod stderr_log;
 mod usage;
 
@@ -20,8 +22,8 @@ use log::LevelFilter;
 use p2p_copy_core::path::escape;
 
 use crate::args::{
-    Cli, Command, CompletionsArgs, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs, SendArgs,
-    TlsUsage,
+    Cli, Command, CompletionsArgs, LogFormat, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs,
+    SendArgs, TlsUsage,
 };
 use crate::backend::{RelayServer, Summary, TransferError};
 use crate::interrupt::{Ended, Interrupts};
@@ -50,7 +52,13 @@ fn main() -> ExitCode {
         }
     };
     let out = cli.output;
-    stderr_log::init(if out.quiet {
+    let format = match &cli.command {
+        Command::RunRelayServer(a) if a.ops.log_format == LogFormat::Json => {
+            stderr_log::Format::Json
+        }
+        _ => stderr_log::Format::Text,
+    };
+    let level = if out.quiet {
         LevelFilter::Error
     } else if out.verbose {
         LevelFilter::Debug
@@ -58,11 +66,26 @@ fn main() -> ExitCode {
         LevelFilter::Info
     } else {
         LevelFilter::Warn
-    });
-    ExitCode::from(match cli.command {
+    };
+    stderr_log::init(level, format);
+    let command = match with_config(cli.command) {
+        Ok(command) => command,
+        Err(exit) => return ExitCode::from(exit),
+    };
+    ExitCode::from(match command {
         Command::Completions(a) => completions(&a),
         Command::Man => man(),
         Command::Config => show_config(),
+        Command::Send(a)
+            if serverless::chosen(&a.serverless, a.rendezvous().0.server.is_none()) =>
+        {
+            serverless::send(a, out)
+        }
+        Command::Receive(a)
+            if serverless::chosen(&a.serverless, a.rendezvous().server.is_none()) =>
+        {
+            serverless::receive(a, out)
+        }
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),
@@ -137,7 +160,7 @@ fn show_config() -> u8 {
     let from_file = "config file";
     let row = |key: &str, value: Option<String>, from: &str| {
         let value = value.unwrap_or_else(|| "(none)".to_owned());
-        println!("{key:<8} = {:<40} ({from})", escape(&value));
+        println!("{key:<11} = {:<40} ({from})", escape(&value));
     };
     let (relay, from) = match (env(args::RELAY_ENV), &file.relay) {
         (Some(v), _) => (Some(v), format!("environment {}", args::RELAY_ENV)),
@@ -180,6 +203,13 @@ fn show_config() -> u8 {
         ),
         source(file.out.is_some()),
     );
+    // The token itself is never shown, only whether one is set and where.
+    let (token, from) = match (env(args::RELAY_TOKEN_ENV), &file.relay_token) {
+        (Some(_), _) => (Some("(set)"), format!("environment {}", args::RELAY_TOKEN_ENV)),
+        (None, Some(_)) => (Some("(set)"), from_file.to_owned()),
+        (None, None) => (None, "default".to_owned()),
+    };
+    row("relay_token", token.map(str::to_owned), &from);
     0
 }
 
@@ -244,13 +274,13 @@ fn man() -> u8 {
     }
 }
 
-fn send(mut a: SendArgs, out: OutputArgs) -> u8 {
-    match load_config() {
-        Ok(file) => a.client.file = file,
-        Err(exit) => return exit,
-    }
-    let (found, files) = a.rendezvous();
+fn send(a: SendArgs, out: OutputArgs) -> u8 {
+    let (mut found, files) = a.rendezvous();
     let first = a.args.first().and_then(|f| f.to_str());
+    let kind = match usage_ok(codes::sender_code(&mut found, a.code_words.into())) {
+        Ok(kind) => kind,
+        Err(exit) => return exit,
+    };
     let (server, code) = match usage_ok(usage::check_client(&a.client, found, first)) {
         Ok(ok) => ok,
         Err(exit) => return exit,
@@ -259,28 +289,51 @@ fn send(mut a: SendArgs, out: OutputArgs) -> u8 {
         eprintln!("error: no files given: name the files and/or directories to send");
         return EXIT_USAGE;
     }
+    let mut config = a.client.config(server, code);
+    if kind != codes::SendCode::V1 {
+        config.pake = true;
+        config.pair_timeout = a.ttl;
+    }
+    if let codes::SendCode::Generated(code) = &kind {
+        codes::announce(code, &config.server, a.ttl.as_secs());
+    }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
-    let transfer = backend::send(
-        a.client.config(server, code),
-        files,
-        a.options(),
-        progress.callback(),
-    );
+    let transfer = backend::send(config, files, a.options(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = if progress.paired() {
+    finish(
+        &progress,
+        ended,
+        send_interrupted(progress.paired()),
+        Role::Send,
+    )
+}
+
+/// What an interrupted `send` says, once the receiver was seen (`paired`) or before.
+fn send_interrupted(paired: bool) -> &'static str {
+    if paired {
         "interrupted; the receiver keeps what it got: run the same send with --resume to continue"
     } else {
         "interrupted while waiting for the receiver; nothing was sent"
-    };
-    finish(&progress, ended, interrupted, Role::Send)
+    }
 }
 
-fn receive(mut a: ReceiveArgs, out: OutputArgs) -> u8 {
-    match load_config() {
-        Ok(file) => a.client.file = file,
-        Err(exit) => return exit,
+/// What an interrupted `receive` into `out` says, once the sender was seen (`paired`)
+/// or before.
+fn receive_interrupted(paired: bool, out: &Path) -> String {
+    // Before the manifest no file was opened, so there is nothing to resume.
+    if paired {
+        format!(
+            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
+             and have the sender use --resume to continue",
+            shown(out)
+        )
+    } else {
+        "interrupted while waiting for the sender; nothing was received".to_owned()
     }
+}
+
+fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let out_dir = a.out_dir();
     let first = a.args.first().map(String::as_str);
     let checked = match (a.extra_argument(), first) {
@@ -288,34 +341,42 @@ fn receive(mut a: ReceiveArgs, out: OutputArgs) -> u8 {
         (Some(extra), Some(first)) => Err(usage::check_url(first)
             .err()
             .unwrap_or_else(|| usage::Usage(format!("unexpected argument {}", escape(extra))))),
-        _ => usage::check_client(&a.client, a.rendezvous(), first),
+        _ => {
+            let mut found = a.rendezvous();
+            codes::receiver_code(&mut found)
+                .and_then(|pake| usage::check_client(&a.client, found, first).map(|ok| (ok, pake)))
+        }
     };
-    let (server, code) =
+    let ((server, code), pake) =
         match usage_ok(checked.and_then(|ok| usage::check_out(&out_dir).map(|()| ok))) {
             Ok(ok) => ok,
             Err(exit) => return exit,
         };
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
-    let config = a.client.config(server, code);
+    let mut config = a.client.config(server, code);
+    config.pake = pake;
     let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
-    // Before the manifest no file was opened, so there is nothing to resume.
-    let interrupted = if progress.paired() {
-        format!(
-            "interrupted; partial files stay in {} as .<name>.p2p-copy-part: receive again \
-             and have the sender use --resume to continue",
-            shown(&out_dir)
-        )
-    } else {
-        "interrupted while waiting for the sender; nothing was received".to_owned()
-    };
+    let interrupted = receive_interrupted(progress.paired(), &out_dir);
     finish(&progress, ended, &interrupted, Role::Receive)
 }
 
-/// The configuration file's settings; a broken file is a usage error.
-fn load_config() -> Result<config_file::FileConfig, u8> {
-    usage_ok(config_file::load().map(|l| l.file).map_err(usage::Usage))
+/// `send` and `receive` with the configuration file's settings under their flags; a
+/// broken file is a usage error.
+fn with_config(command: Command) -> Result<Command, u8> {
+    let load = || usage_ok(config_file::load().map(|l| l.file).map_err(usage::Usage));
+    Ok(match command {
+        Command::Send(mut a) => {
+            a.client.file = load()?;
+            Command::Send(a)
+        }
+        Command::Receive(mut a) => {
+            a.client.file = load()?;
+            Command::Receive(a)
+        }
+        other => other,
+    })
 }
 
 /// Print a usage mistake found before connecting; its exit code is the error.
@@ -364,13 +425,16 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
         }
     };
     let interrupts = Interrupts::install();
+    // With a token file the relay itself re-reads it on SIGHUP.
+    let hangups = config.ops.token_file.is_none().then(interrupt::log_hangups);
     let scheme = if config.tls.is_some() { "wss" } else { "ws" };
     let place = format!("{}:{}", escape(&config.host), config.port);
     backend::block_on(async {
         let server = match RelayServer::bind(config).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: cannot start the relay on {place}: {e}");
+                // Through the log, so that --log-format json keeps every line JSON.
+                log::error!("cannot start the relay on {place}: {e}");
                 return EXIT_RELAY;
             }
         };
@@ -380,17 +444,39 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
             for addr in server.stun_addrs() {
                 println!("relay answering STUN on udp {addr}");
             }
+            if let Some(addr) = server.metrics_addr() {
+                println!("relay metrics on http://{addr}/metrics");
+            }
+            if server.requires_token() {
+                println!("relay requires a token");
+            }
         }
-        // Only a signal ends the relay: it then closes its connections with a reason.
-        match server.run_until(interrupts.wait()).await {
+        // Only a signal ends the relay: it then stops accepting, lets running pairs
+        // finish within --drain-timeout, and closes the rest with a reason. A second
+        // signal, caught from the first one on, closes them at once.
+        let (first_tx, first_rx) = async_channel::bounded(1);
+        let stop = async move {
+            let signalled = async {
+                interrupts.wait().await;
+                let _ = first_tx.try_send(Interrupts::install());
+            };
+            match hangups {
+                Some(h) => futures_lite::future::or(signalled, h).await,
+                None => signalled.await,
+            }
+        };
+        let hurry = async move {
+            if let Ok(again) = first_rx.recv().await {
+                again.wait().await;
+            }
+        };
+        match server.run_draining(stop, hurry).await {
             Ok(()) => {
-                if !out.quiet {
-                    eprintln!("relay stopped");
-                }
+                log::info!("relay stopped");
                 0
             }
             Err(e) => {
-                eprintln!("error: the relay stopped: {e}");
+                log::error!("the relay stopped: {e}");
                 EXIT_RELAY
             }
         }

@@ -40,7 +40,8 @@ pub fn check_client(
     let Some(code) = found.code else {
         return Err(Usage(
             "no code given: give both sides the same code, as the argument after the \
-             relay URL or with --code"
+             relay URL or with --code (receive also reads P2P_COPY_CODE, and asks on a \
+             terminal)"
                 .into(),
         ));
     };
@@ -86,7 +87,11 @@ pub fn check_url(server: &str) -> Result<(), Usage> {
     Ok(())
 }
 
-fn check_code(code: &str) -> Result<(), Usage> {
+/// Check that a code can be used: not empty, and a parallel code well formed.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_code(code: &str) -> Result<(), Usage> {
     if code.is_empty() {
         return Err(Usage(
             "the code is empty: give both sides the same non-empty code".into(),

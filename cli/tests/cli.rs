@@ -398,7 +398,18 @@ fn usage_mistakes_exit_1_before_connecting() {
         ),
         (vec!["send", &ws, "code"], "no files given"),
         (vec!["receive", &ws, "--out", out], "no code given"),
-        (vec!["send", "--relay", &ws, src], "no code given"),
+        (
+            vec!["send", "--relay", &ws, "--code", "7-acid-acid", src],
+            "appears twice",
+        ),
+        (
+            vec!["send", "--relay", &ws, "--code", "7-rocket", src],
+            "at least 2 words",
+        ),
+        (
+            vec!["send", "--relay", &ws, "--code-words", "1", src],
+            "--code-words",
+        ),
         (
             vec!["send", "--relay", &http, "--code", "c", src],
             "use ws://",

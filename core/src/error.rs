@@ -61,6 +61,15 @@ pub enum Error {
     /// does not support one (extension [`EXT_DIRECT`](crate::wire::EXT_DIRECT)).
     #[error("no direct path: {0}")]
     NoDirectPath(String),
+    /// The two sides hold different codes: the PAKE of a code like `7-guitar-rocket`
+    /// did not confirm ([`crate::pake`]).
+    #[error("{0}")]
+    WrongCode(String),
+    /// The relay refused to let this side into the room of a code like
+    /// `7-guitar-rocket`: a client in the same role waits there (another transfer drew
+    /// the same number).
+    #[error("{0}")]
+    RoomInUse(String),
 }
 
 struct FileCtx<'a>(&'a Option<String>);
@@ -124,7 +133,7 @@ impl Error {
     }
 
     /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
-    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`), for logs and exit-code
+    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`, `wrong_code`, `room`), for logs and exit-code
     /// mapping.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -138,6 +147,8 @@ impl Error {
             Error::ConnectionLost(_) => "lost",
             Error::NotDelivered(_) => "undelivered",
             Error::NoDirectPath(_) => "direct",
+            Error::WrongCode(_) => "wrong_code",
+            Error::RoomInUse(_) => "room",
         }
     }
 }

@@ -85,6 +85,169 @@ pub fn handover(data: &[u8]) -> usize {
     handover_body::run(data)
 }
 
+/// Drive a sender's and a receiver's [`Pake`](crate::pake::Pake) (same code or not)
+/// through a relay that the script controls: it delivers, drops, reorders, replays,
+/// corrupts and injects messages, closes connections and moves the clock. Checks that
+/// nothing panics, that different codes never confirm, that two sides that both
+/// confirmed hold the same key, and that a failed side stays failed. Returns whether
+/// the sender and the receiver confirmed.
+pub fn pake(data: &[u8]) -> (bool, bool) {
+    pake_body::run(data)
+}
+
+pub(crate) mod pake_body {
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    use crate::code::PakeCode;
+    use crate::pake::{Pake, PakeConfig};
+    use crate::wire::{Role, WireMessage};
+
+    const MAX_STEPS: usize = 64;
+
+    fn corrupt(m: &WireMessage, at: u8, to: u8) -> WireMessage {
+        match m {
+            WireMessage::Text(t) => {
+                let mut b = t.clone().into_bytes();
+                if !b.is_empty() {
+                    let i = usize::from(at) % b.len();
+                    const BYTES: &[u8] = b"0123456789abcdef\"{}:,x";
+                    b[i] = BYTES[usize::from(to) % BYTES.len()];
+                }
+                WireMessage::Text(String::from_utf8_lossy(&b).into_owned())
+            }
+            WireMessage::Binary(b) => WireMessage::Binary(b.clone()),
+        }
+    }
+
+    pub(crate) fn run(data: &[u8]) -> (bool, bool) {
+        let Some((&first, mut script)) = data.split_first() else {
+            return (false, false);
+        };
+        let same = first & 1 == 0;
+        let t0 = Instant::now();
+        let mut now = t0;
+        let code = PakeCode::parse("7-guitar-rocket").expect("valid code");
+        let other = PakeCode::parse(if same {
+            "7-guitar-rocket"
+        } else {
+            "7-guitar-racket"
+        })
+        .expect("valid code");
+        let mut s = Pake::new(now, Role::Sender, &code, [first; 32], PakeConfig::default());
+        let mut r = Pake::new(
+            now,
+            Role::Receiver,
+            &other,
+            [!first; 32],
+            PakeConfig::default(),
+        );
+        let mut to_r: VecDeque<WireMessage> = VecDeque::new();
+        let mut to_s: VecDeque<WireMessage> = VecDeque::new();
+        let mut last: Option<(bool, WireMessage)> = None;
+        let mut s_failed = false;
+        let mut r_failed = false;
+        let mut steps = 0;
+        // The hellos go to the relay, not the peer.
+        assert!(s.poll_transmit().is_some() && r.poll_transmit().is_some());
+        while let Some((&op, rest)) = script.split_first() {
+            script = rest;
+            steps += 1;
+            if steps > MAX_STEPS {
+                break;
+            }
+            let arg = |script: &mut &[u8]| -> u8 {
+                let Some((&b, rest)) = script.split_first() else {
+                    return 0;
+                };
+                *script = rest;
+                b
+            };
+            // Which side gets the message, and the message.
+            let delivery: Option<(bool, WireMessage)> = match op % 9 {
+                0 => to_r.pop_front().map(|m| (true, m)),
+                1 => to_s.pop_front().map(|m| (false, m)),
+                2 => Some((false, WireMessage::Text(r#"{"type":"ready"}"#.into()))),
+                3 => {
+                    let (at, to) = (arg(&mut script), arg(&mut script));
+                    to_r.pop_front().map(|m| (true, corrupt(&m, at, to)))
+                }
+                4 => {
+                    let (at, to) = (arg(&mut script), arg(&mut script));
+                    to_s.pop_front().map(|m| (false, corrupt(&m, at, to)))
+                }
+                5 => last.clone(),
+                6 => {
+                    let len = usize::from(arg(&mut script) % 80).min(script.len());
+                    let (raw, rest) = script.split_at(len);
+                    script = rest;
+                    let text = String::from_utf8_lossy(raw).into_owned();
+                    Some((op & 0x10 == 0, WireMessage::Text(text)))
+                }
+                7 => {
+                    now += Duration::from_secs(u64::from(arg(&mut script)) * 10);
+                    s_failed |= s.handle_timeout(now).is_err();
+                    r_failed |= r.handle_timeout(now).is_err();
+                    None
+                }
+                _ => {
+                    let e = if op & 0x10 == 0 {
+                        s_failed = true;
+                        s.handle_close(Some(1000), "")
+                    } else {
+                        r_failed = true;
+                        r.handle_close(None, "")
+                    };
+                    assert!(!e.to_string().is_empty());
+                    None
+                }
+            };
+            if let Some((to_receiver, m)) = delivery {
+                last = Some((to_receiver, m.clone()));
+                let (side, failed) = if to_receiver {
+                    (&mut r, &mut r_failed)
+                } else {
+                    (&mut s, &mut s_failed)
+                };
+                let was_done = side.is_done();
+                match side.handle_message(now, m) {
+                    Ok(()) => assert!(!*failed, "a failed side accepted a message"),
+                    Err(_) => {
+                        *failed = true;
+                        assert!(side.keys().is_none() || was_done);
+                    }
+                }
+            }
+            while let Some(m) = s.poll_transmit() {
+                to_r.push_back(m);
+            }
+            while let Some(m) = r.poll_transmit() {
+                to_s.push_back(m);
+            }
+            assert!(to_r.len() + to_s.len() < 4 * MAX_STEPS);
+        }
+        if !same {
+            assert!(!s.is_done() && !r.is_done(), "different codes confirmed");
+        }
+        if let (Some(a), Some(b)) = (s.keys(), r.keys()) {
+            assert_eq!(a, b, "both confirmed with different keys");
+        }
+        (s.is_done(), r.is_done())
+    }
+}
+
+/// Read bytes as the serverless parts: a ticket's text (which, when it parses, must
+/// print back to a ticket that parses to the same), an SNTP answer, and a script that
+/// drives a [`Handshake`](crate::serverless::Handshake) against a true peer (with the
+/// same code or another, pinned or not) while forged, replayed and damaged messages
+/// come in between. Checks that the outcome, once reached, never changes, that a side
+/// is authenticated by tickets only when it pinned its peer, and by code only when the
+/// true peer had the same code. Returns whether it
+/// authenticated.
+pub fn serverless(data: &[u8]) -> bool {
+    serverless_body::run(data)
+}
+
 pub(crate) mod handover_body {
     use std::collections::VecDeque;
 
@@ -2533,6 +2696,8 @@ mod relay_body {
             drain_timeout: Duration::from_secs(30),
             max_connections: 6,
             max_per_address: 3,
+            max_new_per_minute: None,
+            room_salt: [7; 16],
         };
         let mut h = Harness {
             relay: Relay::new(config.clone()),
@@ -2676,7 +2841,9 @@ mod relay_body {
             }
             while let Some(ev) = self.relay.poll_event() {
                 match ev {
-                    RelayEvent::Paired { sender, receiver } => {
+                    RelayEvent::Paired {
+                        sender, receiver, ..
+                    } => {
                         assert!(
                             out.contains(&Out::Paired(sender, receiver)),
                             "paired event without output"
@@ -2944,6 +3111,12 @@ mod relay_body {
             assert_eq!(self.relay.connection_count(), self.conns.len());
             let waiting = self.conns.values().filter(|c| c.waiting()).count();
             assert_eq!(self.relay.waiting_count(), waiting);
+            let paired = self
+                .conns
+                .values()
+                .filter(|c| c.partner.is_some() && c.closing_until.is_none())
+                .count();
+            assert_eq!(self.relay.paired_count() * 2, paired, "pairs running");
             let tracked = self.conns.values().filter_map(|c| self.deadline(c));
             let next = tracked.chain(self.refused.values().copied()).min();
             assert_eq!(self.relay.poll_timeout(), next, "the relay's next deadline");
@@ -3333,6 +3506,101 @@ mod direct_body {
     }
 }
 
+mod serverless_body {
+    use std::time::Duration;
+
+    use crate::serverless::{AuthenticatedBy, Handshake, HandshakeConfig, Ticket};
+    use crate::wire::{Role, WireMessage};
+
+    pub(crate) fn run(data: &[u8]) -> bool {
+        if let Ok(text) = std::str::from_utf8(data) {
+            if let Ok(t) = Ticket::parse(text) {
+                assert_eq!(Ticket::parse(&t.to_string()), Ok(t));
+            }
+            let _ = crate::serverless::PeerSpec::parse(text);
+        }
+        let t = Duration::from_secs(1_764_775_237);
+        let _ = crate::sntp::parse_response(data, t, t);
+        let Some((&flags, script)) = data.split_first() else {
+            return false;
+        };
+        let role = if flags & 1 == 0 {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
+        let pinned = flags & 2 != 0;
+        let peer_pinned = flags & 4 != 0;
+        let same_code = flags & 8 != 0;
+        let mut ours = Handshake::new(HandshakeConfig {
+            role,
+            pinned_peer: pinned,
+            code: (flags & 16 == 0).then(|| "code".to_owned()),
+            channel_binding: [1; 32],
+            seed: [2; 32],
+        });
+        let mut peer = Handshake::new(HandshakeConfig {
+            role: role.other(),
+            pinned_peer: peer_pinned,
+            code: Some(if same_code { "code" } else { "cdoe" }.to_owned()),
+            channel_binding: [1; 32],
+            seed: [3; 32],
+        });
+        let mut first = None;
+        let mut i = 0;
+        while i < script.len() {
+            let step = script[i];
+            i += 1;
+            match step % 4 {
+                0 | 1 => {
+                    while let Some(m) = ours.poll_transmit() {
+                        peer.handle_message(m);
+                    }
+                    if let Some(m) = peer.poll_transmit() {
+                        ours.handle_message(m);
+                    }
+                }
+                2 => {
+                    let len = usize::from(script.get(i).copied().unwrap_or(0));
+                    let raw = &script[(i + 1).min(script.len())..(i + 1 + len).min(script.len())];
+                    i += 1 + len;
+                    ours.handle_message(WireMessage::Text(
+                        String::from_utf8_lossy(raw).into_owned(),
+                    ));
+                }
+                _ => {
+                    if let Some(WireMessage::Text(t)) = peer.poll_transmit() {
+                        let mut b = t.into_bytes();
+                        if !b.is_empty() {
+                            let at = usize::from(step) % b.len();
+                            b[at] ^= 1 << (step % 7);
+                        }
+                        ours.handle_message(WireMessage::Text(
+                            String::from_utf8_lossy(&b).into_owned(),
+                        ));
+                    }
+                }
+            }
+            let now = ours.outcome().map(|r| r.cloned().map_err(Clone::clone));
+            if first.is_none() {
+                first.clone_from(&now);
+            }
+            assert_eq!(now, first, "the outcome changed");
+        }
+        match ours.outcome() {
+            Some(Ok(a)) => {
+                match a.by {
+                    AuthenticatedBy::Tickets => assert!(pinned, "tickets without pinning"),
+                    // Whatever was forged, only a peer with the code gets in.
+                    AuthenticatedBy::Code => assert!(same_code, "a wrong code authenticated"),
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -3344,7 +3612,10 @@ mod tests {
 
     type Body = fn(&[u8]);
 
-    const TARGETS: [(&str, Body); 6] = [
+    const TARGETS: [(&str, Body); 8] = [
+        ("pake", |d| {
+            super::pake(d);
+        }),
         ("decode", super::decode_message),
         ("receiver", |d| {
             super::receiver(d);
@@ -3358,6 +3629,9 @@ mod tests {
         ("stun", super::stun),
         ("direct", |d| {
             super::direct(d);
+        }),
+        ("serverless", |d| {
+            super::serverless(d);
         }),
     ];
 
@@ -3381,6 +3655,14 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "fuzz bodies failed on {failures:#?}");
+    }
+
+    #[test]
+    fn pake_body_reaches_both_confirmations_and_stops_a_wrong_code() {
+        assert_eq!(super::pake(&[0, 2, 0, 1, 0]), (true, true));
+        assert_eq!(super::pake(&[1, 2, 0, 1, 0, 1]), (false, false));
+        // A corrupted message B: nobody confirms.
+        assert_eq!(super::pake(&[0, 2, 0, 4, 40, 2, 0]), (false, false));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod code;
 pub mod compress;
 pub mod crypto;
 mod delivery;
@@ -12,14 +13,17 @@ mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod handover;
+pub mod pake;
 pub mod parallel;
 pub mod path;
 mod pipe;
 pub mod receiver;
 pub mod relay;
 pub mod sender;
+pub mod serverless;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod sim;
+pub mod sntp;
 pub mod stun;
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,7 @@ async fn start_relay(
         tls,
         relay: Default::default(),
         stun: Default::default(),
+        ops: Default::default(),
     })
     .await
     .expect("relay binds");

@@ -14,6 +14,7 @@ fn relay_answers_each_port_with_the_clients_own_address() {
             tls: None,
             relay: Default::default(),
             stun: StunPorts::SameAsListener,
+            ops: Default::default(),
         })
         .await
         .unwrap();

@@ -15,6 +15,7 @@
 //!         tls: None,
 //!         relay: Default::default(),
 //!         stun: Default::default(),
+//!         ops: Default::default(),
 //!     })
 //!     .await?;
 //!     let url = format!("ws://{}", relay.local_addr());
@@ -43,8 +44,9 @@ use std::time::Instant;
 pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
     ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, Mapping,
-    MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayServerConfig, SendOptions,
-    SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TransferError, TransportError,
+    MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayOps, RelayServerConfig,
+    SendOptions, SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TransferError,
+    TransportError,
 };
 
 /// smol's services for the generic loop.
@@ -231,6 +233,29 @@ impl RelayServer {
         self.0.stun_addrs()
     }
 
+    /// Where `/metrics` and `/healthz` are served (see [`RelayOps::metrics`]).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.0.metrics_addr()
+    }
+
+    /// Whether clients must present a token (see [`RelayOps::token_file`]).
+    pub fn requires_token(&self) -> bool {
+        self.0.requires_token()
+    }
+
+    /// Serve until `stop` completes, then drain for [`RelayOps::drain_timeout`] and
+    /// close; `hurry` closes every connection at once during the drain.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_draining(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> io::Result<()> {
+        self.0.run_draining(stop, hurry).await
+    }
+
     /// Serve until the future is dropped.
     ///
     /// # Errors
@@ -262,6 +287,7 @@ impl RelayServer {
 ///     tls: None,
 ///     relay: Default::default(),
 ///     stun: Default::default(),
+///     ops: Default::default(),
 /// };
 /// smol::block_on(p2p_copy_smol::serve_relay(cfg)).unwrap();
 /// ```
@@ -339,4 +365,57 @@ pub async fn receive_direct(
     on_event: impl FnMut(SessionEvent) + Send + 'static,
 ) -> Result<Summary, TransferError> {
     p2p_copy_runtime::receive_direct(Smol, cfg, conn, out_dir, on_event).await
+}
+
+pub use p2p_copy_runtime::serverless::{PeerSpec, Ticket};
+pub use p2p_copy_runtime::ServerlessConfig;
+
+/// A transfer with no server at all: the bound UDP socket and this side's ticket, then
+/// the transfer with the peer (see `p2p_copy_runtime::Serverless`).
+#[derive(Debug)]
+pub struct Serverless(p2p_copy_runtime::Serverless<Smol>);
+
+impl Serverless {
+    /// Bind the socket, make this run's certificate, learn the public address and the
+    /// clock's offset.
+    ///
+    /// # Errors
+    /// See `p2p_copy_runtime::Serverless::bind`.
+    pub async fn bind(cfg: ServerlessConfig) -> Result<Serverless, TransferError> {
+        p2p_copy_runtime::Serverless::bind(Smol, cfg)
+            .await
+            .map(Serverless)
+    }
+
+    /// What the peer must be given.
+    pub fn ticket(&self) -> Ticket {
+        self.0.ticket()
+    }
+
+    /// Send `paths` to the peer (`None` when listening).
+    ///
+    /// # Errors
+    /// See `p2p_copy_runtime::Serverless::send`.
+    pub async fn send(
+        self,
+        peer: Option<PeerSpec>,
+        paths: Vec<PathBuf>,
+        opts: SendOptions,
+        on_event: impl FnMut(SessionEvent) + Send + 'static,
+    ) -> Result<Summary, TransferError> {
+        self.0.send(peer, paths, opts, on_event).await
+    }
+
+    /// Receive into `out_dir` from the peer (`None` when listening).
+    ///
+    /// # Errors
+    /// See `p2p_copy_runtime::Serverless::receive`.
+    pub async fn receive(
+        self,
+        peer: Option<PeerSpec>,
+        out_dir: PathBuf,
+        on_event: impl FnMut(SessionEvent) + Send + 'static,
+    ) -> Result<Summary, TransferError> {
+        self.0.receive(peer, out_dir, on_event).await
+    }
 }

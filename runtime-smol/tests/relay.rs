@@ -27,6 +27,7 @@ async fn relay() -> (String, smol::Task<std::io::Result<()>>) {
         tls: None,
         relay: Default::default(),
         stun: Default::default(),
+        ops: Default::default(),
     })
     .await
     .unwrap();
@@ -91,6 +92,7 @@ fn a_connection_without_hello_is_closed() {
                 ..Default::default()
             },
             stun: Default::default(),
+            ops: Default::default(),
         })
         .await
         .unwrap();

@@ -48,6 +48,7 @@ async fn start_relay(tls: Option<(PathBuf, PathBuf)>) -> (String, smol::Task<std
         tls,
         relay: Default::default(),
         stun: Default::default(),
+        ops: Default::default(),
     })
     .await
     .expect("relay binds");

@@ -19,6 +19,7 @@ fn serve_relay_returns_on_sigterm() {
         tls: None,
         relay: Default::default(),
         stun: Default::default(),
+        ops: Default::default(),
     };
     let serving = std::thread::spawn(move || smol::block_on(p2p_copy_smol::serve_relay(cfg)));
     // The handlers are installed before the relay accepts, so a successful connect

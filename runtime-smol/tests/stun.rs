@@ -14,6 +14,7 @@ async fn relay(stun: StunPorts) -> std::io::Result<RelayServer> {
         tls: None,
         relay: Default::default(),
         stun,
+        ops: Default::default(),
     })
     .await
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{select, Either};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
+use p2p_copy_core::code::PakeCode;
 use p2p_copy_core::parallel::{session_codes, split_by_size};
 use p2p_copy_core::receiver::{Receiver, ReceiverConfig};
 use p2p_copy_core::relay::per_address_limit;
@@ -19,6 +20,7 @@ use crate::drive::{Driver, EventSink};
 use crate::files_receive::ReceiveFiles;
 use crate::files_send::{Listed, SendFiles};
 use crate::io_worker::IoWorker;
+use crate::pake_conn;
 use crate::paths::Paths;
 use crate::rt::Rt;
 use crate::source::{self, ListOptions, Source};
@@ -70,7 +72,11 @@ pub async fn send<R: Rt>(
     on_event: impl FnMut(SessionEvent) + Send + 'static,
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
-    let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let pake = pake_code(&cfg)?;
+    let codes = match pake {
+        Some(_) => vec![String::new()],
+        None => session_codes(&cfg.code).map_err(TransferError::Session)?,
+    };
     let n = codes.len();
     let list_opts = ListOptions {
         skip_errors: opts.skip_errors,
@@ -87,8 +93,18 @@ pub async fn send<R: Rt>(
     }
     let sizes: Vec<u64> = sources.iter().map(|s| s.file.size).collect();
     let groups = split_by_size(&sizes, codes.len());
-    let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
     let events: EventSink = Arc::new(Mutex::new(on_event));
+    if let Some(code) = pake {
+        let picked: Vec<Source> = sources.clone();
+        let done = send_room(rt.clone(), &cfg, &code, picked, opts, events).await?;
+        let mut sum = total(&[done], start);
+        sum.excluded = listing.excluded;
+        let mut not_delivered = listing.failed;
+        not_delivered.append(&mut sum.not_delivered);
+        sum.not_delivered = not_delivered;
+        return Ok(sum);
+    }
+    let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
     let sessions = groups
         .into_iter()
         .zip(secrets)
@@ -173,10 +189,22 @@ pub async fn receive<R: Rt>(
     on_event: impl FnMut(SessionEvent) + Send + 'static,
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
-    let codes = session_codes(&cfg.code).map_err(TransferError::Session)?;
+    let pake = pake_code(&cfg)?;
+    let codes = match pake {
+        Some(_) => Vec::new(),
+        None => session_codes(&cfg.code).map_err(TransferError::Session)?,
+    };
     let n = codes.len();
     let dir = out_dir.clone();
     rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
+    if let Some(code) = pake {
+        let events: EventSink = Arc::new(Mutex::new(on_event));
+        let (conn, secrets, opened_in) =
+            pake_conn::open_room(&rt, &cfg, Role::Receiver, &code, nonce_seed()?).await?;
+        let conn = with_direct_path(&rt, &cfg, Role::Receiver, conn, opened_in);
+        let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn).await?;
+        return Ok(total(&[done], start));
+    }
     let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
     let events: EventSink = Arc::new(Mutex::new(on_event));
     let sessions = secrets.into_iter().enumerate().map(|(i, secrets)| {
@@ -301,17 +329,65 @@ async fn open_relay<R: Rt>(
         &cfg.server,
         cfg.ca_file.as_deref(),
         cfg.proxy.as_deref(),
+        cfg.relay_token.as_deref(),
         cfg.pair_timeout,
     )
     .await?;
-    Ok(Paths::new(
+    Ok(with_direct_path(
+        rt,
+        cfg,
+        role,
+        transport::WsTransport(ws),
+        opening.elapsed(),
+    ))
+}
+
+/// The relay connection with the direct path beside it. After a PAKE the session is
+/// encrypted with its key, so the candidates and fingerprints of the direct path travel
+/// sealed under the PAKE-confirmed key.
+fn with_direct_path<R: Rt, T: MessageTransport>(
+    rt: &R,
+    cfg: &ClientConfig,
+    role: Role,
+    conn: T,
+    opened_in: Duration,
+) -> Paths<R, T> {
+    Paths::new(
         rt.clone(),
         role,
         cfg.direct.clone(),
         cfg.server.clone(),
-        transport::WsTransport(ws),
-        opening.elapsed(),
-    ))
+        conn,
+        opened_in,
+    )
+}
+
+/// The code of a PAKE configuration, read and checked.
+fn pake_code(cfg: &ClientConfig) -> Result<Option<PakeCode>, TransferError> {
+    if !cfg.pake {
+        return Ok(None);
+    }
+    PakeCode::parse(&cfg.code)
+        .map(Some)
+        .map_err(|e| TransferError::Session(p2p_copy_core::Error::Config(e.0)))
+}
+
+/// The one session of a code like `7-guitar-rocket`: meet in its room, run the PAKE,
+/// then send encrypted under the key it gave.
+async fn send_room<R: Rt>(
+    rt: R,
+    cfg: &ClientConfig,
+    code: &PakeCode,
+    picked: Vec<Source>,
+    opts: SendOptions,
+    events: EventSink,
+) -> Result<Summary, TransferError> {
+    let (files, locals) = split_sources(picked);
+    let seed = nonce_seed()?;
+    let (conn, secrets, opened_in) =
+        pake_conn::open_room(&rt, cfg, Role::Sender, code, nonce_seed()?).await?;
+    let conn = with_direct_path(&rt, cfg, Role::Sender, conn, opened_in);
+    drive_send(rt, cfg, 0, secrets, files, locals, seed, opts, events, conn).await
 }
 
 fn direct_config(cfg: &ClientConfig) -> p2p_copy_core::direct::DirectConfig {

@@ -14,6 +14,13 @@ pub struct ClientConfig {
     pub server: String,
     /// The shared code. A parallel code `n=<N>=n…` runs N sessions over N connections.
     pub code: String,
+    /// The code is one people can say out loud (`7-guitar-rocket`,
+    /// [`p2p_copy_core::code::PakeCode`]): the two sides meet in the room its number
+    /// names (URL path `/r/<room-id>`, and the room id in `hello`), prove with a PAKE that
+    /// they hold the same code, and encrypt the session with the key it gives, whatever
+    /// [`ClientConfig::encrypt`] says. The caller decides which form a code is; p2p-copy
+    /// 0.1.x only knows the other (v1) form.
+    pub pake: bool,
     /// End-to-end encryption (both sides must agree, or they never pair).
     pub encrypt: bool,
     /// An extra CA certificate (PEM) to trust for `wss://`, for self-hosted relays. The
@@ -31,6 +38,9 @@ pub struct ClientConfig {
     /// directly (the environment is the caller's to read, e.g. with
     /// [`crate::proxy::from_env`]).
     pub proxy: Option<String>,
+    /// The relay's access token, sent as `Authorization: Bearer …` when connecting (a
+    /// token can also be given in the URL, as `?token=…`). Never shown in messages.
+    pub relay_token: Option<String>,
 }
 
 pub use p2p_copy_core::direct::DirectMode;
@@ -138,12 +148,14 @@ impl ClientConfig {
         ClientConfig {
             server: server.into(),
             code: code.into(),
+            pake: false,
             encrypt: false,
             ca_file: None,
             pair_timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
             direct: DirectOptions::default(),
             proxy: None,
+            relay_token: None,
         }
     }
 }
@@ -271,6 +283,28 @@ pub struct RelayServerConfig {
     pub relay: RelayConfig,
     /// Where the relay answers STUN Binding requests.
     pub stun: StunPorts,
+    /// Metrics, access tokens, bandwidth limits and the shutdown drain.
+    pub ops: RelayOps,
+}
+
+/// What an operator adds to a relay: all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayOps {
+    /// Serve `/metrics` (Prometheus text format) and `/healthz` over HTTP here.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// A file of access tokens, one per line: with it, a client must present one (in
+    /// the URL's query as `token=…`, or as `Authorization: Bearer …`). Re-read on
+    /// SIGHUP.
+    pub token_file: Option<PathBuf>,
+    /// Most bytes a second forwarded for one pair, and for all connections of one
+    /// client address together; a connection over it is read more slowly.
+    pub max_rate: Option<u64>,
+    /// Most bytes one pair may forward, both directions together; a pair over it is
+    /// closed with a reason its clients show.
+    pub max_bytes: Option<u64>,
+    /// On shutdown, how long pairs still running may go on before they are closed
+    /// (clients not yet paired are closed at once).
+    pub drain_timeout: Duration,
 }
 
 /// The UDP ports on which a relay answers STUN Binding requests. There are always two, a

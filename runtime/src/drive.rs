@@ -203,6 +203,16 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                 _ => {}
             }
         }
+        // After pairing only the relay itself closes with 1008: one of its limits
+        // (--max-bytes) ended the session, which is not the peer's doing.
+        if let (true, Error::Peer { .. }, Some((CLOSE_POLICY, reason))) =
+            (self.paired, &e, &self.close_frame)
+        {
+            return TransferError::Connect(format!(
+                "the relay ended the transfer: {}",
+                p2p_copy_core::path::escape(reason)
+            ));
+        }
         TransferError::Session(e)
     }
 

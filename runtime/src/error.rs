@@ -21,6 +21,10 @@ pub enum TransferError {
     /// The receiver's output directory cannot be used.
     #[error("{0}")]
     Output(String),
+    /// A serverless peer is not who its ticket or the code says (or the peer refused
+    /// this side for the same reason); nothing was transferred.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 fn session_message(e: &p2p_copy_core::Error) -> String {
@@ -35,17 +39,22 @@ fn session_message(e: &p2p_copy_core::Error) -> String {
 }
 
 impl TransferError {
-    /// The process exit code for this error: 2 relay or connection problem, 3 timeout
+    /// The process exit code for this error: 2 relay or connection problem (also a room
+    /// in use), 3 timeout
     /// (no peer: wrong code, mismatched `--encrypt`, different relay), 4 protocol
     /// violation by the peer, 5 integrity failure, 6 local I/O error, 7 connection lost
     /// (the peer or the relay went away), 8 not delivered (the peer reported a failure),
-    /// 9 no direct path although one was required (`DirectMode::DirectOnly`),
-    /// 130 interrupted, 1 for invalid settings.
+    /// 9 no direct path although one was required (`DirectMode::DirectOnly`, or a
+    /// serverless peer never reached), 10 wrong code (the PAKE of a code like
+    /// `7-guitar-rocket` did not confirm) or a serverless peer not authenticated (wrong
+    /// code or ticket), 130 interrupted, 1 for invalid settings.
     pub fn exit_code(&self) -> i32 {
         match self {
             TransferError::Connect(_) | TransferError::Direct(_) => 2,
             TransferError::Source(_) | TransferError::Output(_) => 6,
+            TransferError::Unauthenticated(_) => 10,
             TransferError::Session(e) => match e.kind() {
+                "room" => 2,
                 "timeout" => 3,
                 "peer" => 4,
                 "integrity" => 5,
@@ -54,6 +63,7 @@ impl TransferError {
                 "lost" => 7,
                 "undelivered" => 8,
                 "direct" => 9,
+                "wrong_code" => 10,
                 _ => 1,
             },
         }
@@ -88,5 +98,10 @@ mod tests {
         assert_eq!(TransferError::Session(undelivered).exit_code(), 8);
         let direct = Error::NoDirectPath("none came up".into());
         assert_eq!(TransferError::Session(direct).exit_code(), 9);
+        let wrong = Error::WrongCode("wrong code".into());
+        assert_eq!(TransferError::Session(wrong).exit_code(), 10);
+        let room = Error::RoomInUse("room 7 is in use".into());
+        assert_eq!(TransferError::Session(room).exit_code(), 2);
+        assert_eq!(TransferError::Unauthenticated("x".into()).exit_code(), 10);
     }
 }

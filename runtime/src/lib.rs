@@ -56,14 +56,18 @@ mod job_pool;
 mod listen;
 mod machine;
 mod netcheck;
+mod pake_conn;
 mod paths;
 pub mod proxy;
 pub mod quic;
 mod quic_timer;
 mod relay_conn;
 mod relay_hub;
+mod relay_metrics;
 mod relay_server;
+mod relay_tokens;
 mod rt;
+pub mod serverless;
 mod source;
 mod stun_client;
 mod stun_server;
@@ -74,7 +78,7 @@ pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
 pub use config::{
-    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayServerConfig, SendOptions,
+    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayOps, RelayServerConfig, SendOptions,
     SessionEvent, StunPorts, Summary,
 };
 pub use error::TransferError;
@@ -85,5 +89,6 @@ pub use p2p_copy_core::sender::CompressMode;
 pub use p2p_copy_core::{Event, PathEvent};
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;
+pub use serverless::{Serverless, ServerlessConfig};
 pub use stun_client::{stun_query, StunQueryError};
 pub use transport::{Incoming, MessageTransport, TransportError};

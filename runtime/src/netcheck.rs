@@ -115,7 +115,7 @@ pub async fn netcheck<R: Rt>(
 ) -> NetReport {
     let start = Instant::now();
     let relay_open =
-        match transport::connect(&rt, server, ca_file, None, Duration::from_secs(10)).await {
+        match transport::connect(&rt, server, ca_file, None, None, Duration::from_secs(10)).await {
             Ok(ws) => {
                 let took = start.elapsed();
                 let mut ws = transport::WsTransport(ws);

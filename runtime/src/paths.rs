@@ -872,13 +872,13 @@ fn log_event(e: &DirectEvent) {
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address (what a dual-stack socket reports).
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 /// The destination as `socket` can send to it: IPv4 as IPv4-mapped on a dual-stack
 /// socket.
-fn mapped(socket: &UdpSocket, to: SocketAddr) -> SocketAddr {
+pub(crate) fn mapped(socket: &UdpSocket, to: SocketAddr) -> SocketAddr {
     match (socket.local_addr(), to.ip()) {
         (Ok(SocketAddr::V6(_)), IpAddr::V4(v4)) => {
             SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), to.port())
@@ -992,7 +992,11 @@ fn gather(opts: &DirectOptions, server: &str) -> Result<Gathered, String> {
 
 /// Ask every STUN server at once for this socket's reflexive address; each server's
 /// answer, if it came within `wait`.
-fn stun_all(socket: &UdpSocket, servers: &[SocketAddr], wait: Duration) -> Vec<Option<SocketAddr>> {
+pub(crate) fn stun_all(
+    socket: &UdpSocket,
+    servers: &[SocketAddr],
+    wait: Duration,
+) -> Vec<Option<SocketAddr>> {
     let mut found: Vec<Option<SocketAddr>> = vec![None; servers.len()];
     if servers.is_empty() {
         return Vec::new();

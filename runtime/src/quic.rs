@@ -121,31 +121,89 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Accepts exactly one certificate, by fingerprint, as a server's or a client's; the
-/// handshake signature is verified as usual.
+/// How a connection checks the peer's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCheck {
+    /// Only the certificate with this fingerprint; `source` says where it was learned
+    /// ("in its ticket"), for the error message.
+    Pinned {
+        /// The SHA-256 of the only certificate accepted.
+        fingerprint: Fingerprint,
+        /// Where the fingerprint came from, completing "the one …".
+        source: &'static str,
+    },
+    /// Any certificate whose key signs the handshake: the caller authenticates the peer
+    /// afterwards on the connection (a serverless transfer's code).
+    Any,
+}
+
+/// Why a connection made with a [`PeerCheck`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// This side refused the peer's certificate.
+    WrongCertificate(String),
+    /// The peer refused this side's certificate.
+    Refused(String),
+    /// Anything else: no answer in time, a lost connection, another protocol.
+    Failed(String),
+}
+
+impl fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectFailure::WrongCertificate(m)
+            | ConnectFailure::Refused(m)
+            | ConnectFailure::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Accepts exactly one certificate, by fingerprint, as a server's or a client's, or
+/// any ([`PeerCheck::Any`]); the handshake signature is verified as usual.
 #[derive(Debug)]
 struct Pinned {
-    expected: Fingerprint,
+    expected: Option<Fingerprint>,
+    /// Where the expected fingerprint was learned, completing "the one …".
+    source: &'static str,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl Pinned {
     fn new(expected: Fingerprint) -> Pinned {
+        Pinned::checking(PeerCheck::Pinned {
+            fingerprint: expected,
+            source: "it announced over the relay",
+        })
+    }
+
+    fn checking(check: PeerCheck) -> Pinned {
+        let (expected, source) = match check {
+            PeerCheck::Pinned {
+                fingerprint,
+                source,
+            } => (Some(fingerprint), source),
+            PeerCheck::Any => (None, ""),
+        };
         Pinned {
             expected,
+            source,
             algorithms: provider().signature_verification_algorithms,
         }
     }
 
     fn check(&self, cert: &CertificateDer<'_>, whose: &str) -> Result<(), rustls::Error> {
+        let Some(expected) = self.expected else {
+            return Ok(());
+        };
         let got = fingerprint(cert);
-        if got == self.expected {
+        if got == expected {
             return Ok(());
         }
         Err(rustls::Error::General(format!(
-            "the {whose}'s certificate is not the one it announced over the relay (fingerprint {}, expected {})",
+            "the {whose}'s certificate is not the one {} (fingerprint {}, expected {})",
+            self.source,
             hex(&got),
-            hex(&self.expected)
+            hex(&expected)
         )))
     }
 }
@@ -315,12 +373,12 @@ fn tls_error(e: rustls::Error) -> TransferError {
     TransferError::Direct(format!("TLS settings: {e}"))
 }
 
-fn client_config(me: &Identity, peer: Fingerprint) -> Result<quinn::ClientConfig, TransferError> {
+fn client_config(me: &Identity, peer: Pinned) -> Result<quinn::ClientConfig, TransferError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned::new(peer)))
+        .with_custom_certificate_verifier(Arc::new(peer))
         .with_client_auth_cert(
             vec![me.cert.clone()],
             PrivateKeyDer::Pkcs8(me.key.clone_key()),
@@ -334,11 +392,11 @@ fn client_config(me: &Identity, peer: Fingerprint) -> Result<quinn::ClientConfig
     Ok(config)
 }
 
-fn server_config(me: &Identity, peer: Fingerprint) -> Result<quinn::ServerConfig, TransferError> {
+fn server_config(me: &Identity, peer: Pinned) -> Result<quinn::ServerConfig, TransferError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?
-        .with_client_cert_verifier(Arc::new(Pinned::new(peer)))
+        .with_client_cert_verifier(Arc::new(peer))
         .with_single_cert(
             vec![me.cert.clone()],
             PrivateKeyDer::Pkcs8(me.key.clone_key()),
@@ -372,7 +430,7 @@ impl QuicEndpoint {
     ) -> Result<QuicEndpoint, TransferError> {
         // Until a peer is known, no client certificate is acceptable: `accept` supplies
         // the settings for the one peer it waits for.
-        let nobody = server_config(&identity, [0; 32])?;
+        let nobody = server_config(&identity, Pinned::new([0; 32]))?;
         size_buffers(&socket);
         let mut config = quinn::EndpointConfig::default();
         config
@@ -397,6 +455,14 @@ impl QuicEndpoint {
         self.endpoint.close(VarInt::from_u32(0), b"closed");
     }
 
+    /// Close the endpoint and every connection on it, and wait until the peers were
+    /// told (a refused certificate's alert, for one): until then a process that exits
+    /// would take the closing packets with it. The caller bounds the wait.
+    pub async fn close_and_wait(&self) {
+        self.close();
+        self.endpoint.wait_idle().await;
+    }
+
     /// This side's certificate fingerprint.
     pub fn fingerprint(&self) -> Fingerprint {
         self.identity.fingerprint
@@ -413,7 +479,7 @@ impl QuicEndpoint {
         addr: SocketAddr,
         peer: Fingerprint,
     ) -> Result<QuicConn, TransferError> {
-        let config = client_config(&self.identity, peer)?;
+        let config = client_config(&self.identity, Pinned::new(peer))?;
         let failed = |e: &dyn fmt::Display| {
             TransferError::Direct(format!(
                 "the QUIC connection to {addr} failed: {e} (each side accepts only the certificate the other announced)"
@@ -455,7 +521,7 @@ impl QuicEndpoint {
                 "the QUIC connection from {addr} failed: {e} (each side accepts only the certificate the other announced)"
             ))
         };
-        let config = Arc::new(server_config(&self.identity, peer)?);
+        let config = Arc::new(server_config(&self.identity, Pinned::new(peer))?);
         let connection = incoming
             .accept_with(config)
             .map_err(|e| failed(&e))?
@@ -467,6 +533,101 @@ impl QuicEndpoint {
             .map_err(|e| failed(&e))?;
         send.write_all(PREFACE).await.map_err(|e| failed(&e))?;
         Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv))
+    }
+}
+
+impl QuicEndpoint {
+    /// Connect to `addr` checking the server's certificate by `check`, and open the
+    /// session's stream, as [`QuicEndpoint::connect`] does. The caller bounds the time.
+    ///
+    /// # Errors
+    /// [`ConnectFailure`]: which side refused which certificate, or what else failed.
+    pub async fn connect_checked(
+        &self,
+        addr: SocketAddr,
+        check: PeerCheck,
+    ) -> Result<QuicConn, ConnectFailure> {
+        let config = client_config(&self.identity, Pinned::checking(check))
+            .map_err(|e| ConnectFailure::Failed(e.to_string()))?;
+        let connection = self
+            .endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .map_err(|e| ConnectFailure::Failed(e.to_string()))?
+            .await
+            .map_err(|e| classify(&e))?;
+        let stream = async {
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(PREFACE).await.map_err(|e| e.to_string())?;
+            read_preface(&connection, &mut recv).await?;
+            Ok::<_, String>((send, recv))
+        };
+        match stream.await {
+            Ok((send, recv)) => Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv)),
+            // In TLS 1.3 the server checks the client's certificate after the client's
+            // handshake completed: its refusal shows as the connection's close.
+            Err(e) => Err(connection
+                .close_reason()
+                .map_or(ConnectFailure::Failed(e), |r| classify(&r))),
+        }
+    }
+
+    /// Accept the next connection checking the client's certificate by `check`, and take
+    /// its stream, as [`QuicEndpoint::accept`] does; also the address it came from. The
+    /// caller bounds the time.
+    ///
+    /// # Errors
+    /// The address the attempt came from (when one came) and the [`ConnectFailure`].
+    pub async fn accept_checked(
+        &self,
+        check: PeerCheck,
+    ) -> Result<QuicConn, (Option<SocketAddr>, ConnectFailure)> {
+        let incoming = self.endpoint.accept().await.ok_or_else(|| {
+            (
+                None,
+                ConnectFailure::Failed("the QUIC endpoint is closed".into()),
+            )
+        })?;
+        let addr = incoming.remote_address();
+        let fail = |f: ConnectFailure| (Some(addr), f);
+        let config = Arc::new(
+            server_config(&self.identity, Pinned::checking(check))
+                .map_err(|e| fail(ConnectFailure::Failed(e.to_string())))?,
+        );
+        let connection = incoming
+            .accept_with(config)
+            .map_err(|e| fail(ConnectFailure::Failed(e.to_string())))?
+            .await
+            .map_err(|e| fail(classify(&e)))?;
+        let stream = async {
+            let (mut send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+            read_preface(&connection, &mut recv).await?;
+            send.write_all(PREFACE).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((send, recv))
+        };
+        match stream.await {
+            Ok((send, recv)) => Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv)),
+            Err(e) => Err(fail(
+                connection
+                    .close_reason()
+                    .map_or(ConnectFailure::Failed(e), |r| classify(&r)),
+            )),
+        }
+    }
+}
+
+/// Which side refused which certificate, from how a connection failed: a TLS alert
+/// (QUIC's crypto error codes 0x100-0x1ff) raised here means this side refused the
+/// peer's certificate, one received means the peer refused this side's.
+fn classify(e: &quinn::ConnectionError) -> ConnectFailure {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::TransportError(t) if crypto(t.code) => {
+            ConnectFailure::WrongCertificate(t.reason.clone())
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if crypto(c.error_code) => {
+            ConnectFailure::Refused(format!("the peer refused this side's certificate ({e})"))
+        }
+        other => ConnectFailure::Failed(other.to_string()),
     }
 }
 
@@ -549,6 +710,24 @@ impl QuicConn {
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.connection.remote_address()
+    }
+
+    /// The SHA-256 fingerprint of the certificate the peer presented.
+    pub fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        let identity = self.connection.peer_identity()?;
+        let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+        certs.first().map(|c| fingerprint(c))
+    }
+
+    /// 32 bytes of the TLS exporter (RFC 8446, section 7.5) for `label`: the same on both
+    /// ends of this connection, and unknown to anyone else, also to a machine in the
+    /// middle that holds a connection to each side.
+    pub fn exporter(&self, label: &[u8]) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        self.connection
+            .export_keying_material(&mut out, label, b"")
+            .ok()?;
+        Some(out)
     }
 
     /// The underlying QUIC connection, for statistics and tests.

@@ -17,7 +17,8 @@ use futures_util::future::{select, Either};
 use futures_util::{AsyncReadExt, AsyncWriteExt, SinkExt, StreamExt};
 use p2p_copy_core::relay::ConnId;
 
-use crate::relay_hub::{lock, Command, SharedHub};
+use crate::relay_hub::{lock, Command, Forwarding, SharedHub};
+use crate::relay_tokens::{AccessControl, Verdict};
 use crate::rt::Rt;
 use crate::transport::{self, to_wire, Conn, Ws};
 
@@ -35,6 +36,10 @@ pub(crate) struct ConnTask<R: Rt> {
     pub commands: async_channel::Receiver<Command>,
     pub forward: async_channel::Receiver<Message>,
     pub forwarded: Arc<AtomicU64>,
+    /// Who may connect.
+    pub access: AccessControl,
+    /// When the connection was accepted.
+    pub accepted: Instant,
     /// Longest the TLS and WebSocket handshakes may take.
     pub handshake_timeout: Duration,
     /// How long a close may take once asked for (the client may never answer it).
@@ -61,20 +66,27 @@ fn relay_ws_config() -> async_tungstenite::tungstenite::protocol::WebSocketConfi
     transport::ws_config().read_buffer_size(16 * 1024)
 }
 
-async fn handshake(tcp: Box<dyn Conn>, tls: Option<TlsAcceptor>) -> Result<Ws, String> {
+/// Why a handshake failed: the reason for the log, and the kind for the metrics.
+type HandshakeError = (String, &'static str);
+
+async fn handshake(
+    tcp: Box<dyn Conn>,
+    tls: Option<TlsAcceptor>,
+    access: &AccessControl,
+) -> Result<Ws, HandshakeError> {
     let stream: Box<dyn Conn> = match tls {
         Some(acceptor) => Box::new(
             acceptor
                 .accept(tcp)
                 .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?,
+                .map_err(|e| (format!("TLS handshake failed: {e}"), "handshake"))?,
         ),
         None => tcp,
     };
-    let stream = answer_plain_http(stream).await?;
+    let stream = answer_plain_http(stream, access).await?;
     async_tungstenite::accept_async_with_config(stream, Some(relay_ws_config()))
         .await
-        .map_err(|e| format!("WebSocket handshake failed: {e}"))
+        .map_err(|e| (format!("WebSocket handshake failed: {e}"), "handshake"))
 }
 
 /// Most bytes of a request head the relay reads before handing the connection to the
@@ -84,17 +96,25 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const UPGRADE_BODY: &str =
     "This is a p2p-copy relay: use p2p-copy send or receive with ws:// or wss:// and this address.\n";
 
+/// The body of the answer to a request without a valid token. Clients of this project
+/// recognise the status (401); others show the status line.
+const TOKEN_BODY: &str = "the relay requires a token\n";
+
 /// Read the request head. A plain HTTP request (a browser, a health check, curl) gets
-/// `426 Upgrade Required` and an explanation instead of an empty reply; anything else
-/// goes on to the WebSocket handshake with the bytes read replayed in front.
-async fn answer_plain_http(mut stream: Box<dyn Conn>) -> Result<Box<dyn Conn>, String> {
+/// `426 Upgrade Required` and an explanation instead of an empty reply; an upgrade
+/// without a valid token, when tokens are required, gets `401 Unauthorized`; anything
+/// else goes on to the WebSocket handshake with the bytes read replayed in front.
+async fn answer_plain_http(
+    mut stream: Box<dyn Conn>,
+    access: &AccessControl,
+) -> Result<Box<dyn Conn>, HandshakeError> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
         match stream.read(&mut chunk).await {
             Ok(0) => break,
             Ok(n) => head.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("reading the request failed: {e}")),
+            Err(e) => return Err((format!("reading the request failed: {e}"), "handshake")),
         }
     }
     let complete = head.windows(4).any(|w| w == b"\r\n\r\n");
@@ -106,7 +126,27 @@ async fn answer_plain_http(mut stream: Box<dyn Conn>) -> Result<Box<dyn Conn>, S
         );
         let _ = stream.write_all(reply.as_bytes()).await;
         let _ = stream.close().await;
-        return Err("a plain HTTP request, answered with 426 Upgrade Required".into());
+        return Err((
+            "a plain HTTP request, answered with 426 Upgrade Required".into(),
+            "plain_http",
+        ));
+    }
+    let verdict = access.check(&head);
+    if verdict != Verdict::Admitted {
+        let reply = format!(
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"p2p-copy relay\"\r\n\
+             Connection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: {}\r\n\r\n{TOKEN_BODY}",
+            TOKEN_BODY.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.close().await;
+        // Which token was given is never logged.
+        let why = match verdict {
+            Verdict::Missing => "no token given",
+            _ => "a token that is not in the token file",
+        };
+        return Err((format!("{why}, answered with 401 Unauthorized"), "token"));
     }
     Ok(Box::new(Replay {
         head,
@@ -190,6 +230,8 @@ impl<R: Rt> ConnTask<R> {
             commands,
             forward,
             forwarded,
+            access,
+            accepted,
             handshake_timeout,
             close_grace,
         } = self;
@@ -197,21 +239,29 @@ impl<R: Rt> ConnTask<R> {
             hub: hub.clone(),
             id,
         };
-        let deadline = Instant::now() + handshake_timeout;
-        let opening = Box::pin(handshake(Box::new(tcp), tls));
+        let deadline = accepted + handshake_timeout;
+        let opening = Box::pin(handshake(Box::new(tcp), tls, &access));
         let ws = match select(opening, Box::pin(rt.sleep_until(deadline))).await {
             Either::Left((Ok(ws), _)) => ws,
-            Either::Left((Err(e), _)) => {
-                lock(&hub).log_refusal(id, &e);
+            Either::Left((Err((e, kind)), _)) => {
+                let mut h = lock(&hub);
+                h.metrics.refuse(kind);
+                h.log_refusal(id, &e);
                 return;
             }
             Either::Right(_) => {
-                lock(&hub).log_refusal(id, "TLS or WebSocket handshake timed out");
+                let mut h = lock(&hub);
+                h.metrics.refuse("handshake_timeout");
+                h.log_refusal(id, "TLS or WebSocket handshake timed out");
                 return;
             }
         };
+        lock(&hub)
+            .metrics
+            .handshake_seconds
+            .observe(accepted.elapsed().as_secs_f64());
         let (tx, rx) = ws.split();
-        let reader = Box::pin(read(hub, id, rx, forwarded));
+        let reader = Box::pin(read(rt.clone(), hub, id, rx, forwarded));
         let writer = Box::pin(write(rt, tx, commands, forward, close_grace));
         // Either end finishes the connection: the reader when the client leaves, the
         // writer when its socket fails or the hub asked for a close and the client
@@ -221,27 +271,39 @@ impl<R: Rt> ConnTask<R> {
 }
 
 /// Read the client's messages: before pairing they go to the hub (`hello`), after it
-/// straight to the partner's queue.
-async fn read(
+/// straight to the partner's queue, within the pair's byte limits.
+async fn read<R: Rt>(
+    rt: R,
     hub: SharedHub,
     id: ConnId,
     mut rx: async_tungstenite::WebSocketReceiver<Box<dyn Conn>>,
     forwarded: Arc<AtomicU64>,
 ) {
-    let mut partner: Option<async_channel::Sender<Message>> = None;
+    let mut link: Option<Forwarding> = None;
+    let (metrics, limits) = {
+        let h = lock(&hub);
+        (h.metrics.clone(), h.limits)
+    };
+    // Set once the pair went over `max_bytes`: nothing more is forwarded.
+    let mut over = false;
     while let Some(next) = rx.next().await {
         let msg = match next {
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => m,
+            Ok(Message::Close(frame)) => {
+                let code = frame.map_or(1005, |f| u16::from(f.code));
+                lock(&hub).relay.handle_client_close(id, code);
+                continue;
+            }
             Ok(_) => continue,
             Err(e) => {
                 log::debug!("connection {}: read failed: {e}", id.0);
                 break;
             }
         };
-        if partner.is_none() {
+        if link.is_none() {
             let mut h = lock(&hub);
-            partner = h.partner_queue(id);
-            if partner.is_none() {
+            link = h.forwarding(id);
+            if link.is_none() {
                 if let Some(wire) = to_wire(msg) {
                     h.relay.handle_message(Instant::now(), id, wire);
                     h.after_input();
@@ -249,18 +311,44 @@ async fn read(
                 continue;
             }
         }
-        if let Some(queue) = &partner {
-            let len = match &msg {
-                Message::Text(t) => t.len(),
-                Message::Binary(b) => b.len(),
-                _ => 0,
-            };
-            // A closed queue means the partner is gone; the hub closes this side.
-            if queue.send(msg).await.is_ok() {
-                forwarded.fetch_add(len as u64, Ordering::Relaxed);
-            }
+        let (Some(link), false) = (&link, over) else {
+            continue;
+        };
+        let len = match &msg {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            _ => 0,
+        };
+        let total = link.pair_bytes.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        if let Some(max) = limits.max_bytes.filter(|&max| total > max) {
+            over = true;
+            let mut h = lock(&hub);
+            h.relay
+                .close_pair(Instant::now(), id, max_bytes_reason(max));
+            h.after_input();
+            continue;
+        }
+        // A closed queue means the partner is gone; the hub closes this side.
+        if link.queue.send(msg).await.is_ok() {
+            forwarded.fetch_add(len as u64, Ordering::Relaxed);
+            metrics.bytes_forwarded.inc_by(len as u64);
+        }
+        let now = Instant::now();
+        let wait = link
+            .buckets
+            .iter()
+            .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).take(now, len))
+            .max()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            rt.sleep_until(now + wait).await;
         }
     }
+}
+
+/// The close reason for a pair over `max_bytes`; both clients show it.
+fn max_bytes_reason(max: u64) -> String {
+    format!("the transfer went over the relay's limit of {max} bytes per pair")
 }
 
 /// Write to the client: the hub's commands first, then the partner's messages. Ends

@@ -1,6 +1,7 @@
 //! The relay's shared state: the core's pairing machine and, per connection, the
-//! channels its task listens on. Every input goes through [`Hub::input`], which drains
-//! the machine's outputs into those channels.
+//! channels its task listens on. Every input is followed by [`Hub::after_input`], which
+//! drains the machine's outputs into those channels, logs its events and updates the
+//! metrics.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use async_tungstenite::tungstenite::Message;
 use futures_util::future::AbortHandle;
 use p2p_copy_core::relay::{ConnId, Relay, RelayConfig, RelayEvent, RelayOutput};
 
+use crate::relay_metrics::RelayMetrics;
 use crate::transport::from_wire;
 
 /// What a connection's task is told to do.
@@ -35,8 +37,74 @@ pub(crate) struct Entry {
     /// Stops the task at once.
     pub abort: AbortHandle,
     partner: Option<ConnId>,
+    /// What the pair shares, once paired.
+    pair: Option<PairShare>,
     /// The client's address, for the log.
     addr: Option<IpAddr>,
+}
+
+/// A token bucket for bytes, shared by the connections it limits. A message is never
+/// refused: it is taken whole, and the reader then waits until the bucket is back out
+/// of debt, so a connection over the rate is read more slowly (TCP slows its client).
+#[derive(Debug)]
+pub(crate) struct ByteBucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl ByteBucket {
+    fn new(now: Instant, rate: u64) -> ByteBucket {
+        ByteBucket {
+            rate: rate as f64,
+            tokens: rate as f64,
+            at: now,
+        }
+    }
+
+    /// Take `n` bytes at `now`; how long the taker must wait before the next message.
+    pub(crate) fn take(&mut self, now: Instant, n: usize) -> Duration {
+        let secs = now.saturating_duration_since(self.at).as_secs_f64();
+        // A second's worth of burst, no more.
+        self.tokens = (self.tokens + secs * self.rate).min(self.rate) - n as f64;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+/// A bucket several connection tasks take from.
+pub(crate) type SharedBucket = Arc<Mutex<ByteBucket>>;
+
+/// What the two connections of a pair share.
+#[derive(Debug, Clone)]
+struct PairShare {
+    /// Bytes forwarded in both directions.
+    bytes: Arc<AtomicU64>,
+    /// The pair's own bandwidth bucket, with `max_rate`.
+    bucket: Option<SharedBucket>,
+}
+
+/// What a paired connection's reader needs to forward a message.
+pub(crate) struct Forwarding {
+    /// The partner's queue.
+    pub queue: async_channel::Sender<Message>,
+    /// Bytes the pair forwarded, both directions.
+    pub pair_bytes: Arc<AtomicU64>,
+    /// The buckets to take from: the pair's, and those of both clients' addresses.
+    pub buckets: Vec<SharedBucket>,
+}
+
+/// Limits the runtime applies to paired connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ByteLimits {
+    /// Bytes a second per pair and per address.
+    pub max_rate: Option<u64>,
+    /// Bytes per pair.
+    pub max_bytes: Option<u64>,
 }
 
 impl Entry {
@@ -52,6 +120,7 @@ impl Entry {
             forwarded,
             abort,
             partner: None,
+            pair: None,
             addr: None,
         }
     }
@@ -66,6 +135,10 @@ pub(crate) struct Hub {
     /// Lines about refused and timed-out connections, rate-limited: a flood must not
     /// flood the log too.
     refusals: RefusalLog,
+    pub metrics: Arc<RelayMetrics>,
+    pub limits: ByteLimits,
+    /// With `max_rate`: a bucket per client address, and how many connections use it.
+    addr_buckets: HashMap<IpAddr, (SharedBucket, usize)>,
 }
 
 /// The hub, shared by the accept loop, the timer and every connection task. The lock is
@@ -78,12 +151,20 @@ pub(crate) fn lock(hub: &SharedHub) -> MutexGuard<'_, Hub> {
 }
 
 impl Hub {
-    pub(crate) fn new(config: RelayConfig, timer_wake: async_channel::Sender<()>) -> Self {
+    pub(crate) fn new(
+        config: RelayConfig,
+        timer_wake: async_channel::Sender<()>,
+        metrics: Arc<RelayMetrics>,
+        limits: ByteLimits,
+    ) -> Self {
         Hub {
             relay: Relay::new(config),
             conns: HashMap::new(),
             timer_wake,
             refusals: RefusalLog::default(),
+            metrics,
+            limits,
+            addr_buckets: HashMap::new(),
         }
     }
 
@@ -92,21 +173,53 @@ impl Hub {
         let mut entry = entry;
         entry.addr = Some(addr);
         self.conns.insert(id, entry);
+        self.metrics.connections.inc();
+        self.metrics.connections_open.inc();
+        if let Some(rate) = self.limits.max_rate {
+            self.addr_buckets
+                .entry(addr)
+                .or_insert_with(|| (Arc::new(Mutex::new(ByteBucket::new(now, rate))), 0))
+                .1 += 1;
+        }
         self.relay.handle_connect(now, id, addr);
         self.after_input();
     }
 
-    /// The forward queue of a connection's partner, once paired.
-    pub(crate) fn partner_queue(&self, id: ConnId) -> Option<async_channel::Sender<Message>> {
-        let partner = self.conns.get(&id)?.partner?;
-        Some(self.conns.get(&partner)?.forward.clone())
+    /// What a connection needs to forward to its partner, once paired.
+    pub(crate) fn forwarding(&self, id: ConnId) -> Option<Forwarding> {
+        let entry = self.conns.get(&id)?;
+        let partner = self.conns.get(&entry.partner?)?;
+        let share = entry.pair.clone()?;
+        let mut buckets: Vec<SharedBucket> = share.bucket.into_iter().collect();
+        for addr in [entry.addr, partner.addr].into_iter().flatten() {
+            if let Some((b, _)) = self.addr_buckets.get(&addr) {
+                if !buckets.iter().any(|x| Arc::ptr_eq(x, b)) {
+                    buckets.push(b.clone());
+                }
+            }
+        }
+        Some(Forwarding {
+            queue: partner.forward.clone(),
+            pair_bytes: share.bytes,
+            buckets,
+        })
     }
 
     /// A connection's task ended.
     pub(crate) fn depart(&mut self, now: Instant, id: ConnId) {
         self.relay.handle_disconnect(now, id);
         self.after_input();
-        self.conns.remove(&id);
+        if let Some(entry) = self.conns.remove(&id) {
+            self.metrics.connections_open.dec();
+            if let Some(addr) = entry.addr {
+                if let Some((_, users)) = self.addr_buckets.get_mut(&addr) {
+                    *users -= 1;
+                    if *users == 0 {
+                        self.addr_buckets.remove(&addr);
+                    }
+                }
+            }
+        }
     }
 
     /// Carry out what the machine asks for, log what it reports, and let the timer task
@@ -120,11 +233,17 @@ impl Hub {
                     }
                 }
                 RelayOutput::Paired { sender, receiver } => {
-                    if let Some(e) = self.conns.get_mut(&sender) {
-                        e.partner = Some(receiver);
-                    }
-                    if let Some(e) = self.conns.get_mut(&receiver) {
-                        e.partner = Some(sender);
+                    let share = PairShare {
+                        bytes: Arc::new(AtomicU64::new(0)),
+                        bucket: self.limits.max_rate.map(|rate| {
+                            Arc::new(Mutex::new(ByteBucket::new(Instant::now(), rate)))
+                        }),
+                    };
+                    for (me, other) in [(sender, receiver), (receiver, sender)] {
+                        if let Some(e) = self.conns.get_mut(&me) {
+                            e.partner = Some(other);
+                            e.pair = Some(share.clone());
+                        }
                     }
                 }
                 RelayOutput::Close { conn, code, reason } => {
@@ -143,6 +262,12 @@ impl Hub {
         while let Some(event) = self.relay.poll_event() {
             self.log(event);
         }
+        self.metrics
+            .pairs_waiting
+            .set(i64::try_from(self.relay.waiting_count()).unwrap_or(i64::MAX));
+        self.metrics
+            .pairs_active
+            .set(i64::try_from(self.relay.paired_count()).unwrap_or(i64::MAX));
         self.refusals.catch_up(Instant::now());
         let _ = self.timer_wake.try_send(());
     }
@@ -171,10 +296,19 @@ impl Hub {
                 .map_or(0, |e| e.forwarded.load(Ordering::Relaxed))
         };
         match event {
-            RelayEvent::Refused { conn, reason } => self.log_refusal(conn, &reason),
-            RelayEvent::Paired { sender, receiver } => {
+            RelayEvent::Refused { conn, reason, kind } => {
+                self.metrics.refuse(kind.label());
+                self.log_refusal(conn, &reason);
+            }
+            RelayEvent::Paired {
+                sender,
+                receiver,
+                room,
+                waited,
+            } => {
+                self.metrics.pairing_seconds.observe(waited.as_secs_f64());
                 log::debug!(
-                    "connections {} (sender) and {} (receiver) paired",
+                    "connections {} (sender) and {} (receiver) paired in room {room}",
                     sender.0,
                     receiver.0
                 );
@@ -183,27 +317,30 @@ impl Hub {
                 sender,
                 receiver,
                 lasted,
+                room,
+                outcome,
             } => {
+                self.metrics.pair_ended(outcome.label());
+                let (up, down) = (bytes(sender), bytes(receiver));
+                // One line per pair, with fields for JSON logs; never the code or its
+                // hash, only the salted room tag.
                 log::info!(
-                    "pair {}/{} ended after {:.1} s: {} bytes sender to receiver, {} bytes receiver to sender",
+                    event = "pair_ended",
+                    room:% = room,
+                    outcome = outcome.label(),
+                    duration_s = (lasted.as_secs_f64() * 1000.0).round() / 1000.0,
+                    bytes = up + down,
+                    bytes_to_receiver = up,
+                    bytes_to_sender = down;
+                    "pair {}/{} in room {room} ended after {:.1} s: {}, {up} bytes sender to receiver, {down} bytes receiver to sender",
                     sender.0,
                     receiver.0,
                     lasted.as_secs_f64(),
-                    bytes(sender),
-                    bytes(receiver)
+                    outcome.label(),
                 );
             }
             other => log::debug!("{other:?}"),
         }
-    }
-
-    /// Ask every connection to close with this code and reason; returns how many there
-    /// are.
-    pub(crate) fn close_all(&mut self, code: u16, reason: &'static str) -> usize {
-        for e in self.conns.values() {
-            let _ = e.commands.try_send(Command::Close(code, reason.into()));
-        }
-        self.conns.len()
     }
 
     /// Whether every connection has ended.

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use futures_rustls::TlsAcceptor;
 use futures_util::future::{select, AbortHandle, Abortable, Either};
 use futures_util::StreamExt;
-use p2p_copy_core::relay::{ConnId, RelayConfig, CLOSE_GOING_AWAY, SHUTTING_DOWN};
+use p2p_copy_core::relay::{ConnId, RelayConfig};
 
 use crate::relay_conn::{ConnTask, FORWARD_QUEUE};
-use crate::relay_hub::{lock, Entry, Hub, SharedHub};
+use crate::relay_hub::{lock, ByteLimits, Entry, Hub, SharedHub};
+use crate::relay_metrics::{self, RelayMetrics};
+use crate::relay_tokens::AccessControl;
 use crate::rt::Rt;
 use crate::stun_server::{self, RateLimiter};
 use crate::{tls, RelayServerConfig};
@@ -27,6 +29,10 @@ pub struct RelayServer<R: Rt> {
     config: RelayConfig,
     stun: Vec<R::UdpSocket>,
     stun_addrs: Vec<SocketAddr>,
+    metrics_listener: Option<(R::TcpListener, SocketAddr)>,
+    access: AccessControl,
+    limits: ByteLimits,
+    drain: Duration,
 }
 
 impl<R: Rt> std::fmt::Debug for RelayServer<R> {
@@ -35,6 +41,8 @@ impl<R: Rt> std::fmt::Debug for RelayServer<R> {
             .field("addr", &self.addr)
             .field("tls", &self.tls.is_some())
             .field("stun", &self.stun_addrs)
+            .field("metrics", &self.metrics_addr())
+            .field("tokens", &self.access.is_on())
             .finish_non_exhaustive()
     }
 }
@@ -43,13 +51,14 @@ impl<R: Rt> std::fmt::Debug for RelayServer<R> {
 struct Shutdown {
     hub: SharedHub,
     timer: AbortHandle,
-    stun: Vec<AbortHandle>,
+    /// The STUN, metrics and SIGHUP tasks.
+    tasks: Vec<AbortHandle>,
 }
 
 impl Drop for Shutdown {
     fn drop(&mut self) {
         self.timer.abort();
-        for s in &self.stun {
+        for s in &self.tasks {
             s.abort();
         }
         lock(&self.hub).abort_all();
@@ -58,14 +67,28 @@ impl Drop for Shutdown {
 
 impl<R: Rt> RelayServer<R> {
     /// Bind to `cfg.host:cfg.port`, bind the STUN ports of `cfg.stun` on the same address
-    /// and load the TLS certificate and key, if any.
+    /// and the metrics listener of `cfg.ops`, and load the TLS certificate and key and
+    /// the token file, if any.
     ///
     /// # Errors
-    /// A bind error (a STUN one names its port), or [`io::ErrorKind::InvalidInput`] for
-    /// unusable TLS files or STUN port 65535 (the second port would not exist).
+    /// A bind error (a STUN one names its port, a metrics one says so), an unreadable
+    /// token file or one without tokens, or [`io::ErrorKind::InvalidInput`] for unusable
+    /// TLS files or STUN port 65535 (the second port would not exist).
     pub async fn bind(rt: R, cfg: RelayServerConfig) -> io::Result<Self> {
         let tls = match &cfg.tls {
             Some((cert, key)) => Some(TlsAcceptor::from(Arc::new(tls::server_config(cert, key)?))),
+            None => None,
+        };
+        let access = AccessControl::new(cfg.ops.token_file.as_deref())?;
+        let metrics_listener = match cfg.ops.metrics {
+            Some(at) => {
+                let l = rt
+                    .bind(at.ip().to_string(), at.port())
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("metrics on {at}: {e}")))?;
+                let addr = R::local_addr(&l)?;
+                Some((l, addr))
+            }
             None => None,
         };
         let listener = rt.bind(cfg.host.clone(), cfg.port).await?;
@@ -75,15 +98,36 @@ impl<R: Rt> RelayServer<R> {
             .iter()
             .map(R::udp_local_addr)
             .collect::<io::Result<_>>()?;
+        let mut config = cfg.relay;
+        // A fresh secret per process: room tags in its logs cannot be computed from a
+        // guessed code. Without OS randomness the tags are still unique per room.
+        let _ = getrandom::getrandom(&mut config.room_salt);
         Ok(RelayServer {
             rt,
             listener,
             addr,
             tls,
-            config: cfg.relay,
+            config,
             stun,
             stun_addrs,
+            metrics_listener,
+            access,
+            limits: ByteLimits {
+                max_rate: cfg.ops.max_rate,
+                max_bytes: cfg.ops.max_bytes,
+            },
+            drain: cfg.ops.drain_timeout,
         })
+    }
+
+    /// Where `/metrics` and `/healthz` are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Whether clients must present a token.
+    pub fn requires_token(&self) -> bool {
+        self.access.is_on()
     }
 
     /// The bound address (with the real port when 0 was asked for).
@@ -112,41 +156,84 @@ impl<R: Rt> RelayServer<R> {
         self.run_until(std::future::pending()).await
     }
 
-    /// Serve until `stop` completes, then stop accepting, close every connection with
-    /// close code 1001 and the reason "relay shutting down", and give the clients the
-    /// close grace to answer before dropping what is left. Clients then tell their users
-    /// why the connection ended instead of seeing it reset.
+    /// Serve until `stop` completes, then shut down as
+    /// [`run_draining`](Self::run_draining) does, with no way to hurry it.
     ///
     /// # Errors
     /// As [`run`](Self::run).
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> io::Result<()> {
+        self.run_draining(stop, std::future::pending()).await
+    }
+
+    /// Serve until `stop` completes, then shut down: stop accepting at once (the port is
+    /// free for a new instance), close every connection that has not paired with close
+    /// code 1001 and the reason "relay shutting down", let the pairs still running go on
+    /// for the configured drain timeout ([`RelayOps::drain_timeout`]), then close them
+    /// the same way, and give the clients the close grace to answer before dropping
+    /// what is left. `hurry` completing during the drain closes every pair at once.
+    /// Clients tell their users why the connection ended instead of seeing it reset.
+    ///
+    /// [`RelayOps::drain_timeout`]: crate::RelayOps::drain_timeout
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub async fn run_draining(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> io::Result<()> {
         let RelayServer {
             rt,
             listener,
             tls,
             config,
             stun,
+            metrics_listener,
+            access,
+            limits,
+            drain,
             ..
         } = self;
         let handshake_timeout = config.hello_timeout;
         let close_grace = config.close_grace;
+        let metrics = Arc::new(RelayMetrics::new());
         let (wake_tx, wake_rx) = async_channel::bounded(1);
-        let hub: SharedHub = Arc::new(Mutex::new(Hub::new(config, wake_tx)));
+        let hub: SharedHub = Arc::new(Mutex::new(Hub::new(
+            config,
+            wake_tx,
+            metrics.clone(),
+            limits,
+        )));
         let (timer, timer_reg) = AbortHandle::new_pair();
         let limiter = Arc::new(Mutex::new(RateLimiter::new(Instant::now())));
-        let mut stun_tasks = Vec::new();
+        let mut tasks = Vec::new();
+        let mut spawn_abortable =
+            |task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+                let (abort, reg) = AbortHandle::new_pair();
+                tasks.push(abort);
+                rt.spawn(async move {
+                    let _ = Abortable::new(task, reg).await;
+                });
+            };
         for socket in stun {
-            let (abort, reg) = AbortHandle::new_pair();
-            stun_tasks.push(abort);
-            let serving = stun_server::serve(rt.clone(), socket, limiter.clone());
-            rt.spawn(async move {
-                let _ = Abortable::new(serving, reg).await;
-            });
+            let serving = stun_server::serve(rt.clone(), socket, limiter.clone(), metrics.clone());
+            spawn_abortable(Box::pin(serving));
+        }
+        if let Some((l, _)) = metrics_listener {
+            spawn_abortable(Box::pin(relay_metrics::serve(
+                rt.clone(),
+                l,
+                metrics.clone(),
+            )));
+        }
+        #[cfg(unix)]
+        if access.is_on() {
+            spawn_abortable(Box::pin(reload_on_sighup(access.clone())));
         }
         let _shutdown = Shutdown {
             hub: hub.clone(),
             timer,
-            stun: stun_tasks,
+            tasks,
         };
         rt.spawn(run_timer(rt.clone(), hub.clone(), wake_rx, timer_reg));
         let accepting = accept_loop(
@@ -154,20 +241,73 @@ impl<R: Rt> RelayServer<R> {
             listener,
             tls,
             hub.clone(),
+            access,
             handshake_timeout,
             close_grace,
         );
+        // Dropping the accept loop drops the listener: the port is free at once.
         let _ = select(Box::pin(accepting), Box::pin(stop)).await;
-        let open = lock(&hub).close_all(CLOSE_GOING_AWAY, SHUTTING_DOWN);
-        log::info!("relay stopping: closing {open} connections");
-        let deadline = Instant::now() + close_grace;
+        let pairs = {
+            let mut h = lock(&hub);
+            h.relay.handle_shutdown(Instant::now(), drain);
+            h.after_input();
+            h.relay.paired_count()
+        };
+        if pairs > 0 && !drain.is_zero() {
+            log::info!(
+                "relay stopping: no new connections; {pairs} pairs may finish within {} s",
+                drain.as_secs_f64()
+            );
+        } else {
+            log::info!("relay stopping: closing every connection");
+        }
+        let mut deadline = Instant::now() + drain + close_grace + SHUTDOWN_SLACK;
+        let mut hurry = Some(Box::pin(hurry));
         while !lock(&hub).is_empty() && Instant::now() < deadline {
-            rt.sleep_until(Instant::now() + SHUTDOWN_POLL).await;
+            let tick = Box::pin(rt.sleep_until(Instant::now() + SHUTDOWN_POLL));
+            let Some(h) = hurry.as_mut() else {
+                tick.await;
+                continue;
+            };
+            if let Either::Right(_) = select(tick, h.as_mut()).await {
+                hurry = None;
+                let mut h = lock(&hub);
+                log::info!(
+                    "relay stopping now: closing {} pairs",
+                    h.relay.paired_count()
+                );
+                h.relay.handle_shutdown(Instant::now(), Duration::ZERO);
+                h.after_input();
+                deadline = deadline.min(Instant::now() + close_grace + SHUTDOWN_SLACK);
+            }
         }
         lock(&hub).flush_refusals();
         Ok(())
     }
 }
+
+/// Re-read the token file on every SIGHUP; a file that cannot be used leaves the tokens
+/// in force.
+#[cfg(unix)]
+async fn reload_on_sighup(access: AccessControl) {
+    let mut signals = match async_signal::Signals::new([async_signal::Signal::Hup]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot catch SIGHUP ({e}): the token file is read only at start");
+            return;
+        }
+    };
+    while signals.next().await.is_some() {
+        match access.reload() {
+            Ok(n) => log::info!("token file re-read: {n} tokens"),
+            Err(e) => log::warn!("{e}; the tokens read before stay in force"),
+        }
+    }
+}
+
+/// Time a stopping relay allows beyond the drain and the close grace, for the last
+/// close frames to cross.
+const SHUTDOWN_SLACK: Duration = Duration::from_millis(500);
 
 /// How often a stopping relay checks whether its clients have all answered the close.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
@@ -178,6 +318,7 @@ async fn accept_loop<R: Rt>(
     listener: R::TcpListener,
     tls: Option<TlsAcceptor>,
     hub: SharedHub,
+    access: AccessControl,
     handshake_timeout: Duration,
     close_grace: Duration,
 ) {
@@ -192,6 +333,7 @@ async fn accept_loop<R: Rt>(
                 continue;
             }
         };
+        let accepted = Instant::now();
         next_id += 1;
         let id = ConnId(next_id);
         log::debug!("connection {}: from {peer}", id.0);
@@ -210,6 +352,8 @@ async fn accept_loop<R: Rt>(
             commands: cmd_rx,
             forward: fwd_rx,
             forwarded: forwarded.clone(),
+            access: access.clone(),
+            accepted,
             handshake_timeout,
             close_grace,
         };

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use p2p_copy_core::stun;
 
 use crate::config::StunPorts;
+use crate::relay_metrics::RelayMetrics;
 use crate::rt::Rt;
 
 /// The relay's limits.
@@ -206,7 +207,12 @@ pub(crate) async fn bind<R: Rt>(
 pub(crate) type SharedLimiter = Arc<Mutex<RateLimiter>>;
 
 /// Answer Binding requests on `socket` until dropped.
-pub(crate) async fn serve<R: Rt>(rt: R, socket: R::UdpSocket, limiter: SharedLimiter) {
+pub(crate) async fn serve<R: Rt>(
+    rt: R,
+    socket: R::UdpSocket,
+    limiter: SharedLimiter,
+    metrics: Arc<RelayMetrics>,
+) {
     let mut buf = [0u8; RECV_BUF];
     loop {
         let (n, source) = match R::recv_from(&socket, &mut buf).await {
@@ -227,6 +233,7 @@ pub(crate) async fn serve<R: Rt>(rt: R, socket: R::UdpSocket, limiter: SharedLim
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .allow(Instant::now(), source.ip());
+        metrics.stun(allowed);
         if !allowed {
             log::trace!("STUN: over the rate limit, not answering {source}");
             continue;

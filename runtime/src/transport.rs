@@ -19,6 +19,7 @@ use p2p_copy_core::wire::MAX_MESSAGE_LEN;
 use p2p_copy_core::WireMessage;
 use rustls_pki_types::ServerName;
 
+use crate::relay_tokens::redact_url;
 use crate::rt::Rt;
 use crate::tls;
 use crate::TransferError;
@@ -349,33 +350,85 @@ pub(crate) fn relay_host_port(server: &str) -> Option<(String, u16)> {
     parse_server(server).ok().map(|t| (t.host, t.port))
 }
 
-/// Open a WebSocket to the relay at `server`.
+/// Open a WebSocket to the relay at `server`, with `token` as a bearer token if given.
+/// Messages show the URL without the value of a `token` query parameter.
 pub(crate) async fn connect<R: Rt>(
     rt: &R,
     server: &str,
     ca_file: Option<&std::path::Path>,
     proxy: Option<&str>,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<Ws, TransferError> {
     let timeout = timeout.min(CONNECT_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let attempt = Box::pin(open(rt, server, ca_file, proxy));
+    let attempt = Box::pin(open(rt, server, ca_file, proxy, token));
     match select(attempt, Box::pin(rt.sleep_until(deadline))).await {
         Either::Left((r, _)) => r,
         Either::Right(_) => Err(TransferError::Connect(format!(
-            "{server}: no answer within {} s (is the relay running at this address?)",
+            "{}: no answer within {} s (is the relay running at this address?)",
+            redact_url(server),
             timeout.as_secs()
         ))),
     }
 }
 
+/// The handshake request: the URL as given, plus the bearer token.
+fn request(
+    server: &str,
+    token: Option<&str>,
+) -> Result<async_tungstenite::tungstenite::handshake::client::Request, String> {
+    use async_tungstenite::tungstenite::client::IntoClientRequest;
+    use async_tungstenite::tungstenite::http::HeaderValue;
+    let mut req = server.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(token) = token {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "the relay token holds characters a header cannot carry".to_owned())?;
+        value.set_sensitive(true);
+        req.headers_mut().insert("authorization", value);
+    }
+    Ok(req)
+}
+
+/// Why the relay's WebSocket handshake failed, for the user.
+fn handshake_failure(
+    server: &str,
+    token_given: bool,
+    e: &async_tungstenite::tungstenite::Error,
+) -> String {
+    use async_tungstenite::tungstenite::Error as WsError;
+    if let WsError::Http(resp) = e {
+        if resp.status().as_u16() == 401 {
+            return if token_given {
+                format!(
+                    "{server}: the relay requires a token and refused the one given \
+                     (check --relay-token or P2P_COPY_RELAY_TOKEN)"
+                )
+            } else {
+                format!(
+                    "{server}: the relay requires a token (give it with --relay-token or \
+                     P2P_COPY_RELAY_TOKEN)"
+                )
+            };
+        }
+    }
+    format!("{server}: WebSocket handshake failed: {e} (is this a p2p-copy relay?)")
+}
+
 async fn open<R: Rt>(
     rt: &R,
-    server: &str,
+    server_url: &str,
     ca_file: Option<&std::path::Path>,
     proxy: Option<&str>,
+    token: Option<&str>,
 ) -> Result<Ws, TransferError> {
+    let shown = redact_url(server_url);
+    let server = shown.as_str();
+    // The shown URL differs only in the token's value, so it parses the same.
     let target = parse_server(server).map_err(TransferError::Connect)?;
+    let token_given = token.is_some() || has_token_param(server_url);
+    let req = request(server_url, token)
+        .map_err(|e| TransferError::Connect(format!("{server}: {}", redact_url(&e))))?;
     // TLS settings are checked before connecting: a bad CA file is a local mistake.
     let tls = match target.tls {
         true => Some(tls::client_config(ca_file).map_err(TransferError::Connect)?),
@@ -420,15 +473,21 @@ async fn open<R: Rt>(
         }
         None => Box::new(tcp),
     };
-    let (ws, _) =
-        async_tungstenite::client_async_with_config(server.to_owned(), stream, Some(ws_config()))
-            .await
-            .map_err(|e| {
-                TransferError::Connect(format!(
-                    "{server}: WebSocket handshake failed: {e} (is this a p2p-copy relay?)"
-                ))
-            })?;
+    let (ws, _) = async_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
+        .await
+        .map_err(|e| TransferError::Connect(handshake_failure(server, token_given, &e)))?;
     Ok(ws)
+}
+
+/// Whether a URL carries a `token` query parameter.
+fn has_token_param(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, q)| {
+        q.split('#')
+            .next()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv.starts_with("token="))
+    })
 }
 
 #[cfg(test)]

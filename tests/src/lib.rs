@@ -24,6 +24,7 @@ pub mod python;
 mod relay;
 mod runtimes;
 pub mod scene;
+pub mod serverless;
 pub mod tls;
 pub mod tree;
 

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -80,6 +80,37 @@ impl ChildGuard {
             stdout: None,
         };
         (guard, stdout)
+    }
+
+    /// Spawn `cmd` with its stdin open for the caller to write to; each line of its
+    /// stdout also comes over the channel as it is printed (and all of it in
+    /// [`Finished::stdout`]).
+    pub fn spawn_talking(cmd: &mut Command) -> (ChildGuard, ChildStdin, mpsc::Receiver<String>) {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        let stdout = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                all.push_str(&line);
+                all.push('\n');
+                let _ = tx.send(line);
+            }
+            all
+        });
+        let guard = ChildGuard {
+            stderr: child.stderr.take().map(collect),
+            stdout: Some(stdout),
+            child,
+        };
+        (guard, stdin, lines)
     }
 
     /// Its process id.

@@ -47,6 +47,7 @@ impl TestRelay {
             tls,
             relay,
             stun: Default::default(),
+            ops: Default::default(),
         };
         let (addr_tx, addr_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);

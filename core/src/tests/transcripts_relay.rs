@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::relay::{
-    per_address_limit, per_address_peer_refusal, per_address_refusal, ConnId, Relay, RelayConfig,
-    RelayEvent, RelayOutput, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN,
+    per_address_limit, per_address_peer_refusal, per_address_refusal, rate_refusal, ConnId,
+    PairOutcome, RefusalKind, Relay, RelayConfig, RelayEvent, RelayOutput, RoomTag,
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN, SHUTTING_DOWN,
 };
 use crate::wire::{Control, Role};
 use crate::WireMessage;
@@ -43,6 +44,21 @@ fn close(conn: u64, code: u16, reason: &'static str) -> RelayOutput {
     }
 }
 
+/// The tag the default configuration gives the room of `hash`, read from a pairing.
+fn room_of(hash: &str) -> RoomTag {
+    let now = Instant::now();
+    let mut r = connected(2, now);
+    r.handle_message(now, ConnId(1), hello(hash, Role::Sender));
+    r.handle_message(now, ConnId(2), hello(hash, Role::Receiver));
+    events(&mut r)
+        .into_iter()
+        .find_map(|e| match e {
+            RelayEvent::Paired { room, .. } => Some(room),
+            _ => None,
+        })
+        .expect("paired")
+}
+
 fn connected(n: u64, now: Instant) -> Relay {
     let mut r = Relay::new(RelayConfig::default());
     for i in 1..=n {
@@ -61,7 +77,8 @@ fn refused_hello(msg: WireMessage, reason: &'static str) {
         events(&mut r),
         vec![RelayEvent::Refused {
             conn: ConnId(1),
-            reason: reason.into()
+            reason: reason.into(),
+            kind: RefusalKind::Protocol,
         }]
     );
     assert_eq!(r.waiting_count(), 0);
@@ -170,7 +187,9 @@ fn pairing_sends_ready_to_the_sender_only_then_paired() {
             events(&mut r),
             vec![RelayEvent::Paired {
                 sender: ConnId(1),
-                receiver: ConnId(2)
+                receiver: ConnId(2),
+                room: room_of(HASH),
+                waited: Duration::ZERO,
             }]
         );
         assert_eq!(r.waiting_count(), 0);
@@ -203,6 +222,30 @@ fn messages_of_paired_connections_are_left_to_the_runtime() {
     );
     r.handle_message(now, ConnId(2), WireMessage::Text("anything".into()));
     assert!(outputs(&mut r).is_empty());
+}
+
+#[test]
+fn a_newcomer_in_an_occupied_room_is_refused_and_the_waiting_client_keeps_it() {
+    let room = crate::code::room_id(7);
+    for role in [Role::Sender, Role::Receiver] {
+        let now = Instant::now();
+        let mut r = connected(3, now);
+        r.handle_message(now, ConnId(1), hello(&room, role));
+        r.handle_message(now, ConnId(2), hello(&room, role));
+        assert_eq!(
+            outputs(&mut r),
+            vec![close(2, CLOSE_TRY_AGAIN, "Duplicate role for code")]
+        );
+        assert_eq!(r.waiting_count(), 1);
+        // The first client still pairs.
+        r.handle_message(now, ConnId(3), hello(&room, role.other()));
+        let out = outputs(&mut r);
+        assert!(
+            out.iter().any(|o| matches!(o, RelayOutput::Paired { .. })),
+            "{out:?}"
+        );
+        assert_eq!(r.waiting_count(), 0, "the room is free again once paired");
+    }
 }
 
 #[test]
@@ -253,6 +296,8 @@ fn a_departing_side_closes_its_partner_then_aborts_it_a_grace_after_its_queue_dr
                 sender: ConnId(1),
                 receiver: ConnId(2),
                 lasted: Duration::from_secs(7),
+                room: room_of(HASH),
+                outcome: PairOutcome::Lost,
             }]
         );
         let drain = RelayConfig::default().drain_timeout;
@@ -535,4 +580,238 @@ fn a_partner_that_never_drains_is_aborted_at_the_drain_timeout() {
         outputs(&mut r),
         vec![RelayOutput::Abort { conn: ConnId(2) }]
     );
+}
+
+fn ended(r: &mut Relay) -> Vec<(PairOutcome, RoomTag)> {
+    events(r)
+        .into_iter()
+        .filter_map(|e| match e {
+            RelayEvent::PairEnded { outcome, room, .. } => Some((outcome, room)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_pairing_event_says_how_long_the_first_side_waited() {
+    let now = Instant::now();
+    let mut r = connected(2, now);
+    r.handle_message(now, ConnId(2), hello(HASH, Role::Receiver));
+    let later = now + Duration::from_millis(1500);
+    r.handle_message(later, ConnId(1), hello(HASH, Role::Sender));
+    let waited: Vec<Duration> = events(&mut r)
+        .into_iter()
+        .filter_map(|e| match e {
+            RelayEvent::Paired { waited, .. } => Some(waited),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waited, [Duration::from_millis(1500)]);
+}
+
+#[test]
+fn room_tags_are_salted_and_never_show_the_code_hash() {
+    let a = room_of("ab12");
+    assert_eq!(a, room_of("ab12"), "the same room gets the same tag");
+    assert_ne!(a, room_of("ab13"));
+    let shown = a.to_string();
+    assert_eq!(shown.len(), 8);
+    assert!(!shown.contains("ab12"));
+    let now = Instant::now();
+    let mut salted = Relay::new(RelayConfig {
+        room_salt: [1; 16],
+        ..RelayConfig::default()
+    });
+    for i in 1..=2 {
+        salted.handle_connect(now, ConnId(i), addr(1));
+    }
+    salted.handle_message(now, ConnId(1), hello("ab12", Role::Sender));
+    salted.handle_message(now, ConnId(2), hello("ab12", Role::Receiver));
+    let other_salt = events(&mut salted).into_iter().find_map(|e| match e {
+        RelayEvent::Paired { room, .. } => Some(room),
+        _ => None,
+    });
+    assert_ne!(other_salt, Some(a), "another salt, another tag");
+}
+
+#[test]
+fn a_pair_whose_first_leaver_closed_normally_completed_otherwise_it_was_lost() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    events(&mut r);
+    r.handle_client_close(ConnId(1), CLOSE_NORMAL);
+    r.handle_disconnect(now, ConnId(1));
+    assert_eq!(ended(&mut r), [(PairOutcome::Completed, room_of(HASH))]);
+
+    for code in [None, Some(1011)] {
+        let mut r = paired(now);
+        events(&mut r);
+        if let Some(code) = code {
+            r.handle_client_close(ConnId(2), code);
+        }
+        r.handle_disconnect(now, ConnId(2));
+        assert_eq!(ended(&mut r), [(PairOutcome::Lost, room_of(HASH))]);
+        // The partner's own normal close afterwards changes nothing.
+        r.handle_client_close(ConnId(1), CLOSE_NORMAL);
+        r.handle_disconnect(now, ConnId(1));
+        assert!(ended(&mut r).is_empty());
+    }
+}
+
+#[test]
+fn a_pair_closed_for_a_limit_closes_both_with_the_reason_and_ends_once() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    events(&mut r);
+    r.close_pair(now, ConnId(2), "over the limit");
+    assert_eq!(
+        outputs(&mut r),
+        vec![
+            close(2, CLOSE_POLICY, "over the limit"),
+            close(1, CLOSE_POLICY, "over the limit"),
+        ]
+    );
+    assert_eq!(ended(&mut r), [(PairOutcome::Limit, room_of(HASH))]);
+    r.handle_disconnect(now, ConnId(1));
+    r.handle_disconnect(now, ConnId(2));
+    assert!(ended(&mut r).is_empty());
+    assert!(outputs(&mut r).is_empty());
+    assert!(r.is_empty());
+    // An unpaired connection is not closed by it.
+    let mut r = connected(1, now);
+    r.close_pair(now, ConnId(1), "over the limit");
+    assert!(outputs(&mut r).is_empty());
+}
+
+#[test]
+fn new_connections_per_address_are_limited_per_minute_then_refill() {
+    let now = Instant::now();
+    let mut r = Relay::new(RelayConfig {
+        max_new_per_minute: Some(3),
+        ..RelayConfig::default()
+    });
+    for i in 1..=3 {
+        assert!(r.handle_connect(now, ConnId(i), addr(1)));
+        r.handle_disconnect(now, ConnId(i));
+    }
+    assert!(!r.handle_connect(now, ConnId(4), addr(1)));
+    let reason = rate_refusal(3);
+    assert_eq!(
+        outputs(&mut r),
+        vec![RelayOutput::Close {
+            conn: ConnId(4),
+            code: CLOSE_TRY_AGAIN,
+            reason: reason.clone().into(),
+        }]
+    );
+    assert!(reason.contains("3 a minute"), "{reason}");
+    assert_eq!(
+        events(&mut r),
+        vec![RelayEvent::Refused {
+            conn: ConnId(4),
+            reason: reason.into(),
+            kind: RefusalKind::RateLimit,
+        }]
+    );
+    // Another address is not held back.
+    assert!(r.handle_connect(now, ConnId(5), addr(2)));
+    // An IPv6 host counts per /64: a fresh address in the same /64 is no way around it.
+    let v6 = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+    for i in 0..3u16 {
+        assert!(r.handle_connect(now, ConnId(100 + u64::from(i)), v6(i)));
+    }
+    assert!(!r.handle_connect(now, ConnId(103), v6(3)));
+    // One connection's worth comes back after a third of the minute.
+    let later = now + Duration::from_secs(20);
+    assert!(r.handle_connect(later, ConnId(6), addr(1)));
+    assert!(!r.handle_connect(later, ConnId(7), addr(1)));
+}
+
+#[test]
+fn shutdown_closes_unpaired_connections_at_once_and_pairs_at_the_drain_deadline() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    for i in 3..=4 {
+        assert!(r.handle_connect(now, ConnId(i), addr(1)));
+    }
+    r.handle_message(now, ConnId(3), hello("other", Role::Sender));
+    events(&mut r);
+    outputs(&mut r);
+    let drain = Duration::from_secs(30);
+    r.handle_shutdown(now, drain);
+    assert_eq!(
+        outputs(&mut r),
+        vec![
+            close(3, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+            close(4, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+        ]
+    );
+    assert!(events(&mut r).iter().all(|e| matches!(
+        e,
+        RelayEvent::Refused {
+            kind: RefusalKind::ShuttingDown,
+            ..
+        }
+    )));
+    // No one new gets in.
+    assert!(!r.handle_connect(now, ConnId(5), addr(2)));
+    assert_eq!(
+        outputs(&mut r),
+        vec![close(5, CLOSE_GOING_AWAY, SHUTTING_DOWN)]
+    );
+    assert_eq!(r.paired_count(), 1);
+    assert!(r.poll_timeout().is_some_and(|t| t <= now + drain));
+    r.handle_timeout(now + drain);
+    assert_eq!(
+        outputs(&mut r)
+            .into_iter()
+            .filter(|o| matches!(o, RelayOutput::Close { .. }))
+            .collect::<Vec<_>>(),
+        vec![
+            close(1, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+            close(2, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+        ]
+    );
+    assert_eq!(ended(&mut r), [(PairOutcome::ShuttingDown, room_of(HASH))]);
+    for i in 1..=5 {
+        r.handle_disconnect(now + drain, ConnId(i));
+    }
+    assert!(r.is_empty());
+    assert_eq!(r.poll_timeout(), None, "nothing left to wake up for");
+}
+
+#[test]
+fn a_pair_that_ends_during_the_drain_is_not_closed_by_it() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    events(&mut r);
+    r.handle_shutdown(now, Duration::from_secs(30));
+    assert!(outputs(&mut r).is_empty(), "the pair runs on");
+    r.handle_client_close(ConnId(1), CLOSE_NORMAL);
+    r.handle_disconnect(now + Duration::from_secs(2), ConnId(1));
+    assert_eq!(ended(&mut r), [(PairOutcome::Completed, room_of(HASH))]);
+    r.handle_disconnect(now + Duration::from_secs(2), ConnId(2));
+    r.handle_timeout(now + Duration::from_secs(30));
+    assert!(ended(&mut r).is_empty());
+    assert!(r.is_empty());
+}
+
+#[test]
+fn a_second_shutdown_can_only_bring_the_drain_deadline_closer() {
+    let now = Instant::now();
+    let mut r = paired(now);
+    r.handle_shutdown(now, Duration::from_secs(30));
+    r.handle_shutdown(now, Duration::from_secs(60));
+    assert_eq!(r.poll_timeout(), Some(now + Duration::from_secs(30)));
+    let later = now + Duration::from_secs(3);
+    r.handle_shutdown(later, Duration::ZERO);
+    assert_eq!(
+        outputs(&mut r),
+        vec![
+            close(1, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+            close(2, CLOSE_GOING_AWAY, SHUTTING_DOWN),
+        ]
+    );
+    assert_eq!(ended(&mut r), [(PairOutcome::ShuttingDown, room_of(HASH))]);
+    assert_eq!(r.paired_count(), 0);
 }
