@@ -279,8 +279,12 @@ impl ClientArgs {
         match &self.proxy {
             Some(url) if url.is_empty() => None,
             Some(url) => Some(url.clone()),
-            None => crate::backend::proxy::from_env(server, |name| std::env::var(name).ok())
-                .or_else(|| self.file.proxy.clone()),
+            None => crate::backend::proxy::from_env_or(
+                server,
+                |name| std::env::var(name).ok(),
+                self.file.proxy.clone().map(|p| ("config file", p)),
+            )
+            .map(|(_, url)| url),
         }
     }
 
@@ -1084,7 +1088,13 @@ mod tests {
         else {
             panic!("send")
         };
-        assert_eq!(a.client.config("ws://h:1".into(), "c".into()).relay_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            a.client
+                .config("ws://h:1".into(), "c".into())
+                .relay_token
+                .as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]

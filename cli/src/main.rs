@@ -168,15 +168,14 @@ fn show_config() -> u8 {
         (None, None) => (None, "default".to_owned()),
     };
     row("relay", relay.clone(), &from);
-    let (proxy, from) = match backend::proxy::from_env_named(
+    let (proxy, from) = match backend::proxy::from_env_or(
         relay.as_deref().unwrap_or("wss://relay.invalid"),
         |name| std::env::var(name).ok(),
+        file.proxy.clone().map(|p| (from_file, p)),
     ) {
+        Some((name, url)) if name == from_file => (Some(url), name.to_owned()),
         Some((name, url)) => (Some(url), format!("environment {name}")),
-        None => match &file.proxy {
-            Some(url) => (Some(url.clone()), from_file.to_owned()),
-            None => (None, "default".to_owned()),
-        },
+        None => (None, "default".to_owned()),
     };
     row(
         "proxy",
@@ -205,7 +204,10 @@ fn show_config() -> u8 {
     );
     // The token itself is never shown, only whether one is set and where.
     let (token, from) = match (env(args::RELAY_TOKEN_ENV), &file.relay_token) {
-        (Some(_), _) => (Some("(set)"), format!("environment {}", args::RELAY_TOKEN_ENV)),
+        (Some(_), _) => (
+            Some("(set)"),
+            format!("environment {}", args::RELAY_TOKEN_ENV),
+        ),
         (None, Some(_)) => (Some("(set)"), from_file.to_owned()),
         (None, None) => (None, "default".to_owned()),
     };

@@ -720,7 +720,7 @@ fn the_config_file_gives_defaults_that_the_environment_and_flags_override() {
     fs::write(
         &config,
         format!(
-            "relay = \"{url}\"\nencrypt = true\nout = \"{}\"\nproxy = \"http://u:secret@127.0.0.1:9\"\n",
+            "relay = \"{url}\"\nencrypt = true\nout = \"{}\"\nproxy = \"http://u:secret@127.0.0.1:9\"\nrelay_token = \"tok3n\"\n",
             arg(&s.out)
         ),
     )
@@ -754,7 +754,11 @@ fn the_config_file_gives_defaults_that_the_environment_and_flags_override() {
     assert!(line("relay").contains(&url) && line("relay").ends_with("(config file)"));
     assert!(line("encrypt").contains("true") && line("encrypt").ends_with("(config file)"));
     assert!(!shown.stdout.contains("secret"), "{shown:?}");
+    assert!(!shown.stdout.contains("tok3n"), "{shown:?}");
+    assert!(line("relay_token").contains("(set)"), "{shown:?}");
     assert!(line("ca_file").ends_with("(default)"), "{shown:?}");
+    // The file's proxy is not used for a relay on this machine.
+    assert!(line("proxy").ends_with("(default)"), "{shown:?}");
     let over = ChildGuard::spawn(with_file(&["config"]).env("P2P_COPY_RELAY", "ws://127.0.0.1:7"))
         .wait(LIMIT);
     let relay = over

@@ -293,6 +293,17 @@ pub fn from_env_named(
     relay_url: &str,
     get: impl Fn(&str) -> Option<String>,
 ) -> Option<(&'static str, String)> {
+    from_env_or(relay_url, get, None)
+}
+
+/// [`from_env_named`], with `fallback` (a default proxy and the name of its source, such
+/// as a configuration file's) used when no variable names one. The fallback obeys the
+/// same rules: never for a loopback relay, nor for a host that `NO_PROXY` covers.
+pub fn from_env_or(
+    relay_url: &str,
+    get: impl Fn(&str) -> Option<String>,
+    fallback: Option<(&'static str, String)>,
+) -> Option<(&'static str, String)> {
     let var = |names: &[&'static str]| {
         names
             .iter()
@@ -323,7 +334,9 @@ pub fn from_env_named(
         // environment from a request header.
         &["http_proxy"]
     };
-    var(specific).or_else(|| var(&["all_proxy", "ALL_PROXY"]))
+    var(specific)
+        .or_else(|| var(&["all_proxy", "ALL_PROXY"]))
+        .or(fallback)
 }
 
 /// Whether `NO_PROXY`'s comma-separated list covers `host`: `*` covers everything, a
@@ -346,6 +359,25 @@ fn no_proxy_matches(list: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fallback_proxy_comes_last_and_obeys_no_proxy_and_loopback() {
+        let file = || Some(("config file", "http://file:1".to_owned()));
+        let none = |_: &str| None;
+        assert_eq!(
+            from_env_or("wss://relay.example:443", none, file()),
+            Some(("config file", "http://file:1".to_owned()))
+        );
+        assert_eq!(from_env_or("ws://127.0.0.1:9", none, file()), None);
+        assert_eq!(from_env_or("ws://localhost:9", none, file()), None);
+        let no = |n: &str| (n == "NO_PROXY").then(|| "example".to_owned());
+        assert_eq!(from_env_or("wss://relay.example:443", no, file()), None);
+        let all = |n: &str| (n == "ALL_PROXY").then(|| "socks5://s:1".to_owned());
+        assert_eq!(
+            from_env_or("wss://relay.example:443", all, file()),
+            Some(("ALL_PROXY", "socks5://s:1".to_owned()))
+        );
+    }
 
     #[test]
     fn proxy_urls_parse_with_defaults_and_hide_their_password() {
