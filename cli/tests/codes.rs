@@ -204,9 +204,11 @@ fn a_code_from_the_environment_is_not_in_argv_nor_in_the_relays_log() {
     let receiver = receive(&url, &[], &s.out, Some(&code));
     // Right after the spawn the kernel may not have put the new command line in place
     // yet (it reads empty): wait until it has.
-    let seen = wait_for(Duration::from_secs(5), "the receiver's command line", || {
-        Some(argv(receiver.id())).filter(|a| !a.is_empty())
-    });
+    let seen = wait_for(
+        Duration::from_secs(5),
+        "the receiver's command line",
+        || Some(argv(receiver.id())).filter(|a| !a.is_empty()),
+    );
     assert!(seen.contains("receive") && !seen.contains(&words), "{seen}");
     let received = receiver.wait(LIMIT);
     let (sent, stderr) = sender.wait(LIMIT);
