@@ -65,3 +65,24 @@ pub fn punching_instants(f: &Finished) -> Vec<(f64, f64)> {
         })
         .collect()
 }
+
+/// The clock offset a side logged with `-v` after asking the time server, in seconds
+/// (positive: the local clock is behind); panics if it logged none.
+pub fn measured_offset(f: &Finished) -> f64 {
+    f.stderr
+        .split("says this clock is ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no clock offset logged: {f:?}"))
+}
+
+/// Check that a side measured the time server's `offset` (seconds). SNTP's estimate is
+/// off by at most half the round trip, which a busy machine can stretch to milliseconds.
+pub fn assert_offset(side: &str, f: &Finished, offset: f64) {
+    let measured = measured_offset(f);
+    assert!(
+        (measured - offset).abs() < 0.05,
+        "the {side} measured {measured} s, not {offset} s: {f:?}"
+    );
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use p2p_copy_tests::binary::cli_binary;
 use p2p_copy_tests::process::{ChildGuard, Finished};
-use p2p_copy_tests::serverless::{punching_instants, Talking};
+use p2p_copy_tests::serverless::{assert_offset, punching_instants, Talking};
 use p2p_copy_tests::tree::{self, FileSpec, MIB};
 
 /// How long one side may run.
@@ -316,19 +316,7 @@ fn ntp_time_sets_the_punching_instants_when_the_local_clock_is_wrong() {
     assert_ok("sender", &sf);
     assert_ok("receiver", &rf);
     for (side, f) in [("sender", &sf), ("receiver", &rf)] {
-        // The responder runs 3600.5 s ahead; SNTP's estimate is off by at most half
-        // the round trip, which a busy machine can stretch to milliseconds.
-        let offset: f64 = f
-            .stderr
-            .split("says this clock is ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("the {side} measured no offset: {f:?}"));
-        assert!(
-            (offset - 3600.5).abs() < 0.05,
-            "the {side} measured {offset} s: {f:?}"
-        );
+        assert_offset(side, f, 3600.5);
         let (ntp, local) = punching_instants(f)[0];
         assert_eq!(ntp % 10.0, 0.0, "the {side}'s instant by NTP time: {ntp}");
         let shift = ntp - local;
