@@ -375,6 +375,10 @@ pub struct SendArgs {
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,
+    /// Print one JSON object per line on stdout (events, progress, summary, errors;
+    /// schema in docs/JSON.md) and no human text there; messages stay on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl SendArgs {
@@ -441,6 +445,10 @@ pub struct ReceiveArgs {
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,
+    /// Print one JSON object per line on stdout (events, progress, summary, errors;
+    /// schema in docs/JSON.md) and no human text there; messages stay on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A transfer with no relay at all (`send` and `receive` alike). Each side prints its
@@ -1084,7 +1092,13 @@ mod tests {
         else {
             panic!("send")
         };
-        assert_eq!(a.client.config("ws://h:1".into(), "c".into()).relay_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            a.client
+                .config("ws://h:1".into(), "c".into())
+                .relay_token
+                .as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]
