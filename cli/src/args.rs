@@ -365,6 +365,16 @@ pub struct SendArgs {
     /// folders). Without it links are never followed: they are skipped with a warning.
     #[arg(short = 'L', long)]
     pub follow_symlinks: bool,
+    /// Leave out files and directories matching GLOB, a .gitignore-style pattern
+    /// matched against the names as sent (DIR/sub/file): without a '/' it matches a
+    /// name at any depth ('*.log', 'node_modules'), with one it matches from the top
+    /// ('src/build', '/src/tmp'), a trailing '/' matches directories only; repeatable.
+    #[arg(long, value_name = "GLOB", value_parser = exclude_pattern)]
+    pub exclude: Vec<String>,
+    /// Leave out what the .gitignore files inside the sent directories ignore (each
+    /// applies to its directory and below, as in git), and .git directories.
+    #[arg(long)]
+    pub gitignore: bool,
     /// Words in a generated code (2 to 8; each adds about 10.3 bits).
     #[arg(long, value_name = "N", default_value = "2", value_parser = clap::value_parser!(u8).range(2..=8))]
     pub code_words: u8,
@@ -413,6 +423,8 @@ impl SendArgs {
             resume: self.resume,
             skip_errors: self.skip_errors,
             follow_symlinks: self.follow_symlinks,
+            exclude: self.exclude.clone(),
+            gitignore: self.gitignore,
         }
     }
 }
@@ -650,6 +662,11 @@ impl RelayArgs {
             ops: self.ops.ops(),
         })
     }
+}
+
+/// An `--exclude` pattern the matcher accepts.
+fn exclude_pattern(s: &str) -> Result<String, String> {
+    crate::backend::check_exclude(s).map(|()| s.to_owned())
 }
 
 /// Seconds, whole or fractional, from 1 to 1e9.

@@ -216,3 +216,80 @@ fn json_errors_are_the_last_event_with_the_exit_code() {
         assert!(out.stderr.contains("error"), "{out:?}");
     }
 }
+
+#[test]
+fn exclude_and_gitignore_leave_out_what_they_match() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(
+        &s.src,
+        &[
+            FileSpec::text("keep.txt", 10, 1),
+            FileSpec::text("notes.log", 10, 2),
+            FileSpec::text("sub/deep.log", 10, 3),
+            FileSpec::text("target/big.bin", 10, 4),
+            FileSpec::text("sub/main.c", 10, 5),
+            FileSpec::text("sub/main.o", 10, 6),
+            FileSpec::text(".gitignore", 0, 7),
+            FileSpec::text(".git/HEAD", 10, 8),
+        ],
+    );
+    std::fs::write(s.src.join(".gitignore"), "target/\n*.o\n").unwrap();
+    let code = "scripting-exclude";
+    let receiver = ChildGuard::spawn(&mut p2p_copy(&[
+        "receive",
+        &url,
+        code,
+        "--out",
+        arg(&s.out),
+    ]));
+    let sent = ChildGuard::spawn(&mut p2p_copy(&[
+        "send",
+        &url,
+        code,
+        arg(&s.src),
+        "--exclude",
+        "*.log",
+        "--gitignore",
+        "-v",
+    ]))
+    .wait(LIMIT);
+    let received = receiver.wait(LIMIT);
+    assert_eq!(sent.code(), 0, "{sent:?}");
+    assert_eq!(received.code(), 0, "{received:?}");
+    let expected = s.dir.path().join("expected");
+    write_tree(
+        &expected,
+        &[
+            FileSpec::text("keep.txt", 10, 1),
+            FileSpec::text("sub/main.c", 10, 5),
+        ],
+    );
+    std::fs::copy(s.src.join(".gitignore"), expected.join(".gitignore")).unwrap();
+    assert_same_tree(&expected, &s.out.join("src"));
+    // With -v the log names what was left out and why.
+    assert!(
+        sent.stderr
+            .contains("leaving out src/notes.log: --exclude *.log"),
+        "{}",
+        sent.stderr
+    );
+    assert!(
+        sent.stderr.contains("leaving out src/target"),
+        "{}",
+        sent.stderr
+    );
+
+    // A pattern the matcher refuses is a usage error, before connecting.
+    let out = ChildGuard::spawn(&mut p2p_copy(&[
+        "send",
+        &url,
+        code,
+        arg(&s.src),
+        "--exclude",
+        "[z-a]",
+    ]))
+    .wait(LIMIT);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("--exclude"), "{}", out.stderr);
+}

@@ -161,7 +161,7 @@ impl ClientConfig {
 }
 
 /// Sender settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SendOptions {
     /// Compression mode (default [`CompressMode::Auto`]).
     pub compress: CompressMode,
@@ -175,6 +175,15 @@ pub struct SendOptions {
     /// Send the content of the files that symbolic links point to. Without it a link
     /// is never followed: it is skipped with a warning.
     pub follow_symlinks: bool,
+    /// Leave out what matches these patterns, in the syntax of a `.gitignore` line
+    /// (see [`check_exclude`](crate::check_exclude)), matched against the names as
+    /// sent (`dir/sub/file`): a pattern without `/` matches a name at any depth, one
+    /// with a `/` matches from the top. A directory left out is not walked.
+    pub exclude: Vec<String>,
+    /// Leave out what the `.gitignore` files found in the sent directories ignore
+    /// (each applies to its directory and below, the deepest decides, as in git), and
+    /// `.git` directories.
+    pub gitignore: bool,
 }
 
 /// A core [`Event`] and the parallel session it came from.

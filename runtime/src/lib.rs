@@ -90,5 +90,6 @@ pub use p2p_copy_core::{Event, PathEvent};
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;
 pub use serverless::{Serverless, ServerlessConfig};
+pub use source::check_exclude;
 pub use stun_client::{stun_query, StunQueryError};
 pub use transport::{Incoming, MessageTransport, TransportError};
