@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p_copy_core::relay::RelayConfig;
 
 use crate::backend::{
-    ClientConfig, CompressMode, DirectMode, RelayOps, RelayServerConfig, SendOptions, StunPorts,
+    ClientConfig, CompressMode, DirectMode, RateLimit, RelayOps, RelayServerConfig, SendOptions,
+    StunPorts,
 };
 use crate::config_file::FileConfig;
 
@@ -211,6 +212,10 @@ pub struct ClientArgs {
     /// relay.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub direct_timeout: Duration,
+    /// Move file data no faster than RATE bytes a second (e.g. 400k, 20M, 1.5Mi; at
+    /// least 64k), over all connections of the transfer; either side may set it.
+    #[arg(long, value_name = "RATE", value_parser = limit_rate)]
+    pub limit_rate: Option<u64>,
     /// The configuration file's settings, below the flags and the environment.
     #[arg(skip)]
     pub file: FileConfig,
@@ -330,7 +335,13 @@ impl ClientArgs {
         cfg.direct.timeout = self.direct_timeout;
         // A configuration file's token goes here, as the last fallback.
         cfg.relay_token = self.token.resolve(self.file.relay_token.clone());
+        cfg.limit_rate = self.rate_limit();
         cfg
+    }
+
+    /// `--limit-rate`, as the runtime's limit.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.limit_rate.map(RateLimit::new)
     }
 }
 
@@ -661,6 +672,20 @@ impl RelayArgs {
             },
             ops: self.ops.ops(),
         })
+    }
+}
+
+/// The slowest `--limit-rate`: a 1 MiB message then takes 16 s, well within the
+/// default --idle-timeout of the peer that waits for it.
+const MIN_LIMIT_RATE: u64 = 64_000;
+
+/// A `--limit-rate`: a size a second, at least [`MIN_LIMIT_RATE`].
+fn limit_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        n if n < MIN_LIMIT_RATE => Err(format!(
+            "`{s}` is too slow: data moves in pieces of up to 1 MiB, give at least 64k"
+        )),
+        n => Ok(n),
     }
 }
 

@@ -72,6 +72,7 @@ fn plan(
         encrypt: client.encrypt(),
         timeout: client.timeout,
         idle_timeout: client.idle_timeout,
+        limit_rate: client.rate_limit(),
     };
     Ok(Plan { cfg, peer })
 }

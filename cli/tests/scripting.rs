@@ -293,3 +293,49 @@ fn exclude_and_gitignore_leave_out_what_they_match() {
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("--exclude"), "{}", out.stderr);
 }
+
+/// Send 1 MiB with `--limit-rate 400k` on one side; the time from pairing to the end,
+/// as that side's `--json` summary gives it.
+fn limited_transfer(code: &str, limit_on_sender: bool) -> f64 {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("one.bin", 1 << 20, 1)]);
+    let limit: &[&str] = &["--limit-rate", "400k", "--json"];
+    let (send_extra, recv_extra) = if limit_on_sender {
+        (limit, &[][..])
+    } else {
+        (&[][..], limit)
+    };
+    let mut recv_args = vec!["receive", &url, code, "--out", arg(&s.out), "--relay-only"];
+    recv_args.extend_from_slice(recv_extra);
+    let receiver = ChildGuard::spawn(&mut p2p_copy(&recv_args));
+    let mut send_args = vec!["send", &url, code, arg(&s.src), "--relay-only"];
+    send_args.extend_from_slice(send_extra);
+    let sent = ChildGuard::spawn(&mut p2p_copy(&send_args)).wait(LIMIT);
+    let received = receiver.wait(LIMIT);
+    assert_eq!(sent.code(), 0, "{sent:?}");
+    assert_eq!(received.code(), 0, "{received:?}");
+    assert_same_tree(&s.src, &s.out.join("src"));
+    let limited = if limit_on_sender { &sent } else { &received };
+    let summary = events(&limited.stdout).pop().expect("a summary");
+    assert_eq!(summary["event"], "summary");
+    summary["seconds"].as_f64().expect("seconds")
+}
+
+#[test]
+fn limit_rate_paces_the_sender_and_the_receiver() {
+    // 1 MiB at 400 kB/s takes 2.6 s; 10 % less is the real check, the upper bound only
+    // catches a stall (a busy machine may be slow).
+    let least = (1 << 20) as f64 / 400_000.0 * 0.9;
+    for (code, on_sender) in [("limit-send", true), ("limit-receive", false)] {
+        let secs = limited_transfer(code, on_sender);
+        assert!(
+            (least..20.0).contains(&secs),
+            "{code}: {secs} s, expected at least {least} s"
+        );
+    }
+    // Too slow a limit is a usage error.
+    let out = ChildGuard::spawn(&mut p2p_copy(&["receive", "--limit-rate", "1k", "c"])).wait(LIMIT);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("64k"), "{}", out.stderr);
+}

@@ -44,9 +44,9 @@ use std::time::Instant;
 pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
     check_exclude, ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, Mapping,
-    MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayOps, RelayServerConfig,
-    SendOptions, SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TransferError,
-    TransportError,
+    MessageTransport, NetReport, PathEvent, PathTaken, RateLimit, RelayConfig, RelayOps,
+    RelayServerConfig, SendOptions, SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary,
+    TransferError, TransportError,
 };
 
 /// smol's services for the generic loop.

@@ -177,6 +177,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         })?;
     let files = IoWorker::start(SendFiles::new(locals)).map_err(worker_error)?;
     Driver::new(rt, sender, conn, files, cfg.idle_timeout, index, events)
+        .paced(cfg.limit_rate.clone())
         .run()
         .await
 }
@@ -318,6 +319,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
     let receiver = Receiver::new(Instant::now(), config, &secrets);
     let files = IoWorker::start(ReceiveFiles::new(out_dir)).map_err(worker_error)?;
     Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
+        .paced(cfg.limit_rate.clone())
         .run()
         .await
 }

@@ -10,13 +10,13 @@ use futures_util::future::{poll_fn, select, BoxFuture};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use p2p_copy_core::relay::{CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
-use p2p_copy_core::{Error, Event};
+use p2p_copy_core::{Error, Event, WireMessage};
 
 use crate::io_worker::IoWorker;
 use crate::machine::Machine;
 use crate::rt::Rt;
 use crate::transport::{self, Incoming, MessageTransport, TransportError};
-use crate::{SessionEvent, Summary, TransferError};
+use crate::{RateLimit, SessionEvent, Summary, TransferError};
 
 /// The user's event callback, shared by the parallel sessions of one transfer.
 pub(crate) type EventSink = Arc<Mutex<dyn FnMut(SessionEvent) + Send>>;
@@ -54,6 +54,14 @@ pub(crate) struct Driver<R: Rt, M: Machine, T: MessageTransport> {
     session: usize,
     events: EventSink,
     summary: Summary,
+    /// `--limit-rate`: file data (binary messages) in and out is held until its bytes
+    /// are earned.
+    limit: Option<RateLimit>,
+    /// A message to send, held by the limit until then.
+    held_out: Option<(Instant, WireMessage)>,
+    /// A message received, held by the limit until then: meanwhile nothing more is
+    /// read, so the connection slows the sender down.
+    held_in: Option<(Instant, WireMessage)>,
 }
 
 impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
@@ -85,7 +93,26 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             session,
             events,
             summary: Summary::default(),
+            limit: None,
+            held_out: None,
+            held_in: None,
         }
+    }
+
+    /// Pace file data to `limit` (none: as fast as the connection goes).
+    pub(crate) fn paced(mut self, limit: Option<RateLimit>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// When a message may move under the limit: `None` for at once (no limit, not file
+    /// data, or the bucket had the bytes).
+    fn hold_until(&self, now: Instant, msg: &WireMessage) -> Option<Instant> {
+        let (Some(limit), WireMessage::Binary(data)) = (&self.limit, msg) else {
+            return None;
+        };
+        let wait = limit.take(now, data.len());
+        (!wait.is_zero()).then(|| now + wait)
     }
 
     /// Run the session to its end, then close the connection: normally on success,
@@ -330,12 +357,26 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             let mut drained = false;
             let mut write_blocked = false;
             while self.writing {
+                if self.held_out.as_ref().is_some_and(|(at, _)| *at > now) {
+                    break;
+                }
                 match self.ws.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         self.blocked_since = None;
-                        let Some(msg) = self.machine.poll_transmit() else {
-                            drained = true;
-                            break;
+                        let msg = match self.held_out.take() {
+                            Some((_, msg)) => msg,
+                            None => {
+                                let Some(msg) = self.machine.poll_transmit() else {
+                                    drained = true;
+                                    break;
+                                };
+                                if let Some(at) = self.hold_until(now, &msg) {
+                                    self.held_out = Some((at, msg));
+                                    progress = true;
+                                    continue;
+                                }
+                                msg
+                            }
                         };
                         progress = true;
                         if let Err(e) = self.ws.start_send(msg) {
@@ -410,7 +451,14 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
 
             // Messages in, only while the machine wants them: that is the receiver's
             // backpressure.
-            if self.reading && self.machine.wants_input() {
+            if self.held_in.as_ref().is_some_and(|(at, _)| *at <= now) {
+                if let Some((_, wire)) = self.held_in.take() {
+                    progress = true;
+                    let _ = self.machine.handle_message(now, wire);
+                    self.drain_outputs();
+                }
+            }
+            if self.reading && self.held_in.is_none() && self.machine.wants_input() {
                 match self.ws.poll_recv(cx) {
                     Poll::Ready(Some(Ok(Incoming::Close(frame)))) => {
                         progress = true;
@@ -418,8 +466,13 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                     }
                     Poll::Ready(Some(Ok(Incoming::Message(wire)))) => {
                         progress = true;
-                        let _ = self.machine.handle_message(now, wire);
-                        self.drain_outputs();
+                        match self.hold_until(now, &wire) {
+                            Some(at) => self.held_in = Some((at, wire)),
+                            None => {
+                                let _ = self.machine.handle_message(now, wire);
+                                self.drain_outputs();
+                            }
+                        }
                     }
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
@@ -442,10 +495,17 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             // Deadlines: the machine's, and how long the connection may refuse data.
             let stall = self.blocked_since.map(|t| t + self.idle_timeout);
             let close_wait = self.write_failed.as_ref().map(|(t, _)| *t + CLOSE_WAIT);
-            let deadline = [self.machine.poll_timeout(), stall, close_wait]
-                .into_iter()
-                .flatten()
-                .min();
+            let held = [&self.held_out, &self.held_in].map(|h| h.as_ref().map(|(at, _)| *at));
+            let deadline = [
+                self.machine.poll_timeout(),
+                stall,
+                close_wait,
+                held[0],
+                held[1],
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if self.timer.as_ref().map(|t| t.0) != deadline {
                 self.timer = deadline.map(|d| {
                     (

@@ -78,8 +78,8 @@ pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
 pub use config::{
-    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayOps, RelayServerConfig, SendOptions,
-    SessionEvent, StunPorts, Summary,
+    ClientConfig, DirectMode, DirectOptions, PathTaken, RateLimit, RelayOps, RelayServerConfig,
+    SendOptions, SessionEvent, StunPorts, Summary,
 };
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
