@@ -155,11 +155,11 @@ pub fn send(a: SendArgs, out: OutputArgs) -> u8 {
             crate::EXIT_USAGE,
         );
     }
+    crate::started(Role::Send, None);
     let (bound, peer) = match prepare(plan, out.quiet) {
         Ok(ok) => ok,
         Err(exit) => return exit,
     };
-    crate::started(Role::Send, None);
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
     let transfer = bound.send(peer, files, a.options(), progress.callback());
@@ -189,11 +189,11 @@ pub fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
         Ok(p) => p,
         Err(exit) => return exit,
     };
+    crate::started(Role::Receive, None);
     let (bound, peer) = match prepare(plan, out.quiet) {
         Ok(ok) => ok,
         Err(exit) => return exit,
     };
-    crate::started(Role::Receive, None);
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let transfer = bound.receive(peer, out_dir.clone(), progress.callback());

@@ -339,3 +339,41 @@ fn limit_rate_paces_the_sender_and_the_receiver() {
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("64k"), "{}", out.stderr);
 }
+
+#[test]
+fn without_a_relay_the_ticket_is_an_event_and_help_names_the_options() {
+    let s = Scene::new();
+    write_tree(&s.src, &small_tree());
+    // No peer on stdin: the ticket, then a usage error.
+    let out = ChildGuard::spawn(&mut p2p_copy(&[
+        "send",
+        "--json",
+        "--local-port",
+        "0",
+        "--code",
+        "scripting-ticket",
+        arg(&s.src),
+    ]))
+    .wait(LIMIT);
+    assert_eq!(out.code(), 1, "{out:?}");
+    let all = events(&out.stdout);
+    assert_eq!(names(&all), ["start", "ticket", "error"], "{out:?}");
+    assert_eq!(all[0]["relay"], Value::Null);
+    assert!(all[1]["ticket"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("p2pc")));
+    error_event(&out);
+
+    for (cmd, options) in [
+        (
+            "send",
+            &["--json", "--exclude", "--gitignore", "--limit-rate"][..],
+        ),
+        ("receive", &["--json", "--limit-rate"][..]),
+    ] {
+        let help = ChildGuard::spawn(&mut p2p_copy(&[cmd, "--help"])).wait(LIMIT);
+        for opt in options {
+            assert!(help.stdout.contains(opt), "{cmd} --help lacks {opt}");
+        }
+    }
+}
