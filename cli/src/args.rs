@@ -285,7 +285,15 @@ impl ClientArgs {
             Some(url) if url.is_empty() => None,
             Some(url) => Some(url.clone()),
             None => crate::backend::proxy::from_env(server, |name| std::env::var(name).ok())
-                .or_else(|| self.file.proxy.clone()),
+                .or_else(|| {
+                    // The file's proxy is taken as ALL_PROXY would be: never for a relay
+                    // on this machine, nor for one NO_PROXY names.
+                    crate::backend::proxy::from_env(server, |name| match name {
+                        "all_proxy" => self.file.proxy.clone(),
+                        "no_proxy" | "NO_PROXY" => std::env::var(name).ok(),
+                        _ => None,
+                    })
+                }),
         }
     }
 
