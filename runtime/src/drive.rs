@@ -59,9 +59,10 @@ pub(crate) struct Driver<R: Rt, M: Machine, T: MessageTransport> {
     limit: Option<RateLimit>,
     /// A message to send, held by the limit until then.
     held_out: Option<(Instant, WireMessage)>,
-    /// A message received, held by the limit until then: meanwhile nothing more is
-    /// read, so the connection slows the sender down.
-    held_in: Option<(Instant, WireMessage)>,
+    /// No reading until then, by the limit: the message that used up the budget was
+    /// handled at once (so the machine's timers see the peer alive), and the connection
+    /// slows the sender down meanwhile.
+    read_paused: Option<Instant>,
 }
 
 impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
@@ -95,7 +96,7 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             summary: Summary::default(),
             limit: None,
             held_out: None,
-            held_in: None,
+            read_paused: None,
         }
     }
 
@@ -451,14 +452,10 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
 
             // Messages in, only while the machine wants them: that is the receiver's
             // backpressure.
-            if self.held_in.as_ref().is_some_and(|(at, _)| *at <= now) {
-                if let Some((_, wire)) = self.held_in.take() {
-                    progress = true;
-                    let _ = self.machine.handle_message(now, wire);
-                    self.drain_outputs();
-                }
+            if self.read_paused.is_some_and(|at| at <= now) {
+                self.read_paused = None;
             }
-            if self.reading && self.held_in.is_none() && self.machine.wants_input() {
+            if self.reading && self.read_paused.is_none() && self.machine.wants_input() {
                 match self.ws.poll_recv(cx) {
                     Poll::Ready(Some(Ok(Incoming::Close(frame)))) => {
                         progress = true;
@@ -466,13 +463,9 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                     }
                     Poll::Ready(Some(Ok(Incoming::Message(wire)))) => {
                         progress = true;
-                        match self.hold_until(now, &wire) {
-                            Some(at) => self.held_in = Some((at, wire)),
-                            None => {
-                                let _ = self.machine.handle_message(now, wire);
-                                self.drain_outputs();
-                            }
-                        }
+                        self.read_paused = self.hold_until(now, &wire);
+                        let _ = self.machine.handle_message(now, wire);
+                        self.drain_outputs();
                     }
                     Poll::Ready(Some(Err(e))) => {
                         progress = true;
@@ -495,13 +488,13 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             // Deadlines: the machine's, and how long the connection may refuse data.
             let stall = self.blocked_since.map(|t| t + self.idle_timeout);
             let close_wait = self.write_failed.as_ref().map(|(t, _)| *t + CLOSE_WAIT);
-            let held = [&self.held_out, &self.held_in].map(|h| h.as_ref().map(|(at, _)| *at));
+            let held = self.held_out.as_ref().map(|(at, _)| *at);
             let deadline = [
                 self.machine.poll_timeout(),
                 stall,
                 close_wait,
-                held[0],
-                held[1],
+                held,
+                self.read_paused,
             ]
             .into_iter()
             .flatten()
