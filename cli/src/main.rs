@@ -50,8 +50,9 @@ fn main() -> ExitCode {
             let _ = e.print();
             if e.use_stderr() && json::asked_on_command_line() {
                 json::enable();
-                let text = e.kind().to_string();
-                json::error(&text, EXIT_USAGE);
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                json::error(first.trim_start_matches("error: "), EXIT_USAGE);
             }
             // clap's own code for usage errors is 2, which p2p-copy keeps for the relay.
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });

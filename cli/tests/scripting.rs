@@ -212,7 +212,14 @@ fn json_errors_are_the_last_event_with_the_exit_code() {
         let out = ChildGuard::spawn(&mut p2p_copy(args)).wait(LIMIT);
         assert_eq!(out.code(), 1, "{args:?}: {out:?}");
         assert_eq!(events(&out.stdout).len(), 1, "{out:?}");
-        error_event(&out);
+        let message = error_event(&out)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("maybe") || message.contains("extra"),
+            "the message names the mistake: {message}"
+        );
         assert!(out.stderr.contains("error"), "{out:?}");
     }
 }
