@@ -237,10 +237,7 @@ impl Progress {
 
 /// The fields of the `summary` event.
 fn summary_fields(s: &Summary, exit: u8) -> Vec<(&'static str, Value)> {
-    let time = match s.transfer_time {
-        t if t.is_zero() => s.elapsed,
-        t => t,
-    };
+    let (secs, rate) = timed(s);
     let pairs = |list: &[(String, String)]| -> Value {
         list.iter()
             .map(|(path, reason)| json!({"path": path, "reason": reason}))
@@ -250,15 +247,9 @@ fn summary_fields(s: &Summary, exit: u8) -> Vec<(&'static str, Value)> {
         ("files", json!(s.files)),
         ("bytes", json!(s.bytes)),
         ("skipped", json!(s.skipped)),
-        ("seconds", json!(round3(time.as_secs_f64()))),
+        ("seconds", json!(round3(secs))),
         ("elapsed_seconds", json!(round3(s.elapsed.as_secs_f64()))),
-        (
-            "bytes_per_second",
-            json!(match time.as_secs_f64() {
-                t if t > 0.0 => (s.bytes as f64 / t) as u64,
-                _ => 0,
-            }),
-        ),
+        ("bytes_per_second", json!(rate.unwrap_or(0))),
         ("path", json!(s.path.to_string())),
         ("confirmed", json!(s.confirmed)),
         ("unconfirmed", json!(s.unconfirmed)),
@@ -266,6 +257,17 @@ fn summary_fields(s: &Summary, exit: u8) -> Vec<(&'static str, Value)> {
         ("excluded", pairs(&s.excluded)),
         ("exit", json!(exit)),
     ]
+}
+
+/// The seconds a transfer's rate is computed over (from pairing: time spent waiting
+/// for the peer says nothing about the link), and the rate in bytes a second.
+fn timed(s: &Summary) -> (f64, Option<u64>) {
+    let time = match s.transfer_time {
+        t if t.is_zero() => s.elapsed,
+        t => t,
+    };
+    let secs = time.as_secs_f64();
+    (secs, (secs > 0.0).then(|| (s.bytes as f64 / secs) as u64))
 }
 
 /// Seconds to the millisecond, so that the numbers stay short.
@@ -276,16 +278,8 @@ fn round3(secs: f64) -> f64 {
 /// "sent 3 files (1.00 MiB) in 2.0 s, 512.00 KiB/s", timed from pairing: time spent
 /// waiting for the peer says nothing about the link.
 fn summary_line(role: Role, s: &Summary) -> String {
-    let time = match s.transfer_time {
-        t if t.is_zero() => s.elapsed,
-        t => t,
-    };
-    let secs = time.as_secs_f64();
-    let rate = if secs > 0.0 {
-        format!(", {}/s", BinaryBytes((s.bytes as f64 / secs) as u64))
-    } else {
-        String::new()
-    };
+    let (secs, rate) = timed(s);
+    let rate = rate.map_or_else(String::new, |r| format!(", {}/s", BinaryBytes(r)));
     let skipped = match s.skipped {
         0 => String::new(),
         n => format!("; {n} already there, skipped"),
