@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p_copy_core::relay::RelayConfig;
 
 use crate::backend::{
-    ClientConfig, CompressMode, DirectMode, RelayOps, RelayServerConfig, SendOptions, StunPorts,
+    ClientConfig, CompressMode, DirectMode, RateLimit, RelayOps, RelayServerConfig, SendOptions,
+    StunPorts,
 };
 use crate::config_file::FileConfig;
 
@@ -211,6 +212,10 @@ pub struct ClientArgs {
     /// relay.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     pub direct_timeout: Duration,
+    /// Move file data no faster than RATE bytes a second (e.g. 400k, 20M, 1.5Mi; at
+    /// least 64k), over all connections of the transfer; either side may set it.
+    #[arg(long, value_name = "RATE", value_parser = limit_rate)]
+    pub limit_rate: Option<u64>,
     /// The configuration file's settings, below the flags and the environment.
     #[arg(skip)]
     pub file: FileConfig,
@@ -334,7 +339,13 @@ impl ClientArgs {
         cfg.direct.timeout = self.direct_timeout;
         // A configuration file's token goes here, as the last fallback.
         cfg.relay_token = self.token.resolve(self.file.relay_token.clone());
+        cfg.limit_rate = self.rate_limit();
         cfg
+    }
+
+    /// `--limit-rate`, as the runtime's limit.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.limit_rate.map(RateLimit::new)
     }
 }
 
@@ -369,6 +380,16 @@ pub struct SendArgs {
     /// folders). Without it links are never followed: they are skipped with a warning.
     #[arg(short = 'L', long)]
     pub follow_symlinks: bool,
+    /// Leave out files and directories matching GLOB, a .gitignore-style pattern
+    /// matched against the names as sent (DIR/sub/file): without a '/' it matches a
+    /// name at any depth ('*.log', 'node_modules'), with one it matches from the top
+    /// ('src/build', '/src/tmp'), a trailing '/' matches directories only; repeatable.
+    #[arg(long, value_name = "GLOB", value_parser = exclude_pattern)]
+    pub exclude: Vec<String>,
+    /// Leave out what the .gitignore files inside the sent directories ignore (each
+    /// applies to its directory and below, as in git), and .git directories.
+    #[arg(long)]
+    pub gitignore: bool,
     /// Words in a generated code (2 to 8; each adds about 10.3 bits).
     #[arg(long, value_name = "N", default_value = "2", value_parser = clap::value_parser!(u8).range(2..=8))]
     pub code_words: u8,
@@ -379,6 +400,10 @@ pub struct SendArgs {
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,
+    /// Print one JSON object per line on stdout (events, progress, summary, errors;
+    /// schema in docs/JSON.md) and no human text there; messages stay on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl SendArgs {
@@ -413,6 +438,8 @@ impl SendArgs {
             resume: self.resume,
             skip_errors: self.skip_errors,
             follow_symlinks: self.follow_symlinks,
+            exclude: self.exclude.clone(),
+            gitignore: self.gitignore,
         }
     }
 }
@@ -445,6 +472,10 @@ pub struct ReceiveArgs {
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,
+    /// Print one JSON object per line on stdout (events, progress, summary, errors;
+    /// schema in docs/JSON.md) and no human text there; messages stay on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A transfer with no relay at all (`send` and `receive` alike). Each side prints its
@@ -646,6 +677,25 @@ impl RelayArgs {
             ops: self.ops.ops(),
         })
     }
+}
+
+/// The slowest `--limit-rate`: a 1 MiB message then takes 16 s, well within the
+/// default --idle-timeout of the peer that waits for it.
+const MIN_LIMIT_RATE: u64 = 64_000;
+
+/// A `--limit-rate`: a size a second, at least [`MIN_LIMIT_RATE`].
+fn limit_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        n if n < MIN_LIMIT_RATE => Err(format!(
+            "`{s}` is too slow: data moves in pieces of up to 1 MiB, give at least 64k"
+        )),
+        n => Ok(n),
+    }
+}
+
+/// An `--exclude` pattern the matcher accepts.
+fn exclude_pattern(s: &str) -> Result<String, String> {
+    crate::backend::check_exclude(s).map(|()| s.to_owned())
 }
 
 /// Seconds, whole or fractional, from 1 to 1e9.

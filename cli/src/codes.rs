@@ -84,7 +84,8 @@ pub fn receiver_code(found: &mut Rendezvous) -> Result<bool, Usage> {
 }
 
 /// Print the generated code and the command that receives it, on stderr like every
-/// message of `send` (also with `--quiet`: without it the transfer cannot happen).
+/// message of `send` (also with `--quiet`: without it the transfer cannot happen), and
+/// with `--json` as the `code` event too.
 pub fn announce(code: &PakeCode, server: &str, ttl_secs: u64) {
     let from_env = std::env::var(RELAY_ENV).is_ok_and(|r| r == server);
     let relay = if from_env {
@@ -97,6 +98,14 @@ pub fn announce(code: &PakeCode, server: &str, ttl_secs: u64) {
     } else {
         format!("{ttl_secs} s")
     };
+    crate::json::emit(
+        "code",
+        &[
+            ("code", serde_json::json!(code.to_string())),
+            ("relay", serde_json::json!(server)),
+            ("ttl_seconds", serde_json::json!(ttl_secs)),
+        ],
+    );
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,

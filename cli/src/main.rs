@@ -9,6 +9,7 @@ mod codes;
 mod config_file;
 mod ctrl_echo;
 mod interrupt;
+mod json;
 mod progress;
 mod serverless;
 mod stderr_log;
@@ -47,10 +48,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            if e.use_stderr() && json::asked_on_command_line() {
+                json::enable();
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                json::error(first.trim_start_matches("error: "), EXIT_USAGE);
+            }
             // clap's own code for usage errors is 2, which p2p-copy keeps for the relay.
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    if matches!(&cli.command, Command::Send(a) if a.json)
+        || matches!(&cli.command, Command::Receive(a) if a.json)
+    {
+        json::enable();
+    }
     let out = cli.output;
     let format = match &cli.command {
         Command::RunRelayServer(a) if a.ops.log_format == LogFormat::Json => {
@@ -288,14 +300,17 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
         Err(exit) => return exit,
     };
     if files.is_empty() {
-        eprintln!("error: no files given: name the files and/or directories to send");
-        return EXIT_USAGE;
+        return fail(
+            "no files given: name the files and/or directories to send",
+            EXIT_USAGE,
+        );
     }
     let mut config = a.client.config(server, code);
     if kind != codes::SendCode::V1 {
         config.pake = true;
         config.pair_timeout = a.ttl;
     }
+    started(Role::Send, Some(&config.server));
     if let codes::SendCode::Generated(code) = &kind {
         codes::announce(code, &config.server, a.ttl.as_secs());
     }
@@ -357,6 +372,7 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let mut config = a.client.config(server, code);
+    started(Role::Receive, Some(&config.server));
     config.pake = pake;
     let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
@@ -383,10 +399,27 @@ fn with_config(command: Command) -> Result<Command, u8> {
 
 /// Print a usage mistake found before connecting; its exit code is the error.
 fn usage_ok<T>(checked: Result<T, usage::Usage>) -> Result<T, u8> {
-    checked.map_err(|usage::Usage(msg)| {
-        eprintln!("error: {msg}");
-        EXIT_USAGE
-    })
+    checked.map_err(|usage::Usage(msg)| fail(&msg, EXIT_USAGE))
+}
+
+/// Print an error on stderr (and as the `error` event with `--json`); returns `exit`.
+fn fail(msg: &str, exit: u8) -> u8 {
+    eprintln!("error: {msg}");
+    json::error(msg, exit);
+    exit
+}
+
+/// The `start` event of `--json`: the role, this version and the relay (none without
+/// one).
+fn started(role: Role, relay: Option<&str>) {
+    json::emit(
+        "start",
+        &[
+            ("role", serde_json::json!(role.name())),
+            ("version", serde_json::json!(env!("CARGO_PKG_VERSION"))),
+            ("relay", serde_json::json!(relay)),
+        ],
+    );
 }
 
 /// Clear the progress display, print the summary or the error, and pick the exit code.
@@ -399,20 +432,26 @@ fn finish(
     progress.finish();
     match ended {
         Ended::Done(Ok(summary)) => {
-            progress.summary(&summary);
-            accounted(&summary, role, progress.is_quiet())
+            let exit = if summary.not_delivered.is_empty() {
+                0
+            } else {
+                EXIT_NOT_DELIVERED
+            };
+            progress.summary(&summary, exit);
+            accounted(&summary, role, progress.is_quiet());
+            exit
         }
         Ended::Done(Err(e)) => {
             let code = u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
             if role == Role::Send && matches!(e, TransferError::Session(_)) && code == 6 {
-                eprintln!("error: {e} (--skip-errors sends the other files)");
+                fail(&format!("{e} (--skip-errors sends the other files)"), code)
             } else {
-                eprintln!("error: {e}");
+                fail(&e.to_string(), code)
             }
-            code
         }
         Ended::Interrupted => {
             eprintln!("{interrupted}");
+            json::error(interrupted, EXIT_INTERRUPTED);
             EXIT_INTERRUPTED
         }
     }
@@ -486,9 +525,9 @@ fn relay(a: RelayArgs, out: OutputArgs) -> u8 {
 }
 
 /// Say what was left out, what did not arrive and whether the receiver confirmed
-/// delivery, and pick the exit code of a transfer that ran to its end: 0 when every
-/// file was delivered, [`EXIT_NOT_DELIVERED`] otherwise.
-fn accounted(summary: &Summary, role: Role, quiet: bool) -> u8 {
+/// delivery, for a transfer that ran to its end (it exits [`EXIT_NOT_DELIVERED`] when
+/// a file was not delivered).
+fn accounted(summary: &Summary, role: Role, quiet: bool) {
     if !quiet {
         eprintln!("path: {}", escape(&summary.path.to_string()));
         for (path, why) in &summary.excluded {
@@ -504,7 +543,7 @@ fn accounted(summary: &Summary, role: Role, quiet: bool) -> u8 {
         }
     }
     if summary.not_delivered.is_empty() {
-        return 0;
+        return;
     }
     eprintln!(
         "error: {} {} not delivered:",
@@ -518,7 +557,6 @@ fn accounted(summary: &Summary, role: Role, quiet: bool) -> u8 {
     for (path, why) in &summary.not_delivered {
         eprintln!("  {}: {}", escape(path), escape(why));
     }
-    EXIT_NOT_DELIVERED
 }
 
 /// A local path as the user can read it, with terminal controls escaped.

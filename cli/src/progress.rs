@@ -1,5 +1,6 @@
 //! Showing a transfer as it goes: bars (per file and total: bytes, rate, ETA) on a
-//! terminal, a plain line every few seconds otherwise, nothing with `--quiet`.
+//! terminal, a plain line every few seconds otherwise, nothing with `--quiet`, JSON
+//! events on stdout with `--json` (see [`crate::json`]).
 //!
 //! Totals add up over the parallel sessions of an `n=<N>=n` code: each session reports
 //! its own manifest and files.
@@ -15,12 +16,17 @@ use indicatif::{
 };
 use p2p_copy_core::path::escape;
 use p2p_copy_core::{Event, PathEvent};
+use serde_json::{json, Value};
 
 use crate::backend::{SessionEvent, Summary};
 use crate::ctrl_echo::QuietCtrlEcho;
+use crate::json;
 
 /// How often a plain progress line is printed when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(2);
+
+/// At most this many `progress` events a second with `--json`.
+const JSON_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Columns for a file's name in its bar, so that the bar fits in 80 columns.
 const NAME_WIDTH: usize = 34;
@@ -65,6 +71,14 @@ impl Role {
             Role::Receive => "received",
         }
     }
+
+    /// The role's name in JSON events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Send => "send",
+            Role::Receive => "receive",
+        }
+    }
 }
 
 /// How much to show.
@@ -76,12 +90,16 @@ pub enum Style {
     Bars,
     /// Plain periodic lines (stderr is a file or a pipe).
     Lines,
+    /// JSON events on stdout, nothing but errors on stderr (`--json`).
+    Json,
 }
 
 impl Style {
-    /// Bars on a terminal, lines elsewhere, nothing when quiet.
+    /// JSON with `--json`, else bars on a terminal, lines elsewhere, nothing when quiet.
     pub fn detect(quiet: bool) -> Style {
-        if quiet {
+        if json::enabled() {
+            Style::Json
+        } else if quiet {
             Style::Quiet
         } else if std::io::stderr().is_terminal() {
             Style::Bars
@@ -116,6 +134,10 @@ struct Display {
     /// When the first file started, for the average rate.
     first_file: Option<Instant>,
     last_line: Instant,
+    /// With `--json`: each session's current file (name and size), for `progress`.
+    current: HashMap<usize, (String, u64)>,
+    /// With `--json`: when the last `progress` event went out.
+    last_json: Option<Instant>,
 }
 
 impl Progress {
@@ -123,7 +145,7 @@ impl Progress {
     pub fn new(role: Role, style: Style, verbose: bool) -> Progress {
         let target = match style {
             Style::Bars => ProgressDrawTarget::stderr(),
-            Style::Lines | Style::Quiet => ProgressDrawTarget::hidden(),
+            Style::Lines | Style::Quiet | Style::Json => ProgressDrawTarget::hidden(),
         };
         let p = Progress::drawing_to(role, style, verbose, target);
         if style == Style::Bars {
@@ -145,7 +167,7 @@ impl Progress {
                 eprintln!("{waiting_msg}");
                 None
             }
-            Style::Quiet => None,
+            Style::Quiet | Style::Json => None,
         };
         Progress(Arc::new(Mutex::new(Display {
             role,
@@ -163,6 +185,8 @@ impl Progress {
             moved: 0,
             first_file: None,
             last_line: Instant::now(),
+            current: HashMap::new(),
+            last_json: None,
         })))
     }
 
@@ -194,34 +218,68 @@ impl Progress {
         lock(&self.0).paired
     }
 
-    /// The closing line of a successful transfer.
-    /// Whether only errors are shown.
+    /// Whether only errors are shown on stderr (`--quiet`, or `--json`).
     pub fn is_quiet(&self) -> bool {
-        lock(&self.0).style == Style::Quiet
+        matches!(lock(&self.0).style, Style::Quiet | Style::Json)
     }
 
-    /// Print the one-line summary of a finished transfer.
-    pub fn summary(&self, s: &Summary) {
+    /// Print the one-line summary of a finished transfer, or with `--json` the
+    /// `summary` event, which carries the exit code `exit` the transfer ends with.
+    pub fn summary(&self, s: &Summary, exit: u8) {
         let d = lock(&self.0);
-        if d.style != Style::Quiet {
-            eprintln!("{}", summary_line(d.role, s));
+        match d.style {
+            Style::Quiet => {}
+            Style::Json => json::emit("summary", &summary_fields(s, exit)),
+            Style::Bars | Style::Lines => eprintln!("{}", summary_line(d.role, s)),
         }
     }
 }
 
-/// "sent 3 files (1.00 MiB) in 2.0 s, 512.00 KiB/s", timed from pairing: time spent
-/// waiting for the peer says nothing about the link.
-fn summary_line(role: Role, s: &Summary) -> String {
+/// The fields of the `summary` event.
+fn summary_fields(s: &Summary, exit: u8) -> Vec<(&'static str, Value)> {
+    let (secs, rate) = timed(s);
+    let pairs = |list: &[(String, String)]| -> Value {
+        list.iter()
+            .map(|(path, reason)| json!({"path": path, "reason": reason}))
+            .collect()
+    };
+    vec![
+        ("files", json!(s.files)),
+        ("bytes", json!(s.bytes)),
+        ("skipped", json!(s.skipped)),
+        ("seconds", json!(round3(secs))),
+        ("elapsed_seconds", json!(round3(s.elapsed.as_secs_f64()))),
+        ("bytes_per_second", json!(rate.unwrap_or(0))),
+        ("path", json!(s.path.to_string())),
+        ("confirmed", json!(s.confirmed)),
+        ("unconfirmed", json!(s.unconfirmed)),
+        ("not_delivered", pairs(&s.not_delivered)),
+        ("excluded", pairs(&s.excluded)),
+        ("exit", json!(exit)),
+    ]
+}
+
+/// The seconds a transfer's rate is computed over (from pairing: time spent waiting
+/// for the peer says nothing about the link), and the rate in bytes a second.
+fn timed(s: &Summary) -> (f64, Option<u64>) {
     let time = match s.transfer_time {
         t if t.is_zero() => s.elapsed,
         t => t,
     };
     let secs = time.as_secs_f64();
-    let rate = if secs > 0.0 {
-        format!(", {}/s", BinaryBytes((s.bytes as f64 / secs) as u64))
-    } else {
-        String::new()
-    };
+    (secs, (secs > 0.0).then(|| (s.bytes as f64 / secs) as u64))
+}
+
+/// Seconds to the millisecond, so that the numbers stay short.
+fn round3(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
+/// "sent 3 files (1.00 MiB) in 2.0 s, 512.00 KiB/s", timed from pairing: time spent
+/// waiting for the peer says nothing about the link.
+fn summary_line(role: Role, s: &Summary) -> String {
+    let (secs, rate) = timed(s);
+    let rate = rate.map_or_else(String::new, |r| format!(", {}/s", BinaryBytes(r)));
     let skipped = match s.skipped {
         0 => String::new(),
         n => format!("; {n} already there, skipped"),
@@ -247,6 +305,16 @@ impl Display {
             self.paired |= matches!(ev.event, Event::Paired | Event::Manifest { .. });
             return;
         }
+        let session = ev.session;
+        let for_json = (self.style == Style::Json).then(|| ev.event.clone());
+        self.count_and_draw(ev);
+        if let Some(event) = for_json {
+            self.json_event(session, event);
+        }
+    }
+
+    /// Keep the counts and draw the bars or lines.
+    fn count_and_draw(&mut self, ev: SessionEvent) {
         let session = ev.session;
         match ev.event {
             Event::Paired => self.paired(),
@@ -354,6 +422,112 @@ impl Display {
         }
     }
 
+    /// With `--json`: the event as a line on stdout, `progress` at most every
+    /// [`JSON_PROGRESS_EVERY`]. Counts are taken after [`Display::count_and_draw`].
+    fn json_event(&mut self, session: usize, event: Event) {
+        let s = ("session", json!(session));
+        match event {
+            Event::Paired => json::emit("paired", &[s]),
+            Event::Manifest { files, bytes } => json::emit(
+                "manifest",
+                &[s, ("files", json!(files)), ("bytes", json!(bytes))],
+            ),
+            Event::FileStarted {
+                path,
+                size,
+                append_from,
+                compression,
+            } => {
+                json::emit(
+                    "file_started",
+                    &[
+                        s,
+                        ("path", json!(path)),
+                        ("size", json!(size)),
+                        ("append_from", json!(append_from)),
+                        ("compression", json!(compression)),
+                    ],
+                );
+                self.current.insert(session, (path, size));
+            }
+            Event::Progress { file_bytes, .. } => {
+                let now = Instant::now();
+                if self
+                    .last_json
+                    .is_some_and(|t| now.duration_since(t) < JSON_PROGRESS_EVERY)
+                {
+                    return;
+                }
+                self.last_json = Some(now);
+                let (path, size) = self.current.get(&session).cloned().unwrap_or_default();
+                json::emit(
+                    "progress",
+                    &[
+                        s,
+                        ("path", json!(path)),
+                        ("file_bytes", json!(file_bytes)),
+                        ("file_size", json!(size)),
+                        ("bytes", json!(self.moved)),
+                        ("total_bytes", json!(self.to_move.max(self.moved))),
+                        ("files_done", json!(self.files_done)),
+                        ("files_total", json!(self.files_total)),
+                    ],
+                );
+            }
+            Event::FileDone { path, size } => {
+                self.current.remove(&session);
+                json::emit(
+                    "file_done",
+                    &[s, ("path", json!(path)), ("size", json!(size))],
+                );
+            }
+            Event::FileSkipped { path, size } => json::emit(
+                "file_skipped",
+                &[s, ("path", json!(path)), ("size", json!(size))],
+            ),
+            Event::FileNotDelivered { path, reason } => json::emit(
+                "file_not_delivered",
+                &[s, ("path", json!(path)), ("reason", json!(reason))],
+            ),
+            Event::Delivery {
+                confirmed,
+                delivered,
+            } => json::emit(
+                "delivery",
+                &[
+                    s,
+                    ("confirmed", json!(confirmed)),
+                    ("delivered", json!(delivered)),
+                ],
+            ),
+            Event::Path(p) => {
+                let fields = match p {
+                    PathEvent::Direct {
+                        addr,
+                        punched,
+                        setup,
+                    } => vec![
+                        s,
+                        ("path", json!("direct")),
+                        ("addr", json!(addr.to_string())),
+                        ("punched", json!(punched)),
+                        ("setup_seconds", json!(round3(setup.as_secs_f64()))),
+                    ],
+                    PathEvent::Relay { reason } => {
+                        vec![s, ("path", json!("relay")), ("reason", json!(reason))]
+                    }
+                    PathEvent::BackToRelay { reason } => vec![
+                        s,
+                        ("path", json!("back_to_relay")),
+                        ("reason", json!(reason)),
+                    ],
+                };
+                json::emit("path", &fields);
+            }
+            _ => {}
+        }
+    }
+
     /// The first sign of a peer: replace the spinner with the total bar.
     fn paired(&mut self) {
         if self.paired {
@@ -371,7 +545,7 @@ impl Display {
                 self.total = Some(pb);
             }
             Style::Lines => eprintln!("paired with the {}", self.role.peer()),
-            Style::Quiet => {}
+            Style::Quiet | Style::Json => {}
         }
     }
 
@@ -390,7 +564,7 @@ impl Display {
                 let _ = self.multi.println(line);
             }
             Style::Lines => eprintln!("{line}"),
-            Style::Quiet => {}
+            Style::Quiet | Style::Json => {}
         }
     }
 

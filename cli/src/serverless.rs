@@ -11,7 +11,8 @@ use crate::backend::{self, PeerSpec, Serverless, ServerlessConfig};
 use crate::interrupt::Interrupts;
 use crate::progress::{Progress, Role, Style};
 use crate::usage::{self, Usage};
-use crate::{finish, receive_interrupted, send_interrupted, usage_ok};
+use crate::{fail, finish, json, receive_interrupted, send_interrupted, usage_ok};
+use serde_json::json;
 
 /// Whether this command runs without a relay: a serverless option was given, or no
 /// relay was named at all and a user at a terminal can paste the peer's ticket.
@@ -71,6 +72,7 @@ fn plan(
         encrypt: client.encrypt(),
         timeout: client.timeout,
         idle_timeout: client.idle_timeout,
+        limit_rate: client.rate_limit(),
     };
     Ok(Plan { cfg, peer })
 }
@@ -84,16 +86,22 @@ fn prepare(plan: Plan, quiet: bool) -> Result<(Serverless, Option<PeerSpec>), u8
     let bound = match backend::block_on(Serverless::bind(plan.cfg)) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("error: {e}");
-            return Err(u8::try_from(e.exit_code()).unwrap_or(crate::EXIT_USAGE));
+            return Err(fail(
+                &e.to_string(),
+                u8::try_from(e.exit_code()).unwrap_or(crate::EXIT_USAGE),
+            ));
         }
     };
-    if !quiet {
-        eprintln!("this side's ticket, for the peer's --peer:");
+    if json::enabled() {
+        json::emit("ticket", &[("ticket", json!(bound.ticket().to_string()))]);
+    } else {
+        if !quiet {
+            eprintln!("this side's ticket, for the peer's --peer:");
+        }
+        // On stdout, alone on its line, so that scripts can take it.
+        println!("{}", bound.ticket());
+        let _ = std::io::stdout().flush();
     }
-    // On stdout, alone on its line, so that scripts can take it.
-    println!("{}", bound.ticket());
-    let _ = std::io::stdout().flush();
     if listen {
         if !quiet {
             eprintln!("waiting on UDP port {port} for the peer");
@@ -112,23 +120,20 @@ fn prepare(plan: Plan, quiet: bool) -> Result<(Serverless, Option<PeerSpec>), u8
     match stdin.lock().read_line(&mut line) {
         Ok(n) if n > 0 && !line.trim().is_empty() => {}
         _ => {
-            eprintln!(
-                "error: no peer given: paste the peer's ticket, or use --peer TICKET (or \
-                 --peer HOST:PORT with --code)"
-            );
-            return Err(crate::EXIT_USAGE);
+            return Err(fail(
+                "no peer given: paste the peer's ticket, or use --peer TICKET (or --peer \
+                 HOST:PORT with --code)",
+                crate::EXIT_USAGE,
+            ));
         }
     }
     match PeerSpec::parse(&line) {
-        Ok(PeerSpec::Address { .. }) if !has_code => {
-            eprintln!("error: a bare HOST:PORT needs --code on both sides: paste the peer's ticket instead");
-            Err(crate::EXIT_USAGE)
-        }
+        Ok(PeerSpec::Address { .. }) if !has_code => Err(fail(
+            "a bare HOST:PORT needs --code on both sides: paste the peer's ticket instead",
+            crate::EXIT_USAGE,
+        )),
         Ok(p) => Ok((bound, Some(p))),
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(crate::EXIT_USAGE)
-        }
+        Err(e) => Err(fail(&e.to_string(), crate::EXIT_USAGE)),
     }
 }
 
@@ -145,9 +150,12 @@ pub fn send(a: SendArgs, out: OutputArgs) -> u8 {
         Err(exit) => return exit,
     };
     if files.is_empty() {
-        eprintln!("error: no files given: name the files and/or directories to send");
-        return crate::EXIT_USAGE;
+        return fail(
+            "no files given: name the files and/or directories to send",
+            crate::EXIT_USAGE,
+        );
     }
+    crate::started(Role::Send, None);
     let (bound, peer) = match prepare(plan, out.quiet) {
         Ok(ok) => ok,
         Err(exit) => return exit,
@@ -170,8 +178,10 @@ pub fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let out_dir = a.out_dir();
     let url_given = a.args.first().is_some_and(|f| f.contains("://"));
     if let Some(extra) = a.extra_argument() {
-        eprintln!("error: unexpected argument {}", escape(extra));
-        return crate::EXIT_USAGE;
+        return fail(
+            &format!("unexpected argument {}", escape(extra)),
+            crate::EXIT_USAGE,
+        );
     }
     let checked = plan(&a.client, &a.serverless, found.code, url_given)
         .and_then(|p| usage::check_out(&out_dir).map(|()| p));
@@ -179,6 +189,7 @@ pub fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
         Ok(p) => p,
         Err(exit) => return exit,
     };
+    crate::started(Role::Receive, None);
     let (bound, peer) = match prepare(plan, out.quiet) {
         Ok(ok) => ok,
         Err(exit) => return exit,

@@ -17,6 +17,7 @@ pub mod pake;
 pub mod parallel;
 pub mod path;
 mod pipe;
+pub mod rate;
 pub mod receiver;
 pub mod relay;
 pub mod sender;

@@ -78,10 +78,7 @@ pub async fn send<R: Rt>(
         None => session_codes(&cfg.code).map_err(TransferError::Session)?,
     };
     let n = codes.len();
-    let list_opts = ListOptions {
-        skip_errors: opts.skip_errors,
-        follow_symlinks: opts.follow_symlinks,
-    };
+    let list_opts = ListOptions::from(&opts);
     let listing = rt
         .spawn_blocking(move || source::list(&paths, list_opts))
         .await?;
@@ -96,7 +93,7 @@ pub async fn send<R: Rt>(
     let events: EventSink = Arc::new(Mutex::new(on_event));
     if let Some(code) = pake {
         let picked: Vec<Source> = sources.clone();
-        let done = send_room(rt.clone(), &cfg, &code, picked, opts, events).await?;
+        let done = send_room(rt.clone(), &cfg, &code, picked, opts.clone(), events).await?;
         let mut sum = total(&[done], start);
         sum.excluded = listing.excluded;
         let mut not_delivered = listing.failed;
@@ -111,7 +108,15 @@ pub async fn send<R: Rt>(
         .enumerate()
         .map(|(i, (group, secrets))| {
             let picked: Vec<Source> = group.into_iter().map(|k| sources[k].clone()).collect();
-            send_session(rt.clone(), &cfg, i, secrets, picked, opts, events.clone())
+            send_session(
+                rt.clone(),
+                &cfg,
+                i,
+                secrets,
+                picked,
+                opts.clone(),
+                events.clone(),
+            )
         });
     let done = join_sessions(&rt, sessions)
         .await
@@ -172,6 +177,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         })?;
     let files = IoWorker::start(SendFiles::new(locals)).map_err(worker_error)?;
     Driver::new(rt, sender, conn, files, cfg.idle_timeout, index, events)
+        .paced(cfg.limit_rate.clone())
         .run()
         .await
 }
@@ -313,6 +319,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
     let receiver = Receiver::new(Instant::now(), config, &secrets);
     let files = IoWorker::start(ReceiveFiles::new(out_dir)).map_err(worker_error)?;
     Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
+        .paced(cfg.limit_rate.clone())
         .run()
         .await
 }
@@ -422,10 +429,7 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
     let code = single_code(&cfg.code)?;
-    let list_opts = ListOptions {
-        skip_errors: opts.skip_errors,
-        follow_symlinks: opts.follow_symlinks,
-    };
+    let list_opts = ListOptions::from(&opts);
     let listing = rt
         .spawn_blocking(move || source::list(&paths, list_opts))
         .await?;

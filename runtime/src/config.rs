@@ -1,8 +1,10 @@
 //! What the caller configures and what a transfer reports.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use p2p_copy_core::rate::TokenBucket;
 use p2p_copy_core::relay::RelayConfig;
 use p2p_copy_core::sender::CompressMode;
 use p2p_copy_core::{Event, PathEvent};
@@ -41,6 +43,46 @@ pub struct ClientConfig {
     /// The relay's access token, sent as `Authorization: Bearer …` when connecting (a
     /// token can also be given in the URL, as `?token=…`). Never shown in messages.
     pub relay_token: Option<String>,
+    /// Move file data no faster than this (see [`RateLimit`]): the sender holds its
+    /// data messages, the receiver reads more slowly. `None`: as fast as the path
+    /// allows.
+    pub limit_rate: Option<RateLimit>,
+}
+
+/// A limit on the bytes of file data a second, shared by every connection that holds a
+/// clone of it (the parallel connections of an `n=<N>=n` code together keep the one
+/// rate). The data moves in whole messages of up to 1 MiB, held until the bytes are
+/// earned (a token bucket: [`p2p_copy_core::rate::TokenBucket`], with a tenth of a
+/// second of burst), so the rate holds over windows of a few messages.
+#[derive(Clone)]
+pub struct RateLimit(Arc<Mutex<TokenBucket>>);
+
+impl RateLimit {
+    /// A limit of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> RateLimit {
+        let bucket = TokenBucket::new(Instant::now(), bytes_per_sec, bytes_per_sec / 10);
+        RateLimit(Arc::new(Mutex::new(bucket)))
+    }
+
+    /// The rate, in bytes a second.
+    pub fn rate(&self) -> u64 {
+        self.bucket().rate()
+    }
+
+    /// Count `n` bytes moved at `now`; how long to hold them.
+    pub(crate) fn take(&self, now: Instant, n: usize) -> Duration {
+        self.bucket().take(now, n)
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, TokenBucket> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RateLimit({} B/s)", self.rate())
+    }
 }
 
 pub use p2p_copy_core::direct::DirectMode;
@@ -156,12 +198,13 @@ impl ClientConfig {
             direct: DirectOptions::default(),
             proxy: None,
             relay_token: None,
+            limit_rate: None,
         }
     }
 }
 
 /// Sender settings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SendOptions {
     /// Compression mode (default [`CompressMode::Auto`]).
     pub compress: CompressMode,
@@ -175,6 +218,15 @@ pub struct SendOptions {
     /// Send the content of the files that symbolic links point to. Without it a link
     /// is never followed: it is skipped with a warning.
     pub follow_symlinks: bool,
+    /// Leave out what matches these patterns, in the syntax of a `.gitignore` line
+    /// (see [`check_exclude`](crate::check_exclude)), matched against the names as
+    /// sent (`dir/sub/file`): a pattern without `/` matches a name at any depth, one
+    /// with a `/` matches from the top. A directory left out is not walked.
+    pub exclude: Vec<String>,
+    /// Leave out what the `.gitignore` files found in the sent directories ignore
+    /// (each applies to its directory and below, the deepest decides, as in git), and
+    /// `.git` directories.
+    pub gitignore: bool,
 }
 
 /// A core [`Event`] and the parallel session it came from.

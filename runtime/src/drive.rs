@@ -10,13 +10,13 @@ use futures_util::future::{poll_fn, select, BoxFuture};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use p2p_copy_core::relay::{CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
-use p2p_copy_core::{Error, Event};
+use p2p_copy_core::{Error, Event, WireMessage};
 
 use crate::io_worker::IoWorker;
 use crate::machine::Machine;
 use crate::rt::Rt;
 use crate::transport::{self, Incoming, MessageTransport, TransportError};
-use crate::{SessionEvent, Summary, TransferError};
+use crate::{RateLimit, SessionEvent, Summary, TransferError};
 
 /// The user's event callback, shared by the parallel sessions of one transfer.
 pub(crate) type EventSink = Arc<Mutex<dyn FnMut(SessionEvent) + Send>>;
@@ -54,6 +54,15 @@ pub(crate) struct Driver<R: Rt, M: Machine, T: MessageTransport> {
     session: usize,
     events: EventSink,
     summary: Summary,
+    /// `--limit-rate`: file data (binary messages) in and out is held until its bytes
+    /// are earned.
+    limit: Option<RateLimit>,
+    /// A message to send, held by the limit until then.
+    held_out: Option<(Instant, WireMessage)>,
+    /// No reading until then, by the limit: the message that used up the budget was
+    /// handled at once (so the machine's timers see the peer alive), and the connection
+    /// slows the sender down meanwhile.
+    read_paused: Option<Instant>,
 }
 
 impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
@@ -85,7 +94,26 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             session,
             events,
             summary: Summary::default(),
+            limit: None,
+            held_out: None,
+            read_paused: None,
         }
+    }
+
+    /// Pace file data to `limit` (none: as fast as the connection goes).
+    pub(crate) fn paced(mut self, limit: Option<RateLimit>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// When a message may move under the limit: `None` for at once (no limit, not file
+    /// data, or the bucket had the bytes).
+    fn hold_until(&self, now: Instant, msg: &WireMessage) -> Option<Instant> {
+        let (Some(limit), WireMessage::Binary(data)) = (&self.limit, msg) else {
+            return None;
+        };
+        let wait = limit.take(now, data.len());
+        (!wait.is_zero()).then(|| now + wait)
     }
 
     /// Run the session to its end, then close the connection: normally on success,
@@ -330,12 +358,26 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             let mut drained = false;
             let mut write_blocked = false;
             while self.writing {
+                if self.held_out.as_ref().is_some_and(|(at, _)| *at > now) {
+                    break;
+                }
                 match self.ws.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         self.blocked_since = None;
-                        let Some(msg) = self.machine.poll_transmit() else {
-                            drained = true;
-                            break;
+                        let msg = match self.held_out.take() {
+                            Some((_, msg)) => msg,
+                            None => {
+                                let Some(msg) = self.machine.poll_transmit() else {
+                                    drained = true;
+                                    break;
+                                };
+                                if let Some(at) = self.hold_until(now, &msg) {
+                                    self.held_out = Some((at, msg));
+                                    progress = true;
+                                    continue;
+                                }
+                                msg
+                            }
                         };
                         progress = true;
                         if let Err(e) = self.ws.start_send(msg) {
@@ -410,7 +452,10 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
 
             // Messages in, only while the machine wants them: that is the receiver's
             // backpressure.
-            if self.reading && self.machine.wants_input() {
+            if self.read_paused.is_some_and(|at| at <= now) {
+                self.read_paused = None;
+            }
+            if self.reading && self.read_paused.is_none() && self.machine.wants_input() {
                 match self.ws.poll_recv(cx) {
                     Poll::Ready(Some(Ok(Incoming::Close(frame)))) => {
                         progress = true;
@@ -418,6 +463,7 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                     }
                     Poll::Ready(Some(Ok(Incoming::Message(wire)))) => {
                         progress = true;
+                        self.read_paused = self.hold_until(now, &wire);
                         let _ = self.machine.handle_message(now, wire);
                         self.drain_outputs();
                     }
@@ -442,10 +488,17 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             // Deadlines: the machine's, and how long the connection may refuse data.
             let stall = self.blocked_since.map(|t| t + self.idle_timeout);
             let close_wait = self.write_failed.as_ref().map(|(t, _)| *t + CLOSE_WAIT);
-            let deadline = [self.machine.poll_timeout(), stall, close_wait]
-                .into_iter()
-                .flatten()
-                .min();
+            let held = self.held_out.as_ref().map(|(at, _)| *at);
+            let deadline = [
+                self.machine.poll_timeout(),
+                stall,
+                close_wait,
+                held,
+                self.read_paused,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if self.timer.as_ref().map(|t| t.0) != deadline {
                 self.timer = deadline.map(|d| {
                     (

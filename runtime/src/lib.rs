@@ -78,8 +78,8 @@ pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
 pub use config::{
-    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayOps, RelayServerConfig, SendOptions,
-    SessionEvent, StunPorts, Summary,
+    ClientConfig, DirectMode, DirectOptions, PathTaken, RateLimit, RelayOps, RelayServerConfig,
+    SendOptions, SessionEvent, StunPorts, Summary,
 };
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
@@ -90,5 +90,6 @@ pub use p2p_copy_core::{Event, PathEvent};
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;
 pub use serverless::{Serverless, ServerlessConfig};
+pub use source::check_exclude;
 pub use stun_client::{stun_query, StunQueryError};
 pub use transport::{Incoming, MessageTransport, TransportError};

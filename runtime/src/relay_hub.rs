@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::Message;
 use futures_util::future::AbortHandle;
+use p2p_copy_core::rate::TokenBucket;
 use p2p_copy_core::relay::{ConnId, Relay, RelayConfig, RelayEvent, RelayOutput};
 
 use crate::relay_metrics::RelayMetrics;
@@ -43,38 +44,10 @@ pub(crate) struct Entry {
     addr: Option<IpAddr>,
 }
 
-/// A token bucket for bytes, shared by the connections it limits. A message is never
+/// The relay's buckets start full, with a second's worth of burst. A message is never
 /// refused: it is taken whole, and the reader then waits until the bucket is back out
 /// of debt, so a connection over the rate is read more slowly (TCP slows its client).
-#[derive(Debug)]
-pub(crate) struct ByteBucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl ByteBucket {
-    fn new(now: Instant, rate: u64) -> ByteBucket {
-        ByteBucket {
-            rate: rate as f64,
-            tokens: rate as f64,
-            at: now,
-        }
-    }
-
-    /// Take `n` bytes at `now`; how long the taker must wait before the next message.
-    pub(crate) fn take(&mut self, now: Instant, n: usize) -> Duration {
-        let secs = now.saturating_duration_since(self.at).as_secs_f64();
-        // A second's worth of burst, no more.
-        self.tokens = (self.tokens + secs * self.rate).min(self.rate) - n as f64;
-        self.at = now;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
-}
+type ByteBucket = TokenBucket;
 
 /// A bucket several connection tasks take from.
 pub(crate) type SharedBucket = Arc<Mutex<ByteBucket>>;
@@ -178,7 +151,7 @@ impl Hub {
         if let Some(rate) = self.limits.max_rate {
             self.addr_buckets
                 .entry(addr)
-                .or_insert_with(|| (Arc::new(Mutex::new(ByteBucket::new(now, rate))), 0))
+                .or_insert_with(|| (Arc::new(Mutex::new(ByteBucket::full(now, rate))), 0))
                 .1 += 1;
         }
         self.relay.handle_connect(now, id, addr);
@@ -236,7 +209,7 @@ impl Hub {
                     let share = PairShare {
                         bytes: Arc::new(AtomicU64::new(0)),
                         bucket: self.limits.max_rate.map(|rate| {
-                            Arc::new(Mutex::new(ByteBucket::new(Instant::now(), rate)))
+                            Arc::new(Mutex::new(ByteBucket::full(Instant::now(), rate)))
                         }),
                     };
                     for (me, other) in [(sender, receiver), (receiver, sender)] {

@@ -72,6 +72,8 @@ pub struct ServerlessConfig {
     pub timeout: Duration,
     /// How long the peer may stay silent in the middle of the transfer.
     pub idle_timeout: Duration,
+    /// Move file data no faster than this ([`ClientConfig::limit_rate`]).
+    pub limit_rate: Option<crate::RateLimit>,
 }
 
 impl Default for ServerlessConfig {
@@ -85,6 +87,7 @@ impl Default for ServerlessConfig {
             encrypt: false,
             timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
+            limit_rate: None,
         }
     }
 }
@@ -297,6 +300,7 @@ impl<R: Rt> Serverless<R> {
         cfg.encrypt = self.cfg.encrypt;
         cfg.pair_timeout = self.cfg.idle_timeout;
         cfg.idle_timeout = self.cfg.idle_timeout;
+        cfg.limit_rate.clone_from(&self.cfg.limit_rate);
         // The session already runs on the direct connection: no relay to leave.
         cfg.direct.mode = DirectMode::RelayOnly;
         let path = PathTaken::Direct {

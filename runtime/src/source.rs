@@ -14,7 +14,11 @@
 //! - the same entry reached twice (`D` and `D/a`) is sent once;
 //! - a path that cannot be sent (missing, unreadable, a name that is not UTF-8 or that
 //!   the receiver would refuse) stops the listing, or with `skip_errors` is left out
-//!   and reported.
+//!   and reported;
+//! - what the user excludes (`--exclude` patterns, and with `--gitignore` the
+//!   `.gitignore` files of the sent directories and `.git` directories) is left out
+//!   quietly (named in the log with `-v`); an excluded directory is not walked. The
+//!   matching is the `ignore` crate's, git's own rules.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -22,10 +26,12 @@ use std::fs::{self, Metadata};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ignore::Match;
 use p2p_copy_core::path::{escape, SafePath};
 use p2p_copy_core::sender::SendFile;
 
-use crate::TransferError;
+use crate::{SendOptions, TransferError};
 
 /// A file to send and where it is on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +57,77 @@ pub(crate) struct Listing {
 }
 
 /// How to list.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ListOptions {
     /// Leave out what cannot be sent instead of failing.
     pub skip_errors: bool,
     /// Send what symbolic links point to.
     pub follow_symlinks: bool,
+    /// Patterns of names to leave out ([`SendOptions::exclude`]).
+    pub exclude: Vec<String>,
+    /// Honour `.gitignore` files ([`SendOptions::gitignore`]).
+    pub gitignore: bool,
+}
+
+impl From<&SendOptions> for ListOptions {
+    fn from(o: &SendOptions) -> ListOptions {
+        ListOptions {
+            skip_errors: o.skip_errors,
+            follow_symlinks: o.follow_symlinks,
+            exclude: o.exclude.clone(),
+            gitignore: o.gitignore,
+        }
+    }
+}
+
+/// Check one `--exclude` pattern (the syntax of a `.gitignore` line: `*`, `?`, `[…]`,
+/// `**`, a leading `/` anchors it at the top of the sent names, a trailing `/` matches
+/// directories only).
+///
+/// # Errors
+/// Why the pattern is not valid.
+pub fn check_exclude(pattern: &str) -> Result<(), String> {
+    exclude_matcher(&[pattern.to_owned()]).map(|_| ())
+}
+
+/// The `--exclude` patterns as one matcher over names as sent.
+fn exclude_matcher(patterns: &[String]) -> Result<Gitignore, String> {
+    let mut b = GitignoreBuilder::new("");
+    for p in patterns {
+        if p.trim().is_empty() {
+            return Err("an empty --exclude pattern matches nothing".into());
+        }
+        if p.starts_with('!') {
+            return Err(format!(
+                "--exclude {}: a pattern cannot start with '!' (only .gitignore files re-include)",
+                escape(p)
+            ));
+        }
+        b.add_line(None, p)
+            .map_err(|e| format!("--exclude {}: {e}", escape(p)))?;
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// The `.gitignore` of `dir`, if it has one with any pattern. A file that cannot be
+/// read or has a bad line is reported and used as far as it goes.
+fn gitignore_of(dir: &Path) -> Option<Gitignore> {
+    let file = dir.join(".gitignore");
+    if !file.is_file() {
+        return None;
+    }
+    let mut b = GitignoreBuilder::new(dir);
+    if let Some(e) = b.add(&file) {
+        log::warn!("{}: {e}", escape(&file.display().to_string()));
+    }
+    match b.build() {
+        Ok(g) if !g.is_empty() => Some(g),
+        Ok(_) => None,
+        Err(e) => {
+            log::warn!("{}: {e}", escape(&file.display().to_string()));
+            None
+        }
+    }
 }
 
 /// List the files behind `paths` (see the module docs for the policy).
@@ -65,8 +136,11 @@ pub(crate) struct ListOptions {
 /// [`TransferError::Source`] for the first path that cannot be sent, unless
 /// `skip_errors`; and when two different files would arrive under one name.
 pub(crate) fn list(paths: &[PathBuf], opts: ListOptions) -> Result<Listing, TransferError> {
+    let exclude = exclude_matcher(&opts.exclude).map_err(TransferError::Source)?;
     let mut l = Lister {
         opts,
+        exclude,
+        gitignores: Vec::new(),
         out: Listing::default(),
         names: HashMap::new(),
         seen: HashSet::new(),
@@ -80,6 +154,11 @@ pub(crate) fn list(paths: &[PathBuf], opts: ListOptions) -> Result<Listing, Tran
 
 struct Lister {
     opts: ListOptions,
+    /// `--exclude`, over names as sent.
+    exclude: Gitignore,
+    /// With `--gitignore`: the `.gitignore` files of the directories being walked,
+    /// outermost first.
+    gitignores: Vec<Gitignore>,
     out: Listing,
     /// Index in `out.files` of each name.
     names: HashMap<String, usize>,
@@ -142,6 +221,9 @@ impl Lister {
         let Some(name) = arg.file_name().map(|n| n.to_owned()) else {
             return self.cannot(&shown, "it has no file name".into());
         };
+        if self.excluded(Path::new(&name), arg, matches!(kind, Kind::Dir)) {
+            return Ok(());
+        }
         match kind {
             Kind::File(meta) => self.file(arg.to_path_buf(), vec![name], &meta),
             Kind::Dir => self.dir(arg, vec![name]),
@@ -165,7 +247,10 @@ impl Lister {
 
     fn dir(&mut self, dir: &Path, prefix: Vec<OsString>) -> Result<(), TransferError> {
         let mut found: Vec<(Vec<OsString>, PathBuf, Kind)> = Vec::new();
-        self.walk(dir, &mut prefix.clone(), &mut found)?;
+        let pushed = self.enter(dir);
+        let walked = self.walk(dir, &mut prefix.clone(), &mut found);
+        self.leave(pushed);
+        walked?;
         found.sort_by(|a, b| a.0.cmp(&b.0));
         for (parts, local, kind) in found {
             let shown = local.display().to_string();
@@ -210,12 +295,27 @@ impl Lister {
             };
             let path = entry.path();
             rel.push(entry.file_name());
-            match kind_of(&path) {
-                Ok(Kind::Dir) => self.walk(&path, rel, found)?,
-                Ok(k) => found.push((rel.clone(), path, k)),
-                Err(e) => self.cannot(&path.display().to_string(), e.to_string())?,
+            let kind = kind_of(&path);
+            let is_dir = matches!(kind, Ok(Kind::Dir));
+            if self.excluded(&rel.iter().collect::<PathBuf>(), &path, is_dir) {
+                rel.pop();
+                continue;
             }
+            let walked = match kind {
+                Ok(Kind::Dir) => {
+                    let pushed = self.enter(&path);
+                    let walked = self.walk(&path, rel, found);
+                    self.leave(pushed);
+                    walked
+                }
+                Ok(k) => {
+                    found.push((rel.clone(), path, k));
+                    Ok(())
+                }
+                Err(e) => self.cannot(&path.display().to_string(), e.to_string()),
+            };
             rel.pop();
+            walked?;
         }
         Ok(())
     }
@@ -264,6 +364,60 @@ impl Lister {
             modified: meta.modified().ok(),
         });
         Ok(())
+    }
+
+    /// Whether the user excluded the entry sent as `name` (relative, as sent) and found
+    /// at `local`: by `--exclude`, or with `--gitignore` by the deepest `.gitignore`
+    /// that decides about it, or as a `.git` directory.
+    fn excluded(&self, name: &Path, local: &Path, is_dir: bool) -> bool {
+        let why = if let Match::Ignore(g) = self.exclude.matched(name, is_dir) {
+            format!("--exclude {}", g.original())
+        } else if self.opts.gitignore && is_dir && local.file_name() == Some(".git".as_ref()) {
+            "a .git directory (--gitignore)".to_owned()
+        } else {
+            let decided = self
+                .gitignores
+                .iter()
+                .rev()
+                .map(|g| g.matched(local, is_dir))
+                .find(|m| !m.is_none());
+            match decided {
+                Some(Match::Ignore(g)) => format!(
+                    "{} in {}",
+                    g.original(),
+                    g.from()
+                        .map_or_else(|| ".gitignore".into(), |p| p.display().to_string())
+                ),
+                _ => return false,
+            }
+        };
+        log::debug!(
+            "leaving out {}: {}",
+            escape(&name.display().to_string()),
+            escape(&why)
+        );
+        true
+    }
+
+    /// Start walking `dir`: with `--gitignore`, its `.gitignore` applies below it.
+    /// Returns whether one was pushed, for [`Lister::leave`].
+    fn enter(&mut self, dir: &Path) -> bool {
+        if !self.opts.gitignore {
+            return false;
+        }
+        match gitignore_of(dir) {
+            Some(g) => {
+                self.gitignores.push(g);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn leave(&mut self, pushed: bool) {
+        if pushed {
+            self.gitignores.pop();
+        }
     }
 
     /// The entry `local` names: its directory resolved, its own name kept, so that the
@@ -452,6 +606,87 @@ mod tests {
         let l = list(&[d], opts).unwrap();
         assert_eq!(names(&l), [("D/good", 1)]);
         assert_eq!(l.failed.len(), 1);
+    }
+
+    #[test]
+    fn excluded_names_and_gitignored_paths_are_left_out_and_not_walked() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("D");
+        for (path, body) in [
+            ("keep.txt", "k"),
+            ("debug.log", "l"),
+            ("sub/also.log", "l"),
+            ("sub/keep.rs", "k"),
+            ("build/out.bin", "b"),
+            ("node_modules/x/y.js", "n"),
+            (".gitignore", "*.o\n/build/\n"),
+            ("sub/.gitignore", "!main.o\ngen/\n"),
+            ("sub/main.o", "m"),
+            ("sub/other.o", "o"),
+            ("sub/gen/g.rs", "g"),
+            (".git/HEAD", "ref"),
+        ] {
+            let p = d.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        let opts = |exclude: &[&str], gitignore| ListOptions {
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            gitignore,
+            ..ListOptions::default()
+        };
+        let paths =
+            |l: &Listing| -> Vec<String> { l.files.iter().map(|s| s.file.path.clone()).collect() };
+        let l = list(
+            std::slice::from_ref(&d),
+            opts(&["*.log", "node_modules", "D/sub/gen/"], false),
+        )
+        .unwrap();
+        assert_eq!(
+            paths(&l),
+            [
+                "D/.git/HEAD",
+                "D/.gitignore",
+                "D/build/out.bin",
+                "D/keep.txt",
+                "D/sub/.gitignore",
+                "D/sub/keep.rs",
+                "D/sub/main.o",
+                "D/sub/other.o",
+            ]
+        );
+        assert!(l.excluded.is_empty(), "asked for: not warned about");
+        // The .gitignore files: the deepest decides (main.o is re-included), /build/ is
+        // anchored at D, gen/ at D/sub; .git is never sent.
+        let l = list(std::slice::from_ref(&d), opts(&["*.log"], true)).unwrap();
+        assert_eq!(
+            paths(&l),
+            [
+                "D/.gitignore",
+                "D/keep.txt",
+                "D/node_modules/x/y.js",
+                "D/sub/.gitignore",
+                "D/sub/keep.rs",
+                "D/sub/main.o",
+            ]
+        );
+        // An argument itself can be excluded; a pattern with '/' anchors at the top.
+        let l = list(
+            &[d.join("debug.log"), d.join("keep.txt")],
+            opts(&["/debug.log"], false),
+        )
+        .unwrap();
+        assert_eq!(paths(&l), ["keep.txt"]);
+    }
+
+    #[test]
+    fn bad_exclude_patterns_are_refused_with_a_reason() {
+        assert!(check_exclude("*.log").is_ok());
+        assert!(check_exclude("a/**/b").is_ok());
+        for bad in ["", "!keep", "[z-a]"] {
+            let e = check_exclude(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
     }
 
     #[test]
