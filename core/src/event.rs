@@ -19,6 +19,9 @@ pub enum Event {
         /// Their total size in bytes.
         bytes: u64,
     },
+    /// Sender: the receiver asks its user whether to accept the transfer (extension
+    /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT)); no file data moves until it answers.
+    AwaitingConsent,
     /// A file's data starts.
     FileStarted {
         /// Its path.

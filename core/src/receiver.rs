@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::chain::Chain;
+use crate::consent::Offer;
 use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
@@ -31,6 +32,12 @@ pub struct ReceiverConfig {
     /// Accept a direct connection ([`EXT_DIRECT`](crate::wire::EXT_DIRECT)) when the
     /// sender offers one; [`Receiver::take_direct_start`] then says so. Off by default.
     pub direct: bool,
+    /// Ask before accepting: after a valid manifest the receiver hands out an
+    /// [`Offer`] ([`Receiver::take_offer`]), reads and writes nothing, and waits for
+    /// [`Receiver::consent`]. A sender of this project that offers
+    /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT) is told the answer; a p2p-copy 0.1.x
+    /// sender is not (on a refusal the connection just closes). Off by default.
+    pub consent: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -40,6 +47,7 @@ impl Default for ReceiverConfig {
             idle_timeout: Duration::from_secs(120),
             window: 4,
             direct: false,
+            consent: false,
         }
     }
 }
@@ -298,6 +306,11 @@ struct Resuming {
 #[derive(Debug)]
 enum Phase {
     AwaitManifest,
+    /// The manifest is checked; the user decides (see [`ReceiverConfig::consent`]).
+    /// `resume` is the manifest's request for a resume answer.
+    Consent {
+        resume: bool,
+    },
     Resuming(Resuming),
     Streaming,
     /// `eof` arrived; waiting for the last files to be closed, then synced, then
@@ -389,6 +402,11 @@ pub struct Receiver {
     seed: Option<[u8; 32]>,
     /// Files not delivered, and why.
     failed: Vec<FailedFile>,
+    /// The sender offered [`EXT_CONSENT`](crate::wire::EXT_CONSENT) and was told it
+    /// is accepted: it waits for the answer.
+    consent_told: bool,
+    /// The offer for the user, until the runtime takes it.
+    offer: Option<Offer>,
     /// Of those, the ones whose rename into place failed (shown escaped, with why).
     uncommitted: Vec<String>,
 }
@@ -406,6 +424,10 @@ impl Receiver {
     /// Once, after the manifest arrived (with [`ReceiverConfig::direct`]): whether the
     /// sender offered a direct connection, which this side then accepted.
     pub fn take_direct_start(&mut self) -> Option<DirectAnswer> {
+        if matches!(self.phase, Phase::Consent { .. }) {
+            // Nothing moves before the user accepted.
+            return None;
+        }
         let agreed = self.direct_answer.take()?;
         if self.error.is_some() {
             return None;
@@ -451,6 +473,8 @@ impl Receiver {
             seed: None,
             failed: Vec::new(),
             uncommitted: Vec::new(),
+            consent_told: false,
+            offer: None,
         };
         r.transmit.push_back(
             Control::Hello {
@@ -463,6 +487,13 @@ impl Receiver {
     }
 
     // ---- outputs ----
+
+    /// Once, with [`ReceiverConfig::consent`], after a valid manifest: what the sender
+    /// offers, for the user to accept or decline; then call
+    /// [`consent`](Self::consent). Until then the receiver wants no input.
+    pub fn take_offer(&mut self) -> Option<Offer> {
+        self.offer.take()
+    }
 
     /// The next message to send (`hello`, then the resume answer when asked; with
     /// delivery confirmation also the acceptance and, at the end or on failure, the
@@ -531,6 +562,35 @@ impl Receiver {
     }
 
     // ---- inputs ----
+
+    /// The user's answer to the [`Offer`] (see [`ReceiverConfig::consent`]): go on, or
+    /// decline. A sender that offered [`EXT_CONSENT`](crate::wire::EXT_CONSENT) is told
+    /// either way; nothing has been written.
+    ///
+    /// # Errors
+    /// [`Error::Declined`] when `accept` is false; [`Error::Misuse`] when no offer is
+    /// pending. Any earlier fatal error is returned again.
+    pub fn consent(&mut self, now: Instant, accept: bool) -> Result<(), Error> {
+        self.check()?;
+        self.last_now = now;
+        let Phase::Consent { resume } = self.phase else {
+            return self.settle(Err(Error::misuse("consent given while none was asked")));
+        };
+        self.offer = None;
+        if !accept {
+            let e = Error::Declined("the transfer was declined on the receiving side".into());
+            self.fail(e.clone());
+            return Err(e);
+        }
+        if self.consent_told {
+            self.transmit
+                .push_back(Control::Consent { accept: true }.into());
+        }
+        self.deadline = now + self.config.idle_timeout;
+        self.start_after_manifest(resume);
+        let r = self.drain_backlog();
+        self.settle(r)
+    }
 
     /// A message from the sender (through the relay).
     ///
@@ -641,6 +701,9 @@ impl Receiver {
             None if matches!(self.phase, Phase::AwaitManifest) => {
                 "while waiting for the sender".to_owned()
             }
+            None if matches!(self.phase, Phase::Consent { .. }) => {
+                "before the transfer was accepted (nothing was written)".to_owned()
+            }
             Some(c) => format!(
                 "in the middle of {} (the sender stopped or the relay dropped the pair; run again with --resume to continue)",
                 self.entries[c.file].path
@@ -697,6 +760,12 @@ impl Receiver {
         if !self.reported {
             // A report already queued (files that could not be put in place) still goes.
             self.transmit.clear();
+        }
+        if matches!(e, Error::Declined(_)) && self.consent_told {
+            // The answer the sender waits for says it all: no report.
+            self.transmit
+                .push_back(Control::Consent { accept: false }.into());
+            self.reported = true;
         }
         self.backlog.clear();
         self.current = None;
@@ -759,7 +828,7 @@ impl Receiver {
                     .is_none_or(|c| c.jobs_out == 0 && c.results.is_empty()),
             },
             Phase::Done | Phase::Failed => true,
-            Phase::Resuming(_) | Phase::Closing(_) => false,
+            Phase::Consent { .. } | Phase::Resuming(_) | Phase::Closing(_) => false,
         }
     }
 
@@ -910,6 +979,12 @@ impl Receiver {
             if self.config.direct && direct {
                 accept.push(wire::EXT_DIRECT.to_owned());
             }
+            if extensions.iter().any(|e| e == wire::EXT_CONSENT) {
+                // Told even when nobody is asked, so that the sender holds its data and
+                // deadlines only until the answer, which then comes at once.
+                self.consent_told = true;
+                accept.push(wire::EXT_CONSENT.to_owned());
+            }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
         }
@@ -952,6 +1027,27 @@ impl Receiver {
                 .iter()
                 .fold(0u64, |a, e| a.saturating_add(e.size)),
         });
+        if self.config.consent {
+            self.offer = Some(Offer::new(
+                self.entries
+                    .iter()
+                    .map(|e| (e.path.clone(), e.size))
+                    .collect(),
+            ));
+            self.phase = Phase::Consent { resume };
+            return Ok(());
+        }
+        if self.consent_told {
+            self.transmit
+                .push_back(Control::Consent { accept: true }.into());
+        }
+        self.start_after_manifest(resume);
+        Ok(())
+    }
+
+    /// Go on after the manifest (and the user's consent): ask for the local copies when
+    /// resuming, else take files.
+    fn start_after_manifest(&mut self, resume: bool) {
         if resume {
             self.phase = Phase::Resuming(Resuming {
                 next_stat: 0,
@@ -963,7 +1059,6 @@ impl Receiver {
         } else {
             self.phase = Phase::Streaming;
         }
-        Ok(())
     }
 
     /// Stat entries, hash what exists, and send the answer when all is known.

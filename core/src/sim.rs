@@ -436,6 +436,9 @@ pub struct SimSetup {
     /// Keep the sender's connection open after it finished (so the receiver sees no
     /// close and must time out on its own).
     pub sender_lingers: bool,
+    /// The receiver's user's answer when it asks (with
+    /// [`ReceiverConfig::consent`](crate::receiver::ReceiverConfig::consent)).
+    pub consent: bool,
     /// Give up after this many steps.
     pub max_steps: usize,
 }
@@ -459,6 +462,7 @@ impl SimSetup {
             sender_fault: None,
             receiver_io_latency: Duration::ZERO,
             sender_lingers: false,
+            consent: true,
             max_steps: 1_000_000,
         }
     }
@@ -546,6 +550,7 @@ struct Sim {
     link_capacity: usize,
     receiver_io_latency: Duration,
     sender_lingers: bool,
+    consent: bool,
     tamper: Option<Tamper>,
     sender: Sender,
     receiver: Receiver,
@@ -607,6 +612,7 @@ pub fn run(setup: SimSetup) -> Outcome {
         link_capacity: setup.link_capacity.max(1),
         receiver_io_latency: setup.receiver_io_latency,
         sender_lingers: setup.sender_lingers,
+        consent: setup.consent,
         tamper: setup.tamper,
         sender,
         receiver,
@@ -1037,6 +1043,10 @@ impl Sim {
             while let Some(e) = self.receiver.poll_event() {
                 any = true;
                 self.receiver_events.push(e);
+            }
+            if self.receiver.take_offer().is_some() {
+                any = true;
+                let _ = self.receiver.consent(self.now(), self.consent);
             }
             if !any {
                 break;
