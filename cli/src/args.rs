@@ -438,6 +438,12 @@ pub struct ReceiveArgs {
     /// or the current directory].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Accept the transfer without asking. On a terminal, receive shows what the
+    /// sender offers (files, size, top-level names, existing files it would replace)
+    /// and asks "Accept? [y/N]" before anything is written; without a terminal it
+    /// accepts, as p2p-copy 0.1.x does.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,
@@ -1084,7 +1090,13 @@ mod tests {
         else {
             panic!("send")
         };
-        assert_eq!(a.client.config("ws://h:1".into(), "c".into()).relay_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            a.client
+                .config("ws://h:1".into(), "c".into())
+                .relay_token
+                .as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]

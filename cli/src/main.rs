@@ -7,6 +7,7 @@ mod args;
 mod backend;
 mod codes;
 mod config_file;
+mod consent;
 mod ctrl_echo;
 mod interrupt;
 mod progress;
@@ -36,6 +37,8 @@ const EXIT_RELAY: u8 = 2;
 /// Exit code when the transfer ended but not every file was delivered (skipped with
 /// --skip-errors, or not put in place by the receiver).
 const EXIT_NOT_DELIVERED: u8 = 8;
+/// Exit code when the receiver's user declined the transfer (both sides).
+const EXIT_DECLINED: u8 = 11;
 /// Exit code for a local I/O error.
 const EXIT_LOCAL: u8 = 6;
 /// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
@@ -205,7 +208,10 @@ fn show_config() -> u8 {
     );
     // The token itself is never shown, only whether one is set and where.
     let (token, from) = match (env(args::RELAY_TOKEN_ENV), &file.relay_token) {
-        (Some(_), _) => (Some("(set)"), format!("environment {}", args::RELAY_TOKEN_ENV)),
+        (Some(_), _) => (
+            Some("(set)"),
+            format!("environment {}", args::RELAY_TOKEN_ENV),
+        ),
         (None, Some(_)) => (Some("(set)"), from_file.to_owned()),
         (None, None) => (None, "default".to_owned()),
     };
@@ -356,10 +362,22 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let mut config = a.client.config(server, code);
     config.pake = pake;
+    config.consent = consent_asker(a.yes, &progress);
     let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     let interrupted = receive_interrupted(progress.paired(), &out_dir);
     finish(&progress, ended, &interrupted, Role::Receive)
+}
+
+/// The question `receive` asks before accepting, on a terminal without `--yes`.
+fn consent_asker(yes: bool, progress: &Progress) -> Option<backend::ConsentAsk> {
+    if !consent::wanted(yes) {
+        return None;
+    }
+    let progress = progress.clone();
+    Some(backend::ConsentAsk(std::sync::Arc::new(move |offer| {
+        progress.suspend(|| consent::ask(offer, false))
+    })))
 }
 
 /// `send` and `receive` with the configuration file's settings under their flags; a
@@ -402,6 +420,11 @@ fn finish(
         }
         Ended::Done(Err(e)) => {
             let code = u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
+            if code == EXIT_DECLINED {
+                // Not a fault: someone said no.
+                eprintln!("{e}");
+                return code;
+            }
             if role == Role::Send && matches!(e, TransferError::Session(_)) && code == 6 {
                 eprintln!("error: {e} (--skip-errors sends the other files)");
             } else {

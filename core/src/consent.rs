@@ -24,6 +24,8 @@ pub struct TopLevel {
     pub files: usize,
     /// Their total size in bytes.
     pub bytes: u64,
+    /// True for a folder (the paths go below the name).
+    pub folder: bool,
 }
 
 impl Offer {
@@ -56,21 +58,20 @@ impl Offer {
 
     /// The top-level names, sorted, each with its files and bytes.
     pub fn top_level(&self) -> Vec<TopLevel> {
-        let mut by_name: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+        let mut by_name: std::collections::BTreeMap<&str, TopLevel> = Default::default();
         for (path, size) in &self.entries {
             let first = path.components().next().unwrap_or(path.as_str());
-            let t = by_name.entry(first).or_default();
-            t.0 += 1;
-            t.1 = t.1.saturating_add(*size);
+            let t = by_name.entry(first).or_insert_with(|| TopLevel {
+                name: first.to_owned(),
+                files: 0,
+                bytes: 0,
+                folder: false,
+            });
+            t.files += 1;
+            t.bytes = t.bytes.saturating_add(*size);
+            t.folder |= first.len() < path.as_str().len();
         }
-        by_name
-            .into_iter()
-            .map(|(name, (files, bytes))| TopLevel {
-                name: name.to_owned(),
-                files,
-                bytes,
-            })
-            .collect()
+        by_name.into_values().collect()
     }
 }
 
@@ -89,7 +90,11 @@ mod tests {
 
     #[test]
     fn top_level_names_group_folders_and_sum_their_files() {
-        let o = offer(&[("photos/a.jpg", 10), ("notes.txt", 3), ("photos/b/c.jpg", 5)]);
+        let o = offer(&[
+            ("photos/a.jpg", 10),
+            ("notes.txt", 3),
+            ("photos/b/c.jpg", 5),
+        ]);
         assert_eq!((o.files(), o.bytes()), (3, 18));
         let top = o.top_level();
         assert_eq!(
@@ -98,12 +103,14 @@ mod tests {
                 TopLevel {
                     name: "notes.txt".into(),
                     files: 1,
-                    bytes: 3
+                    bytes: 3,
+                    folder: false,
                 },
                 TopLevel {
                     name: "photos".into(),
                     files: 2,
-                    bytes: 15
+                    bytes: 15,
+                    folder: true,
                 },
             ]
         );

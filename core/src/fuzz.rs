@@ -2385,7 +2385,9 @@ mod sender_body {
                     assert_eq!(self.failed_events, 1, "one failure is reported once");
                     assert_eq!(self.tx.error(), Some(&e));
                 }
-                Event::FileNotDelivered { .. } | Event::Delivery { .. } | Event::AwaitingConsent => {
+                Event::FileNotDelivered { .. }
+                | Event::Delivery { .. }
+                | Event::AwaitingConsent => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
                 Event::Path(_) => panic!("only the runtime reports the path"),

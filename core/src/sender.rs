@@ -774,7 +774,10 @@ impl Sender {
             extensions: [
                 (self.config.confirm, wire::EXT_CONFIRM),
                 (self.config.confirm && self.config.direct, wire::EXT_DIRECT),
-                (self.config.confirm && self.config.consent, wire::EXT_CONSENT),
+                (
+                    self.config.confirm && self.config.consent,
+                    wire::EXT_CONSENT,
+                ),
             ]
             .into_iter()
             .filter(|(on, _)| *on)

@@ -43,10 +43,10 @@ use std::time::Instant;
 /// Proxies for the relay connection.
 pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
-    ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, Mapping,
-    MessageTransport, NetReport, PathEvent, PathTaken, RelayConfig, RelayOps, RelayServerConfig,
-    SendOptions, SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TransferError,
-    TransportError,
+    ClientConfig, CompressMode, ConsentAsk, DirectMode, DirectOptions, Event, Incoming, Mapping,
+    MessageTransport, NetReport, Offer, PathEvent, PathTaken, RelayConfig, RelayOps,
+    RelayServerConfig, SendOptions, SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary,
+    TopLevel, TransferError, TransferOffer, TransportError,
 };
 
 /// smol's services for the generic loop.

@@ -16,6 +16,7 @@ use p2p_copy_core::relay::per_address_limit;
 use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
 use p2p_copy_core::Secrets;
 
+use crate::consent::ConsentGate;
 use crate::drive::{Driver, EventSink};
 use crate::files_receive::ReceiveFiles;
 use crate::files_send::{Listed, SendFiles};
@@ -160,6 +161,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         resume: opts.resume,
         ready_timeout: cfg.pair_timeout,
         confirm: true,
+        consent: true,
         report_timeout: cfg.idle_timeout,
         skip_errors: opts.skip_errors,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
@@ -197,12 +199,16 @@ pub async fn receive<R: Rt>(
     let n = codes.len();
     let dir = out_dir.clone();
     rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
+    let gate = cfg
+        .consent
+        .clone()
+        .map(|ask| ConsentGate::new(ask, out_dir.clone(), n.max(1)));
     if let Some(code) = pake {
         let events: EventSink = Arc::new(Mutex::new(on_event));
         let (conn, secrets, opened_in) =
             pake_conn::open_room(&rt, &cfg, Role::Receiver, &code, nonce_seed()?).await?;
         let conn = with_direct_path(&rt, &cfg, Role::Receiver, conn, opened_in);
-        let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn).await?;
+        let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn, gate).await?;
         return Ok(total(&[done], start));
     }
     let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
@@ -215,6 +221,7 @@ pub async fn receive<R: Rt>(
             secrets,
             out_dir.clone(),
             events.clone(),
+            gate.clone(),
         )
     });
     let done = join_sessions(&rt, sessions)
@@ -290,9 +297,10 @@ async fn receive_session<R: Rt>(
     secrets: Secrets,
     out_dir: PathBuf,
     events: EventSink,
+    gate: Option<Arc<ConsentGate>>,
 ) -> Result<Summary, TransferError> {
     let conn = open_relay(&rt, cfg, Role::Receiver).await?;
-    drive_receive(rt, cfg, index, secrets, out_dir, events, conn).await
+    drive_receive(rt, cfg, index, secrets, out_dir, events, conn, gate).await
 }
 
 async fn drive_receive<R: Rt, T: MessageTransport>(
@@ -303,16 +311,19 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
     out_dir: PathBuf,
     events: EventSink,
     conn: T,
+    gate: Option<Arc<ConsentGate>>,
 ) -> Result<Summary, TransferError> {
     let config = ReceiverConfig {
         manifest_timeout: cfg.pair_timeout,
         idle_timeout: cfg.idle_timeout,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
+        consent: gate.is_some(),
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, &secrets);
     let files = IoWorker::start(ReceiveFiles::new(out_dir)).map_err(worker_error)?;
     Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
+        .with_consent(gate)
         .run()
         .await
 }
@@ -458,7 +469,11 @@ pub async fn receive_direct<R: Rt, T: MessageTransport>(
     let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
     let events: EventSink = Arc::new(Mutex::new(on_event));
     let conn = AlreadyPaired::receiver(conn);
-    let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn).await?;
+    let gate = cfg
+        .consent
+        .clone()
+        .map(|ask| ConsentGate::new(ask, out_dir.clone(), 1));
+    let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn, gate).await?;
     Ok(total(&[done], start))
 }
 

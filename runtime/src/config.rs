@@ -41,8 +41,14 @@ pub struct ClientConfig {
     /// The relay's access token, sent as `Authorization: Bearer …` when connecting (a
     /// token can also be given in the URL, as `?token=…`). Never shown in messages.
     pub relay_token: Option<String>,
+    /// Receiver: ask this before accepting a transfer (after the sender's file list,
+    /// before anything is written); a refusal ends the transfer with
+    /// [`Error::Declined`](p2p_copy_core::Error::Declined), and a sender of this project
+    /// learns it. `None` accepts every transfer, as p2p-copy 0.1.x does.
+    pub consent: Option<ConsentAsk>,
 }
 
+pub use crate::consent::ConsentAsk;
 pub use p2p_copy_core::direct::DirectMode;
 
 /// The direct connection's settings (see the crate docs, "Direct connections").
@@ -156,6 +162,7 @@ impl ClientConfig {
             direct: DirectOptions::default(),
             proxy: None,
             relay_token: None,
+            consent: None,
         }
     }
 }

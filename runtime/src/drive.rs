@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use p2p_copy_core::relay::{CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
 use p2p_copy_core::{Error, Event};
 
+use crate::consent::ConsentGate;
 use crate::io_worker::IoWorker;
 use crate::machine::Machine;
 use crate::rt::Rt;
@@ -54,6 +55,10 @@ pub(crate) struct Driver<R: Rt, M: Machine, T: MessageTransport> {
     session: usize,
     events: EventSink,
     summary: Summary,
+    /// Where the receiver's user is asked (none: every offer is accepted).
+    consent: Option<Arc<ConsentGate>>,
+    /// The question to the user, while it is open.
+    asking: Option<BoxFuture<'static, bool>>,
 }
 
 impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
@@ -85,7 +90,15 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             session,
             events,
             summary: Summary::default(),
+            consent: None,
+            asking: None,
         }
+    }
+
+    /// Ask the user through `gate` before accepting what the peer offers.
+    pub(crate) fn with_consent(mut self, gate: Option<Arc<ConsentGate>>) -> Self {
+        self.consent = gate;
+        self
     }
 
     /// Run the session to its end, then close the connection: normally on success,
@@ -110,7 +123,12 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             }
             Err(e) => {
                 self.send_rest().await;
-                self.close(CLOSE_ERROR, e.kind(), false).await;
+                // A refusal by the user is an orderly end, not a failure of the link.
+                let code = match e {
+                    Error::Declined(_) => CLOSE_NORMAL,
+                    _ => CLOSE_ERROR,
+                };
+                self.close(code, e.kind(), false).await;
                 Err(self.classify(e))
             }
         }
@@ -241,6 +259,13 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             while let Some(event) = self.machine.poll_event() {
                 any = true;
                 self.report(event);
+            }
+            if let Some(offer) = self.machine.take_offer() {
+                any = true;
+                match &self.consent {
+                    Some(gate) => self.asking = Some(gate.ask(&self.rt, offer)),
+                    None => self.machine.consent(Instant::now(), true),
+                }
             }
             if let Some(answer) = self.machine.take_direct_start() {
                 any = true;
@@ -394,6 +419,16 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                     }));
                 }
             }
+            // The user's answer to the offer.
+            if let Some(asking) = self.asking.as_mut() {
+                if let Poll::Ready(accept) = asking.as_mut().poll(cx) {
+                    progress = true;
+                    self.asking = None;
+                    self.machine.consent(now, accept);
+                    self.drain_outputs();
+                }
+            }
+
             // File work.
             while let Poll::Ready(Some(done)) = self.files.poll_done(cx) {
                 progress = true;

@@ -14,7 +14,10 @@ use crate::Event;
 fn files() -> Vec<(String, Bytes)> {
     vec![
         ("a.txt".to_owned(), content(Content::Text, 1000, 1)),
-        ("dir/b.bin".to_owned(), content(Content::Random, 2 * MIB + 3, 2)),
+        (
+            "dir/b.bin".to_owned(),
+            content(Content::Random, 2 * MIB + 3, 2),
+        ),
     ]
 }
 
@@ -90,9 +93,10 @@ fn a_sender_that_offers_nothing_is_told_nothing_either_way() {
     for answer in [true, false] {
         let out = sim::run(setup(false, false, false, answer));
         assert!(consents(&out).is_empty());
-        let ext = out.receiver_sent.iter().any(|m| {
-            matches!(m, WireMessage::Text(t) if !t.contains("\"hello\""))
-        });
+        let ext = out
+            .receiver_sent
+            .iter()
+            .any(|m| matches!(m, WireMessage::Text(t) if !t.contains("\"hello\"")));
         assert!(!ext, "only hello went out: {:?}", out.receiver_sent);
         if answer {
             assert_eq!((&out.sender_error, &out.receiver_error), (&None, &None));

@@ -1,0 +1,229 @@
+//! What the receiver accepts, as users meet it: the question on a terminal before
+//! anything is written (accept, decline, `-y`), what happens to files that are already
+//! there (`--overwrite`, `--no-clobber`), the partial files a stopped transfer leaves
+//! (`partials`, `partials --clean`), and how long each side waits for the other
+//! (`--ttl`). Real processes, relays and files on 127.0.0.1; the terminal is a pty.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use p2p_copy_tests::deadline::wait_for;
+use p2p_copy_tests::process::{start_cli_relay, ChildGuard};
+use p2p_copy_tests::scene::Scene;
+use p2p_copy_tests::tree::{assert_same_tree, write_tree, FileSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2p-copy");
+const LIMIT: Duration = Duration::from_secs(60);
+/// The declined transfer's exit code, on both sides.
+const EXIT_DECLINED: i32 = 11;
+
+fn arg(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// Every file below `dir`, relative, sorted (partial files included).
+fn listing(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+fn send(url: &str, code: &str, src: &Path, extra: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["send", url, code, arg(src)])
+            .args(extra)
+            .stdin(Stdio::null()),
+    )
+}
+
+/// A receiver whose stdin is a terminal (the slave of a pty, whose master the test
+/// writes to) and whose stderr goes to a file.
+struct OnTerminal {
+    child: Child,
+    master: File,
+    log: PathBuf,
+}
+
+impl OnTerminal {
+    fn start(url: &str, code: &str, out: &Path, extra: &[&str], log: PathBuf) -> OnTerminal {
+        use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+        grantpt(&master).expect("grantpt");
+        unlockpt(&master).expect("unlockpt");
+        let name = ptsname(&master, Vec::new()).expect("ptsname");
+        let slave = File::options()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .expect("open the pty's slave");
+        let child = Command::new(BIN)
+            .args(["receive", url, code, "--out", arg(out)])
+            .args(extra)
+            .stdin(Stdio::from(slave))
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn receiver");
+        OnTerminal {
+            child,
+            master: File::from(master),
+            log,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the receiver shows up to its question.
+    fn question(&self) -> String {
+        wait_for(Duration::from_secs(20), "the question", || {
+            Some(self.stderr()).filter(|t| t.contains("Accept? [y/N]"))
+        })
+    }
+
+    fn answer(&mut self, line: &str) {
+        self.master
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("type the answer");
+    }
+
+    fn wait(mut self) -> (ExitStatus, String) {
+        let status = wait_for(LIMIT, "the receiver", || self.child.try_wait().unwrap());
+        (status, self.stderr())
+    }
+}
+
+impl Drop for OnTerminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn two_files(s: &Scene) {
+    write_tree(
+        &s.src,
+        &[
+            FileSpec::random("a.bin", 300_000, 1),
+            FileSpec::text("docs/b.txt", 2_000, 2),
+        ],
+    );
+}
+
+#[test]
+fn on_a_terminal_the_receiver_shows_the_offer_and_y_accepts_it() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    let s = Scene::new();
+    two_files(&s);
+    // One file is already there, with other content.
+    fs::create_dir_all(s.out.join("src")).unwrap();
+    fs::write(s.out.join("src/a.bin"), b"older").unwrap();
+    let sender = send(&url, "consent-yes", &s.src, &[]);
+    let mut rx = OnTerminal::start(
+        &url,
+        "consent-yes",
+        &s.out,
+        &[],
+        s.dir.path().join("rx.log"),
+    );
+    let shown = rx.question();
+    assert!(shown.contains("the sender offers 2 files"), "{shown}");
+    assert!(shown.contains("src/  (2 files"), "{shown}");
+    assert!(
+        shown.contains("1 file is already there and would be replaced: src/a.bin"),
+        "{shown}"
+    );
+    assert_eq!(fs::read(s.out.join("src/a.bin")).unwrap(), b"older");
+    assert_eq!(
+        listing(&s.out),
+        vec!["src/a.bin"],
+        "nothing written before the answer"
+    );
+    rx.answer("y");
+    let (status, log) = rx.wait();
+    let sent = sender.wait(LIMIT);
+    assert_eq!(
+        (status.code(), sent.code()),
+        (Some(0), 0),
+        "{log}\n{sent:?}"
+    );
+    assert!(
+        sent.stderr.contains("waiting for the receiver to accept"),
+        "{sent:?}"
+    );
+    assert_same_tree(&s.src, &s.out.join("src"));
+}
+
+#[test]
+fn a_declined_transfer_ends_both_sides_with_exit_11_and_writes_nothing() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    let s = Scene::new();
+    two_files(&s);
+    let sender = send(&url, "consent-no", &s.src, &["--encrypt"]);
+    let mut rx = OnTerminal::start(
+        &url,
+        "consent-no",
+        &s.out,
+        &["--encrypt"],
+        s.dir.path().join("rx.log"),
+    );
+    rx.question();
+    rx.answer("n");
+    let (status, log) = rx.wait();
+    let sent = sender.wait(LIMIT);
+    assert_eq!(status.code(), Some(EXIT_DECLINED), "{log}");
+    assert_eq!(sent.code(), EXIT_DECLINED, "{sent:?}");
+    assert!(log.contains("declined"), "{log}");
+    assert!(
+        sent.stderr.contains("the receiver declined the transfer"),
+        "{sent:?}"
+    );
+    assert!(
+        !log.contains("error:") && !sent.stderr.contains("error:"),
+        "{log}\n{sent:?}"
+    );
+    assert_eq!(listing(&s.out), Vec::<String>::new(), "nothing written");
+}
+
+#[test]
+fn yes_skips_the_question_on_a_terminal() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    let s = Scene::new();
+    two_files(&s);
+    let sender = send(&url, "consent-y", &s.src, &[]);
+    let rx = OnTerminal::start(
+        &url,
+        "consent-y",
+        &s.out,
+        &["-y"],
+        s.dir.path().join("rx.log"),
+    );
+    let (status, log) = rx.wait();
+    let sent = sender.wait(LIMIT);
+    assert_eq!(
+        (status.code(), sent.code()),
+        (Some(0), 0),
+        "{log}\n{sent:?}"
+    );
+    assert!(!log.contains("Accept?"), "{log}");
+    assert_same_tree(&s.src, &s.out.join("src"));
+}
