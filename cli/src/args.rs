@@ -183,9 +183,12 @@ pub struct ClientArgs {
     /// certificate itself, for wss://.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
-    /// Give up when no peer pairs within this many seconds.
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
-    pub timeout: Duration,
+    /// Give up when no peer comes within this many seconds: the sender waiting for a
+    /// receiver, the receiver for a sender (also: how long a code like
+    /// 7-guitar-rocket stays valid). --timeout is another name for it [default: 600
+    /// with a code like 7-guitar-rocket, else 300, as p2p-copy 0.1.x waits]
+    #[arg(long, visible_alias = "timeout", value_name = "SECS", value_parser = parse_secs)]
+    pub ttl: Option<Duration>,
     /// Give up when the peer goes silent mid-transfer for this many seconds.
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_secs)]
     pub idle_timeout: Duration,
@@ -245,6 +248,11 @@ impl RelayTokenArgs {
     }
 }
 
+/// How long a code like 7-guitar-rocket waits for the peer by default.
+pub const TTL_PAKE_SECS: u64 = 600;
+/// How long a v1 code waits for the peer by default (p2p-copy 0.1.x's sender waits 300 s).
+pub const TTL_V1_SECS: u64 = 300;
+
 /// The environment variable that names the default relay.
 pub const RELAY_ENV: &str = "P2P_COPY_RELAY";
 
@@ -292,6 +300,16 @@ impl ClientArgs {
         }
     }
 
+    /// How long to wait for the peer: `--ttl` (or `--timeout`), else the default for
+    /// the kind of code (`pake`: one like 7-guitar-rocket).
+    pub fn ttl(&self, pake: bool) -> Duration {
+        self.ttl.unwrap_or(Duration::from_secs(if pake {
+            TTL_PAKE_SECS
+        } else {
+            TTL_V1_SECS
+        }))
+    }
+
     /// `--ca-file`, else the configuration file's.
     pub fn ca_file(&self) -> Option<PathBuf> {
         self.ca_file.clone().or_else(|| self.file.ca_file.clone())
@@ -318,7 +336,7 @@ impl ClientArgs {
         let mut cfg = ClientConfig::new(server, code);
         cfg.encrypt = self.encrypt();
         cfg.ca_file = self.ca_file();
-        cfg.pair_timeout = self.timeout;
+        cfg.pair_timeout = self.ttl(false);
         cfg.idle_timeout = self.idle_timeout;
         cfg.direct.mode = match (self.relay_only, self.direct_only) {
             (true, _) => DirectMode::RelayOnly,
@@ -368,10 +386,6 @@ pub struct SendArgs {
     /// Words in a generated code (2 to 8; each adds about 10.3 bits).
     #[arg(long, value_name = "N", default_value = "2", value_parser = clap::value_parser!(u8).range(2..=8))]
     pub code_words: u8,
-    /// With a code like 7-guitar-rocket: how long the code stays valid, waiting for the
-    /// receiver.
-    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
-    pub ttl: Duration,
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,

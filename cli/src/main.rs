@@ -298,10 +298,10 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
     let mut config = a.client.config(server, code);
     if kind != codes::SendCode::V1 {
         config.pake = true;
-        config.pair_timeout = a.ttl;
+        config.pair_timeout = a.client.ttl(true);
     }
     if let codes::SendCode::Generated(code) = &kind {
-        codes::announce(code, &config.server, a.ttl.as_secs());
+        codes::announce(code, &config.server, config.pair_timeout.as_secs());
     }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
@@ -362,6 +362,7 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let mut config = a.client.config(server, code);
     config.pake = pake;
+    config.pair_timeout = a.client.ttl(pake);
     config.consent = consent_asker(a.yes, &progress);
     let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));

@@ -69,7 +69,7 @@ fn plan(
         stun: client.stun.clone(),
         ntp: s.ntp.clone(),
         encrypt: client.encrypt(),
-        timeout: client.timeout,
+        timeout: client.ttl(false),
         idle_timeout: client.idle_timeout,
     };
     Ok(Plan { cfg, peer })

@@ -227,3 +227,34 @@ fn yes_skips_the_question_on_a_terminal() {
     assert!(!log.contains("Accept?"), "{log}");
     assert_same_tree(&s.src, &s.out.join("src"));
 }
+
+#[test]
+fn a_sender_and_a_receiver_without_a_peer_give_up_after_their_ttl() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    let s = Scene::new();
+    two_files(&s);
+    let started = std::time::Instant::now();
+    let sender = send(&url, "nobody-comes", &s.src, &["--ttl", "1"]);
+    let receiver = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["receive", &url, "nobody-either", "--out", arg(&s.out)])
+            .args(["--timeout", "1"])
+            .stdin(Stdio::null()),
+    );
+    let (sent, received) = (sender.wait(LIMIT), receiver.wait(LIMIT));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        (sent.code(), received.code()),
+        (3, 3),
+        "{sent:?}\n{received:?}"
+    );
+    assert!(
+        sent.stderr.contains("no receiver joined within 1 s"),
+        "{sent:?}"
+    );
+    assert!(
+        received.stderr.contains("no sender joined within 1 s"),
+        "{received:?}"
+    );
+    assert!(sent.stderr.contains("--ttl"), "{sent:?}");
+}

@@ -660,7 +660,7 @@ impl Receiver {
         }
         let r = match self.phase {
             Phase::AwaitManifest => Err(Error::Timeout(format!(
-                "no sender joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay",
+                "no sender joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
                 self.config.manifest_timeout.as_secs()
             ))),
             Phase::Streaming => Err(Error::Timeout(format!(

@@ -511,7 +511,7 @@ impl Sender {
         self.check()?;
         let r = match self.phase {
             Phase::AwaitReady { deadline } if now >= deadline => Err(Error::Timeout(format!(
-                "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay",
+                "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
                 self.config.ready_timeout.as_secs()
             ))),
             Phase::AwaitAnswer { deadline } if now >= deadline => Err(Error::Timeout(format!(
