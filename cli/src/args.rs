@@ -88,6 +88,13 @@ pub enum Command {
         p2p-copy netcheck wss://relay.example.com:443\n  \
         p2p-copy netcheck ws://localhost:8765 --stun stun.example.org:3478")]
     Netcheck(NetcheckArgs),
+    /// List the partial files a stopped transfer left below DIR (the receiver's
+    /// .<name>.p2p-copy-part files): name, bytes held, the sender's size when recorded,
+    /// and age. With --clean, remove them (only them).
+    #[command(after_help = "Examples:\n  \
+        p2p-copy partials inbox\n  \
+        p2p-copy partials --clean --older-than 7d inbox")]
+    Partials(PartialsArgs),
     /// Show the settings send and receive use by default, and where each comes from:
     /// the environment, the configuration file, or the built-in default.
     #[command(after_help = "The configuration file is TOML, at the platform's \
@@ -133,6 +140,42 @@ pub enum Shell {
     Fish,
     /// PowerShell.
     Powershell,
+}
+
+/// `partials`.
+#[derive(Debug, Args)]
+pub struct PartialsArgs {
+    /// The directory to look in, and below [default: the configuration file's `out`,
+    /// or the current directory].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Remove the partial files listed (nothing else is ever removed). A later
+    /// transfer with --resume then starts those files over.
+    #[arg(long)]
+    pub clean: bool,
+    /// Only partial files not written to for this long: a number with s, m, h or d
+    /// (7d, 12h); a plain number is seconds.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub older_than: Option<Duration>,
+}
+
+/// An age such as `7d`, `12h`, `30m`, `45s` or `45`.
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age such as 7d, 12h, 30m or 45s"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?} is not an age such as 7d, 12h, 30m or 45s")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 /// `netcheck`.

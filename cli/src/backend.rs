@@ -8,15 +8,15 @@ compile_error!("enable the `smol` or the `async-std` feature of p2p-copy");
 
 #[cfg(feature = "smol")]
 pub use p2p_copy_smol::{
-    netcheck, proxy, receive, send, ClientConfig, CompressMode, ConsentAsk, DirectMode, PeerSpec,
-    RelayOps, RelayServer, RelayServerConfig, SendOptions, Serverless, ServerlessConfig,
+    netcheck, partials, proxy, receive, send, ClientConfig, CompressMode, ConsentAsk, DirectMode,
+    PeerSpec, RelayOps, RelayServer, RelayServerConfig, SendOptions, Serverless, ServerlessConfig,
     SessionEvent, StunPorts, Summary, TransferError, TransferOffer,
 };
 
 #[cfg(all(feature = "async-std", not(feature = "smol")))]
 pub use p2p_copy_async_std::{
-    netcheck, proxy, receive, send, ClientConfig, CompressMode, ConsentAsk, DirectMode, PeerSpec,
-    RelayOps, RelayServer, RelayServerConfig, SendOptions, Serverless, ServerlessConfig,
+    netcheck, partials, proxy, receive, send, ClientConfig, CompressMode, ConsentAsk, DirectMode,
+    PeerSpec, RelayOps, RelayServer, RelayServerConfig, SendOptions, Serverless, ServerlessConfig,
     SessionEvent, StunPorts, Summary, TransferError, TransferOffer,
 };
 

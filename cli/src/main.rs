@@ -10,6 +10,7 @@ mod config_file;
 mod consent;
 mod ctrl_echo;
 mod interrupt;
+mod partials;
 mod progress;
 mod serverless;
 mod stderr_log;
@@ -93,6 +94,10 @@ fn main() -> ExitCode {
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),
         Command::Netcheck(a) => netcheck(a),
+        Command::Partials(a) => {
+            let out = config_file::load().ok().and_then(|l| l.file.out);
+            partials::run(&a, &out.unwrap_or_else(|| ".".into()))
+        }
     })
 }
 

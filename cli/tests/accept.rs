@@ -258,3 +258,106 @@ fn a_sender_and_a_receiver_without_a_peer_give_up_after_their_ttl() {
     );
     assert!(sent.stderr.contains("--ttl"), "{sent:?}");
 }
+
+fn partials(args: &[&str]) -> p2p_copy_tests::process::Finished {
+    ChildGuard::spawn(
+        Command::new(BIN)
+            .arg("partials")
+            .args(args)
+            .stdin(Stdio::null()),
+    )
+    .wait(LIMIT)
+}
+
+/// Whether the file system under `dir` keeps user extended attributes.
+fn keeps_xattrs(dir: &Path) -> bool {
+    let probe = dir.join("xattr-probe");
+    let f = File::create(&probe).unwrap();
+    let ok = rustix::fs::fsetxattr(&f, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    let _ = fs::remove_file(&probe);
+    ok
+}
+
+#[test]
+fn partials_lists_what_a_stopped_transfer_left_and_clean_removes_only_partial_files() {
+    // The relay ends the pair after 3 MiB: the receiver keeps its partial file.
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls", "--max-bytes", "3M"]);
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("big.bin", 8 << 20, 1)]);
+    let sender = send(
+        &url,
+        "cut-short",
+        &s.src,
+        &["--compress", "off", "--relay-only"],
+    );
+    let received = ChildGuard::spawn(
+        Command::new(BIN)
+            .args([
+                "receive",
+                &url,
+                "cut-short",
+                "--relay-only",
+                "--out",
+                arg(&s.out),
+            ])
+            .stdin(Stdio::null()),
+    )
+    .wait(LIMIT);
+    let _ = sender.wait(LIMIT);
+    assert_ne!(received.code(), 0, "{received:?}");
+    // Beside it: a complete file, an old partial file, and things that only look like one.
+    fs::write(s.out.join("keep.txt"), b"complete").unwrap();
+    fs::write(s.out.join("src/.old.txt.p2p-copy-part"), b"old").unwrap();
+    let ten_days = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
+    File::options()
+        .write(true)
+        .open(s.out.join("src/.old.txt.p2p-copy-part"))
+        .unwrap()
+        .set_modified(ten_days)
+        .unwrap();
+    fs::create_dir(s.out.join(".folder.p2p-copy-part")).unwrap();
+    std::os::unix::fs::symlink(s.out.join("keep.txt"), s.out.join(".link.p2p-copy-part")).unwrap();
+
+    let listed = partials(&[arg(&s.out)]);
+    assert_eq!(listed.code(), 0, "{listed:?}");
+    let lines: Vec<&str> = listed.stdout.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "{}", listed.stdout);
+    assert!(
+        lines[0].starts_with("src/big.bin ") && lines[0].ends_with(" seconds"),
+        "{}",
+        listed.stdout
+    );
+    if keeps_xattrs(&s.out) {
+        assert!(
+            lines[0].contains("8.00 MiB"),
+            "the sender's size: {}",
+            listed.stdout
+        );
+    }
+    assert!(
+        lines[1].starts_with("src/old.txt ") && lines[1].ends_with("10 days"),
+        "{}",
+        listed.stdout
+    );
+
+    let old = partials(&["--clean", "--older-than", "7d", arg(&s.out)]);
+    assert_eq!(old.code(), 0, "{old:?}");
+    assert!(old.stdout.contains("removed 1 partial file"), "{old:?}");
+    let left = listing(&s.out);
+    assert!(
+        left.contains(&"src/.big.bin.p2p-copy-part".to_owned()),
+        "{left:?}"
+    );
+    assert!(
+        !left.contains(&"src/.old.txt.p2p-copy-part".to_owned()),
+        "{left:?}"
+    );
+
+    let all = partials(&["--clean", arg(&s.out)]);
+    assert_eq!(all.code(), 0, "{all:?}");
+    assert!(all.stdout.contains("removed 1 partial file"), "{all:?}");
+    assert_eq!(listing(&s.out), vec![".link.p2p-copy-part", "keep.txt"]);
+    assert!(s.out.join(".folder.p2p-copy-part").is_dir());
+    let none = partials(&[arg(&s.out)]);
+    assert!(none.stdout.contains("no partial files"), "{none:?}");
+}

@@ -104,6 +104,9 @@ pub enum IoRequest {
         path: SafePath,
         /// Bytes kept from the local copy.
         append_from: u64,
+        /// The sender's size of the whole file, which the runtime may record on the
+        /// partial file (for listings of partial files).
+        size: u64,
     },
     /// Write `data` at absolute `offset` of the open partial file. Answer with
     /// [`IoCompletion::Written`].
@@ -1204,6 +1207,7 @@ impl Receiver {
             file,
             path: e.path.clone(),
             append_from: h.append_from,
+            size: h.size,
         });
         self.events.push_back(Event::FileStarted {
             path: h.path,
@@ -1454,6 +1458,7 @@ impl Receiver {
                 file: i,
                 path: e.path.clone(),
                 append_from: 0,
+                size: 0,
             });
             self.io.push_back(IoRequest::Close { file: i });
         }

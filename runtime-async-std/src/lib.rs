@@ -44,6 +44,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Proxies for the relay connection.
+pub use p2p_copy_runtime::partials;
 pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
     ClientConfig, CompressMode, ConsentAsk, DirectMode, DirectOptions, Event, Incoming, Mapping,

@@ -250,7 +250,7 @@ impl ReceiveFiles {
         Ok(self.tree.writer(f, &meta))
     }
 
-    fn open(&mut self, file: usize, path: SafePath, append_from: u64) -> Outcome<()> {
+    fn open(&mut self, file: usize, path: SafePath, append_from: u64, size: u64) -> Outcome<()> {
         let mut place = self
             .place(&path, true, false)?
             .ok_or("directory not created")?;
@@ -303,6 +303,7 @@ impl ReceiveFiles {
             }
             writer
         };
+        crate::partials::record_total(&writer.file, size);
         self.slot(file).writer = Some(writer);
         Ok(())
     }
@@ -918,9 +919,10 @@ impl FileIo for ReceiveFiles {
                 file,
                 path,
                 append_from,
+                size,
             } => (
                 file,
-                self.open(file, path, append_from)
+                self.open(file, path, append_from, size)
                     .map(|()| IoCompletion::Opened { file }),
             ),
             IoRequest::Write { file, offset, data } => (
@@ -984,6 +986,7 @@ mod tests {
                 file,
                 path: path(p),
                 append_from: 0,
+                size: 0,
             },
             IoRequest::Write {
                 file,
@@ -1024,6 +1027,7 @@ mod tests {
                 file: 0,
                 path: path("d/e/x"),
                 append_from: 0,
+                size: 0,
             },
         );
         run(
@@ -1070,6 +1074,7 @@ mod tests {
                 file: 0,
                 path: path("d/x"),
                 append_from: 0,
+                size: 0,
             },
         ));
         assert!(why.contains("symlink") && why.contains('d'), "{why}");
@@ -1099,6 +1104,7 @@ mod tests {
                 file: 0,
                 path: path("d/x"),
                 append_from: 0,
+                size: 0,
             },
         );
         run(&mut f, IoRequest::Close { file: 0 });
@@ -1132,6 +1138,7 @@ mod tests {
                 file: 1,
                 path: path("y"),
                 append_from: 0,
+                size: 0,
             },
         ));
         assert!(why.contains("y"), "{why}");
@@ -1224,7 +1231,8 @@ mod tests {
                 IoRequest::Open {
                     file: 0,
                     path: path("x"),
-                    append_from: 3
+                    append_from: 3,
+                    size: 0,
                 }
             ),
             IoCompletion::Opened { file: 0 }
@@ -1272,6 +1280,7 @@ mod tests {
                 file: 0,
                 path: path("x"),
                 append_from: 5,
+                size: 0,
             },
         ));
         assert!(why.contains("2 bytes") && why.contains('5'), "{why}");
@@ -1288,6 +1297,7 @@ mod tests {
                 file: 0,
                 path: path("x"),
                 append_from: 0,
+                size: 0,
             },
         );
         run(
@@ -1351,6 +1361,7 @@ mod tests {
                 file: 0,
                 path: path("x"),
                 append_from: 0,
+                size: 0,
             },
         );
         let why = failure(done);
@@ -1387,6 +1398,7 @@ mod tests {
                 file: 2,
                 path: path("y"),
                 append_from: 4,
+                size: 0,
             },
         );
         assert!(failure(done).contains("cannot open"));
@@ -1450,6 +1462,7 @@ mod tests {
                 file: 0,
                 path: path("d/x"),
                 append_from: 0,
+                size: 0,
             },
             IoRequest::Close { file: 0 },
         ]
@@ -1494,6 +1507,7 @@ mod tests {
                     file: i,
                     path: path(p),
                     append_from: 0,
+                    size: 0,
                 },
                 IoRequest::Write {
                     file: i,

@@ -58,6 +58,7 @@ mod listen;
 mod machine;
 mod netcheck;
 mod pake_conn;
+pub mod partials;
 mod paths;
 pub mod proxy;
 pub mod quic;
