@@ -501,6 +501,15 @@ pub struct ReceiveArgs {
     /// accepts, as p2p-copy 0.1.x does.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    /// Replace a file that is already there with the received one, once that is
+    /// complete and verified (the default, as p2p-copy 0.1.x does).
+    #[arg(long, overrides_with = "no_clobber")]
+    pub overwrite: bool,
+    /// Keep a file that is already there when the received one differs: the received
+    /// copy is dropped, and the file is reported as kept (to the sender: not
+    /// delivered).
+    #[arg(long, overrides_with = "overwrite")]
+    pub no_clobber: bool,
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,

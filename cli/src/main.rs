@@ -368,7 +368,8 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let mut config = a.client.config(server, code);
     config.pake = pake;
     config.pair_timeout = a.client.ttl(pake);
-    config.consent = consent_asker(a.yes, &progress);
+    config.keep_existing = a.no_clobber;
+    config.consent = consent_asker(a.yes, a.no_clobber, &progress);
     let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     let interrupted = receive_interrupted(progress.paired(), &out_dir);
@@ -376,13 +377,13 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
 }
 
 /// The question `receive` asks before accepting, on a terminal without `--yes`.
-fn consent_asker(yes: bool, progress: &Progress) -> Option<backend::ConsentAsk> {
+fn consent_asker(yes: bool, keep: bool, progress: &Progress) -> Option<backend::ConsentAsk> {
     if !consent::wanted(yes) {
         return None;
     }
     let progress = progress.clone();
     Some(backend::ConsentAsk(std::sync::Arc::new(move |offer| {
-        progress.suspend(|| consent::ask(offer, false))
+        progress.suspend(|| consent::ask(offer, keep))
     })))
 }
 

@@ -346,6 +346,13 @@ impl Display {
                     self.say(line);
                 }
             }
+            Event::FileKept { path } => {
+                // Shown even without -v: the user asked for it and should see it.
+                self.say(format!(
+                    "kept {}, which differs from the sender's (--no-clobber); the received copy was dropped",
+                    escape(&path)
+                ));
+            }
             Event::AwaitingConsent if session == 0 => {
                 self.say("waiting for the receiver to accept the transfer…".to_owned());
             }

@@ -361,3 +361,73 @@ fn partials_lists_what_a_stopped_transfer_left_and_clean_removes_only_partial_fi
     let none = partials(&[arg(&s.out)]);
     assert!(none.stdout.contains("no partial files"), "{none:?}");
 }
+
+/// `src/a.bin` is already there with other content, `src/docs/b.txt` with the same.
+fn with_existing_files(s: &Scene) {
+    two_files(s);
+    fs::create_dir_all(s.out.join("src/docs")).unwrap();
+    fs::write(s.out.join("src/a.bin"), b"mine").unwrap();
+    fs::copy(s.src.join("docs/b.txt"), s.out.join("src/docs/b.txt")).unwrap();
+}
+
+fn receive_with(url: &str, code: &str, out: &Path, extra: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["receive", url, code, "--out", arg(out)])
+            .args(extra)
+            .stdin(Stdio::null()),
+    )
+}
+
+#[test]
+fn an_existing_different_file_is_replaced_by_default_and_with_overwrite() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    for (i, extra) in [&[][..], &["--overwrite"][..]].into_iter().enumerate() {
+        let s = Scene::new();
+        with_existing_files(&s);
+        let code = format!("replace-{i}");
+        let sender = send(&url, &code, &s.src, &[]);
+        let received = receive_with(&url, &code, &s.out, extra).wait(LIMIT);
+        let sent = sender.wait(LIMIT);
+        assert_eq!(
+            (sent.code(), received.code()),
+            (0, 0),
+            "{sent:?}\n{received:?}"
+        );
+        assert_same_tree(&s.src, &s.out.join("src"));
+    }
+}
+
+#[test]
+fn no_clobber_keeps_an_existing_different_file_and_both_sides_report_it() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    let s = Scene::new();
+    with_existing_files(&s);
+    fs::write(s.src.join("new.txt"), b"new").unwrap();
+    let sender = send(&url, "keep-mine", &s.src, &[]);
+    let received = receive_with(&url, "keep-mine", &s.out, &["--no-clobber"]).wait(LIMIT);
+    let sent = sender.wait(LIMIT);
+    assert_eq!(received.code(), 0, "{received:?}");
+    assert!(
+        received
+            .stderr
+            .contains("kept src/a.bin, which differs from the sender's (--no-clobber)"),
+        "{received:?}"
+    );
+    assert_eq!(sent.code(), 8, "{sent:?}");
+    assert!(
+        sent.stderr.contains("src/a.bin") && sent.stderr.contains("--no-clobber"),
+        "{sent:?}"
+    );
+    assert_eq!(fs::read(s.out.join("src/a.bin")).unwrap(), b"mine");
+    assert_eq!(fs::read(s.out.join("src/new.txt")).unwrap(), b"new");
+    assert_eq!(
+        fs::read(s.out.join("src/docs/b.txt")).unwrap(),
+        fs::read(s.src.join("docs/b.txt")).unwrap()
+    );
+    assert_eq!(
+        listing(&s.out),
+        vec!["src/a.bin", "src/docs/b.txt", "src/new.txt"],
+        "no partial file stays"
+    );
+}

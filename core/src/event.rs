@@ -64,6 +64,12 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Receiver, at the commit: a different file was already under this name and is
+    /// kept (`--no-clobber`); the received copy was dropped.
+    FileKept {
+        /// Its path.
+        path: String,
+    },
     /// Sender, at the end: whether the receiver confirmed what it put in place
     /// (extension [`EXT_CONFIRM`](crate::wire::EXT_CONFIRM)). A p2p-copy 0.1.x receiver
     /// cannot confirm: `confirmed` is false and the files were sent, not known to be

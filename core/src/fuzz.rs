@@ -764,6 +764,7 @@ mod receiver_body {
             window,
             direct: false,
             consent: false,
+            keep_existing: false,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -1515,6 +1516,7 @@ mod receiver_body {
                 Event::Delivery { .. } | Event::AwaitingConsent => {
                     panic!("only a sender reports {ev:?}")
                 }
+                Event::FileKept { .. } => panic!("nothing is kept without keep_existing"),
                 Event::Path(_) => panic!("only the runtime reports the path"),
                 Event::Manifest { files, .. } => {
                     assert!(self.manifest.is_none(), "one manifest per session");
@@ -2387,7 +2389,8 @@ mod sender_body {
                 }
                 Event::FileNotDelivered { .. }
                 | Event::Delivery { .. }
-                | Event::AwaitingConsent => {
+                | Event::AwaitingConsent
+                | Event::FileKept { .. } => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
                 Event::Path(_) => panic!("only the runtime reports the path"),

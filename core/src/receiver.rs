@@ -38,6 +38,13 @@ pub struct ReceiverConfig {
     /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT) is told the answer; a p2p-copy 0.1.x
     /// sender is not (on a refusal the connection just closes). Off by default.
     pub consent: bool,
+    /// Never replace a file under its final name whose content differs from the one
+    /// received (`--no-clobber`): the runtime keeps it, drops the received copy and
+    /// answers [`IoCompletion::Kept`]; the file is reported as kept
+    /// ([`Event::FileKept`]) and, to a sender that confirms delivery, as not delivered.
+    /// Off by default: a received file replaces an older one at the commit, as p2p-copy
+    /// 0.1.x replaces it.
+    pub keep_existing: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -48,6 +55,7 @@ impl Default for ReceiverConfig {
             window: 4,
             direct: false,
             consent: false,
+            keep_existing: false,
         }
     }
 }
@@ -129,12 +137,17 @@ pub enum IoRequest {
     /// flight. Answer with [`IoCompletion::Synced`].
     Sync,
     /// Rename the closed partial file of `path` to its final name, replacing any older
-    /// file. Answer with [`IoCompletion::Committed`].
+    /// file. Answer with [`IoCompletion::Committed`]. With `keep_existing`, a regular
+    /// file already there whose content differs is kept instead: remove the partial
+    /// file and answer [`IoCompletion::Kept`].
     Commit {
         /// Manifest index.
         file: usize,
         /// The checked path.
         path: SafePath,
+        /// Keep a different file already under the final name
+        /// ([`ReceiverConfig::keep_existing`]).
+        keep_existing: bool,
     },
 }
 
@@ -176,6 +189,12 @@ pub enum IoCompletion {
     Synced,
     /// Answer to [`IoRequest::Commit`].
     Committed {
+        /// Manifest index.
+        file: usize,
+    },
+    /// Answer to [`IoRequest::Commit`] with `keep_existing`: a different file was under
+    /// the final name and stays; the received copy is gone.
+    Kept {
         /// Manifest index.
         file: usize,
     },
@@ -1490,6 +1509,7 @@ impl Receiver {
                         self.io.push_back(IoRequest::Commit {
                             file: i,
                             path: e.path.clone(),
+                            keep_existing: self.config.keep_existing,
                         });
                     }
                 }
@@ -1525,9 +1545,9 @@ impl Receiver {
             IoCompletion::Opened { .. } => asked == Asked::Open,
             IoCompletion::Written { .. } => asked == Asked::Write,
             IoCompletion::Closed { .. } => asked == Asked::Close,
-            IoCompletion::Committed { .. } | IoCompletion::CommitFailed { .. } => {
-                asked == Asked::Commit
-            }
+            IoCompletion::Committed { .. }
+            | IoCompletion::Kept { .. }
+            | IoCompletion::CommitFailed { .. } => asked == Asked::Commit,
             IoCompletion::Failed { .. } | IoCompletion::Synced => true,
         };
         let file = match &done {
@@ -1537,6 +1557,7 @@ impl Receiver {
             | IoCompletion::Written { file }
             | IoCompletion::Closed { file }
             | IoCompletion::Committed { file }
+            | IoCompletion::Kept { file }
             | IoCompletion::CommitFailed { file, .. } => Some(*file),
             IoCompletion::Failed { file, .. } if !(syncing && self.sync_asked) => Some(*file),
             IoCompletion::Failed { .. } | IoCompletion::Synced => None,
@@ -1619,6 +1640,20 @@ impl Receiver {
             }
             IoCompletion::Committed { .. } => {
                 self.entries[file].state = EntryState::Done;
+                self.advance_commit();
+                Ok(())
+            }
+            IoCompletion::Kept { .. } => {
+                let e = &mut self.entries[file];
+                e.state = EntryState::Failed;
+                let path = e.path.as_str().to_owned();
+                self.events
+                    .push_back(Event::FileKept { path: path.clone() });
+                self.failed.push(FailedFile {
+                    path,
+                    reason: "the receiver kept its own, different file of that name (--no-clobber)"
+                        .to_owned(),
+                });
                 self.advance_commit();
                 Ok(())
             }

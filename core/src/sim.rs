@@ -256,7 +256,11 @@ impl ReceiverFs {
                 self.synced = true;
                 Done::Synced
             }
-            Req::Commit { path, .. } => {
+            Req::Commit {
+                path,
+                keep_existing,
+                ..
+            } => {
                 let p = path.as_str();
                 if !self.synced {
                     self.violations.push(format!("commit of {p} before sync"));
@@ -272,6 +276,12 @@ impl ReceiverFs {
                     return failed(format!("is a directory: {p}"));
                 }
                 match self.disk.partial.remove(p) {
+                    Some(d)
+                        if *keep_existing
+                            && self.disk.complete.get(p).is_some_and(|old| *old != d) =>
+                    {
+                        Done::Kept { file }
+                    }
                     Some(d) => {
                         self.disk.complete.insert(p.to_owned(), d);
                         Done::Committed { file }

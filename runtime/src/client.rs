@@ -318,6 +318,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         idle_timeout: cfg.idle_timeout,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         consent: gate.is_some(),
+        keep_existing: cfg.keep_existing,
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, &secrets);

@@ -46,6 +46,11 @@ pub struct ClientConfig {
     /// [`Error::Declined`](p2p_copy_core::Error::Declined), and a sender of this project
     /// learns it. `None` accepts every transfer, as p2p-copy 0.1.x does.
     pub consent: Option<ConsentAsk>,
+    /// Receiver: keep a file already under its final name when the received one
+    /// differs (`--no-clobber`), instead of replacing it once the new one is verified
+    /// (the default, as p2p-copy 0.1.x replaces it). A kept file is reported as
+    /// [`Event::FileKept`] and, to a sender of this project, as not delivered.
+    pub keep_existing: bool,
 }
 
 pub use crate::consent::ConsentAsk;
@@ -163,6 +168,7 @@ impl ClientConfig {
             proxy: None,
             relay_token: None,
             consent: None,
+            keep_existing: false,
         }
     }
 }

@@ -118,3 +118,29 @@ fn a_receiver_that_does_not_ask_answers_the_offer_at_once() {
     assert_eq!(consents(&out), vec![true]);
     assert_eq!(out.files().len(), 2);
 }
+
+#[test]
+fn keep_existing_keeps_a_different_file_and_tells_the_sender_it_was_not_delivered() {
+    let mut s = setup(false, false, true, true);
+    s.receiver_config.keep_existing = true;
+    let same = files()[1].1.to_vec();
+    s.disk.complete.insert("a.txt".into(), b"older".to_vec());
+    s.disk.complete.insert("dir/b.bin".into(), same.clone());
+    let out = sim::run(s);
+    assert_eq!((&out.sender_error, &out.receiver_error), (&None, &None));
+    assert_eq!(out.files()["a.txt"], b"older".to_vec());
+    assert_eq!(out.files()["dir/b.bin"], same);
+    assert!(out.receiver_events.contains(&Event::FileKept {
+        path: "a.txt".into()
+    }));
+    let not_delivered: Vec<&Event> = out
+        .sender_events
+        .iter()
+        .filter(|e| matches!(e, Event::FileNotDelivered { path, .. } if path == "a.txt"))
+        .collect();
+    assert_eq!(not_delivered.len(), 1, "{:?}", out.sender_events);
+    assert!(out.sender_events.contains(&Event::Delivery {
+        confirmed: true,
+        delivered: 1
+    }));
+}
