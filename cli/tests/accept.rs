@@ -235,12 +235,7 @@ fn a_sender_and_a_receiver_without_a_peer_give_up_after_their_ttl() {
     two_files(&s);
     let started = std::time::Instant::now();
     let sender = send(&url, "nobody-comes", &s.src, &["--ttl", "1"]);
-    let receiver = ChildGuard::spawn(
-        Command::new(BIN)
-            .args(["receive", &url, "nobody-either", "--out", arg(&s.out)])
-            .args(["--timeout", "1"])
-            .stdin(Stdio::null()),
-    );
+    let receiver = receive_with(&url, "nobody-either", &s.out, &["--timeout", "1"]);
     let (sent, received) = (sender.wait(LIMIT), receiver.wait(LIMIT));
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(
@@ -290,19 +285,7 @@ fn partials_lists_what_a_stopped_transfer_left_and_clean_removes_only_partial_fi
         &s.src,
         &["--compress", "off", "--relay-only"],
     );
-    let received = ChildGuard::spawn(
-        Command::new(BIN)
-            .args([
-                "receive",
-                &url,
-                "cut-short",
-                "--relay-only",
-                "--out",
-                arg(&s.out),
-            ])
-            .stdin(Stdio::null()),
-    )
-    .wait(LIMIT);
+    let received = receive_with(&url, "cut-short", &s.out, &["--relay-only"]).wait(LIMIT);
     let _ = sender.wait(LIMIT);
     assert_ne!(received.code(), 0, "{received:?}");
     // Beside it: a complete file, an old partial file, and things that only look like one.
@@ -430,4 +413,35 @@ fn no_clobber_keeps_an_existing_different_file_and_both_sides_report_it() {
         vec!["src/a.bin", "src/docs/b.txt", "src/new.txt"],
         "no partial file stays"
     );
+}
+
+#[test]
+fn a_python_sender_is_asked_about_like_any_other_and_a_refusal_just_closes() {
+    use p2p_copy_tests::python;
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    for (answer, code) in [("y", "py-consent-yes"), ("n", "py-consent-no")] {
+        let s = Scene::new();
+        two_files(&s);
+        let sender = ChildGuard::spawn(
+            python::command(["send", &url, code, arg(&s.src)]).current_dir(s.dir.path()),
+        );
+        let log = s.dir.path().join("rx.log");
+        let mut rx = OnTerminal::start(&url, code, &s.out, &[], log);
+        let shown = rx.question();
+        assert!(shown.contains("the sender offers 2 files"), "{shown}");
+        rx.answer(answer);
+        let (status, log) = rx.wait();
+        let sent = sender.wait(LIMIT);
+        if answer == "y" {
+            assert_eq!(
+                (status.code(), sent.code()),
+                (Some(0), 0),
+                "{log}\n{sent:?}"
+            );
+            assert_same_tree(&s.src, &s.out.join("src"));
+        } else {
+            assert_eq!(status.code(), Some(EXIT_DECLINED), "{log}");
+            assert_eq!(listing(&s.out), Vec::<String>::new(), "nothing written");
+        }
+    }
 }
