@@ -980,6 +980,47 @@ mod tests {
     }
 
     #[test]
+    fn ttl_defaults_to_the_kind_of_code_and_timeout_is_its_other_name() {
+        let Command::Receive(a) = parse(&["receive", "ws://h:1", "c"]).command else {
+            panic!("receive")
+        };
+        assert_eq!(a.client.ttl(false), Duration::from_secs(300));
+        assert_eq!(a.client.ttl(true), Duration::from_secs(600));
+        for flag in ["--ttl", "--timeout"] {
+            let Command::Send(a) = parse(&["send", "ws://h:1", "c", "f", flag, "42"]).command
+            else {
+                panic!("send")
+            };
+            assert_eq!(a.client.ttl(true), Duration::from_secs(42));
+            assert_eq!(
+                a.client
+                    .config("ws://h:1".into(), "c".into())
+                    .pair_timeout
+                    .as_secs(),
+                42
+            );
+        }
+    }
+
+    #[test]
+    fn ages_take_a_unit_and_plain_numbers_are_seconds() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_age("7w").is_err() && parse_age("d").is_err() && parse_age("").is_err());
+        let Command::Partials(p) =
+            parse(&["partials", "--clean", "--older-than", "2d", "x"]).command
+        else {
+            panic!("partials")
+        };
+        assert_eq!(
+            (p.clean, p.older_than),
+            (true, Some(Duration::from_secs(172_800)))
+        );
+    }
+
+    #[test]
     fn timeouts_must_be_positive_numbers() {
         parse_err(&["receive", "ws://h:1", "c", "--timeout", "0"]);
         parse_err(&["receive", "ws://h:1", "c", "--timeout", "-1"]);
