@@ -18,6 +18,7 @@ mod usage;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
 use log::LevelFilter;
@@ -369,21 +370,29 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     config.pake = pake;
     config.pair_timeout = a.client.ttl(pake);
     config.keep_existing = a.no_clobber;
-    config.consent = consent_asker(a.yes, a.no_clobber, &progress);
+    let shown = Arc::new(OnceLock::from(progress.clone()));
+    config.consent = consent_asker(a.yes, a.no_clobber, shown);
     let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     let interrupted = receive_interrupted(progress.paired(), &out_dir);
     finish(&progress, ended, &interrupted, Role::Receive)
 }
 
-/// The question `receive` asks before accepting, on a terminal without `--yes`.
-fn consent_asker(yes: bool, keep: bool, progress: &Progress) -> Option<backend::ConsentAsk> {
+/// The question `receive` asks before accepting, on a terminal without `--yes`, with
+/// the progress display (once there is one) out of its way.
+fn consent_asker(
+    yes: bool,
+    keep: bool,
+    progress: Arc<OnceLock<Progress>>,
+) -> Option<backend::ConsentAsk> {
     if !consent::wanted(yes) {
         return None;
     }
-    let progress = progress.clone();
-    Some(backend::ConsentAsk(std::sync::Arc::new(move |offer| {
-        progress.suspend(|| consent::ask(offer, keep))
+    Some(backend::ConsentAsk(Arc::new(move |offer| {
+        match progress.get() {
+            Some(p) => p.suspend(|| consent::ask(offer, keep)),
+            None => consent::ask(offer, keep),
+        }
     })))
 }
 

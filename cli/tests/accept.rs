@@ -64,6 +64,13 @@ struct OnTerminal {
 
 impl OnTerminal {
     fn start(url: &str, code: &str, out: &Path, extra: &[&str], log: PathBuf) -> OnTerminal {
+        let mut args = vec!["receive", url, code, "--out", arg(out)];
+        args.extend_from_slice(extra);
+        OnTerminal::run(&args, log)
+    }
+
+    /// `p2p-copy ARGS` on the terminal.
+    fn run(args: &[&str], log: PathBuf) -> OnTerminal {
         use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
         let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
         grantpt(&master).expect("grantpt");
@@ -75,8 +82,7 @@ impl OnTerminal {
             .open(name.to_str().unwrap())
             .expect("open the pty's slave");
         let child = Command::new(BIN)
-            .args(["receive", url, code, "--out", arg(out)])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::from(slave))
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
@@ -444,4 +450,42 @@ fn a_python_sender_is_asked_about_like_any_other_and_a_refusal_just_closes() {
             assert_eq!(listing(&s.out), Vec::<String>::new(), "nothing written");
         }
     }
+}
+
+#[test]
+fn with_no_relay_the_receiver_asks_too_and_a_refusal_ends_both_sides() {
+    let s = Scene::new();
+    two_files(&s);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|u| u.local_addr())
+        .expect("a free UDP port")
+        .port()
+        .to_string();
+    let args = [
+        "receive",
+        "--listen",
+        &port,
+        "--code",
+        "c0de",
+        "--out",
+        arg(&s.out),
+    ];
+    let mut rx = OnTerminal::run(&args, s.dir.path().join("rx.log"));
+    wait_for(Duration::from_secs(20), "the receiver listening", || {
+        Some(()).filter(|()| rx.stderr().contains("ticket"))
+    });
+    let peer = format!("127.0.0.1:{port}");
+    let sender = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["send", "--peer", &peer, "--code", "c0de", arg(&s.src)])
+            .stdin(Stdio::null()),
+    );
+    let shown = rx.question();
+    assert!(shown.contains("the sender offers 2 files"), "{shown}");
+    rx.answer("no");
+    let (status, log) = rx.wait();
+    let sent = sender.wait(LIMIT);
+    assert_eq!(status.code(), Some(EXIT_DECLINED), "{log}");
+    assert_eq!(sent.code(), EXIT_DECLINED, "{sent:?}");
+    assert_eq!(listing(&s.out), Vec::<String>::new(), "nothing written");
 }

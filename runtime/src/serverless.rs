@@ -72,6 +72,11 @@ pub struct ServerlessConfig {
     pub timeout: Duration,
     /// How long the peer may stay silent in the middle of the transfer.
     pub idle_timeout: Duration,
+    /// Receiver: the question before accepting (see [`ClientConfig::consent`]).
+    pub consent: Option<crate::ConsentAsk>,
+    /// Receiver: keep a different file already there (see
+    /// [`ClientConfig::keep_existing`]).
+    pub keep_existing: bool,
 }
 
 impl Default for ServerlessConfig {
@@ -85,6 +90,8 @@ impl Default for ServerlessConfig {
             encrypt: false,
             timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
+            consent: None,
+            keep_existing: false,
         }
     }
 }
@@ -297,6 +304,8 @@ impl<R: Rt> Serverless<R> {
         cfg.encrypt = self.cfg.encrypt;
         cfg.pair_timeout = self.cfg.idle_timeout;
         cfg.idle_timeout = self.cfg.idle_timeout;
+        cfg.consent = self.cfg.consent.clone();
+        cfg.keep_existing = self.cfg.keep_existing;
         // The session already runs on the direct connection: no relay to leave.
         cfg.direct.mode = DirectMode::RelayOnly;
         let path = PathTaken::Direct {
