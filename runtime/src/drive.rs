@@ -424,6 +424,8 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                 if let Poll::Ready(accept) = asking.as_mut().poll(cx) {
                     progress = true;
                     self.asking = None;
+                    // The time the user took says nothing about the link.
+                    self.paired_at = Some(now);
                     self.machine.consent(now, accept);
                     self.drain_outputs();
                 }
