@@ -489,3 +489,31 @@ fn with_no_relay_the_receiver_asks_too_and_a_refusal_ends_both_sides() {
     assert_eq!(sent.code(), EXIT_DECLINED, "{sent:?}");
     assert_eq!(listing(&s.out), Vec::<String>::new(), "nothing written");
 }
+
+#[test]
+fn a_sender_waits_for_a_slow_answer_beyond_its_idle_timeout() {
+    let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
+    let s = Scene::new();
+    write_tree(&s.src, &[FileSpec::random("big.bin", 24 << 20, 3)]);
+    let slow = ["--idle-timeout", "1", "--relay-only", "--compress", "off"];
+    let sender = send(&url, "slow-answer", &s.src, &slow);
+    let mut rx = OnTerminal::start(
+        &url,
+        "slow-answer",
+        &s.out,
+        &["--relay-only"],
+        s.dir.path().join("rx.log"),
+    );
+    rx.question();
+    // The person at the receiver takes longer than the sender's --idle-timeout.
+    std::thread::sleep(Duration::from_millis(2500));
+    rx.answer("y");
+    let (status, log) = rx.wait();
+    let sent = sender.wait(LIMIT);
+    assert_eq!(
+        (status.code(), sent.code()),
+        (Some(0), 0),
+        "{log}\n{sent:?}"
+    );
+    assert_same_tree(&s.src, &s.out.join("src"));
+}

@@ -449,6 +449,14 @@ impl Sender {
         self.error.as_ref()
     }
 
+    /// True while the receiver's user decides whether to accept the transfer (extension
+    /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT)): the sender produces nothing and no
+    /// deadline runs; a runtime should not count a connection that takes no data
+    /// meanwhile as stalled.
+    pub fn awaits_consent(&self) -> bool {
+        self.held && self.error.is_none()
+    }
+
     /// True when the session failed before the receiver answered the offer of delivery
     /// confirmation: a receiver of this project may still answer (its acceptance is on
     /// its way), and then gets the report that says why the sender stopped. Before

@@ -477,6 +477,10 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             }
 
             // Deadlines: the machine's, and how long the connection may refuse data.
+            // A receiver whose user decides reads nothing: that is no stall.
+            if self.machine.awaits_consent() {
+                self.blocked_since = None;
+            }
             let stall = self.blocked_since.map(|t| t + self.idle_timeout);
             let close_wait = self.write_failed.as_ref().map(|(t, _)| *t + CLOSE_WAIT);
             let deadline = [self.machine.poll_timeout(), stall, close_wait]

@@ -62,6 +62,12 @@ pub(crate) trait Machine: Send + 'static {
         None
     }
 
+    /// Whether the peer's user is deciding whether to accept (see
+    /// `Sender::awaits_consent`): a connection that takes no data is then not stalled.
+    fn awaits_consent(&self) -> bool {
+        false
+    }
+
     /// Once: what the receiver's user must accept (see `Receiver::take_offer`).
     fn take_offer(&mut self) -> Option<p2p_copy_core::consent::Offer> {
         None
@@ -168,6 +174,10 @@ impl Machine for sender::Sender {
 
     fn awaits_acceptance(&self) -> bool {
         self.awaits_acceptance()
+    }
+
+    fn awaits_consent(&self) -> bool {
+        self.awaits_consent()
     }
 
     /// The sender takes messages (`ready`, the resume answer) whenever they come; its
