@@ -30,7 +30,8 @@ relay went away), 8 not everything delivered (files skipped or not stored; the m
 lists them), 9 no direct connection although --direct-only asked for one (or, with no
 relay, the peer never reached), 10 wrong code (the sides hold different codes like
 7-guitar-rocket) or, with no relay, the peer not authenticated (wrong code or ticket),
-130 interrupted (Ctrl-C).
+11 declined (the receiver answered no to Accept? [y/N]; on both sides), 130 interrupted
+(Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
@@ -89,6 +90,13 @@ pub enum Command {
         p2p-copy netcheck wss://relay.example.com:443\n  \
         p2p-copy netcheck ws://localhost:8765 --stun stun.example.org:3478")]
     Netcheck(NetcheckArgs),
+    /// List the partial files a stopped transfer left below DIR (the receiver's
+    /// .<name>.p2p-copy-part files): name, bytes held, the sender's size when recorded,
+    /// and age. With --clean, remove them (only them).
+    #[command(after_help = "Examples:\n  \
+        p2p-copy partials inbox\n  \
+        p2p-copy partials --clean --older-than 7d inbox")]
+    Partials(PartialsArgs),
     /// Show the settings send and receive use by default, and where each comes from:
     /// the environment, the configuration file, or the built-in default.
     #[command(after_help = "The configuration file is TOML, at the platform's \
@@ -134,6 +142,42 @@ pub enum Shell {
     Fish,
     /// PowerShell.
     Powershell,
+}
+
+/// `partials`.
+#[derive(Debug, Args)]
+pub struct PartialsArgs {
+    /// The directory to look in, and below [default: the configuration file's `out`,
+    /// or the current directory].
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Remove the partial files listed (nothing else is ever removed). A later
+    /// transfer with --resume then starts those files over.
+    #[arg(long)]
+    pub clean: bool,
+    /// Only partial files not written to for this long: a number with s, m, h or d
+    /// (7d, 12h); a plain number is seconds.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub older_than: Option<Duration>,
+}
+
+/// An age such as `7d`, `12h`, `30m`, `45s` or `45`.
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age such as 7d, 12h, 30m or 45s"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?} is not an age such as 7d, 12h, 30m or 45s")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 /// `netcheck`.
@@ -184,9 +228,12 @@ pub struct ClientArgs {
     /// certificate itself, for wss://.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
-    /// Give up when no peer pairs within this many seconds.
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
-    pub timeout: Duration,
+    /// Give up when no peer comes within this many seconds: the sender waiting for a
+    /// receiver, the receiver for a sender (also: how long a code like
+    /// 7-guitar-rocket stays valid). --timeout is another name for it [default: 600
+    /// with a code like 7-guitar-rocket, else 300, as p2p-copy 0.1.x waits]
+    #[arg(long, visible_alias = "timeout", value_name = "SECS", value_parser = parse_secs)]
+    pub ttl: Option<Duration>,
     /// Give up when the peer goes silent mid-transfer for this many seconds.
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_secs)]
     pub idle_timeout: Duration,
@@ -250,6 +297,11 @@ impl RelayTokenArgs {
     }
 }
 
+/// How long a code like 7-guitar-rocket waits for the peer by default.
+pub const TTL_PAKE_SECS: u64 = 600;
+/// How long a v1 code waits for the peer by default (p2p-copy 0.1.x's sender waits 300 s).
+pub const TTL_V1_SECS: u64 = 300;
+
 /// The environment variable that names the default relay.
 pub const RELAY_ENV: &str = "P2P_COPY_RELAY";
 
@@ -301,6 +353,16 @@ impl ClientArgs {
         }
     }
 
+    /// How long to wait for the peer: `--ttl` (or `--timeout`), else the default for
+    /// the kind of code (`pake`: one like 7-guitar-rocket).
+    pub fn ttl(&self, pake: bool) -> Duration {
+        self.ttl.unwrap_or(Duration::from_secs(if pake {
+            TTL_PAKE_SECS
+        } else {
+            TTL_V1_SECS
+        }))
+    }
+
     /// `--ca-file`, else the configuration file's.
     pub fn ca_file(&self) -> Option<PathBuf> {
         self.ca_file.clone().or_else(|| self.file.ca_file.clone())
@@ -327,7 +389,7 @@ impl ClientArgs {
         let mut cfg = ClientConfig::new(server, code);
         cfg.encrypt = self.encrypt();
         cfg.ca_file = self.ca_file();
-        cfg.pair_timeout = self.timeout;
+        cfg.pair_timeout = self.ttl(false);
         cfg.idle_timeout = self.idle_timeout;
         cfg.direct.mode = match (self.relay_only, self.direct_only) {
             (true, _) => DirectMode::RelayOnly,
@@ -393,10 +455,6 @@ pub struct SendArgs {
     /// Words in a generated code (2 to 8; each adds about 10.3 bits).
     #[arg(long, value_name = "N", default_value = "2", value_parser = clap::value_parser!(u8).range(2..=8))]
     pub code_words: u8,
-    /// With a code like 7-guitar-rocket: how long the code stays valid, waiting for the
-    /// receiver.
-    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
-    pub ttl: Duration,
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,
@@ -469,6 +527,21 @@ pub struct ReceiveArgs {
     /// or the current directory].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Accept the transfer without asking. On a terminal, receive shows what the
+    /// sender offers (files, size, top-level names, existing files it would replace)
+    /// and asks "Accept? [y/N]" before anything is written; without a terminal it
+    /// accepts, as p2p-copy 0.1.x does.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Replace a file that is already there with the received one, once that is
+    /// complete and verified (the default, as p2p-copy 0.1.x does).
+    #[arg(long, overrides_with = "no_clobber")]
+    pub overwrite: bool,
+    /// Keep a file that is already there when the received one differs: the received
+    /// copy is dropped, and the file is reported as kept (to the sender: not
+    /// delivered).
+    #[arg(long, overrides_with = "overwrite")]
+    pub no_clobber: bool,
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,
@@ -958,6 +1031,47 @@ mod tests {
         assert!(cfg.encrypt);
         assert_eq!(cfg.ca_file, Some(PathBuf::from("ca.pem")));
         assert_eq!(cfg.pair_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn ttl_defaults_to_the_kind_of_code_and_timeout_is_its_other_name() {
+        let Command::Receive(a) = parse(&["receive", "ws://h:1", "c"]).command else {
+            panic!("receive")
+        };
+        assert_eq!(a.client.ttl(false), Duration::from_secs(300));
+        assert_eq!(a.client.ttl(true), Duration::from_secs(600));
+        for flag in ["--ttl", "--timeout"] {
+            let Command::Send(a) = parse(&["send", "ws://h:1", "c", "f", flag, "42"]).command
+            else {
+                panic!("send")
+            };
+            assert_eq!(a.client.ttl(true), Duration::from_secs(42));
+            assert_eq!(
+                a.client
+                    .config("ws://h:1".into(), "c".into())
+                    .pair_timeout
+                    .as_secs(),
+                42
+            );
+        }
+    }
+
+    #[test]
+    fn ages_take_a_unit_and_plain_numbers_are_seconds() {
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_age("7w").is_err() && parse_age("d").is_err() && parse_age("").is_err());
+        let Command::Partials(p) =
+            parse(&["partials", "--clean", "--older-than", "2d", "x"]).command
+        else {
+            panic!("partials")
+        };
+        assert_eq!(
+            (p.clean, p.older_than),
+            (true, Some(Duration::from_secs(172_800)))
+        );
     }
 
     #[test]

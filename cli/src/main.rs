@@ -7,9 +7,11 @@ mod args;
 mod backend;
 mod codes;
 mod config_file;
+mod consent;
 mod ctrl_echo;
 mod interrupt;
 mod json;
+mod partials;
 mod progress;
 mod serverless;
 mod stderr_log;
@@ -17,6 +19,7 @@ mod usage;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
 use log::LevelFilter;
@@ -37,6 +40,8 @@ const EXIT_RELAY: u8 = 2;
 /// Exit code when the transfer ended but not every file was delivered (skipped with
 /// --skip-errors, or not put in place by the receiver).
 const EXIT_NOT_DELIVERED: u8 = 8;
+/// Exit code when the receiver's user declined the transfer (both sides).
+const EXIT_DECLINED: u8 = 11;
 /// Exit code for a local I/O error.
 const EXIT_LOCAL: u8 = 6;
 /// Exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
@@ -102,6 +107,10 @@ fn main() -> ExitCode {
         Command::Receive(a) => receive(a, out),
         Command::RunRelayServer(a) => relay(a, out),
         Command::Netcheck(a) => netcheck(a),
+        Command::Partials(a) => {
+            let out = config_file::load().ok().and_then(|l| l.file.out);
+            partials::run(&a, &out.unwrap_or_else(|| ".".into()))
+        }
     })
 }
 
@@ -308,11 +317,11 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
     let mut config = a.client.config(server, code);
     if kind != codes::SendCode::V1 {
         config.pake = true;
-        config.pair_timeout = a.ttl;
+        config.pair_timeout = a.client.ttl(true);
     }
     started(Role::Send, Some(&config.server));
     if let codes::SendCode::Generated(code) = &kind {
-        codes::announce(code, &config.server, a.ttl.as_secs());
+        codes::announce(code, &config.server, config.pair_timeout.as_secs());
     }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
@@ -374,10 +383,32 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     let mut config = a.client.config(server, code);
     started(Role::Receive, Some(&config.server));
     config.pake = pake;
+    config.pair_timeout = a.client.ttl(pake);
+    config.keep_existing = a.no_clobber;
+    let shown = Arc::new(OnceLock::from(progress.clone()));
+    config.consent = consent_asker(a.yes, a.no_clobber, shown);
     let transfer = backend::receive(config, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     let interrupted = receive_interrupted(progress.paired(), &out_dir);
     finish(&progress, ended, &interrupted, Role::Receive)
+}
+
+/// The question `receive` asks before accepting, on a terminal without `--yes`, with
+/// the progress display (once there is one) out of its way.
+fn consent_asker(
+    yes: bool,
+    keep: bool,
+    progress: Arc<OnceLock<Progress>>,
+) -> Option<backend::ConsentAsk> {
+    if !consent::wanted(yes) {
+        return None;
+    }
+    Some(backend::ConsentAsk(Arc::new(move |offer| {
+        match progress.get() {
+            Some(p) => p.suspend(|| consent::ask(offer, keep)),
+            None => consent::ask(offer, keep),
+        }
+    })))
 }
 
 /// `send` and `receive` with the configuration file's settings under their flags; a
@@ -443,6 +474,12 @@ fn finish(
         }
         Ended::Done(Err(e)) => {
             let code = u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
+            if code == EXIT_DECLINED {
+                // Not a fault: someone said no.
+                eprintln!("{e}");
+                json::error(&e.to_string(), code);
+                return code;
+            }
             if role == Role::Send && matches!(e, TransferError::Session(_)) && code == 6 {
                 fail(&format!("{e} (--skip-errors sends the other files)"), code)
             } else {

@@ -212,6 +212,12 @@ impl Progress {
         d.quiet_echo = None;
     }
 
+    /// Run `f` (a question on the terminal) with the bars out of its way.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        let multi = lock(&self.0).multi.clone();
+        multi.suspend(f)
+    }
+
     /// Whether the peer showed up (the sender was paired, or the receiver got the
     /// manifest), even when nothing is shown.
     pub fn paired(&self) -> bool {
@@ -407,6 +413,16 @@ impl Display {
                 if self.verbose || session == 0 {
                     self.say(line);
                 }
+            }
+            Event::FileKept { path } => {
+                // Shown even without -v: the user asked for it and should see it.
+                self.say(format!(
+                    "kept {}, which differs from the sender's (--no-clobber); the received copy was dropped",
+                    escape(&path)
+                ));
+            }
+            Event::AwaitingConsent if session == 0 => {
+                self.say("waiting for the receiver to accept the transfer…".to_owned());
             }
             Event::FileDone { path, .. } => {
                 self.files_done += 1;

@@ -70,9 +70,11 @@ fn plan(
         stun: client.stun.clone(),
         ntp: s.ntp.clone(),
         encrypt: client.encrypt(),
-        timeout: client.timeout,
+        timeout: client.ttl(false),
         idle_timeout: client.idle_timeout,
         limit_rate: client.rate_limit(),
+        consent: None,
+        keep_existing: false,
     };
     Ok(Plan { cfg, peer })
 }
@@ -185,17 +187,22 @@ pub fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     }
     let checked = plan(&a.client, &a.serverless, found.code, url_given)
         .and_then(|p| usage::check_out(&out_dir).map(|()| p));
-    let plan = match usage_ok(checked) {
+    let mut plan = match usage_ok(checked) {
         Ok(p) => p,
         Err(exit) => return exit,
     };
     crate::started(Role::Receive, None);
+    // The display starts once the tickets are exchanged; the question waits for it.
+    let shown = std::sync::Arc::new(std::sync::OnceLock::new());
+    plan.cfg.keep_existing = a.no_clobber;
+    plan.cfg.consent = crate::consent_asker(a.yes, a.no_clobber, shown.clone());
     let (bound, peer) = match prepare(plan, out.quiet) {
         Ok(ok) => ok,
         Err(exit) => return exit,
     };
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
+    let _ = shown.set(progress.clone());
     let transfer = bound.receive(peer, out_dir.clone(), progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     let interrupted = receive_interrupted(progress.paired(), &out_dir);

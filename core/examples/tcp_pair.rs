@@ -130,7 +130,7 @@ fn run_receiver(
                     C::Closed { file }
                 }
                 Q::Sync => C::Synced, // each file was synced when closed
-                Q::Commit { file, path } => {
+                Q::Commit { file, path, .. } => {
                     std::fs::rename(part(path.as_str()), out.join(path.as_str()))?;
                     println!("received {path}"); // SafePath displays escaped
                     C::Committed { file }

@@ -70,6 +70,10 @@ pub enum Error {
     /// the same number).
     #[error("{0}")]
     RoomInUse(String),
+    /// The receiver's user declined the transfer (extension
+    /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT)): nothing was written.
+    #[error("declined: {0}")]
+    Declined(String),
 }
 
 struct FileCtx<'a>(&'a Option<String>);
@@ -133,8 +137,8 @@ impl Error {
     }
 
     /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
-    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`, `wrong_code`, `room`), for logs and exit-code
-    /// mapping.
+    /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`, `wrong_code`,
+    /// `room`, `declined`), for logs and exit-code mapping.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Peer { .. } => "peer",
@@ -149,6 +153,7 @@ impl Error {
             Error::NoDirectPath(_) => "direct",
             Error::WrongCode(_) => "wrong_code",
             Error::RoomInUse(_) => "room",
+            Error::Declined(_) => "declined",
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum Event {
         /// Their total size in bytes.
         bytes: u64,
     },
+    /// Sender: the receiver asks its user whether to accept the transfer (extension
+    /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT)); no file data moves until it answers.
+    AwaitingConsent,
     /// A file's data starts.
     FileStarted {
         /// Its path.
@@ -60,6 +63,12 @@ pub enum Event {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// Receiver, at the commit: a different file was already under this name and is
+    /// kept (`--no-clobber`); the received copy was dropped.
+    FileKept {
+        /// Its path.
+        path: String,
     },
     /// Sender, at the end: whether the receiver confirmed what it put in place
     /// (extension [`EXT_CONFIRM`](crate::wire::EXT_CONFIRM)). A p2p-copy 0.1.x receiver

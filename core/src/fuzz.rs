@@ -763,6 +763,8 @@ mod receiver_body {
             idle_timeout: Duration::from_secs(120),
             window,
             direct: false,
+            consent: false,
+            keep_existing: false,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -1511,7 +1513,10 @@ mod receiver_body {
                     assert!(!self.tracks[i].committed, "a committed file is delivered");
                     self.tracks[i].not_delivered = true;
                 }
-                Event::Delivery { .. } => panic!("only a sender reports delivery"),
+                Event::Delivery { .. } | Event::AwaitingConsent => {
+                    panic!("only a sender reports {ev:?}")
+                }
+                Event::FileKept { .. } => panic!("nothing is kept without keep_existing"),
                 Event::Path(_) => panic!("only the runtime reports the path"),
                 Event::Manifest { files, .. } => {
                     assert!(self.manifest.is_none(), "one manifest per session");
@@ -2382,7 +2387,10 @@ mod sender_body {
                     assert_eq!(self.failed_events, 1, "one failure is reported once");
                     assert_eq!(self.tx.error(), Some(&e));
                 }
-                Event::FileNotDelivered { .. } | Event::Delivery { .. } => {
+                Event::FileNotDelivered { .. }
+                | Event::Delivery { .. }
+                | Event::AwaitingConsent
+                | Event::FileKept { .. } => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
                 Event::Path(_) => panic!("only the runtime reports the path"),

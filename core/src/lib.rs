@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod code;
 pub mod compress;
+pub mod consent;
 pub mod crypto;
 mod delivery;
 pub mod direct;

@@ -506,7 +506,7 @@ impl Pake {
         let n = self.room_number;
         let e = match (&self.state, self.role) {
             (State::WaitReady(..), _) => Error::Timeout(format!(
-                "no receiver came to room {n} within {} s: the code has expired",
+                "no receiver came to room {n} within {} s: the code has expired (--ttl sets how long it waits)",
                 self.config.pair_timeout.as_secs()
             )),
             (State::WaitA(..), _) => Error::Timeout(format!(

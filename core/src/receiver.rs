@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::chain::Chain;
+use crate::consent::Offer;
 use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
@@ -31,6 +32,19 @@ pub struct ReceiverConfig {
     /// Accept a direct connection ([`EXT_DIRECT`](crate::wire::EXT_DIRECT)) when the
     /// sender offers one; [`Receiver::take_direct_start`] then says so. Off by default.
     pub direct: bool,
+    /// Ask before accepting: after a valid manifest the receiver hands out an
+    /// [`Offer`] ([`Receiver::take_offer`]), reads and writes nothing, and waits for
+    /// [`Receiver::consent`]. A sender of this project that offers
+    /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT) is told the answer; a p2p-copy 0.1.x
+    /// sender is not (on a refusal the connection just closes). Off by default.
+    pub consent: bool,
+    /// Never replace a file under its final name whose content differs from the one
+    /// received (`--no-clobber`): the runtime keeps it, drops the received copy and
+    /// answers [`IoCompletion::Kept`]; the file is reported as kept
+    /// ([`Event::FileKept`]) and, to a sender that confirms delivery, as not delivered.
+    /// Off by default: a received file replaces an older one at the commit, as p2p-copy
+    /// 0.1.x replaces it.
+    pub keep_existing: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -40,6 +54,8 @@ impl Default for ReceiverConfig {
             idle_timeout: Duration::from_secs(120),
             window: 4,
             direct: false,
+            consent: false,
+            keep_existing: false,
         }
     }
 }
@@ -96,6 +112,9 @@ pub enum IoRequest {
         path: SafePath,
         /// Bytes kept from the local copy.
         append_from: u64,
+        /// The sender's size of the whole file, which the runtime may record on the
+        /// partial file (for listings of partial files).
+        size: u64,
     },
     /// Write `data` at absolute `offset` of the open partial file. Answer with
     /// [`IoCompletion::Written`].
@@ -118,12 +137,17 @@ pub enum IoRequest {
     /// flight. Answer with [`IoCompletion::Synced`].
     Sync,
     /// Rename the closed partial file of `path` to its final name, replacing any older
-    /// file. Answer with [`IoCompletion::Committed`].
+    /// file. Answer with [`IoCompletion::Committed`]. With `keep_existing`, a regular
+    /// file already there whose content differs is kept instead: remove the partial
+    /// file and answer [`IoCompletion::Kept`].
     Commit {
         /// Manifest index.
         file: usize,
         /// The checked path.
         path: SafePath,
+        /// Keep a different file already under the final name
+        /// ([`ReceiverConfig::keep_existing`]).
+        keep_existing: bool,
     },
 }
 
@@ -165,6 +189,12 @@ pub enum IoCompletion {
     Synced,
     /// Answer to [`IoRequest::Commit`].
     Committed {
+        /// Manifest index.
+        file: usize,
+    },
+    /// Answer to [`IoRequest::Commit`] with `keep_existing`: a different file was under
+    /// the final name and stays; the received copy is gone.
+    Kept {
         /// Manifest index.
         file: usize,
     },
@@ -298,6 +328,11 @@ struct Resuming {
 #[derive(Debug)]
 enum Phase {
     AwaitManifest,
+    /// The manifest is checked; the user decides (see [`ReceiverConfig::consent`]).
+    /// `resume` is the manifest's request for a resume answer.
+    Consent {
+        resume: bool,
+    },
     Resuming(Resuming),
     Streaming,
     /// `eof` arrived; waiting for the last files to be closed, then synced, then
@@ -389,6 +424,11 @@ pub struct Receiver {
     seed: Option<[u8; 32]>,
     /// Files not delivered, and why.
     failed: Vec<FailedFile>,
+    /// The sender offered [`EXT_CONSENT`](crate::wire::EXT_CONSENT) and was told it
+    /// is accepted: it waits for the answer.
+    consent_told: bool,
+    /// The offer for the user, until the runtime takes it.
+    offer: Option<Offer>,
     /// Of those, the ones whose rename into place failed (shown escaped, with why).
     uncommitted: Vec<String>,
 }
@@ -406,6 +446,10 @@ impl Receiver {
     /// Once, after the manifest arrived (with [`ReceiverConfig::direct`]): whether the
     /// sender offered a direct connection, which this side then accepted.
     pub fn take_direct_start(&mut self) -> Option<DirectAnswer> {
+        if matches!(self.phase, Phase::Consent { .. }) {
+            // Nothing moves before the user accepted.
+            return None;
+        }
         let agreed = self.direct_answer.take()?;
         if self.error.is_some() {
             return None;
@@ -451,6 +495,8 @@ impl Receiver {
             seed: None,
             failed: Vec::new(),
             uncommitted: Vec::new(),
+            consent_told: false,
+            offer: None,
         };
         r.transmit.push_back(
             Control::Hello {
@@ -463,6 +509,13 @@ impl Receiver {
     }
 
     // ---- outputs ----
+
+    /// Once, with [`ReceiverConfig::consent`], after a valid manifest: what the sender
+    /// offers, for the user to accept or decline; then call
+    /// [`consent`](Self::consent). Until then the receiver wants no input.
+    pub fn take_offer(&mut self) -> Option<Offer> {
+        self.offer.take()
+    }
 
     /// The next message to send (`hello`, then the resume answer when asked; with
     /// delivery confirmation also the acceptance and, at the end or on failure, the
@@ -532,6 +585,35 @@ impl Receiver {
 
     // ---- inputs ----
 
+    /// The user's answer to the [`Offer`] (see [`ReceiverConfig::consent`]): go on, or
+    /// decline. A sender that offered [`EXT_CONSENT`](crate::wire::EXT_CONSENT) is told
+    /// either way; nothing has been written.
+    ///
+    /// # Errors
+    /// [`Error::Declined`] when `accept` is false; [`Error::Misuse`] when no offer is
+    /// pending. Any earlier fatal error is returned again.
+    pub fn consent(&mut self, now: Instant, accept: bool) -> Result<(), Error> {
+        self.check()?;
+        self.last_now = now;
+        let Phase::Consent { resume } = self.phase else {
+            return self.settle(Err(Error::misuse("consent given while none was asked")));
+        };
+        self.offer = None;
+        if !accept {
+            let e = Error::Declined("the transfer was declined on the receiving side".into());
+            self.fail(e.clone());
+            return Err(e);
+        }
+        if self.consent_told {
+            self.transmit
+                .push_back(Control::Consent { accept: true }.into());
+        }
+        self.deadline = now + self.config.idle_timeout;
+        self.start_after_manifest(resume);
+        let r = self.drain_backlog();
+        self.settle(r)
+    }
+
     /// A message from the sender (through the relay).
     ///
     /// # Errors
@@ -600,7 +682,7 @@ impl Receiver {
         }
         let r = match self.phase {
             Phase::AwaitManifest => Err(Error::Timeout(format!(
-                "no sender joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay",
+                "no sender joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
                 self.config.manifest_timeout.as_secs()
             ))),
             Phase::Streaming => Err(Error::Timeout(format!(
@@ -640,6 +722,9 @@ impl Receiver {
             // Nothing was written yet, so there is nothing to resume.
             None if matches!(self.phase, Phase::AwaitManifest) => {
                 "while waiting for the sender".to_owned()
+            }
+            None if matches!(self.phase, Phase::Consent { .. }) => {
+                "before the transfer was accepted (nothing was written)".to_owned()
             }
             Some(c) => format!(
                 "in the middle of {} (the sender stopped or the relay dropped the pair; run again with --resume to continue)",
@@ -697,6 +782,12 @@ impl Receiver {
         if !self.reported {
             // A report already queued (files that could not be put in place) still goes.
             self.transmit.clear();
+        }
+        if matches!(e, Error::Declined(_)) && self.consent_told {
+            // The answer the sender waits for says it all: no report.
+            self.transmit
+                .push_back(Control::Consent { accept: false }.into());
+            self.reported = true;
         }
         self.backlog.clear();
         self.current = None;
@@ -759,7 +850,7 @@ impl Receiver {
                     .is_none_or(|c| c.jobs_out == 0 && c.results.is_empty()),
             },
             Phase::Done | Phase::Failed => true,
-            Phase::Resuming(_) | Phase::Closing(_) => false,
+            Phase::Consent { .. } | Phase::Resuming(_) | Phase::Closing(_) => false,
         }
     }
 
@@ -910,6 +1001,12 @@ impl Receiver {
             if self.config.direct && direct {
                 accept.push(wire::EXT_DIRECT.to_owned());
             }
+            if extensions.iter().any(|e| e == wire::EXT_CONSENT) {
+                // Told even when nobody is asked, so that the sender holds its data and
+                // deadlines only until the answer, which then comes at once.
+                self.consent_told = true;
+                accept.push(wire::EXT_CONSENT.to_owned());
+            }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
         }
@@ -952,6 +1049,27 @@ impl Receiver {
                 .iter()
                 .fold(0u64, |a, e| a.saturating_add(e.size)),
         });
+        if self.config.consent {
+            self.offer = Some(Offer::new(
+                self.entries
+                    .iter()
+                    .map(|e| (e.path.clone(), e.size))
+                    .collect(),
+            ));
+            self.phase = Phase::Consent { resume };
+            return Ok(());
+        }
+        if self.consent_told {
+            self.transmit
+                .push_back(Control::Consent { accept: true }.into());
+        }
+        self.start_after_manifest(resume);
+        Ok(())
+    }
+
+    /// Go on after the manifest (and the user's consent): ask for the local copies when
+    /// resuming, else take files.
+    fn start_after_manifest(&mut self, resume: bool) {
         if resume {
             self.phase = Phase::Resuming(Resuming {
                 next_stat: 0,
@@ -963,7 +1081,6 @@ impl Receiver {
         } else {
             self.phase = Phase::Streaming;
         }
-        Ok(())
     }
 
     /// Stat entries, hash what exists, and send the answer when all is known.
@@ -1109,6 +1226,7 @@ impl Receiver {
             file,
             path: e.path.clone(),
             append_from: h.append_from,
+            size: h.size,
         });
         self.events.push_back(Event::FileStarted {
             path: h.path,
@@ -1359,6 +1477,7 @@ impl Receiver {
                 file: i,
                 path: e.path.clone(),
                 append_from: 0,
+                size: 0,
             });
             self.io.push_back(IoRequest::Close { file: i });
         }
@@ -1390,6 +1509,7 @@ impl Receiver {
                         self.io.push_back(IoRequest::Commit {
                             file: i,
                             path: e.path.clone(),
+                            keep_existing: self.config.keep_existing,
                         });
                     }
                 }
@@ -1425,9 +1545,9 @@ impl Receiver {
             IoCompletion::Opened { .. } => asked == Asked::Open,
             IoCompletion::Written { .. } => asked == Asked::Write,
             IoCompletion::Closed { .. } => asked == Asked::Close,
-            IoCompletion::Committed { .. } | IoCompletion::CommitFailed { .. } => {
-                asked == Asked::Commit
-            }
+            IoCompletion::Committed { .. }
+            | IoCompletion::Kept { .. }
+            | IoCompletion::CommitFailed { .. } => asked == Asked::Commit,
             IoCompletion::Failed { .. } | IoCompletion::Synced => true,
         };
         let file = match &done {
@@ -1437,6 +1557,7 @@ impl Receiver {
             | IoCompletion::Written { file }
             | IoCompletion::Closed { file }
             | IoCompletion::Committed { file }
+            | IoCompletion::Kept { file }
             | IoCompletion::CommitFailed { file, .. } => Some(*file),
             IoCompletion::Failed { file, .. } if !(syncing && self.sync_asked) => Some(*file),
             IoCompletion::Failed { .. } | IoCompletion::Synced => None,
@@ -1519,6 +1640,20 @@ impl Receiver {
             }
             IoCompletion::Committed { .. } => {
                 self.entries[file].state = EntryState::Done;
+                self.advance_commit();
+                Ok(())
+            }
+            IoCompletion::Kept { .. } => {
+                let e = &mut self.entries[file];
+                e.state = EntryState::Failed;
+                let path = e.path.as_str().to_owned();
+                self.events
+                    .push_back(Event::FileKept { path: path.clone() });
+                self.failed.push(FailedFile {
+                    path,
+                    reason: "the receiver kept its own, different file of that name (--no-clobber)"
+                        .to_owned(),
+                });
                 self.advance_commit();
                 Ok(())
             }

@@ -58,6 +58,11 @@ pub struct SenderConfig {
     /// [`Sender::take_direct_start`] says so and the runtime runs
     /// [`DirectPath`](crate::direct::DirectPath) beside the session. Off by default.
     pub direct: bool,
+    /// Offer to wait for the receiver's consent ([`EXT_CONSENT`](crate::wire::EXT_CONSENT))
+    /// in the manifest, together with `confirm`. When the receiver accepts, the sender
+    /// sends no more file data, and its deadlines stop, until the receiver's answer;
+    /// a refusal ends the session with [`Error::Declined`]. Off by default.
+    pub consent: bool,
 }
 
 impl Default for SenderConfig {
@@ -72,6 +77,7 @@ impl Default for SenderConfig {
             report_timeout: Duration::from_secs(120),
             skip_errors: false,
             direct: false,
+            consent: false,
         }
     }
 }
@@ -307,6 +313,9 @@ pub struct Sender {
     /// Files given up (`skip_errors`) and why; late answers for them are dropped.
     skipped: Vec<(String, String)>,
     abandoned: HashSet<usize>,
+    /// The receiver accepted [`EXT_CONSENT`](crate::wire::EXT_CONSENT) and its user has
+    /// not answered yet: nothing more is sent.
+    held: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -368,6 +377,7 @@ impl Sender {
             unsent_report: None,
             skipped: Vec::new(),
             abandoned: HashSet::new(),
+            held: false,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -414,6 +424,10 @@ impl Sender {
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.held {
+            // A person decides at the other end: no deadline applies meanwhile.
+            return None;
+        }
         match self.phase {
             Phase::AwaitReady { deadline }
             | Phase::AwaitAnswer { deadline }
@@ -433,6 +447,14 @@ impl Sender {
     /// The sticky error, if the session failed.
     pub fn error(&self) -> Option<&Error> {
         self.error.as_ref()
+    }
+
+    /// True while the receiver's user decides whether to accept the transfer (extension
+    /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT)): the sender produces nothing and no
+    /// deadline runs; a runtime should not count a connection that takes no data
+    /// meanwhile as stalled.
+    pub fn awaits_consent(&self) -> bool {
+        self.held && self.error.is_none()
     }
 
     /// True when the session failed before the receiver answered the offer of delivery
@@ -497,7 +519,7 @@ impl Sender {
         self.check()?;
         let r = match self.phase {
             Phase::AwaitReady { deadline } if now >= deadline => Err(Error::Timeout(format!(
-                "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay",
+                "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
                 self.config.ready_timeout.as_secs()
             ))),
             Phase::AwaitAnswer { deadline } if now >= deadline => Err(Error::Timeout(format!(
@@ -679,6 +701,27 @@ impl Sender {
                 if self.config.direct && self.config.confirm {
                     self.direct_answer = Some(accept.iter().any(|e| e == wire::EXT_DIRECT));
                 }
+                if self.config.consent
+                    && self.accepted
+                    && accept.iter().any(|e| e == wire::EXT_CONSENT)
+                {
+                    self.held = true;
+                    self.events.push_back(Event::AwaitingConsent);
+                }
+                Ok(())
+            }
+            (_, Control::Consent { accept }) if self.held && after_manifest => {
+                if !accept {
+                    return Err(Error::Declined(
+                        "the receiver declined the transfer; nothing was written".into(),
+                    ));
+                }
+                self.held = false;
+                if let Phase::AwaitAnswer { deadline } = &mut self.phase {
+                    // The receiver looks for its local copies only now.
+                    *deadline = now + self.config.answer_timeout;
+                }
+                self.pump();
                 Ok(())
             }
             (_, c @ (Control::Report(_) | Control::EncReport { .. }))
@@ -736,11 +779,18 @@ impl Sender {
             entries,
             // The direct path relies on the receiver's report to know when the session
             // ended, so it is offered only with confirmation.
-            extensions: match (self.config.confirm, self.config.direct) {
-                (true, true) => vec![wire::EXT_CONFIRM.to_owned(), wire::EXT_DIRECT.to_owned()],
-                (true, false) => vec![wire::EXT_CONFIRM.to_owned()],
-                (false, _) => Vec::new(),
-            },
+            extensions: [
+                (self.config.confirm, wire::EXT_CONFIRM),
+                (self.config.confirm && self.config.direct, wire::EXT_DIRECT),
+                (
+                    self.config.confirm && self.config.consent,
+                    wire::EXT_CONSENT,
+                ),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_owned())
+            .collect(),
         };
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncManifest {
@@ -877,7 +927,7 @@ impl Sender {
     /// allows.
     fn pump(&mut self) {
         loop {
-            if !matches!(self.phase, Phase::Sending) {
+            if !matches!(self.phase, Phase::Sending) || self.held {
                 return;
             }
             if self.current.is_none() {

@@ -256,7 +256,11 @@ impl ReceiverFs {
                 self.synced = true;
                 Done::Synced
             }
-            Req::Commit { path, .. } => {
+            Req::Commit {
+                path,
+                keep_existing,
+                ..
+            } => {
                 let p = path.as_str();
                 if !self.synced {
                     self.violations.push(format!("commit of {p} before sync"));
@@ -272,6 +276,12 @@ impl ReceiverFs {
                     return failed(format!("is a directory: {p}"));
                 }
                 match self.disk.partial.remove(p) {
+                    Some(d)
+                        if *keep_existing
+                            && self.disk.complete.get(p).is_some_and(|old| *old != d) =>
+                    {
+                        Done::Kept { file }
+                    }
                     Some(d) => {
                         self.disk.complete.insert(p.to_owned(), d);
                         Done::Committed { file }
@@ -436,6 +446,9 @@ pub struct SimSetup {
     /// Keep the sender's connection open after it finished (so the receiver sees no
     /// close and must time out on its own).
     pub sender_lingers: bool,
+    /// The receiver's user's answer when it asks (with
+    /// [`ReceiverConfig::consent`](crate::receiver::ReceiverConfig::consent)).
+    pub consent: bool,
     /// Give up after this many steps.
     pub max_steps: usize,
 }
@@ -459,6 +472,7 @@ impl SimSetup {
             sender_fault: None,
             receiver_io_latency: Duration::ZERO,
             sender_lingers: false,
+            consent: true,
             max_steps: 1_000_000,
         }
     }
@@ -546,6 +560,7 @@ struct Sim {
     link_capacity: usize,
     receiver_io_latency: Duration,
     sender_lingers: bool,
+    consent: bool,
     tamper: Option<Tamper>,
     sender: Sender,
     receiver: Receiver,
@@ -607,6 +622,7 @@ pub fn run(setup: SimSetup) -> Outcome {
         link_capacity: setup.link_capacity.max(1),
         receiver_io_latency: setup.receiver_io_latency,
         sender_lingers: setup.sender_lingers,
+        consent: setup.consent,
         tamper: setup.tamper,
         sender,
         receiver,
@@ -1037,6 +1053,10 @@ impl Sim {
             while let Some(e) = self.receiver.poll_event() {
                 any = true;
                 self.receiver_events.push(e);
+            }
+            if self.receiver.take_offer().is_some() {
+                any = true;
+                let _ = self.receiver.consent(self.now(), self.consent);
             }
             if !any {
                 break;

@@ -185,6 +185,13 @@ pub enum Control {
         #[serde(default)]
         why: String,
     },
+    /// Extension [`EXT_CONSENT`], from the receiver: whether it accepts the transfer the
+    /// manifest describes. The sender sends no file data after the acceptance of
+    /// [`EXT_CONSENT`] until this arrives.
+    Consent {
+        /// True: go on; false: the receiver declined, the session ends.
+        accept: bool,
+    },
     /// Extension [`EXT_CONFIRM`]: how the session ended on the side that sends it.
     Report(Report),
     /// Encrypted [`Control::Report`].
@@ -283,6 +290,12 @@ pub enum CandidateKind {
 /// put in place; either side reports a failure before it closes.
 pub const EXT_CONFIRM: &str = "confirm";
 
+/// The extension by which the receiver asks its user before it accepts a transfer: it
+/// accepts the offer with [`Control::Extensions`] (only together with [`EXT_CONFIRM`]),
+/// and answers with [`Control::Consent`] once its user decided. Until then the sender
+/// holds its file data and its deadlines.
+pub const EXT_CONSENT: &str = "consent";
+
 /// How a session ended, as one side reports it to the other (extension
 /// [`EXT_CONFIRM`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -343,6 +356,7 @@ impl Control {
             Control::Eof => "eof",
             Control::Extensions { .. } => "extensions",
             Control::FileAbort { .. } => "file_abort",
+            Control::Consent { .. } => "consent",
             Control::Report(_) => "report",
             Control::EncReport { .. } => "enc_report",
             Control::Candidates(_) => "candidates",

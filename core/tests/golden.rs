@@ -365,6 +365,7 @@ fn run_receiver(case: &Value, secrets: &Secrets) -> (Vec<WireMessage>, BTreeMap<
                     file,
                     path,
                     append_from,
+                    ..
                 } => {
                     let mut d = files.get(path.as_str()).cloned().unwrap_or_default();
                     assert!(d.len() as u64 >= append_from);
@@ -380,7 +381,7 @@ fn run_receiver(case: &Value, secrets: &Secrets) -> (Vec<WireMessage>, BTreeMap<
                 }
                 Q::Close { file } => C::Closed { file },
                 Q::Sync => C::Synced,
-                Q::Commit { file, path } => {
+                Q::Commit { file, path, .. } => {
                     let (p, d) = partial.remove(&file).unwrap();
                     assert_eq!(p, path.as_str());
                     files.insert(p, d);

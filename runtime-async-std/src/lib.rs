@@ -44,12 +44,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Proxies for the relay connection.
+pub use p2p_copy_runtime::partials;
 pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
-    check_exclude, ClientConfig, CompressMode, DirectMode, DirectOptions, Event, Incoming, Mapping,
-    MessageTransport, NetReport, PathEvent, PathTaken, RateLimit, RelayConfig, RelayOps,
-    RelayServerConfig, SendOptions, SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary,
-    TransferError, TransportError,
+    check_exclude, ClientConfig, CompressMode, ConsentAsk, DirectMode, DirectOptions, Event,
+    Incoming, Mapping, MessageTransport, NetReport, Offer, PathEvent, PathTaken, RateLimit,
+    RelayConfig, RelayOps, RelayServerConfig, SendOptions, SessionEvent, StunAnswer, StunPorts,
+    StunQueryError, Summary, TopLevel, TransferError, TransferOffer, TransportError,
 };
 
 /// async-std's services for the generic loop.

@@ -16,6 +16,7 @@ use p2p_copy_core::relay::per_address_limit;
 use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
 use p2p_copy_core::Secrets;
 
+use crate::consent::ConsentGate;
 use crate::drive::{Driver, EventSink};
 use crate::files_receive::ReceiveFiles;
 use crate::files_send::{Listed, SendFiles};
@@ -165,6 +166,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         resume: opts.resume,
         ready_timeout: cfg.pair_timeout,
         confirm: true,
+        consent: true,
         report_timeout: cfg.idle_timeout,
         skip_errors: opts.skip_errors,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
@@ -203,25 +205,19 @@ pub async fn receive<R: Rt>(
     let n = codes.len();
     let dir = out_dir.clone();
     rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
+    let inbox = Inbox::new(&cfg, out_dir, n);
     if let Some(code) = pake {
         let events: EventSink = Arc::new(Mutex::new(on_event));
         let (conn, secrets, opened_in) =
             pake_conn::open_room(&rt, &cfg, Role::Receiver, &code, nonce_seed()?).await?;
         let conn = with_direct_path(&rt, &cfg, Role::Receiver, conn, opened_in);
-        let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn).await?;
+        let done = drive_receive(rt, &cfg, 0, secrets, inbox, events, conn).await?;
         return Ok(total(&[done], start));
     }
     let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
     let events: EventSink = Arc::new(Mutex::new(on_event));
     let sessions = secrets.into_iter().enumerate().map(|(i, secrets)| {
-        receive_session(
-            rt.clone(),
-            &cfg,
-            i,
-            secrets,
-            out_dir.clone(),
-            events.clone(),
-        )
+        receive_session(rt.clone(), &cfg, i, secrets, inbox.clone(), events.clone())
     });
     let done = join_sessions(&rt, sessions)
         .await
@@ -294,11 +290,11 @@ async fn receive_session<R: Rt>(
     cfg: &ClientConfig,
     index: usize,
     secrets: Secrets,
-    out_dir: PathBuf,
+    inbox: Inbox,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
     let conn = open_relay(&rt, cfg, Role::Receiver).await?;
-    drive_receive(rt, cfg, index, secrets, out_dir, events, conn).await
+    drive_receive(rt, cfg, index, secrets, inbox, events, conn).await
 }
 
 async fn drive_receive<R: Rt, T: MessageTransport>(
@@ -306,7 +302,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
     cfg: &ClientConfig,
     index: usize,
     secrets: Secrets,
-    out_dir: PathBuf,
+    inbox: Inbox,
     events: EventSink,
     conn: T,
 ) -> Result<Summary, TransferError> {
@@ -314,12 +310,15 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         manifest_timeout: cfg.pair_timeout,
         idle_timeout: cfg.idle_timeout,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
+        consent: inbox.gate.is_some(),
+        keep_existing: cfg.keep_existing,
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, &secrets);
-    let files = IoWorker::start(ReceiveFiles::new(out_dir)).map_err(worker_error)?;
+    let files = IoWorker::start(ReceiveFiles::new(inbox.dir)).map_err(worker_error)?;
     Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
         .paced(cfg.limit_rate.clone())
+        .with_consent(inbox.gate)
         .run()
         .await
 }
@@ -462,7 +461,8 @@ pub async fn receive_direct<R: Rt, T: MessageTransport>(
     let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
     let events: EventSink = Arc::new(Mutex::new(on_event));
     let conn = AlreadyPaired::receiver(conn);
-    let done = drive_receive(rt, &cfg, 0, secrets, out_dir, events, conn).await?;
+    let inbox = Inbox::new(&cfg, out_dir, 1);
+    let done = drive_receive(rt, &cfg, 0, secrets, inbox, events, conn).await?;
     Ok(total(&[done], start))
 }
 
@@ -479,6 +479,24 @@ fn split_sources(sources: Vec<Source>) -> (Vec<SendFile>, Vec<Listed>) {
             (s.file, listed)
         })
         .unzip()
+}
+
+/// Where the sessions of one transfer receive, and the question they share.
+#[derive(Clone)]
+struct Inbox {
+    dir: PathBuf,
+    gate: Option<Arc<ConsentGate>>,
+}
+
+impl Inbox {
+    /// For `sessions` sessions into `dir`, asking the user when `cfg` says so.
+    fn new(cfg: &ClientConfig, dir: PathBuf, sessions: usize) -> Inbox {
+        let gate = cfg
+            .consent
+            .clone()
+            .map(|ask| ConsentGate::new(ask, dir.clone(), sessions.max(1)));
+        Inbox { dir, gate }
+    }
 }
 
 fn prepare_out_dir(dir: &std::path::Path) -> Result<(), TransferError> {

@@ -47,6 +47,16 @@ pub struct ClientConfig {
     /// data messages, the receiver reads more slowly. `None`: as fast as the path
     /// allows.
     pub limit_rate: Option<RateLimit>,
+    /// Receiver: ask this before accepting a transfer (after the sender's file list,
+    /// before anything is written); a refusal ends the transfer with
+    /// [`Error::Declined`](p2p_copy_core::Error::Declined), and a sender of this project
+    /// learns it. `None` accepts every transfer, as p2p-copy 0.1.x does.
+    pub consent: Option<ConsentAsk>,
+    /// Receiver: keep a file already under its final name when the received one
+    /// differs (`--no-clobber`), instead of replacing it once the new one is verified
+    /// (the default, as p2p-copy 0.1.x replaces it). A kept file is reported as
+    /// [`Event::FileKept`] and, to a sender of this project, as not delivered.
+    pub keep_existing: bool,
 }
 
 /// A limit on the bytes of file data a second, shared by every connection that holds a
@@ -85,6 +95,7 @@ impl std::fmt::Debug for RateLimit {
     }
 }
 
+pub use crate::consent::ConsentAsk;
 pub use p2p_copy_core::direct::DirectMode;
 
 /// The direct connection's settings (see the crate docs, "Direct connections").
@@ -199,6 +210,8 @@ impl ClientConfig {
             proxy: None,
             relay_token: None,
             limit_rate: None,
+            consent: None,
+            keep_existing: false,
         }
     }
 }

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use p2p_copy_core::relay::{CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TRY_AGAIN};
 use p2p_copy_core::{Error, Event, WireMessage};
 
+use crate::consent::ConsentGate;
 use crate::io_worker::IoWorker;
 use crate::machine::Machine;
 use crate::rt::Rt;
@@ -63,6 +64,10 @@ pub(crate) struct Driver<R: Rt, M: Machine, T: MessageTransport> {
     /// handled at once (so the machine's timers see the peer alive), and the connection
     /// slows the sender down meanwhile.
     read_paused: Option<Instant>,
+    /// Where the receiver's user is asked (none: every offer is accepted).
+    consent: Option<Arc<ConsentGate>>,
+    /// The question to the user, while it is open.
+    asking: Option<BoxFuture<'static, bool>>,
 }
 
 impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
@@ -97,6 +102,8 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             limit: None,
             held_out: None,
             read_paused: None,
+            consent: None,
+            asking: None,
         }
     }
 
@@ -114,6 +121,12 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
         };
         let wait = limit.take(now, data.len());
         (!wait.is_zero()).then(|| now + wait)
+    }
+
+    /// Ask the user through `gate` before accepting what the peer offers.
+    pub(crate) fn with_consent(mut self, gate: Option<Arc<ConsentGate>>) -> Self {
+        self.consent = gate;
+        self
     }
 
     /// Run the session to its end, then close the connection: normally on success,
@@ -138,7 +151,12 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             }
             Err(e) => {
                 self.send_rest().await;
-                self.close(CLOSE_ERROR, e.kind(), false).await;
+                // A refusal by the user is an orderly end, not a failure of the link.
+                let code = match e {
+                    Error::Declined(_) => CLOSE_NORMAL,
+                    _ => CLOSE_ERROR,
+                };
+                self.close(code, e.kind(), false).await;
                 Err(self.classify(e))
             }
         }
@@ -269,6 +287,13 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             while let Some(event) = self.machine.poll_event() {
                 any = true;
                 self.report(event);
+            }
+            if let Some(offer) = self.machine.take_offer() {
+                any = true;
+                match &self.consent {
+                    Some(gate) => self.asking = Some(gate.ask(&self.rt, offer)),
+                    None => self.machine.consent(Instant::now(), true),
+                }
             }
             if let Some(answer) = self.machine.take_direct_start() {
                 any = true;
@@ -436,6 +461,18 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                     }));
                 }
             }
+            // The user's answer to the offer.
+            if let Some(asking) = self.asking.as_mut() {
+                if let Poll::Ready(accept) = asking.as_mut().poll(cx) {
+                    progress = true;
+                    self.asking = None;
+                    // The time the user took says nothing about the link.
+                    self.paired_at = Some(now);
+                    self.machine.consent(now, accept);
+                    self.drain_outputs();
+                }
+            }
+
             // File work.
             while let Poll::Ready(Some(done)) = self.files.poll_done(cx) {
                 progress = true;
@@ -486,6 +523,10 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
             }
 
             // Deadlines: the machine's, and how long the connection may refuse data.
+            // A receiver whose user decides reads nothing: that is no stall.
+            if self.machine.awaits_consent() {
+                self.blocked_since = None;
+            }
             let stall = self.blocked_since.map(|t| t + self.idle_timeout);
             let close_wait = self.write_failed.as_ref().map(|(t, _)| *t + CLOSE_WAIT);
             let held = self.held_out.as_ref().map(|(at, _)| *at);

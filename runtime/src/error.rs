@@ -64,6 +64,7 @@ impl TransferError {
                 "undelivered" => 8,
                 "direct" => 9,
                 "wrong_code" => 10,
+                "declined" => 11,
                 _ => 1,
             },
         }
@@ -103,5 +104,7 @@ mod tests {
         let room = Error::RoomInUse("room 7 is in use".into());
         assert_eq!(TransferError::Session(room).exit_code(), 2);
         assert_eq!(TransferError::Unauthenticated("x".into()).exit_code(), 10);
+        let declined = Error::Declined("the receiver declined".into());
+        assert_eq!(TransferError::Session(declined).exit_code(), 11);
     }
 }

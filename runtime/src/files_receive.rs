@@ -250,7 +250,7 @@ impl ReceiveFiles {
         Ok(self.tree.writer(f, &meta))
     }
 
-    fn open(&mut self, file: usize, path: SafePath, append_from: u64) -> Outcome<()> {
+    fn open(&mut self, file: usize, path: SafePath, append_from: u64, size: u64) -> Outcome<()> {
         let mut place = self
             .place(&path, true, false)?
             .ok_or("directory not created")?;
@@ -303,6 +303,7 @@ impl ReceiveFiles {
             }
             writer
         };
+        crate::partials::record_total(&writer.file, size);
         self.slot(file).writer = Some(writer);
         Ok(())
     }
@@ -338,7 +339,9 @@ impl ReceiveFiles {
     }
 
     /// Rename the partial file into place.
-    fn commit(&mut self, file: usize, path: SafePath) -> Outcome<()> {
+    /// Put the partial file in place; false when `keep_existing` kept a different file
+    /// already there (the partial file is then removed).
+    fn commit(&mut self, file: usize, path: SafePath, keep_existing: bool) -> Outcome<bool> {
         self.slots.remove(&file);
         // A directory swapped for a symlink since the open is refused.
         let place = self
@@ -351,7 +354,7 @@ impl ReceiveFiles {
         }
         // Most final names are new: one rename that refuses to replace settles them.
         match self.tree.rename_new(&place.dir, &place.part, &place.name) {
-            Ok(true) => return Ok(()),
+            Ok(true) => return Ok(true),
             Ok(false) => {}
             Err(e) => return Err(os("cannot rename into place", &place.rel, e)),
         }
@@ -360,12 +363,48 @@ impl ReceiveFiles {
             Ok(m) if m.kind == Kind::Dir => {
                 return Err(format!("{} exists and is a directory", escape(&place.rel)))
             }
+            Ok(m) if m.kind == Kind::File && keep_existing && !self.same_content(&place)? => {
+                self.tree
+                    .remove(&place.dir, &place.part)
+                    .map_err(|e| os("cannot remove", &place.part_rel(), e))?;
+                return Ok(false);
+            }
             _ => {}
         }
         // Replaces what is there; a symlink put there meanwhile is replaced, not followed.
         self.tree
             .rename(&place.dir, &place.part, &place.name)
-            .map_err(|e| os("cannot rename into place", &place.rel, e))
+            .map_err(|e| os("cannot rename into place", &place.rel, e))?;
+        Ok(true)
+    }
+
+    /// Whether the partial file and the file under the final name hold the same bytes.
+    fn same_content(&self, place: &Place) -> Outcome<bool> {
+        use std::io::Read;
+        let part_rel = place.part_rel();
+        let (mut new, new_meta) =
+            self.tree
+                .open_regular(&place.dir, &place.part, &part_rel, false)?;
+        let (mut old, old_meta) =
+            self.tree
+                .open_regular(&place.dir, &place.name, &place.rel, false)?;
+        if new_meta.len != old_meta.len {
+            return Ok(false);
+        }
+        let (mut a, mut b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        loop {
+            let n = new
+                .read(&mut a)
+                .map_err(|e| os("cannot read", &part_rel, e))?;
+            if n == 0 {
+                return Ok(true);
+            }
+            old.read_exact(&mut b[..n])
+                .map_err(|e| os("cannot read", &place.rel, e))?;
+            if a[..n] != b[..n] {
+                return Ok(false);
+            }
+        }
     }
 }
 
@@ -693,6 +732,11 @@ mod tree {
             Ok(rustix::fs::renameat(fd, from, fd, to)?)
         }
 
+        /// Remove the file `name` in `dir`.
+        pub(super) fn remove(&self, dir: &Dir, name: &str) -> io::Result<()> {
+            Ok(rustix::fs::unlinkat(&dir.0.fd, name, AtFlags::empty())?)
+        }
+
         /// Sync the filesystem of the output directory (one `syncfs` instead of an
         /// `fsync` per file, which costs a journal commit each); directories are
         /// checked again before the commits that follow.
@@ -891,6 +935,11 @@ mod tree {
             fs::rename(dir.0.join(from), dir.0.join(to))
         }
 
+        /// Remove the file `name` in `dir`.
+        pub(super) fn remove(&self, dir: &Dir, name: &str) -> io::Result<()> {
+            fs::remove_file(dir.0.join(name))
+        }
+
         /// Every file was synced as it was closed.
         pub(super) fn sync(&mut self) -> Outcome<()> {
             Ok(())
@@ -918,9 +967,10 @@ impl FileIo for ReceiveFiles {
                 file,
                 path,
                 append_from,
+                size,
             } => (
                 file,
-                self.open(file, path, append_from)
+                self.open(file, path, append_from, size)
                     .map(|()| IoCompletion::Opened { file }),
             ),
             IoRequest::Write { file, offset, data } => (
@@ -933,11 +983,16 @@ impl FileIo for ReceiveFiles {
                 self.close(file).map(|()| IoCompletion::Closed { file }),
             ),
             IoRequest::Sync => (0, self.sync().map(|()| IoCompletion::Synced)),
-            IoRequest::Commit { file, path } => {
+            IoRequest::Commit {
+                file,
+                path,
+                keep_existing,
+            } => {
                 // A file that cannot be renamed into place (a directory holds its name)
                 // leaves the others to be committed.
-                return Some(match self.commit(file, path) {
-                    Ok(()) => IoCompletion::Committed { file },
+                return Some(match self.commit(file, path, keep_existing) {
+                    Ok(true) => IoCompletion::Committed { file },
+                    Ok(false) => IoCompletion::Kept { file },
                     Err(reason) => IoCompletion::CommitFailed { file, reason },
                 });
             }
@@ -984,6 +1039,7 @@ mod tests {
                 file,
                 path: path(p),
                 append_from: 0,
+                size: 0,
             },
             IoRequest::Write {
                 file,
@@ -995,6 +1051,7 @@ mod tests {
             IoRequest::Commit {
                 file,
                 path: path(p),
+                keep_existing: false,
             },
         ];
         reqs.into_iter().map(|r| run(files, r)).collect()
@@ -1024,6 +1081,7 @@ mod tests {
                 file: 0,
                 path: path("d/e/x"),
                 append_from: 0,
+                size: 0,
             },
         );
         run(
@@ -1049,7 +1107,8 @@ mod tests {
                 &mut f,
                 IoRequest::Commit {
                     file: 0,
-                    path: path("d/e/x")
+                    path: path("d/e/x"),
+                    keep_existing: false,
                 }
             ),
             IoCompletion::Committed { file: 0 }
@@ -1070,6 +1129,7 @@ mod tests {
                 file: 0,
                 path: path("d/x"),
                 append_from: 0,
+                size: 0,
             },
         ));
         assert!(why.contains("symlink") && why.contains('d'), "{why}");
@@ -1099,6 +1159,7 @@ mod tests {
                 file: 0,
                 path: path("d/x"),
                 append_from: 0,
+                size: 0,
             },
         );
         run(&mut f, IoRequest::Close { file: 0 });
@@ -1109,6 +1170,7 @@ mod tests {
             IoRequest::Commit {
                 file: 0,
                 path: path("d/x"),
+                keep_existing: false,
             },
         ));
         assert!(why.contains("symlink"), "{why}");
@@ -1132,6 +1194,7 @@ mod tests {
                 file: 1,
                 path: path("y"),
                 append_from: 0,
+                size: 0,
             },
         ));
         assert!(why.contains("y"), "{why}");
@@ -1224,7 +1287,8 @@ mod tests {
                 IoRequest::Open {
                     file: 0,
                     path: path("x"),
-                    append_from: 3
+                    append_from: 3,
+                    size: 0,
                 }
             ),
             IoCompletion::Opened { file: 0 }
@@ -1249,6 +1313,7 @@ mod tests {
             IoRequest::Commit {
                 file: 0,
                 path: path("x"),
+                keep_existing: false,
             },
         );
         assert_eq!(fs::read(t.path().join("x")).unwrap(), b"abcdef");
@@ -1272,6 +1337,7 @@ mod tests {
                 file: 0,
                 path: path("x"),
                 append_from: 5,
+                size: 0,
             },
         ));
         assert!(why.contains("2 bytes") && why.contains('5'), "{why}");
@@ -1288,6 +1354,7 @@ mod tests {
                 file: 0,
                 path: path("x"),
                 append_from: 0,
+                size: 0,
             },
         );
         run(
@@ -1351,6 +1418,7 @@ mod tests {
                 file: 0,
                 path: path("x"),
                 append_from: 0,
+                size: 0,
             },
         );
         let why = failure(done);
@@ -1387,6 +1455,7 @@ mod tests {
                 file: 2,
                 path: path("y"),
                 append_from: 4,
+                size: 0,
             },
         );
         assert!(failure(done).contains("cannot open"));
@@ -1450,6 +1519,7 @@ mod tests {
                 file: 0,
                 path: path("d/x"),
                 append_from: 0,
+                size: 0,
             },
             IoRequest::Close { file: 0 },
         ]
@@ -1466,6 +1536,7 @@ mod tests {
             IoRequest::Commit {
                 file: 0,
                 path: path("d/x"),
+                keep_existing: false,
             },
         ));
         assert!(why.contains('d'), "{why}");
@@ -1494,6 +1565,7 @@ mod tests {
                     file: i,
                     path: path(p),
                     append_from: 0,
+                    size: 0,
                 },
                 IoRequest::Write {
                     file: i,
@@ -1514,6 +1586,7 @@ mod tests {
                 IoRequest::Commit {
                     file: i,
                     path: path(p),
+                    keep_existing: false,
                 },
             );
             assert_eq!(done, IoCompletion::Committed { file: i }, "{p}");

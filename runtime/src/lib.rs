@@ -47,6 +47,7 @@
 
 mod client;
 mod config;
+mod consent;
 mod drive;
 mod error;
 mod files_receive;
@@ -57,6 +58,7 @@ mod listen;
 mod machine;
 mod netcheck;
 mod pake_conn;
+pub mod partials;
 mod paths;
 pub mod proxy;
 pub mod quic;
@@ -78,12 +80,14 @@ pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
 pub use config::{
-    ClientConfig, DirectMode, DirectOptions, PathTaken, RateLimit, RelayOps, RelayServerConfig,
-    SendOptions, SessionEvent, StunPorts, Summary,
+    ClientConfig, ConsentAsk, DirectMode, DirectOptions, PathTaken, RateLimit, RelayOps,
+    RelayServerConfig, SendOptions, SessionEvent, StunPorts, Summary,
 };
+pub use consent::TransferOffer;
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
 pub use netcheck::{netcheck, Mapping, NetReport, StunAnswer};
+pub use p2p_copy_core::consent::{Offer, TopLevel};
 pub use p2p_copy_core::relay::RelayConfig;
 pub use p2p_copy_core::sender::CompressMode;
 pub use p2p_copy_core::{Event, PathEvent};

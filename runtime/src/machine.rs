@@ -61,6 +61,20 @@ pub(crate) trait Machine: Send + 'static {
     fn take_direct_start(&mut self) -> Option<p2p_copy_core::direct::DirectAnswer> {
         None
     }
+
+    /// Whether the peer's user is deciding whether to accept (see
+    /// `Sender::awaits_consent`): a connection that takes no data is then not stalled.
+    fn awaits_consent(&self) -> bool {
+        false
+    }
+
+    /// Once: what the receiver's user must accept (see `Receiver::take_offer`).
+    fn take_offer(&mut self) -> Option<p2p_copy_core::consent::Offer> {
+        None
+    }
+
+    /// The user's answer to the offer (see `Receiver::consent`).
+    fn consent(&mut self, _now: Instant, _accept: bool) {}
 }
 
 impl crate::io_worker::Cheap for sender::IoRequest {
@@ -162,6 +176,10 @@ impl Machine for sender::Sender {
         self.awaits_acceptance()
     }
 
+    fn awaits_consent(&self) -> bool {
+        self.awaits_consent()
+    }
+
     /// The sender takes messages (`ready`, the resume answer) whenever they come; its
     /// backpressure is on the sending side.
     fn wants_input(&self) -> bool {
@@ -178,5 +196,14 @@ impl Machine for receiver::Receiver {
 
     fn wants_input(&self) -> bool {
         self.wants_input()
+    }
+
+    fn take_offer(&mut self) -> Option<p2p_copy_core::consent::Offer> {
+        self.take_offer()
+    }
+
+    fn consent(&mut self, now: Instant, accept: bool) {
+        // A refusal is the session's end, reported through `error`.
+        let _ = self.consent(now, accept);
     }
 }

@@ -74,6 +74,11 @@ pub struct ServerlessConfig {
     pub idle_timeout: Duration,
     /// Move file data no faster than this ([`ClientConfig::limit_rate`]).
     pub limit_rate: Option<crate::RateLimit>,
+    /// Receiver: the question before accepting (see [`ClientConfig::consent`]).
+    pub consent: Option<crate::ConsentAsk>,
+    /// Receiver: keep a different file already there (see
+    /// [`ClientConfig::keep_existing`]).
+    pub keep_existing: bool,
 }
 
 impl Default for ServerlessConfig {
@@ -88,6 +93,8 @@ impl Default for ServerlessConfig {
             timeout: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(120),
             limit_rate: None,
+            consent: None,
+            keep_existing: false,
         }
     }
 }
@@ -301,6 +308,8 @@ impl<R: Rt> Serverless<R> {
         cfg.pair_timeout = self.cfg.idle_timeout;
         cfg.idle_timeout = self.cfg.idle_timeout;
         cfg.limit_rate.clone_from(&self.cfg.limit_rate);
+        cfg.consent = self.cfg.consent.clone();
+        cfg.keep_existing = self.cfg.keep_existing;
         // The session already runs on the direct connection: no relay to leave.
         cfg.direct.mode = DirectMode::RelayOnly;
         let path = PathTaken::Direct {

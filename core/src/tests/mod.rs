@@ -1,6 +1,7 @@
 //! Whole-session property tests on the in-memory [`sim`](crate::sim) and transcripts of
 //! each state machine fed by hand.
 
+mod consent;
 mod delivery;
 mod direct;
 mod fixtures;
