@@ -553,7 +553,13 @@ impl Relay {
                 // newcomer (another transfer that drew the same number, or someone
                 // guessing) must not end the transfer that waits there.
                 self.waiting.insert(hash, (other, other_role));
-                self.refuse(now, conn, CLOSE_TRY_AGAIN, "Duplicate role for code");
+                self.refuse(
+                    now,
+                    conn,
+                    CLOSE_TRY_AGAIN,
+                    RefusalKind::DuplicateRole,
+                    "Duplicate role for code",
+                );
             }
             Some((other, other_role)) if other_role == role => {
                 let dup = RefusalKind::DuplicateRole;
