@@ -1084,7 +1084,13 @@ mod tests {
         else {
             panic!("send")
         };
-        assert_eq!(a.client.config("ws://h:1".into(), "c".into()).relay_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            a.client
+                .config("ws://h:1".into(), "c".into())
+                .relay_token
+                .as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]

@@ -205,7 +205,10 @@ fn show_config() -> u8 {
     );
     // The token itself is never shown, only whether one is set and where.
     let (token, from) = match (env(args::RELAY_TOKEN_ENV), &file.relay_token) {
-        (Some(_), _) => (Some("(set)"), format!("environment {}", args::RELAY_TOKEN_ENV)),
+        (Some(_), _) => (
+            Some("(set)"),
+            format!("environment {}", args::RELAY_TOKEN_ENV),
+        ),
         (None, Some(_)) => (Some("(set)"), from_file.to_owned()),
         (None, None) => (None, "default".to_owned()),
     };

@@ -763,6 +763,7 @@ mod receiver_body {
             idle_timeout: Duration::from_secs(120),
             window,
             direct: false,
+            reconnect: None,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -935,6 +936,7 @@ mod receiver_body {
                         resume,
                         entries,
                         extensions,
+                        ..
                     }) = open(&cipher, nonces.next(), &hidden_manifest)
                     {
                         self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
@@ -996,6 +998,7 @@ mod receiver_body {
                 resume,
                 entries,
                 extensions,
+                reconnect: None,
             }
             .to_json();
             let seed = [s.byte(); 32];
@@ -1512,7 +1515,9 @@ mod receiver_body {
                     self.tracks[i].not_delivered = true;
                 }
                 Event::Delivery { .. } => panic!("only a sender reports delivery"),
-                Event::Path(_) => panic!("only the runtime reports the path"),
+                Event::Path(_) | Event::Reconnecting { .. } => {
+                    panic!("only the runtime reports the path and reconnects")
+                }
                 Event::Manifest { files, .. } => {
                     assert!(self.manifest.is_none(), "one manifest per session");
                     let offered = self
@@ -2171,6 +2176,7 @@ mod sender_body {
                     resume: false,
                     entries: Vec::new(),
                     extensions: vec![crate::wire::EXT_CONFIRM.to_owned()],
+                    reconnect: None,
                 }
                 .to_json(),
                 2 => Control::FileEof.to_json(),
@@ -2385,7 +2391,9 @@ mod sender_body {
                 Event::FileNotDelivered { .. } | Event::Delivery { .. } => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
-                Event::Path(_) => panic!("only the runtime reports the path"),
+                Event::Path(_) | Event::Reconnecting { .. } => {
+                    panic!("only the runtime reports the path and reconnects")
+                }
                 Event::Manifest { files, bytes } => {
                     assert_eq!(files, self.files.len());
                     assert_eq!(bytes, self.files.iter().map(|f| f.size).sum::<u64>());
@@ -2461,6 +2469,7 @@ mod sender_body {
                             resume: self.resume,
                             entries,
                             extensions: Vec::new(),
+                            reconnect: None,
                         }
                     );
                     c.answer_nonce_pending = self.resume;

@@ -18,6 +18,7 @@ pub mod parallel;
 pub mod path;
 mod pipe;
 pub mod receiver;
+pub mod reconnect;
 pub mod relay;
 pub mod sender;
 pub mod serverless;

@@ -11,11 +11,15 @@ use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::pipe::ReadPipe;
+use crate::reconnect::{ReconnectStatus, SenderReconnect};
 use crate::wire::{
     self, Compression, Control, FileHeader, ManifestEntry, PieceBuf, Report, Role, WireMessage,
     CHUNK_SIZE, DATA_HEADER_LEN,
 };
 use crate::Error;
+
+/// Why a reconnected receiver is refused.
+const NOT_THE_RECEIVER: &str = "a receiver that joined after the connection was lost could not prove it is the one that began the transfer; refused (nothing was sent)";
 
 /// How the sender compresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,6 +62,10 @@ pub struct SenderConfig {
     /// [`Sender::take_direct_start`] says so and the runtime runs
     /// [`DirectPath`](crate::direct::DirectPath) beside the session. Off by default.
     pub direct: bool,
+    /// Offer automatic reconnect ([`EXT_RECONNECT`](crate::wire::EXT_RECONNECT)) in the
+    /// first session, together with `confirm`; or, on a reconnect, prove this side and
+    /// ask for the resume answer. `None` by default.
+    pub reconnect: Option<SenderReconnect>,
 }
 
 impl Default for SenderConfig {
@@ -72,6 +80,7 @@ impl Default for SenderConfig {
             report_timeout: Duration::from_secs(120),
             skip_errors: false,
             direct: false,
+            reconnect: None,
         }
     }
 }
@@ -307,6 +316,10 @@ pub struct Sender {
     /// Files given up (`skip_errors`) and why; late answers for them are dropped.
     skipped: Vec<(String, String)>,
     abandoned: HashSet<usize>,
+    /// The receiver accepted automatic reconnect.
+    reconnect_agreed: bool,
+    /// On a reconnect: the receiver proved itself.
+    reconnect_verified: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -344,6 +357,9 @@ impl Sender {
         let mut s = Sender {
             config: SenderConfig {
                 window: config.window.max(1),
+                // A reconnect continues from what the receiver holds.
+                resume: config.resume
+                    || matches!(config.reconnect, Some(SenderReconnect::Resume { .. })),
                 ..config
             },
             cipher: secrets.cipher.clone(),
@@ -368,6 +384,8 @@ impl Sender {
             unsent_report: None,
             skipped: Vec::new(),
             abandoned: HashSet::new(),
+            reconnect_agreed: false,
+            reconnect_verified: false,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -443,6 +461,20 @@ impl Sender {
     /// 0.1.x receiver never answers.
     pub fn awaits_acceptance(&self) -> bool {
         self.unsent_report.is_some()
+    }
+
+    /// Where the session stands with automatic reconnect (see
+    /// [`crate::reconnect`]): whether a lost connection may be resumed, and on a
+    /// reconnect whether the receiver proved itself.
+    pub fn reconnect_status(&self) -> ReconnectStatus {
+        match (&self.config.reconnect, &self.phase) {
+            (None, _) | (_, Phase::AwaitReady { .. }) => ReconnectStatus::Off,
+            _ if self.reconnect_verified => ReconnectStatus::Verified,
+            (Some(SenderReconnect::Offer { .. }), _) if self.reconnect_agreed => {
+                ReconnectStatus::Agreed
+            }
+            _ => ReconnectStatus::Unsupported,
+        }
     }
 
     // ---- inputs ----
@@ -679,6 +711,28 @@ impl Sender {
                 if self.config.direct && self.config.confirm {
                     self.direct_answer = Some(accept.iter().any(|e| e == wire::EXT_DIRECT));
                 }
+                self.reconnect_agreed = self.accepted
+                    && self.config.reconnect.is_some()
+                    && accept.iter().any(|e| e == wire::EXT_RECONNECT);
+                if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
+                    && !self.reconnect_agreed
+                {
+                    return Err(Error::peer(NOT_THE_RECEIVER));
+                }
+                Ok(())
+            }
+            (Phase::AwaitAnswer { .. }, Control::ReconnectProof { proof })
+                if self.reconnect_agreed && !self.reconnect_verified =>
+            {
+                let proved = self
+                    .config
+                    .reconnect
+                    .as_ref()
+                    .is_some_and(|r| r.check_answer(&proof));
+                if !proved {
+                    return Err(Error::peer(NOT_THE_RECEIVER));
+                }
+                self.reconnect_verified = true;
                 Ok(())
             }
             (_, c @ (Control::Report(_) | Control::EncReport { .. }))
@@ -736,11 +790,24 @@ impl Sender {
             entries,
             // The direct path relies on the receiver's report to know when the session
             // ended, so it is offered only with confirmation.
-            extensions: match (self.config.confirm, self.config.direct) {
-                (true, true) => vec![wire::EXT_CONFIRM.to_owned(), wire::EXT_DIRECT.to_owned()],
-                (true, false) => vec![wire::EXT_CONFIRM.to_owned()],
-                (false, _) => Vec::new(),
-            },
+            extensions: [
+                (self.config.confirm, wire::EXT_CONFIRM),
+                (self.config.confirm && self.config.direct, wire::EXT_DIRECT),
+                (
+                    self.config.confirm && self.config.reconnect.is_some(),
+                    wire::EXT_RECONNECT,
+                ),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_owned())
+            .collect(),
+            reconnect: self
+                .config
+                .reconnect
+                .as_ref()
+                .filter(|_| self.config.confirm)
+                .map(SenderReconnect::offer),
         };
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncManifest {
@@ -770,6 +837,11 @@ impl Sender {
     }
 
     fn take_answer(&mut self, entries: Vec<wire::ResumeEntry>) -> Result<(), Error> {
+        if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
+            && !self.reconnect_verified
+        {
+            return Err(Error::peer(NOT_THE_RECEIVER));
+        }
         for e in entries {
             let chain = wire::unhex32(&e.chain_hex).ok_or_else(|| {
                 Error::peer_in(&e.path, "resume answer has a malformed chain_hex")
