@@ -340,6 +340,27 @@ impl Display {
                     self.say(line);
                 }
             }
+            Event::Reconnecting {
+                attempt,
+                of,
+                after,
+                reason,
+            } => {
+                if let Some(pb) = self.files.remove(&session) {
+                    pb.finish_and_clear();
+                }
+                // The next attempt's manifest counts the files again, and its resume
+                // points say what is left.
+                self.to_move = self.moved;
+                self.files_total = 0;
+                self.files_done = 0;
+                self.update_total();
+                self.say(format!(
+                    "connection lost, reconnecting ({attempt}/{of})… in {:.1} s ({})",
+                    after.as_secs_f64(),
+                    escape(&reason)
+                ));
+            }
             Event::FileDone { path, .. } => {
                 self.files_done += 1;
                 if let Some(pb) = self.files.remove(&session) {

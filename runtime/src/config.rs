@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use p2p_copy_core::reconnect::RetryPolicy;
 use p2p_copy_core::relay::RelayConfig;
 use p2p_copy_core::sender::CompressMode;
 use p2p_copy_core::{Event, PathEvent};
@@ -41,6 +42,10 @@ pub struct ClientConfig {
     /// The relay's access token, sent as `Authorization: Bearer …` when connecting (a
     /// token can also be given in the URL, as `?token=…`). Never shown in messages.
     pub relay_token: Option<String>,
+    /// Automatic reconnect after a lost relay connection, with a peer of this project
+    /// (5 attempts, 1 s doubling up to 30 s, by default; `max_retries` 0 turns it off).
+    /// The transfer resumes from what the receiver holds.
+    pub reconnect: RetryPolicy,
 }
 
 pub use p2p_copy_core::direct::DirectMode;
@@ -156,6 +161,7 @@ impl ClientConfig {
             direct: DirectOptions::default(),
             proxy: None,
             relay_token: None,
+            reconnect: RetryPolicy::default(),
         }
     }
 }

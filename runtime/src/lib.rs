@@ -61,6 +61,7 @@ mod paths;
 pub mod proxy;
 pub mod quic;
 mod quic_timer;
+mod reconnect;
 mod relay_conn;
 mod relay_hub;
 mod relay_metrics;
@@ -78,8 +79,8 @@ pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
 pub use config::{
-    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayOps, RelayServerConfig, SendOptions,
-    SessionEvent, StunPorts, Summary,
+    ClientConfig, DirectMode, DirectOptions, PathTaken, RelayOps, RelayServerConfig, RetryPolicy,
+    SendOptions, SessionEvent, StunPorts, Summary,
 };
 pub use error::TransferError;
 pub use listen::{bind_listener, LISTEN_BACKLOG};
