@@ -92,7 +92,7 @@ pub fn announce(code: &PakeCode, server: &str, ttl_secs: u64) {
     } else {
         format!("--relay {} ", p2p_copy_core::path::escape(server))
     };
-    let wait = if ttl_secs % 60 == 0 {
+    let wait = if ttl_secs.is_multiple_of(60) {
         format!("{} min", ttl_secs / 60)
     } else {
         format!("{ttl_secs} s")
