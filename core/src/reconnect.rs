@@ -300,6 +300,10 @@ pub(crate) fn manifest_digest(entries: &[ManifestEntry]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// An accepted offer: the state for the next attempt and, on a reconnect, the proof
+/// the receiver answers with.
+pub(crate) type Accepted = (ResumeState, Option<[u8; 32]>);
+
 impl ReceiverReconnect {
     /// Read the sender's offer. `Ok(Some(state, proof))`: accept, with the state for the
     /// next attempt and, on a reconnect, the proof to answer with; `Ok(None)`: the
@@ -312,7 +316,7 @@ impl ReceiverReconnect {
         &self,
         offer: Option<&ReconnectOffer>,
         entries: &[ManifestEntry],
-    ) -> Result<Option<(ResumeState, Option<[u8; 32]>)>, String> {
+    ) -> Result<Option<Accepted>, String> {
         match self {
             ReceiverReconnect::Accept { code } => {
                 let Some(offer) = offer else { return Ok(None) };
