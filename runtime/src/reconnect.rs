@@ -15,9 +15,14 @@ use crate::{ClientConfig, SessionEvent, TransferError};
 /// How long a reconnecting side waits at the relay for its peer to come back.
 const PEER_RETURN_WAIT: Duration = Duration::from_secs(60);
 
-/// What a lost connection says when the peer cannot reconnect by itself.
-const RERUN_HINT: &str =
-    "the other side cannot reconnect by itself (p2p-copy 0.1.x): run both sides again, the sender with --resume";
+/// `msg`, then `why`, then how to continue unless `msg` says so already.
+fn with_rerun(msg: &str, why: &str) -> String {
+    if msg.contains("--resume") {
+        format!("{msg}; {why}")
+    } else {
+        format!("{msg}; {why}: run both sides again, the sender with --resume")
+    }
+}
 
 /// Random bytes from the operating system.
 pub(crate) fn random<const N: usize>() -> Result<[u8; N], TransferError> {
@@ -135,9 +140,9 @@ impl<R: Rt> Attempts<R> {
                 lost
             }
             ReconnectStatus::Unsupported if lost && !reconnecting => {
-                return Err(TransferError::Session(Error::ConnectionLost(format!(
-                    "{}; {RERUN_HINT}",
-                    strip_lost(&e)
+                return Err(TransferError::Session(Error::ConnectionLost(with_rerun(
+                    &strip_lost(&e),
+                    "the other side cannot reconnect by itself (p2p-copy 0.1.x)",
                 ))));
             }
             // A reconnect that has not reached its proven peer yet: the relay may still
@@ -200,9 +205,14 @@ impl<R: Rt> Attempts<R> {
         } else {
             format!(" (last: {last})")
         };
-        TransferError::Session(Error::ConnectionLost(format!(
-            "{first}; gave up after {tries} {}{last}; partial files stay: run both sides again, the sender with --resume",
-            if tries == 1 { "reconnect" } else { "reconnects" }
+        let noun = if tries == 1 {
+            "reconnect"
+        } else {
+            "reconnects"
+        };
+        TransferError::Session(Error::ConnectionLost(with_rerun(
+            first,
+            &format!("gave up after {tries} {noun}{last}, partial files stay"),
         )))
     }
 }
