@@ -15,6 +15,7 @@ use p2p_copy_tests::binary::cli_binary;
 use p2p_copy_tests::deadline::wait_for;
 use p2p_copy_tests::hostile_peer::{HostilePeer, Received};
 use p2p_copy_tests::process::{start_cli_relay_on, ChildGuard};
+use p2p_copy_tests::python;
 use p2p_copy_tests::scene::Scene;
 use p2p_copy_tests::tree::{assert_same_tree, partial_path, random_bytes, MIB};
 
@@ -126,4 +127,65 @@ fn a_stranger_in_the_room_during_the_gap_gets_nothing_and_the_transfer_finishes(
         "the sender says why it refused the stranger: {}",
         sent.stderr
     );
+}
+
+/// With a p2p-copy 0.1.2 peer nothing is negotiated: a relay that dies mid-transfer ends
+/// the transfer at once on our side (no reconnect, exit 7), and the message says that
+/// the peer cannot reconnect and how to continue. Both roles.
+#[test]
+fn with_a_python_peer_a_lost_relay_ends_the_transfer_and_says_to_rerun_with_resume() {
+    let bin = cli_binary();
+    for ours in [Role::Sender, Role::Receiver] {
+        let s = Scene::new();
+        let code = format!("reconnect python {ours:?}");
+        // Big enough that our sender is still writing when the relay dies: without
+        // `confirm` (a 0.1.2 receiver) it is done once the last piece left.
+        fs::write(s.src.join("big.bin"), random_bytes(32 * MIB + 5, 16)).unwrap();
+        let (mut relay, url) = start_cli_relay_on(&bin, 0, RELAY);
+        let out = s.out.to_str().unwrap();
+        let (our_side, python_side) = match ours {
+            Role::Sender => {
+                let mut py = python::command(["receive", &url, &code, "--out", out]);
+                let py = ChildGuard::spawn(&mut py);
+                let mut cmd = Command::new(&bin);
+                cmd.args(["send", &url, &code, "big.bin", "--relay-only"])
+                    .current_dir(&s.src);
+                (ChildGuard::spawn(&mut cmd), py)
+            }
+            Role::Receiver => {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["receive", &url, &code, "--out", out, "--relay-only"]);
+                let ours = ChildGuard::spawn(&mut cmd);
+                let mut py = python::command(["send", &url, &code, "big.bin"]);
+                py.current_dir(&s.src);
+                (ours, ChildGuard::spawn(&mut py))
+            }
+        };
+        // The Python receiver writes under the final name, ours under the partial one.
+        let written = [s.out.join("big.bin"), partial_path(&s.out, "big.bin")];
+        wait_for(Duration::from_secs(30), "the received file grows", || {
+            let len = |p: &std::path::PathBuf| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            (written.iter().map(len).max().unwrap_or(0) >= MIB).then_some(())
+        });
+        relay.kill();
+        let ended = our_side.wait(Duration::from_secs(20));
+        let _ = python::wait_until(python_side, std::time::Instant::now() + LIMIT);
+        assert_eq!(ended.code(), 7, "{ours:?}: {ended:?}");
+        for says in [
+            "connection lost",
+            "cannot reconnect by itself (p2p-copy 0.1.x)",
+            "--resume",
+        ] {
+            assert!(
+                ended.stderr.contains(says),
+                "{ours:?} lacks {says:?}: {}",
+                ended.stderr
+            );
+        }
+        assert!(
+            !ended.stderr.contains("reconnecting"),
+            "{ours:?} tried to reconnect: {}",
+            ended.stderr
+        );
+    }
 }
