@@ -198,7 +198,8 @@ pub struct Summary {
     /// Files completed (sent, or received and put in place).
     pub files: usize,
     /// Bytes of file data moved by this run (not counting resumed prefixes or skipped
-    /// files).
+    /// files), over every reconnect: pieces sent again after a lost connection count
+    /// twice.
     pub bytes: u64,
     /// Files skipped because the receiver already had them.
     pub skipped: usize,

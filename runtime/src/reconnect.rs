@@ -142,7 +142,7 @@ impl<R: Rt> Attempts<R> {
             ReconnectStatus::Unsupported if lost && !reconnecting => {
                 return Err(TransferError::Session(Error::ConnectionLost(with_rerun(
                     &strip_lost(&e),
-                    "the other side cannot reconnect by itself (p2p-copy 0.1.x)",
+                    "the other side did not agree to reconnect by itself (p2p-copy 0.1.x cannot)",
                 ))));
             }
             // A reconnect that has not reached its proven peer yet: the relay may still

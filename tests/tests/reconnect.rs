@@ -173,7 +173,7 @@ fn with_a_python_peer_a_lost_relay_ends_the_transfer_and_says_to_rerun_with_resu
         assert_eq!(ended.code(), 7, "{ours:?}: {ended:?}");
         for says in [
             "connection lost",
-            "cannot reconnect by itself (p2p-copy 0.1.x)",
+            "did not agree to reconnect by itself (p2p-copy 0.1.x cannot)",
             "--resume",
         ] {
             assert!(
