@@ -82,9 +82,19 @@ fn size_after(text: &str, marker: &str) -> Option<u64> {
 
 #[test]
 fn relay_restarted_mid_transfer_both_sides_resume_by_themselves() {
+    restart_mid_transfer("reconnect restart", &[]);
+}
+
+/// Encrypted, each session has its own nonce seed: the reconnect must not reuse one.
+#[test]
+fn relay_restarted_mid_encrypted_transfer_both_sides_resume_by_themselves() {
+    restart_mid_transfer("reconnect restart encrypted", &["--encrypt"]);
+}
+
+fn restart_mid_transfer(code: &str, extra: &[&str]) {
     let s = Scene::new();
-    let code = "reconnect restart";
-    let ((mut relay, url), sender, receiver, held) = start(code, &s, &["--retry-backoff", "200ms"]);
+    let extra = [&["--retry-backoff", "200ms"][..], extra].concat();
+    let ((mut relay, url), sender, receiver, held) = start(code, &s, &extra);
     relay.kill();
     let (_relay, again) = start_cli_relay_on(Path::new(BIN), port_of(&url), RELAY);
     assert_eq!(again, url);
