@@ -137,7 +137,8 @@ impl<R: Rt> Attempts<R> {
                     self.retry.resumed();
                     self.first_loss = None;
                 }
-                lost
+                // A peer gone silent mid-transfer (--idle-timeout) is a dead link too.
+                lost || matches!(e, TransferError::Session(Error::Timeout(_)))
             }
             ReconnectStatus::Unsupported if lost && !reconnecting => {
                 return Err(TransferError::Session(Error::ConnectionLost(with_rerun(
