@@ -668,7 +668,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// A reconnect backoff: `1s`, `500ms`, `2m` or plain seconds (`1.5`), from 10 ms to 30 s.
+/// A reconnect backoff: `1s`, `500ms` or plain seconds (`1.5`), from 10 ms to 30 s.
 fn parse_backoff(s: &str) -> Result<Duration, String> {
     let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => s.split_at(i),
@@ -677,7 +677,6 @@ fn parse_backoff(s: &str) -> Result<Duration, String> {
     let scale = match unit {
         "ms" => 0.001,
         "s" => 1.0,
-        "m" => 60.0,
         _ => return Err(format!("`{s}`: give a duration such as 1s or 500ms")),
     };
     let secs = number
