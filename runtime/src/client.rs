@@ -350,18 +350,8 @@ async fn receive_session<R: Rt>(
         let (result, receiver) = match open_relay(&rt, &cfg, Role::Receiver).await {
             Ok(conn) => {
                 let (sink, out) = (attempts.sink(), out_dir.clone());
-                let (result, receiver) = drive_receive(
-                    rt.clone(),
-                    &cfg,
-                    index,
-                    &secrets,
-                    out,
-                    sink,
-                    mode.clone(),
-                    conn,
-                )
-                .await;
-                (result, receiver)
+                let (rt, mode) = (rt.clone(), mode.clone());
+                drive_receive(rt, &cfg, index, &secrets, out, sink, mode, conn).await
             }
             Err(e) => (Err(e), None),
         };
