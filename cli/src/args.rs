@@ -263,6 +263,14 @@ pub struct ClientArgs {
     /// least 64k), over all connections of the transfer; either side may set it.
     #[arg(long, value_name = "RATE", value_parser = limit_rate)]
     pub limit_rate: Option<u64>,
+    /// After a lost relay connection, reconnect this many times (with a peer of this
+    /// project) and resume where the receiver stands; 0 turns reconnecting off.
+    #[arg(long, value_name = "N", default_value = "5")]
+    pub max_retries: u32,
+    /// The wait before the first reconnect (e.g. 1s, 500ms), doubling with each further
+    /// one up to 30 s, with jitter.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_backoff)]
+    pub retry_backoff: Duration,
     /// The configuration file's settings, below the flags and the environment.
     #[arg(skip)]
     pub file: FileConfig,
@@ -399,6 +407,8 @@ impl ClientArgs {
         cfg.direct.stun = self.stun.clone();
         cfg.proxy = self.proxy_for(&cfg.server);
         cfg.direct.timeout = self.direct_timeout;
+        cfg.reconnect.max_retries = self.max_retries;
+        cfg.reconnect.backoff = self.retry_backoff;
         // A configuration file's token goes here, as the last fallback.
         cfg.relay_token = self.token.resolve(self.file.relay_token.clone());
         cfg.limit_rate = self.rate_limit();
@@ -785,6 +795,28 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A reconnect backoff: `1s`, `500ms` or plain seconds (`1.5`), from 10 ms to 30 s.
+fn parse_backoff(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        _ => return Err(format!("`{s}`: give a duration such as 1s or 500ms")),
+    };
+    let secs = number
+        .trim()
+        .parse::<f64>()
+        .map_err(|_| format!("`{s}`: give a duration such as 1s or 500ms"))?
+        * scale;
+    if !(0.01..=30.0).contains(&secs) {
+        return Err(format!("`{s}`: give between 10ms and 30s"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Seconds from 0 (no drain) to 1e9.
 fn parse_drain(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
@@ -1084,6 +1116,30 @@ mod tests {
         assert!(e.contains("at least 1 second"), "{e}");
         assert!(parse_secs("0.5").is_err());
         assert_eq!(parse_secs("1"), Ok(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn reconnect_flags_set_the_retry_policy() {
+        let Command::Receive(a) = parse(&["receive", "ws://h:1", "c"]).command else {
+            panic!("not receive");
+        };
+        let cfg = a.client.config("ws://h:1".into(), "c".into());
+        assert_eq!(cfg.reconnect.max_retries, 5);
+        assert_eq!(cfg.reconnect.backoff, Duration::from_secs(1));
+        let args = ["receive", "ws://h:1", "c", "--max-retries", "0"];
+        let Command::Receive(a) =
+            parse(&[&args[..], &["--retry-backoff", "250ms"]].concat()).command
+        else {
+            panic!("not receive");
+        };
+        let cfg = a.client.config("ws://h:1".into(), "c".into());
+        assert_eq!(cfg.reconnect.max_retries, 0);
+        assert_eq!(cfg.reconnect.backoff, Duration::from_millis(250));
+        assert_eq!(parse_backoff("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_backoff("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["0s", "5ms", "31s", "1h", "soon", "-1s"] {
+            assert!(parse_backoff(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -424,6 +424,27 @@ impl Display {
             Event::AwaitingConsent if session == 0 => {
                 self.say("waiting for the receiver to accept the transfer…".to_owned());
             }
+            Event::Reconnecting {
+                attempt,
+                of,
+                after,
+                reason,
+            } => {
+                if let Some(pb) = self.files.remove(&session) {
+                    pb.finish_and_clear();
+                }
+                // The next attempt's manifest counts the files again, and its resume
+                // points say what is left.
+                self.to_move = self.moved;
+                self.files_total = 0;
+                self.files_done = 0;
+                self.update_total();
+                self.say(format!(
+                    "connection lost, reconnecting ({attempt}/{of})… in {:.1} s ({})",
+                    after.as_secs_f64(),
+                    escape(&reason)
+                ));
+            }
             Event::FileDone { path, .. } => {
                 self.files_done += 1;
                 if let Some(pb) = self.files.remove(&session) {
@@ -540,6 +561,23 @@ impl Display {
                 };
                 json::emit("path", &fields);
             }
+            Event::FileKept { path } => json::emit("file_kept", &[s, ("path", json!(path))]),
+            Event::AwaitingConsent => json::emit("awaiting_consent", &[s]),
+            Event::Reconnecting {
+                attempt,
+                of,
+                after,
+                reason,
+            } => json::emit(
+                "reconnecting",
+                &[
+                    s,
+                    ("attempt", json!(attempt)),
+                    ("of", json!(of)),
+                    ("after_seconds", json!(round3(after.as_secs_f64()))),
+                    ("reason", json!(reason)),
+                ],
+            ),
             _ => {}
         }
     }

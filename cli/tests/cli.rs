@@ -270,7 +270,17 @@ const BIG: u64 = 160 * MIB + 3;
 /// least 8 MiB, and return both processes.
 fn start_big_transfer(url: &str, code: &str, s: &Scene) -> (ChildGuard, ChildGuard) {
     fs::write(s.src.join("big.bin"), random_bytes(BIG, 5)).unwrap();
-    let receiver = spawn(&["receive", url, code, "--out", arg(&s.out)]);
+    // These tests are about continuing by hand with --resume: the receiver must not
+    // wait for its sender to come back (reconnecting is tested in reconnect.rs).
+    let receiver = spawn(&[
+        "receive",
+        url,
+        code,
+        "--out",
+        arg(&s.out),
+        "--max-retries",
+        "0",
+    ]);
     let sender = spawn(&["send", url, code, arg(&s.src.join("big.bin"))]);
     let partial = partial_path(&s.out, "big.bin");
     wait_for(Duration::from_secs(30), "partial file grows", || {

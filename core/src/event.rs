@@ -84,6 +84,19 @@ pub enum Event {
     Done,
     /// The session failed; the error is sticky.
     Failed(Error),
+    /// The connection was lost; the runtime reconnects (extension
+    /// [`EXT_RECONNECT`](crate::wire::EXT_RECONNECT)) after `after`, for attempt
+    /// `attempt` of `of`. Reported by the runtime, not by the state machines.
+    Reconnecting {
+        /// 1-based.
+        attempt: u32,
+        /// The most attempts (`--max-retries`).
+        of: u32,
+        /// The wait before dialling.
+        after: std::time::Duration,
+        /// What went wrong, for the user.
+        reason: String,
+    },
     /// Where the session's messages travel (extension
     /// [`EXT_DIRECT`](crate::wire::EXT_DIRECT)): reported by the runtime that runs the
     /// direct-path attempt beside the session, not by the state machines.

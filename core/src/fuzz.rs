@@ -765,6 +765,7 @@ mod receiver_body {
             direct: false,
             consent: false,
             keep_existing: false,
+            reconnect: None,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -937,6 +938,7 @@ mod receiver_body {
                         resume,
                         entries,
                         extensions,
+                        ..
                     }) = open(&cipher, nonces.next(), &hidden_manifest)
                     {
                         self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
@@ -998,6 +1000,7 @@ mod receiver_body {
                 resume,
                 entries,
                 extensions,
+                reconnect: None,
             }
             .to_json();
             let seed = [s.byte(); 32];
@@ -1517,7 +1520,9 @@ mod receiver_body {
                     panic!("only a sender reports {ev:?}")
                 }
                 Event::FileKept { .. } => panic!("nothing is kept without keep_existing"),
-                Event::Path(_) => panic!("only the runtime reports the path"),
+                Event::Path(_) | Event::Reconnecting { .. } => {
+                    panic!("only the runtime reports the path and reconnects")
+                }
                 Event::Manifest { files, .. } => {
                     assert!(self.manifest.is_none(), "one manifest per session");
                     let offered = self
@@ -2176,6 +2181,7 @@ mod sender_body {
                     resume: false,
                     entries: Vec::new(),
                     extensions: vec![crate::wire::EXT_CONFIRM.to_owned()],
+                    reconnect: None,
                 }
                 .to_json(),
                 2 => Control::FileEof.to_json(),
@@ -2393,7 +2399,9 @@ mod sender_body {
                 | Event::FileKept { .. } => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
-                Event::Path(_) => panic!("only the runtime reports the path"),
+                Event::Path(_) | Event::Reconnecting { .. } => {
+                    panic!("only the runtime reports the path and reconnects")
+                }
                 Event::Manifest { files, bytes } => {
                     assert_eq!(files, self.files.len());
                     assert_eq!(bytes, self.files.iter().map(|f| f.size).sum::<u64>());
@@ -2469,6 +2477,7 @@ mod sender_body {
                             resume: self.resume,
                             entries,
                             extensions: Vec::new(),
+                            reconnect: None,
                         }
                     );
                     c.answer_nonce_pending = self.resume;

@@ -20,6 +20,7 @@ pub mod path;
 mod pipe;
 pub mod rate;
 pub mod receiver;
+pub mod reconnect;
 pub mod relay;
 pub mod sender;
 pub mod serverless;

@@ -13,6 +13,7 @@ use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::path::SafePath;
 use crate::pipe::ReadPipe;
+use crate::reconnect::{ReceiverReconnect, ReconnectStatus, ResumeState};
 use crate::wire::{
     self, Compression, Control, DataMessage, FailedFile, FileHeader, ManifestEntry, Report,
     ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
@@ -45,6 +46,10 @@ pub struct ReceiverConfig {
     /// Off by default: a received file replaces an older one at the commit, as p2p-copy
     /// 0.1.x replaces it.
     pub keep_existing: bool,
+    /// Accept automatic reconnect ([`EXT_RECONNECT`](crate::wire::EXT_RECONNECT)) in the
+    /// first session, or, on a reconnect, accept only the sender that proves itself.
+    /// `None` by default.
+    pub reconnect: Option<ReceiverReconnect>,
 }
 
 impl Default for ReceiverConfig {
@@ -56,6 +61,7 @@ impl Default for ReceiverConfig {
             direct: false,
             consent: false,
             keep_existing: false,
+            reconnect: None,
         }
     }
 }
@@ -431,6 +437,10 @@ pub struct Receiver {
     offer: Option<Offer>,
     /// Of those, the ones whose rename into place failed (shown escaped, with why).
     uncommitted: Vec<String>,
+    /// Automatic reconnect was agreed: what the next attempt needs.
+    reconnect_state: Option<ResumeState>,
+    /// On a reconnect: the sender proved itself.
+    reconnect_verified: bool,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -461,6 +471,22 @@ impl Receiver {
             }),
             false => DirectAnswer::Declined,
         })
+    }
+
+    /// Where the session stands with automatic reconnect (see [`crate::reconnect`]).
+    pub fn reconnect_status(&self) -> ReconnectStatus {
+        match (&self.config.reconnect, &self.phase) {
+            (None, _) | (_, Phase::AwaitManifest) => ReconnectStatus::Off,
+            _ if self.reconnect_verified => ReconnectStatus::Verified,
+            _ if self.reconnect_state.is_some() => ReconnectStatus::Agreed,
+            _ => ReconnectStatus::Unsupported,
+        }
+    }
+
+    /// The configuration for the next attempt after a lost connection, once automatic
+    /// reconnect was agreed (and, on a reconnect, the sender proved itself).
+    pub fn next_reconnect(&self) -> Option<ReceiverReconnect> {
+        self.reconnect_state.clone().map(ReceiverReconnect::Resume)
     }
 
     /// A receiver, which queues `hello` at once.
@@ -497,6 +523,8 @@ impl Receiver {
             uncommitted: Vec::new(),
             consent_told: false,
             offer: None,
+            reconnect_state: None,
+            reconnect_verified: false,
         };
         r.transmit.push_back(
             Control::Hello {
@@ -908,8 +936,9 @@ impl Receiver {
                     resume,
                     entries,
                     extensions,
+                    reconnect,
                 },
-            ) if !encrypted => self.on_manifest(resume, entries, &extensions),
+            ) if !encrypted => self.on_manifest(resume, entries, &extensions, reconnect),
             (
                 Phase::AwaitManifest,
                 Control::EncManifest {
@@ -927,7 +956,8 @@ impl Receiver {
                         resume,
                         entries,
                         extensions,
-                    } => self.on_manifest(resume, entries, &extensions),
+                        reconnect,
+                    } => self.on_manifest(resume, entries, &extensions, reconnect),
                     other => Err(Error::peer(format!(
                         "encrypted manifest holds a {} message",
                         other.type_name()
@@ -987,10 +1017,24 @@ impl Receiver {
         resume: bool,
         entries: Vec<ManifestEntry>,
         extensions: &[String],
+        reconnect: Option<wire::ReconnectOffer>,
     ) -> Result<(), Error> {
+        let offered = |name: &str| extensions.iter().any(|e| e == name);
+        // Checked before this side sends or looks at anything: on a reconnect, only the
+        // sender that began the transfer learns what this side holds.
+        let mut reconnect_proof = None;
+        if let Some(r) = &self.config.reconnect {
+            let offer = reconnect
+                .as_ref()
+                .filter(|_| offered(wire::EXT_CONFIRM) && offered(wire::EXT_RECONNECT));
+            if let Some((state, proof)) = r.take_offer(offer, &entries).map_err(Error::peer)? {
+                self.reconnect_state = Some(state);
+                self.reconnect_verified = proof.is_some();
+                reconnect_proof = proof;
+            }
+        }
         // The direct path needs the report, which ends the session on both paths.
-        let direct = extensions.iter().any(|e| e == wire::EXT_CONFIRM)
-            && extensions.iter().any(|e| e == wire::EXT_DIRECT);
+        let direct = offered(wire::EXT_CONFIRM) && offered(wire::EXT_DIRECT);
         if self.config.direct {
             self.direct_answer = Some(direct);
         }
@@ -1007,8 +1051,19 @@ impl Receiver {
                 self.consent_told = true;
                 accept.push(wire::EXT_CONSENT.to_owned());
             }
+            if self.reconnect_state.is_some() {
+                accept.push(wire::EXT_RECONNECT.to_owned());
+            }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
+            if let Some(proof) = reconnect_proof {
+                self.transmit.push_back(
+                    Control::ReconnectProof {
+                        proof: wire::hex(&proof),
+                    }
+                    .into(),
+                );
+            }
         }
         let mut files: HashSet<&str> = HashSet::new();
         for e in &entries {

@@ -11,11 +11,15 @@ use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::pipe::ReadPipe;
+use crate::reconnect::{ReconnectStatus, SenderReconnect};
 use crate::wire::{
     self, Compression, Control, FileHeader, ManifestEntry, PieceBuf, Report, Role, WireMessage,
     CHUNK_SIZE, DATA_HEADER_LEN,
 };
 use crate::Error;
+
+/// Why a reconnected receiver is refused.
+const NOT_THE_RECEIVER: &str = "a receiver that joined after the connection was lost could not prove it is the one that began the transfer; refused (nothing was sent)";
 
 /// How the sender compresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +67,10 @@ pub struct SenderConfig {
     /// sends no more file data, and its deadlines stop, until the receiver's answer;
     /// a refusal ends the session with [`Error::Declined`]. Off by default.
     pub consent: bool,
+    /// Offer automatic reconnect ([`EXT_RECONNECT`](crate::wire::EXT_RECONNECT)) in the
+    /// first session, together with `confirm`; or, on a reconnect, prove this side and
+    /// ask for the resume answer. `None` by default.
+    pub reconnect: Option<SenderReconnect>,
 }
 
 impl Default for SenderConfig {
@@ -78,6 +86,7 @@ impl Default for SenderConfig {
             skip_errors: false,
             direct: false,
             consent: false,
+            reconnect: None,
         }
     }
 }
@@ -316,6 +325,10 @@ pub struct Sender {
     /// The receiver accepted [`EXT_CONSENT`](crate::wire::EXT_CONSENT) and its user has
     /// not answered yet: nothing more is sent.
     held: bool,
+    /// The receiver accepted automatic reconnect.
+    reconnect_agreed: bool,
+    /// On a reconnect: the receiver proved itself.
+    reconnect_verified: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -353,6 +366,9 @@ impl Sender {
         let mut s = Sender {
             config: SenderConfig {
                 window: config.window.max(1),
+                // A reconnect continues from what the receiver holds.
+                resume: config.resume
+                    || matches!(config.reconnect, Some(SenderReconnect::Resume { .. })),
                 ..config
             },
             cipher: secrets.cipher.clone(),
@@ -378,6 +394,8 @@ impl Sender {
             skipped: Vec::new(),
             abandoned: HashSet::new(),
             held: false,
+            reconnect_agreed: false,
+            reconnect_verified: false,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -465,6 +483,20 @@ impl Sender {
     /// 0.1.x receiver never answers.
     pub fn awaits_acceptance(&self) -> bool {
         self.unsent_report.is_some()
+    }
+
+    /// Where the session stands with automatic reconnect (see
+    /// [`crate::reconnect`]): whether a lost connection may be resumed, and on a
+    /// reconnect whether the receiver proved itself.
+    pub fn reconnect_status(&self) -> ReconnectStatus {
+        match (&self.config.reconnect, &self.phase) {
+            (None, _) | (_, Phase::AwaitReady { .. }) => ReconnectStatus::Off,
+            _ if self.reconnect_verified => ReconnectStatus::Verified,
+            (Some(SenderReconnect::Offer { .. }), _) if self.reconnect_agreed => {
+                ReconnectStatus::Agreed
+            }
+            _ => ReconnectStatus::Unsupported,
+        }
     }
 
     // ---- inputs ----
@@ -708,6 +740,14 @@ impl Sender {
                     self.held = true;
                     self.events.push_back(Event::AwaitingConsent);
                 }
+                self.reconnect_agreed = self.accepted
+                    && self.config.reconnect.is_some()
+                    && accept.iter().any(|e| e == wire::EXT_RECONNECT);
+                if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
+                    && !self.reconnect_agreed
+                {
+                    return Err(Error::peer(NOT_THE_RECEIVER));
+                }
                 Ok(())
             }
             (_, Control::Consent { accept }) if self.held && after_manifest => {
@@ -722,6 +762,20 @@ impl Sender {
                     *deadline = now + self.config.answer_timeout;
                 }
                 self.pump();
+                Ok(())
+            }
+            (Phase::AwaitAnswer { .. }, Control::ReconnectProof { proof })
+                if self.reconnect_agreed && !self.reconnect_verified =>
+            {
+                let proved = self
+                    .config
+                    .reconnect
+                    .as_ref()
+                    .is_some_and(|r| r.check_answer(&proof));
+                if !proved {
+                    return Err(Error::peer(NOT_THE_RECEIVER));
+                }
+                self.reconnect_verified = true;
                 Ok(())
             }
             (_, c @ (Control::Report(_) | Control::EncReport { .. }))
@@ -786,11 +840,21 @@ impl Sender {
                     self.config.confirm && self.config.consent,
                     wire::EXT_CONSENT,
                 ),
+                (
+                    self.config.confirm && self.config.reconnect.is_some(),
+                    wire::EXT_RECONNECT,
+                ),
             ]
             .into_iter()
             .filter(|(on, _)| *on)
             .map(|(_, name)| name.to_owned())
             .collect(),
+            reconnect: self
+                .config
+                .reconnect
+                .as_ref()
+                .filter(|_| self.config.confirm)
+                .map(SenderReconnect::offer),
         };
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncManifest {
@@ -820,6 +884,11 @@ impl Sender {
     }
 
     fn take_answer(&mut self, entries: Vec<wire::ResumeEntry>) -> Result<(), Error> {
+        if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
+            && !self.reconnect_verified
+        {
+            return Err(Error::peer(NOT_THE_RECEIVER));
+        }
         for e in entries {
             let chain = wire::unhex32(&e.chain_hex).ok_or_else(|| {
                 Error::peer_in(&e.path, "resume answer has a malformed chain_hex")

@@ -137,6 +137,10 @@ pub enum Control {
         /// none is offered, and ignored by p2p-copy 0.1.x receivers.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         extensions: Vec<String>,
+        /// Extension [`EXT_RECONNECT`]: the session's ticket (first session) or the
+        /// sender's proof (a reconnect); absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reconnect: Option<ReconnectOffer>,
     },
     /// Encrypted manifest.
     EncManifest {
@@ -173,6 +177,12 @@ pub enum Control {
         /// The accepted extension names.
         #[serde(default)]
         accept: Vec<String>,
+    },
+    /// Extension [`EXT_RECONNECT`], from the receiver on a reconnect, right after
+    /// [`Control::Extensions`]: its proof over the sender's nonce.
+    ReconnectProof {
+        /// Lowercase hex of the 32-byte proof.
+        proof: String,
     },
     /// Extension [`EXT_CONFIRM`]: the sender gives up the current file (it changed or
     /// could not be read); the receiver keeps nothing of it under its final name.
@@ -253,6 +263,34 @@ pub enum Control {
 /// The extension by which two peers of this project exchange candidate addresses over
 /// the relay and move the session to a direct path (see [`crate::direct`]).
 pub const EXT_DIRECT: &str = "direct";
+
+/// The extension by which two peers of this project reconnect after a lost connection
+/// and resume where the receiver stands (see [`crate::reconnect`]). Offered only with
+/// [`EXT_CONFIRM`].
+pub const EXT_RECONNECT: &str = "reconnect";
+
+/// The manifest's `reconnect` value (extension [`EXT_RECONNECT`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReconnectOffer {
+    /// Hex of the 16-byte session id.
+    pub session: String,
+    /// First session: hex of the 32-byte secret of the ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A reconnect: its number (1, 2, …); 0 in the first session.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// A reconnect: hex of the sender's 16 fresh bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// A reconnect: hex of the sender's proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 
 /// The contents of a [`Control::Candidates`] message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,6 +393,7 @@ impl Control {
             Control::FileEof => "file_eof",
             Control::Eof => "eof",
             Control::Extensions { .. } => "extensions",
+            Control::ReconnectProof { .. } => "reconnect_proof",
             Control::FileAbort { .. } => "file_abort",
             Control::Consent { .. } => "consent",
             Control::Report(_) => "report",
@@ -554,6 +593,7 @@ mod tests {
         let m = Control::Manifest {
             resume: false,
             extensions: Vec::new(),
+            reconnect: None,
             entries: vec![ManifestEntry {
                 path: "dir/ä.txt".into(),
                 size: 12,

@@ -12,6 +12,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use p2p_copy_core::code::PakeCode;
 use p2p_copy_core::parallel::{session_codes, split_by_size};
 use p2p_copy_core::receiver::{Receiver, ReceiverConfig};
+use p2p_copy_core::reconnect::{ReceiverReconnect, ReconnectStatus, SenderReconnect};
 use p2p_copy_core::relay::per_address_limit;
 use p2p_copy_core::sender::{SendFile, Sender, SenderConfig};
 use p2p_copy_core::Secrets;
@@ -23,6 +24,7 @@ use crate::files_send::{Listed, SendFiles};
 use crate::io_worker::IoWorker;
 use crate::pake_conn;
 use crate::paths::Paths;
+use crate::reconnect::{self, Attempts};
 use crate::rt::Rt;
 use crate::source::{self, ListOptions, Source};
 use crate::transport::{self, AlreadyPaired, MessageTransport};
@@ -51,13 +53,7 @@ async fn derive_all<R: Rt>(
 }
 
 fn nonce_seed() -> Result<[u8; 32], TransferError> {
-    let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| {
-        TransferError::Session(p2p_copy_core::Error::Config(format!(
-            "the operating system gave no random bytes: {e}"
-        )))
-    })?;
-    Ok(seed)
+    reconnect::random()
 }
 
 /// Send files and directories (see the crate docs for naming and ordering).
@@ -140,27 +136,71 @@ async fn send_session<R: Rt>(
     events: EventSink,
 ) -> Result<Summary, TransferError> {
     let (files, locals) = split_sources(picked);
-    let seed = nonce_seed()?;
-    let conn = open_relay(&rt, cfg, Role::Sender).await?;
-    drive_send(
-        rt, cfg, index, secrets, files, locals, seed, opts, events, conn,
-    )
-    .await
+    let mut attempts = Attempts::new(&rt, cfg, index, events)?;
+    let (ticket, binding) = reconnect::ticket(&cfg.code)?;
+    let mut mode = attempts.enabled().then(|| SenderReconnect::Offer {
+        ticket,
+        binding: binding.clone(),
+    });
+    loop {
+        let cfg = attempts.config(cfg);
+        // A fresh nonce seed for every session: the key stays the same.
+        let seed = nonce_seed()?;
+        let (result, status) = match open_relay(&rt, &cfg, Role::Sender).await {
+            Ok(conn) => {
+                let sink = attempts.sink();
+                let (files, locals) = (files.clone(), locals.clone());
+                let run = Run {
+                    index,
+                    secrets: &secrets,
+                    seed,
+                    opts: opts.clone(),
+                    events: sink,
+                };
+                drive_send(rt.clone(), &cfg, run, files, locals, mode.clone(), conn).await
+            }
+            Err(e) => (Err(e), ReconnectStatus::Off),
+        };
+        match result {
+            Ok(mut done) => {
+                done.bytes = attempts.moved();
+                return Ok(done);
+            }
+            Err(e) => attempts.after_failure(e, status).await?,
+        }
+        mode = Some(SenderReconnect::Resume {
+            binding: binding.clone(),
+            attempt: attempts.number(),
+            nonce: reconnect::random()?,
+        });
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive_send<R: Rt, T: MessageTransport>(
-    rt: R,
-    cfg: &ClientConfig,
+/// What one session run needs besides its connection and files.
+struct Run<'a> {
     index: usize,
-    secrets: Secrets,
-    files: Vec<SendFile>,
-    locals: Vec<Listed>,
+    secrets: &'a Secrets,
     seed: [u8; 32],
     opts: SendOptions,
     events: EventSink,
+}
+
+async fn drive_send<R: Rt, T: MessageTransport>(
+    rt: R,
+    cfg: &ClientConfig,
+    run: Run<'_>,
+    files: Vec<SendFile>,
+    locals: Vec<Listed>,
+    reconnect: Option<SenderReconnect>,
     conn: T,
-) -> Result<Summary, TransferError> {
+) -> (Result<Summary, TransferError>, ReconnectStatus) {
+    let Run {
+        index,
+        secrets,
+        seed,
+        opts,
+        events,
+    } = run;
     let config = SenderConfig {
         compress: opts.compress,
         resume: opts.resume,
@@ -170,18 +210,26 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         report_timeout: cfg.idle_timeout,
         skip_errors: opts.skip_errors,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
+        reconnect,
         ..SenderConfig::default()
     };
     let sender =
-        Sender::new(Instant::now(), config, &secrets, files, seed).map_err(|e| match e {
+        match Sender::new(Instant::now(), config, secrets, files, seed).map_err(|e| match e {
             p2p_copy_core::Error::Config(m) => TransferError::Source(m),
             other => TransferError::Session(other),
-        })?;
-    let files = IoWorker::start(SendFiles::new(locals)).map_err(worker_error)?;
-    Driver::new(rt, sender, conn, files, cfg.idle_timeout, index, events)
+        }) {
+            Ok(s) => s,
+            Err(e) => return (Err(e), ReconnectStatus::Off),
+        };
+    let files = match IoWorker::start(SendFiles::new(locals)).map_err(worker_error) {
+        Ok(f) => f,
+        Err(e) => return (Err(e), ReconnectStatus::Off),
+    };
+    let (result, sender) = Driver::new(rt, sender, conn, files, cfg.idle_timeout, index, events)
         .paced(cfg.limit_rate.clone())
         .run()
-        .await
+        .await;
+    (result, sender.reconnect_status())
 }
 
 /// Receive into `out_dir`, created if missing.
@@ -211,7 +259,9 @@ pub async fn receive<R: Rt>(
         let (conn, secrets, opened_in) =
             pake_conn::open_room(&rt, &cfg, Role::Receiver, &code, nonce_seed()?).await?;
         let conn = with_direct_path(&rt, &cfg, Role::Receiver, conn, opened_in);
-        let done = drive_receive(rt, &cfg, 0, secrets, inbox, events, conn).await?;
+        let done = drive_receive(rt, &cfg, 0, &secrets, inbox, events, None, conn)
+            .await
+            .0?;
         return Ok(total(&[done], start));
     }
     let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
@@ -293,34 +343,73 @@ async fn receive_session<R: Rt>(
     inbox: Inbox,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
-    let conn = open_relay(&rt, cfg, Role::Receiver).await?;
-    drive_receive(rt, cfg, index, secrets, inbox, events, conn).await
+    let mut attempts = Attempts::new(&rt, cfg, index, events)?;
+    let mut mode = attempts.enabled().then(|| ReceiverReconnect::Accept {
+        code: cfg.code.clone(),
+    });
+    // The user answers once: a reconnect of an accepted transfer is not asked again.
+    let mut inbox = inbox;
+    loop {
+        let cfg = attempts.config(cfg);
+        let (result, receiver) = match open_relay(&rt, &cfg, Role::Receiver).await {
+            Ok(conn) => {
+                let (sink, inbox) = (attempts.sink(), inbox.clone());
+                let (rt, mode) = (rt.clone(), mode.clone());
+                drive_receive(rt, &cfg, index, &secrets, inbox, sink, mode, conn).await
+            }
+            Err(e) => (Err(e), None),
+        };
+        match result {
+            Ok(mut done) => {
+                done.bytes = attempts.moved();
+                return Ok(done);
+            }
+            Err(e) => {
+                let status = receiver
+                    .as_ref()
+                    .map_or(ReconnectStatus::Off, Receiver::reconnect_status);
+                if let Some(next) = receiver.as_ref().and_then(Receiver::next_reconnect) {
+                    mode = Some(next);
+                    inbox.gate = None;
+                }
+                attempts.after_failure(e, status).await?;
+            }
+        }
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive_receive<R: Rt, T: MessageTransport>(
     rt: R,
     cfg: &ClientConfig,
     index: usize,
-    secrets: Secrets,
+    secrets: &Secrets,
     inbox: Inbox,
     events: EventSink,
+    reconnect: Option<ReceiverReconnect>,
     conn: T,
-) -> Result<Summary, TransferError> {
+) -> (Result<Summary, TransferError>, Option<Receiver>) {
     let config = ReceiverConfig {
         manifest_timeout: cfg.pair_timeout,
         idle_timeout: cfg.idle_timeout,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         consent: inbox.gate.is_some(),
         keep_existing: cfg.keep_existing,
+        reconnect,
         ..ReceiverConfig::default()
     };
-    let receiver = Receiver::new(Instant::now(), config, &secrets);
-    let files = IoWorker::start(ReceiveFiles::new(inbox.dir)).map_err(worker_error)?;
-    Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
-        .paced(cfg.limit_rate.clone())
-        .with_consent(inbox.gate)
-        .run()
-        .await
+    let receiver = Receiver::new(Instant::now(), config, secrets);
+    let files = match IoWorker::start(ReceiveFiles::new(inbox.dir)).map_err(worker_error) {
+        Ok(f) => f,
+        Err(e) => return (Err(e), None),
+    };
+    let (result, receiver) =
+        Driver::new(rt, receiver, conn, files, cfg.idle_timeout, index, events)
+            .paced(cfg.limit_rate.clone())
+            .with_consent(inbox.gate)
+            .run()
+            .await;
+    (result, Some(receiver))
 }
 
 /// Connect to the relay, with the direct path beside it.
@@ -393,7 +482,14 @@ async fn send_room<R: Rt>(
     let (conn, secrets, opened_in) =
         pake_conn::open_room(&rt, cfg, Role::Sender, code, nonce_seed()?).await?;
     let conn = with_direct_path(&rt, cfg, Role::Sender, conn, opened_in);
-    drive_send(rt, cfg, 0, secrets, files, locals, seed, opts, events, conn).await
+    let run = Run {
+        index: 0,
+        secrets: &secrets,
+        seed,
+        opts,
+        events,
+    };
+    drive_send(rt, cfg, run, files, locals, None, conn).await.0
 }
 
 fn direct_config(cfg: &ClientConfig) -> p2p_copy_core::direct::DirectConfig {
@@ -437,10 +533,16 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
     let seed = nonce_seed()?;
     let events: EventSink = Arc::new(Mutex::new(on_event));
     let conn = AlreadyPaired::sender(conn);
-    let done = drive_send(
-        rt, &cfg, 0, secrets, files, locals, seed, opts, events, conn,
-    )
-    .await?;
+    let run = Run {
+        index: 0,
+        secrets: &secrets,
+        seed,
+        opts,
+        events,
+    };
+    let done = drive_send(rt, &cfg, run, files, locals, None, conn)
+        .await
+        .0?;
     Ok(total(&[done], start))
 }
 
@@ -462,7 +564,9 @@ pub async fn receive_direct<R: Rt, T: MessageTransport>(
     let events: EventSink = Arc::new(Mutex::new(on_event));
     let conn = AlreadyPaired::receiver(conn);
     let inbox = Inbox::new(&cfg, out_dir, 1);
-    let done = drive_receive(rt, &cfg, 0, secrets, inbox, events, conn).await?;
+    let done = drive_receive(rt, &cfg, 0, &secrets, inbox, events, None, conn)
+        .await
+        .0?;
     Ok(total(&[done], start))
 }
 

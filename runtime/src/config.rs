@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use p2p_copy_core::rate::TokenBucket;
+pub use p2p_copy_core::reconnect::RetryPolicy;
 use p2p_copy_core::relay::RelayConfig;
 use p2p_copy_core::sender::CompressMode;
 use p2p_copy_core::{Event, PathEvent};
@@ -57,6 +58,10 @@ pub struct ClientConfig {
     /// (the default, as p2p-copy 0.1.x replaces it). A kept file is reported as
     /// [`Event::FileKept`] and, to a sender of this project, as not delivered.
     pub keep_existing: bool,
+    /// Automatic reconnect after a lost relay connection, with a peer of this project
+    /// (5 attempts, 1 s doubling up to 30 s, by default; `max_retries` 0 turns it off).
+    /// The transfer resumes from what the receiver holds.
+    pub reconnect: RetryPolicy,
 }
 
 /// A limit on the bytes of file data a second, shared by every connection that holds a
@@ -212,6 +217,7 @@ impl ClientConfig {
             limit_rate: None,
             consent: None,
             keep_existing: false,
+            reconnect: RetryPolicy::default(),
         }
     }
 }
@@ -257,7 +263,8 @@ pub struct Summary {
     /// Files completed (sent, or received and put in place).
     pub files: usize,
     /// Bytes of file data moved by this run (not counting resumed prefixes or skipped
-    /// files).
+    /// files), over every reconnect: pieces sent again after a lost connection count
+    /// twice.
     pub bytes: u64,
     /// Files skipped because the receiver already had them.
     pub skipped: usize,

@@ -133,10 +133,13 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
     /// with an error code on failure. Dropping the future abandons the session: the file
     /// thread finishes the request at hand and stops, and partial files stay for a later
     /// resume.
-    pub(crate) async fn run(mut self) -> Result<Summary, TransferError> {
+    ///
+    /// The state machine comes back with the result, so the caller can ask it how the
+    /// session stood (whether it may reconnect).
+    pub(crate) async fn run(mut self) -> (Result<Summary, TransferError>, M) {
         self.drain_outputs();
         let outcome = poll_fn(|cx| self.poll_session(cx)).await;
-        match outcome {
+        let result = match outcome {
             Ok(()) => {
                 while let Some(p) = self.ws.poll_path_event() {
                     self.report(Event::Path(p));
@@ -147,7 +150,7 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                 self.summary.transfer_time =
                     self.paired_at.map(|t| t.elapsed()).unwrap_or_default();
                 self.close(CLOSE_NORMAL, "", true).await;
-                Ok(self.summary)
+                Ok(std::mem::take(&mut self.summary))
             }
             Err(e) => {
                 self.send_rest().await;
@@ -159,7 +162,8 @@ impl<R: Rt, M: Machine, T: MessageTransport> Driver<R, M, T> {
                 self.close(code, e.kind(), false).await;
                 Err(self.classify(e))
             }
-        }
+        };
+        (result, self.machine)
     }
 
     /// Send what the machine queued after it failed (its report to a peer that confirms
@@ -788,7 +792,7 @@ mod tests {
                 0,
                 events,
             );
-            smol::future::or(async { Some(driver.run().await) }, async {
+            smol::future::or(async { Some(driver.run().await.0) }, async {
                 smol::Timer::after(Duration::from_secs(20)).await;
                 None
             })

@@ -63,6 +63,7 @@ mod paths;
 pub mod proxy;
 pub mod quic;
 mod quic_timer;
+mod reconnect;
 mod relay_conn;
 mod relay_hub;
 mod relay_metrics;
@@ -81,7 +82,7 @@ pub use client::{receive, send};
 pub use client::{receive_direct, send_direct};
 pub use config::{
     ClientConfig, ConsentAsk, DirectMode, DirectOptions, PathTaken, RateLimit, RelayOps,
-    RelayServerConfig, SendOptions, SessionEvent, StunPorts, Summary,
+    RelayServerConfig, RetryPolicy, SendOptions, SessionEvent, StunPorts, Summary,
 };
 pub use consent::TransferOffer;
 pub use error::TransferError;

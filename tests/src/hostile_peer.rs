@@ -301,6 +301,7 @@ pub fn manifest(entries: &[(&str, u64)], resume: bool) -> Control {
     Control::Manifest {
         resume,
         extensions: Vec::new(),
+        reconnect: None,
         entries: entries
             .iter()
             .map(|(path, size)| wire::ManifestEntry {

@@ -183,8 +183,15 @@ impl Drop for ChildGuard {
 /// Start `bin run-relay-server 127.0.0.1 0 <extra>` and read the URL it prints
 /// (`relay listening on ws://127.0.0.1:PORT`). Panics if none comes within 10 s.
 pub fn start_cli_relay(bin: &Path, extra: &[&str]) -> (ChildGuard, String) {
+    start_cli_relay_on(bin, 0, extra)
+}
+
+/// [`start_cli_relay`] on a given port (0 picks one), e.g. to restart a relay where its
+/// clients expect it.
+pub fn start_cli_relay_on(bin: &Path, port: u16, extra: &[&str]) -> (ChildGuard, String) {
     let mut cmd = Command::new(bin);
-    cmd.args(["run-relay-server", "127.0.0.1", "0"]).args(extra);
+    cmd.args(["run-relay-server", "127.0.0.1", &port.to_string()])
+        .args(extra);
     let (mut guard, stdout) = ChildGuard::spawn_reading_stdout(&mut cmd);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

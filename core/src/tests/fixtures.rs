@@ -239,6 +239,7 @@ impl Script {
         let m = Control::Manifest {
             resume,
             extensions: Vec::new(),
+            reconnect: None,
             entries: entries
                 .iter()
                 .map(|(p, s)| ManifestEntry {
