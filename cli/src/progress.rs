@@ -562,7 +562,6 @@ impl Display {
                 json::emit("path", &fields);
             }
             Event::FileKept { path } => json::emit("file_kept", &[s, ("path", json!(path))]),
-            Event::AwaitingConsent => json::emit("awaiting_consent", &[s]),
             Event::Reconnecting {
                 attempt,
                 of,

@@ -244,7 +244,8 @@ fn the_receiver_asks_for_the_code_on_a_terminal_without_echoing_it() {
     let mut master = File::from(master);
     let log = s.dir.path().join("receive.log");
     let mut receiver = Command::new(BIN)
-        .args(["receive", "--out", arg(&s.out)])
+        // -y: the transfer itself is accepted without the second question.
+        .args(["receive", "-y", "--out", arg(&s.out)])
         .env("P2P_COPY_RELAY", &url)
         .env_remove("P2P_COPY_CODE")
         .stdin(Stdio::from(slave))
