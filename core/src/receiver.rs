@@ -1045,9 +1045,9 @@ impl Receiver {
             if self.config.direct && direct {
                 accept.push(wire::EXT_DIRECT.to_owned());
             }
-            if extensions.iter().any(|e| e == wire::EXT_CONSENT) {
-                // Told even when nobody is asked, so that the sender holds its data and
-                // deadlines only until the answer, which then comes at once.
+            if self.config.consent && extensions.iter().any(|e| e == wire::EXT_CONSENT) {
+                // Accepted only when someone is asked: otherwise the sender has nothing
+                // to wait for (and says nothing about waiting).
                 self.consent_told = true;
                 accept.push(wire::EXT_CONSENT.to_owned());
             }
