@@ -143,8 +143,9 @@ impl std::fmt::Debug for Pake {
 }
 
 /// A CSPRNG from a 32-byte seed: SHA-256 of the seed and a block counter. SPAKE2 draws
-/// its secret scalar from it; the seed must be fresh and secret for every exchange.
-struct SeededRng {
+/// its secret scalar from it (here and in [`crate::serverless`]); the seed must be fresh
+/// and secret for every exchange.
+pub(crate) struct SeededRng {
     seed: [u8; 32],
     counter: u64,
     block: [u8; 32],
@@ -152,7 +153,7 @@ struct SeededRng {
 }
 
 impl SeededRng {
-    fn new(seed: [u8; 32]) -> Self {
+    pub(crate) fn new(seed: [u8; 32]) -> Self {
         SeededRng {
             seed,
             counter: 0,

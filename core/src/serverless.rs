@@ -412,44 +412,6 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A SHA-256 counter-mode generator over the handed-in seed: the core takes no
-/// randomness from the system.
-struct SeededRng {
-    seed: [u8; 32],
-    counter: u64,
-}
-
-impl rand_core::RngCore for SeededRng {
-    fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(32) {
-            let mut h = Sha256::new();
-            h.update(self.seed);
-            h.update(self.counter.to_le_bytes());
-            self.counter += 1;
-            chunk.copy_from_slice(&h.finalize()[..chunk.len()]);
-        }
-    }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl rand_core::CryptoRng for SeededRng {}
-
 impl Handshake {
     /// Start: this side's `serverless` message is queued.
     pub fn new(cfg: HandshakeConfig) -> Handshake {
@@ -599,10 +561,7 @@ impl Handshake {
                 "{why}, so both sides must give the same code, and the peer gave none"
             )));
         }
-        let mut rng = SeededRng {
-            seed: self.cfg.seed,
-            counter: 0,
-        };
+        let mut rng = crate::pake::SeededRng::new(self.cfg.seed);
         let (spake, msg) = Spake2::<Ed25519Group>::start_symmetric_with_rng(
             &Password::new(code.as_bytes()),
             &Identity::new(PAKE_IDENTITY),
