@@ -264,7 +264,9 @@ pub struct ClientArgs {
     #[arg(long, value_name = "RATE", value_parser = limit_rate)]
     pub limit_rate: Option<u64>,
     /// After a lost relay connection, reconnect this many times (with a peer of this
-    /// project) and resume where the receiver stands; 0 turns reconnecting off.
+    /// project; a code like 7-guitar-rocket runs its PAKE again) and resume where the
+    /// receiver stands; 0 turns reconnecting off. Transfers without a relay do not
+    /// reconnect.
     #[arg(long, value_name = "N", default_value = "5")]
     pub max_retries: u32,
     /// The wait before the first reconnect (e.g. 1s, 500ms), doubling with each further

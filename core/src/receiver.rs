@@ -344,6 +344,10 @@ enum Phase {
     /// `eof` arrived; waiting for the last files to be closed, then synced, then
     /// committed.
     Closing(Commit),
+    /// Every file is in place and the report went to a sender that agreed on reconnect:
+    /// waiting for its [`Control::ReportReceived`] (see
+    /// [`Receiver::report_unconfirmed`]).
+    Reported,
     Done,
     Failed,
 }
@@ -441,6 +445,8 @@ pub struct Receiver {
     reconnect_state: Option<ResumeState>,
     /// On a reconnect: the sender proved itself.
     reconnect_verified: bool,
+    /// The session ended after the report without the sender saying it arrived.
+    report_unconfirmed: bool,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -481,6 +487,16 @@ impl Receiver {
             _ if self.reconnect_state.is_some() => ReconnectStatus::Agreed,
             _ => ReconnectStatus::Unsupported,
         }
+    }
+
+    /// True when the session ended well on this side (every file in place, the report
+    /// sent) but the connection ended, or the sender went silent, before the sender said
+    /// the report arrived. With automatic reconnect agreed, reconnect with
+    /// [`next_reconnect`](Self::next_reconnect): the sender, which may have lost the
+    /// report, then learns from the resume answer that every file is here, and gets the
+    /// report again at once.
+    pub fn report_unconfirmed(&self) -> bool {
+        self.report_unconfirmed
     }
 
     /// The configuration for the next attempt after a lost connection, once automatic
@@ -525,6 +541,7 @@ impl Receiver {
             offer: None,
             reconnect_state: None,
             reconnect_verified: false,
+            report_unconfirmed: false,
         };
         r.transmit.push_back(
             Control::Hello {
@@ -584,7 +601,7 @@ impl Receiver {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::AwaitManifest | Phase::Streaming => Some(self.deadline),
+            Phase::AwaitManifest | Phase::Streaming | Phase::Reported => Some(self.deadline),
             _ => None,
         }
     }
@@ -595,7 +612,7 @@ impl Receiver {
     pub fn wants_input(&self) -> bool {
         self.backlog.is_empty()
             && match self.phase {
-                Phase::AwaitManifest => true,
+                Phase::AwaitManifest | Phase::Reported => true,
                 Phase::Streaming => self.in_flight() < self.config.window,
                 _ => false,
             }
@@ -717,6 +734,10 @@ impl Receiver {
                 "the sender sent nothing for {} s",
                 self.config.idle_timeout.as_secs()
             ))),
+            Phase::Reported => {
+                self.end_unconfirmed();
+                Ok(())
+            }
             _ => Ok(()),
         };
         self.settle(r)
@@ -743,6 +764,10 @@ impl Receiver {
     }
 
     fn on_close(&mut self, code: Option<u16>, reason: &str) -> Result<(), Error> {
+        if matches!(self.phase, Phase::Reported) {
+            self.end_unconfirmed();
+            return Ok(());
+        }
         if matches!(self.phase, Phase::Done | Phase::Closing(_)) {
             return Ok(());
         }
@@ -767,6 +792,9 @@ impl Receiver {
     /// required and never came up): like any failure, the peer is told why when it
     /// confirms delivery. Nothing happens once the session ended.
     pub fn abort(&mut self, e: Error) {
+        if matches!(self.phase, Phase::Reported) {
+            self.end_unconfirmed();
+        }
         if self.error.is_none() && !matches!(self.phase, Phase::Done) {
             self.fail(e);
         }
@@ -774,12 +802,22 @@ impl Receiver {
 
     /// Stop the session. Partial files stay for a later `--resume`.
     pub fn cancel(&mut self, reason: &str) {
+        if matches!(self.phase, Phase::Reported) {
+            // Every file is in place: stopping now loses nothing.
+            self.phase = Phase::Done;
+        }
         if self.error.is_none() && !matches!(self.phase, Phase::Done) {
             self.fail(Error::Cancelled(reason.to_owned()));
         }
     }
 
     // ---- internals ----
+
+    /// The session ended in [`Phase::Reported`] without the sender's word.
+    fn end_unconfirmed(&mut self) {
+        self.phase = Phase::Done;
+        self.report_unconfirmed = true;
+    }
 
     fn in_flight(&self) -> usize {
         let held = self
@@ -877,7 +915,7 @@ impl Receiver {
                     .as_ref()
                     .is_none_or(|c| c.jobs_out == 0 && c.results.is_empty()),
             },
-            Phase::Done | Phase::Failed => true,
+            Phase::Reported | Phase::Done | Phase::Failed => true,
             Phase::Consent { .. } | Phase::Resuming(_) | Phase::Closing(_) => false,
         }
     }
@@ -975,6 +1013,13 @@ impl Receiver {
                     ))),
                 }
             }
+            (Phase::Reported, Control::ReportReceived) => {
+                self.phase = Phase::Done;
+                Ok(())
+            }
+            // Every file is in place and reported: anything else is ignored, as after
+            // `eof`.
+            (Phase::Reported, _) => Ok(()),
             (Phase::Streaming, Control::FileEof) => self.on_file_eof(),
             (Phase::Streaming, Control::Eof) => self.on_eof(),
             (
@@ -1576,8 +1621,15 @@ impl Receiver {
                 }
                 let uncommitted = std::mem::take(&mut self.uncommitted);
                 if uncommitted.is_empty() {
-                    self.phase = Phase::Done;
                     self.events.push_back(Event::Done);
+                    if self.confirm && self.reconnect_state.is_some() {
+                        // The sender says when the report arrived; until then it may
+                        // have to be told again, on a reconnect.
+                        self.phase = Phase::Reported;
+                        self.deadline = self.last_now + self.config.idle_timeout;
+                    } else {
+                        self.phase = Phase::Done;
+                    }
                 } else {
                     self.fail(Error::Io {
                         file: None,

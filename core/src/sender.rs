@@ -939,6 +939,11 @@ impl Sender {
                 report.delivered
             )));
         }
+        if self.reconnect_agreed {
+            // The receiver waits for this before it ends: without it, it reconnects to
+            // tell a sender that lost the report what it holds.
+            self.transmit.push_back(Control::ReportReceived.into());
+        }
         self.finish(true, report.delivered);
         Ok(())
     }

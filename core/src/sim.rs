@@ -511,6 +511,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// True when both state machines finished (successfully or not).
     pub both_finished: bool,
+    /// The receiver's [`Receiver::report_unconfirmed`] at the end.
+    pub receiver_report_unconfirmed: bool,
     /// True when the step limit stopped the run.
     pub step_limit_hit: bool,
     /// Jobs (of either side) that ran before a job polled earlier: evidence that the run
@@ -678,6 +680,7 @@ pub fn run(setup: SimSetup) -> Outcome {
         violations,
         elapsed: sim.elapsed,
         both_finished: sim.sender.is_finished() && sim.receiver.is_finished(),
+        receiver_report_unconfirmed: sim.receiver.report_unconfirmed(),
         step_limit_hit,
         jobs_out_of_order: sim.jobs_out_of_order,
         io_out_of_order: sim.io_out_of_order,

@@ -184,6 +184,11 @@ pub enum Control {
         /// Lowercase hex of the 32-byte proof.
         proof: String,
     },
+    /// Extension [`EXT_RECONNECT`], from the sender: its receiver's report arrived. A
+    /// receiver that agreed on reconnect waits for it after its report; a connection
+    /// lost before it came makes that receiver reconnect, so that the sender learns
+    /// from the reconnected session that every file is in place.
+    ReportReceived,
     /// Extension [`EXT_CONFIRM`]: the sender gives up the current file (it changed or
     /// could not be read); the receiver keeps nothing of it under its final name.
     FileAbort {
@@ -394,6 +399,7 @@ impl Control {
             Control::Eof => "eof",
             Control::Extensions { .. } => "extensions",
             Control::ReconnectProof { .. } => "reconnect_proof",
+            Control::ReportReceived => "report_received",
             Control::FileAbort { .. } => "file_abort",
             Control::Consent { .. } => "consent",
             Control::Report(_) => "report",

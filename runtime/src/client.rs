@@ -90,7 +90,8 @@ pub async fn send<R: Rt>(
     let events: EventSink = Arc::new(Mutex::new(on_event));
     if let Some(code) = pake {
         let picked: Vec<Source> = sources.clone();
-        let done = send_room(rt.clone(), &cfg, &code, picked, opts.clone(), events).await?;
+        let meet = Meet::Room(&code);
+        let done = send_session(rt.clone(), &cfg, 0, meet, picked, opts.clone(), events).await?;
         let mut sum = total(&[done], start);
         sum.excluded = listing.excluded;
         let mut not_delivered = listing.failed;
@@ -109,7 +110,7 @@ pub async fn send<R: Rt>(
                 rt.clone(),
                 &cfg,
                 i,
-                secrets,
+                Meet::Code(secrets),
                 picked,
                 opts.clone(),
                 events.clone(),
@@ -126,41 +127,54 @@ pub async fn send<R: Rt>(
     Ok(sum)
 }
 
+/// Where the two sides of a session meet, again on every reconnect.
+enum Meet<'a> {
+    /// At the relay, by a v1 code: the same secrets on every connection.
+    Code(Secrets),
+    /// In the room of a code like `7-guitar-rocket`: a fresh PAKE on every connection,
+    /// whose key encrypts that connection's session.
+    Room(&'a PakeCode),
+}
+
+impl Meet<'_> {
+    /// The code the reconnect proofs are bound to: the normal form of a PAKE code, so
+    /// that both sides agree however the user typed it.
+    fn proof_code(&self, cfg: &ClientConfig) -> String {
+        match self {
+            Meet::Code(_) => cfg.code.clone(),
+            Meet::Room(code) => code.to_string(),
+        }
+    }
+}
+
 async fn send_session<R: Rt>(
     rt: R,
     cfg: &ClientConfig,
     index: usize,
-    secrets: Secrets,
+    meet: Meet<'_>,
     picked: Vec<Source>,
     opts: SendOptions,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
     let (files, locals) = split_sources(picked);
     let mut attempts = Attempts::new(&rt, cfg, index, events)?;
-    let (ticket, binding) = reconnect::ticket(&cfg.code)?;
+    let (ticket, binding) = reconnect::ticket(&meet.proof_code(cfg))?;
     let mut mode = attempts.enabled().then(|| SenderReconnect::Offer {
         ticket,
         binding: binding.clone(),
     });
     loop {
         let cfg = attempts.config(cfg);
-        // A fresh nonce seed for every session: the key stays the same.
-        let seed = nonce_seed()?;
-        let (result, status) = match open_relay(&rt, &cfg, Role::Sender).await {
-            Ok(conn) => {
-                let sink = attempts.sink();
-                let (files, locals) = (files.clone(), locals.clone());
-                let run = Run {
-                    index,
-                    secrets: &secrets,
-                    seed,
-                    opts: opts.clone(),
-                    events: sink,
-                };
-                drive_send(rt.clone(), &cfg, run, files, locals, mode.clone(), conn).await
-            }
-            Err(e) => (Err(e), ReconnectStatus::Off),
+        let (files, locals) = (files.clone(), locals.clone());
+        let run = SendRun {
+            index,
+            opts: opts.clone(),
+            events: attempts.sink(),
+            files,
+            locals,
+            mode: mode.clone(),
         };
+        let (result, status) = send_attempt(&rt, &cfg, &meet, run).await;
         match result {
             Ok(mut done) => {
                 done.bytes = attempts.moved();
@@ -173,6 +187,53 @@ async fn send_session<R: Rt>(
             attempt: attempts.number(),
             nonce: reconnect::random()?,
         });
+    }
+}
+
+/// What one attempt of a sending session needs besides its connection and secrets.
+struct SendRun {
+    index: usize,
+    opts: SendOptions,
+    events: EventSink,
+    files: Vec<SendFile>,
+    locals: Vec<Listed>,
+    mode: Option<SenderReconnect>,
+}
+
+/// Connect (and, in a room, run the PAKE), then run one session on the connection.
+async fn send_attempt<R: Rt>(
+    rt: &R,
+    cfg: &ClientConfig,
+    meet: &Meet<'_>,
+    a: SendRun,
+) -> (Result<Summary, TransferError>, ReconnectStatus) {
+    // A fresh nonce seed for every session: with a v1 code the key stays the same.
+    let seed = match nonce_seed() {
+        Ok(s) => s,
+        Err(e) => return (Err(e), ReconnectStatus::Off),
+    };
+    let run = |secrets| Run {
+        index: a.index,
+        secrets,
+        seed,
+        opts: a.opts,
+        events: a.events,
+    };
+    match meet {
+        Meet::Code(secrets) => match open_relay(rt, cfg, Role::Sender).await {
+            Ok(conn) => {
+                let run = run(secrets);
+                drive_send(rt.clone(), cfg, run, a.files, a.locals, a.mode, conn).await
+            }
+            Err(e) => (Err(e), ReconnectStatus::Off),
+        },
+        Meet::Room(code) => match open_room(rt, cfg, Role::Sender, code).await {
+            Ok((conn, secrets)) => {
+                let run = run(&secrets);
+                drive_send(rt.clone(), cfg, run, a.files, a.locals, a.mode, conn).await
+            }
+            Err(e) => (Err(e), ReconnectStatus::Off),
+        },
     }
 }
 
@@ -256,18 +317,15 @@ pub async fn receive<R: Rt>(
     let inbox = Inbox::new(&cfg, out_dir, n);
     if let Some(code) = pake {
         let events: EventSink = Arc::new(Mutex::new(on_event));
-        let (conn, secrets, opened_in) =
-            pake_conn::open_room(&rt, &cfg, Role::Receiver, &code, nonce_seed()?).await?;
-        let conn = with_direct_path(&rt, &cfg, Role::Receiver, conn, opened_in);
-        let done = drive_receive(rt, &cfg, 0, &secrets, inbox, events, None, conn)
-            .await
-            .0?;
+        let meet = Meet::Room(&code);
+        let done = receive_session(rt, &cfg, 0, meet, inbox, events).await?;
         return Ok(total(&[done], start));
     }
     let secrets = derive_all(&rt, codes, cfg.encrypt).await?;
     let events: EventSink = Arc::new(Mutex::new(on_event));
     let sessions = secrets.into_iter().enumerate().map(|(i, secrets)| {
-        receive_session(rt.clone(), &cfg, i, secrets, inbox.clone(), events.clone())
+        let meet = Meet::Code(secrets);
+        receive_session(rt.clone(), &cfg, i, meet, inbox.clone(), events.clone())
     });
     let done = join_sessions(&rt, sessions)
         .await
@@ -339,42 +397,90 @@ async fn receive_session<R: Rt>(
     rt: R,
     cfg: &ClientConfig,
     index: usize,
-    secrets: Secrets,
+    meet: Meet<'_>,
     inbox: Inbox,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
     let mut attempts = Attempts::new(&rt, cfg, index, events)?;
     let mut mode = attempts.enabled().then(|| ReceiverReconnect::Accept {
-        code: cfg.code.clone(),
+        code: meet.proof_code(cfg),
     });
     // The user answers once: a reconnect of an accepted transfer is not asked again.
     let mut inbox = inbox;
+    // Every file is in place, but the sender may not know: the session's own summary.
+    let mut finished: Option<Summary> = None;
     loop {
         let cfg = attempts.config(cfg);
-        let (result, receiver) = match open_relay(&rt, &cfg, Role::Receiver).await {
-            Ok(conn) => {
-                let (sink, inbox) = (attempts.sink(), inbox.clone());
-                let (rt, mode) = (rt.clone(), mode.clone());
-                drive_receive(rt, &cfg, index, &secrets, inbox, sink, mode, conn).await
+        let (sink, mode_now) = (attempts.sink(), mode.clone());
+        let (result, receiver) =
+            receive_attempt(&rt, &cfg, index, &meet, inbox.clone(), sink, mode_now).await;
+        let status = receiver
+            .as_ref()
+            .map_or(ReconnectStatus::Off, Receiver::reconnect_status);
+        if let Some(next) = receiver.as_ref().and_then(Receiver::next_reconnect) {
+            mode = Some(next);
+            inbox.gate = None;
+        }
+        let failure = match result {
+            Ok(done) => {
+                let done = finished.take().unwrap_or(done);
+                if !receiver.as_ref().is_some_and(Receiver::report_unconfirmed) {
+                    return Ok(Summary {
+                        bytes: attempts.moved(),
+                        ..done
+                    });
+                }
+                // The sender may have lost the report: reconnect so that it learns, from
+                // the resume answer, that every file is here.
+                finished = Some(done);
+                TransferError::Session(p2p_copy_core::Error::ConnectionLost(
+                    "every file is in place, but the connection ended before the sender \
+                     said it got the delivery report"
+                        .into(),
+                ))
+            }
+            Err(e) => e,
+        };
+        if let Err(e) = attempts.after_failure(failure, status).await {
+            let Some(done) = finished else {
+                return Err(e);
+            };
+            log::warn!(
+                "every file is in place, but the sender may not know it ({}): it may end \
+                 with 'connection lost'",
+                reconnect::strip_lost(&e)
+            );
+            return Ok(Summary {
+                bytes: attempts.moved(),
+                ..done
+            });
+        }
+    }
+}
+
+/// Connect (and, in a room, run the PAKE), then run one receiving session on the
+/// connection.
+async fn receive_attempt<R: Rt>(
+    rt: &R,
+    cfg: &ClientConfig,
+    index: usize,
+    meet: &Meet<'_>,
+    inbox: Inbox,
+    sink: EventSink,
+    mode: Option<ReceiverReconnect>,
+) -> (Result<Summary, TransferError>, Option<Receiver>) {
+    let rt = rt.clone();
+    match meet {
+        Meet::Code(secrets) => match open_relay(&rt, cfg, Role::Receiver).await {
+            Ok(conn) => drive_receive(rt, cfg, index, secrets, inbox, sink, mode, conn).await,
+            Err(e) => (Err(e), None),
+        },
+        Meet::Room(code) => match open_room(&rt, cfg, Role::Receiver, code).await {
+            Ok((conn, secrets)) => {
+                drive_receive(rt, cfg, index, &secrets, inbox, sink, mode, conn).await
             }
             Err(e) => (Err(e), None),
-        };
-        match result {
-            Ok(mut done) => {
-                done.bytes = attempts.moved();
-                return Ok(done);
-            }
-            Err(e) => {
-                let status = receiver
-                    .as_ref()
-                    .map_or(ReconnectStatus::Off, Receiver::reconnect_status);
-                if let Some(next) = receiver.as_ref().and_then(Receiver::next_reconnect) {
-                    mode = Some(next);
-                    inbox.gate = None;
-                }
-                attempts.after_failure(e, status).await?;
-            }
-        }
+        },
     }
 }
 
@@ -467,29 +573,17 @@ fn pake_code(cfg: &ClientConfig) -> Result<Option<PakeCode>, TransferError> {
         .map_err(|e| TransferError::Session(p2p_copy_core::Error::Config(e.0)))
 }
 
-/// The one session of a code like `7-guitar-rocket`: meet in its room, run the PAKE,
-/// then send encrypted under the key it gave.
-async fn send_room<R: Rt>(
-    rt: R,
+/// Meet in the room of a code like `7-guitar-rocket` and run the PAKE: the connection,
+/// with the direct path beside it, and the secrets of the key it gave.
+async fn open_room<R: Rt>(
+    rt: &R,
     cfg: &ClientConfig,
+    role: Role,
     code: &PakeCode,
-    picked: Vec<Source>,
-    opts: SendOptions,
-    events: EventSink,
-) -> Result<Summary, TransferError> {
-    let (files, locals) = split_sources(picked);
-    let seed = nonce_seed()?;
+) -> Result<(Paths<R, AlreadyPaired<transport::WsTransport>>, Secrets), TransferError> {
     let (conn, secrets, opened_in) =
-        pake_conn::open_room(&rt, cfg, Role::Sender, code, nonce_seed()?).await?;
-    let conn = with_direct_path(&rt, cfg, Role::Sender, conn, opened_in);
-    let run = Run {
-        index: 0,
-        secrets: &secrets,
-        seed,
-        opts,
-        events,
-    };
-    drive_send(rt, cfg, run, files, locals, None, conn).await.0
+        pake_conn::open_room(rt, cfg, role, code, nonce_seed()?).await?;
+    Ok((with_direct_path(rt, cfg, role, conn, opened_in), secrets))
 }
 
 fn direct_config(cfg: &ClientConfig) -> p2p_copy_core::direct::DirectConfig {

@@ -147,7 +147,8 @@ impl<R: Rt> Attempts<R> {
                 ))));
             }
             // A reconnect that has not reached its proven peer yet: the relay may still
-            // be down or busy with the old pair, or a stranger came first.
+            // be down or busy with the old pair, or a stranger came first (in a room of a
+            // code like `7-guitar-rocket` its PAKE fails, or it holds the room).
             _ if reconnecting => match &e {
                 TransferError::Session(Error::Timeout(_)) => {
                     return Err(self.give_up(&format!(
@@ -156,7 +157,12 @@ impl<R: Rt> Attempts<R> {
                     )));
                 }
                 TransferError::Connect(_)
-                | TransferError::Session(Error::ConnectionLost(_) | Error::Peer { .. }) => true,
+                | TransferError::Session(
+                    Error::ConnectionLost(_)
+                    | Error::Peer { .. }
+                    | Error::WrongCode(_)
+                    | Error::RoomInUse(_),
+                ) => true,
                 _ => false,
             },
             _ => false,
@@ -219,7 +225,7 @@ impl<R: Rt> Attempts<R> {
 }
 
 /// The reason of an error without its "connection lost: " prefix.
-fn strip_lost(e: &TransferError) -> String {
+pub(crate) fn strip_lost(e: &TransferError) -> String {
     match e {
         TransferError::Session(Error::ConnectionLost(why)) => why.clone(),
         other => other.to_string(),

@@ -8,7 +8,8 @@
 //!
 //! Tests that run programs use [`binary::cli_binary`] (our `p2p-copy`, built on demand)
 //! and [`process::ChildGuard`] (killed by PID when the test ends); [`tls::TestPki`]
-//! generates the certificates for `wss://`. [`netlab::Lab`] builds a small internet of
+//! generates the certificates for `wss://`; [`forward::Forwarder`] stands between one
+//! client and the relay and cuts its connection. [`netlab::Lab`] builds a small internet of
 //! network namespaces with NAT routers, for direct-connection tests.
 
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@
 pub mod binary;
 pub mod deadline;
 pub mod events;
+pub mod forward;
 pub mod hostile_peer;
 pub mod netlab;
 mod pair;

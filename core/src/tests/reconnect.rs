@@ -63,6 +63,21 @@ fn resume(code: &str, attempt: u32) -> SenderReconnect {
     }
 }
 
+/// A reconnect (attempt 1) of a transfer that agreed on the extension, into the
+/// receiver's directory as `prepare` leaves it; both sides must succeed.
+fn reconnected(secrets: &Secrets, prepare: impl FnOnce(&mut sim::ReceiverDisk)) -> sim::Outcome {
+    let mut s = setup(secrets);
+    prepare(&mut s.disk);
+    s.sender_config.reconnect = Some(resume(CODE, 1));
+    s.receiver_config.reconnect = Some(ReceiverReconnect::Resume(agreed(CODE)));
+    let out = sim::run(s);
+    assert!(
+        out.sender_error.is_none() && out.receiver_error.is_none(),
+        "{out:?}"
+    );
+    out
+}
+
 #[test]
 fn the_first_session_agrees_and_hands_the_ticket_over() {
     for secrets in [plain(), encrypted()] {
@@ -89,17 +104,9 @@ fn the_first_session_agrees_and_hands_the_ticket_over() {
 fn a_reconnect_resumes_from_the_partial_file_after_both_proofs() {
     for secrets in [plain(), encrypted()] {
         let held = 2 << 20;
-        let mut s = setup(&secrets);
-        s.disk
-            .partial
-            .insert(NAME.into(), source()[..held].to_vec());
-        s.sender_config.reconnect = Some(resume(CODE, 1));
-        s.receiver_config.reconnect = Some(ReceiverReconnect::Resume(agreed(CODE)));
-        let out = sim::run(s);
-        assert!(
-            out.sender_error.is_none() && out.receiver_error.is_none(),
-            "{out:?}"
-        );
+        let out = reconnected(&secrets, |disk| {
+            disk.partial.insert(NAME.into(), source()[..held].to_vec());
+        });
         assert_eq!(out.files()[NAME], source());
         let from = out.sender_events.iter().find_map(|e| match e {
             Event::FileStarted { append_from, .. } => Some(*append_from),
@@ -125,6 +132,76 @@ fn a_reconnect_resumes_from_the_partial_file_after_both_proofs() {
             "receiver_manifest"
         };
         assert_eq!(kinds[..3], ["extensions", "reconnect_proof", resume_answer]);
+    }
+}
+
+/// The first session of `secrets`, both sides agreeing on the extension.
+fn first_session(secrets: &Secrets) -> SimSetup {
+    let mut s = setup(secrets);
+    s.sender_config.reconnect = Some(SenderReconnect::Offer {
+        ticket: ticket(),
+        binding: Binding::new(&ticket(), CODE),
+    });
+    s.receiver_config.reconnect = Some(ReceiverReconnect::Accept { code: CODE.into() });
+    s
+}
+
+#[test]
+fn the_receiver_ends_on_the_senders_word_that_the_report_arrived() {
+    for secrets in [plain(), encrypted()] {
+        let out = sim::run(first_session(&secrets));
+        assert!(out.both_finished, "{out:?}");
+        assert!(
+            out.sender_error.is_none() && out.receiver_error.is_none(),
+            "{out:?}"
+        );
+        assert!(!out.receiver_report_unconfirmed, "{out:?}");
+    }
+}
+
+#[test]
+fn a_report_not_known_to_have_arrived_leaves_the_receiver_to_reconnect() {
+    for secrets in [plain(), encrypted()] {
+        let mut s = first_session(&secrets);
+        // The sender's word is lost on the way (the connection breaks after the report).
+        s.tamper = Some(Box::new(|_, _, m| match &m {
+            WireMessage::Text(t) if t.contains("report_received") => Vec::new(),
+            _ => vec![m],
+        }));
+        let out = sim::run(s);
+        assert!(
+            out.sender_error.is_none() && out.receiver_error.is_none(),
+            "{out:?}"
+        );
+        assert_eq!(out.files()[NAME], source(), "every file is in place");
+        assert!(out.receiver_report_unconfirmed, "{out:?}");
+    }
+}
+
+#[test]
+fn a_reconnect_after_a_lost_report_confirms_every_file_at_once() {
+    for secrets in [plain(), encrypted()] {
+        let out = reconnected(&secrets, |disk| {
+            disk.complete.insert(NAME.into(), source().to_vec());
+        });
+        assert!(!out.receiver_report_unconfirmed, "{out:?}");
+        assert!(
+            out.sender_events.contains(&Event::Delivery {
+                confirmed: true,
+                delivered: 1
+            }),
+            "{:?}",
+            out.sender_events
+        );
+        let moved = out
+            .sender_events
+            .iter()
+            .any(|e| matches!(e, Event::Progress { .. } | Event::FileStarted { .. }));
+        assert!(
+            !moved,
+            "no file data is sent again: {:?}",
+            out.sender_events
+        );
     }
 }
 
