@@ -430,6 +430,9 @@ pub struct Receiver {
     /// This side's answer to the offer of a direct connection (true: accepted), until
     /// the runtime takes it.
     direct_answer: Option<bool>,
+    /// This side accepted the direct path: the sender's last messages may travel on it,
+    /// so the receiver does not wait for [`Control::ReportReceived`].
+    direct_agreed: bool,
     /// The encrypted session's nonce seed S, which also seals the report.
     seed: Option<[u8; 32]>,
     /// Files not delivered, and why.
@@ -534,6 +537,7 @@ impl Receiver {
             confirm: false,
             reported: false,
             direct_answer: None,
+            direct_agreed: false,
             seed: None,
             failed: Vec::new(),
             uncommitted: Vec::new(),
@@ -1082,6 +1086,7 @@ impl Receiver {
         let direct = offered(wire::EXT_CONFIRM) && offered(wire::EXT_DIRECT);
         if self.config.direct {
             self.direct_answer = Some(direct);
+            self.direct_agreed = direct;
         }
         if extensions.iter().any(|e| e == wire::EXT_CONFIRM) {
             // Answered before anything else this side sends (the resume answer).
@@ -1622,7 +1627,7 @@ impl Receiver {
                 let uncommitted = std::mem::take(&mut self.uncommitted);
                 if uncommitted.is_empty() {
                     self.events.push_back(Event::Done);
-                    if self.confirm && self.reconnect_state.is_some() {
+                    if self.confirm && self.reconnect_state.is_some() && !self.direct_agreed {
                         // The sender says when the report arrived; until then it may
                         // have to be told again, on a reconnect.
                         self.phase = Phase::Reported;

@@ -315,6 +315,9 @@ pub struct Sender {
     /// The receiver's answer to the offer of a direct connection (true: accepted), until
     /// the runtime takes it.
     direct_answer: Option<bool>,
+    /// The receiver accepted the direct path: the session's end may travel on it, so
+    /// no [`Control::ReportReceived`] is sent (the receiver does not wait for one).
+    direct_agreed: bool,
     /// The session failed after offering confirmation but before the receiver's answer
     /// arrived: the report to send if the answer comes (see
     /// [`awaits_acceptance`](Sender::awaits_acceptance)).
@@ -391,6 +394,7 @@ impl Sender {
             accepted: false,
             direct_answer: None,
             unsent_report: None,
+            direct_agreed: false,
             skipped: Vec::new(),
             abandoned: HashSet::new(),
             held: false,
@@ -731,7 +735,8 @@ impl Sender {
             {
                 self.accepted = accept.iter().any(|e| e == wire::EXT_CONFIRM);
                 if self.config.direct && self.config.confirm {
-                    self.direct_answer = Some(accept.iter().any(|e| e == wire::EXT_DIRECT));
+                    self.direct_agreed = accept.iter().any(|e| e == wire::EXT_DIRECT);
+                    self.direct_answer = Some(self.direct_agreed);
                 }
                 if self.config.consent
                     && self.accepted
@@ -939,7 +944,7 @@ impl Sender {
                 report.delivered
             )));
         }
-        if self.reconnect_agreed {
+        if self.reconnect_agreed && !self.direct_agreed {
             // The receiver waits for this before it ends: without it, it reconnects to
             // tell a sender that lost the report what it holds.
             self.transmit.push_back(Control::ReportReceived.into());
