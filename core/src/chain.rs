@@ -14,6 +14,12 @@ impl Chain {
         Self::default()
     }
 
+    /// A chain that stands at `value` (`None`: before its first piece), to fold in the
+    /// piece after the one that gave `value`.
+    pub fn after(value: Option<[u8; 32]>) -> Self {
+        Chain { prev: value }
+    }
+
     /// Fold in the next piece and return the new chain value.
     pub fn next(&mut self, piece: &[u8]) -> [u8; 32] {
         let mut h = Sha256::new();
@@ -52,6 +58,15 @@ mod tests {
         let mut c = Chain::new();
         let expected: [u8; 32] = Sha256::digest(b"abc").into();
         assert_eq!(c.next(b"abc"), expected);
+    }
+
+    #[test]
+    fn a_chain_resumed_at_a_value_continues_it() {
+        let mut c = Chain::new();
+        let first = c.next(b"a");
+        let second = c.next(b"b");
+        assert_eq!(Chain::after(Some(first)).next(b"b"), second);
+        assert_eq!(Chain::after(None).next(b"a"), first);
     }
 
     #[test]

@@ -222,14 +222,22 @@ pub enum IoCompletion {
     },
 }
 
-/// Per-piece CPU work (decrypt, decompress) handed out by [`Receiver::poll_job`]. Run it
-/// anywhere with [`Job::run`] and feed the result to [`Receiver::handle_job`] in any
-/// order; the receiver verifies the chain and writes in order.
+/// Per-piece CPU work (decrypt, hash, decompress) handed out by [`Receiver::poll_job`].
+/// Run it anywhere with [`Job::run`] and feed the result to [`Receiver::handle_job`] in
+/// any order; the receiver checks the results and writes in order.
+///
+/// A job hashes its piece onto the chain value that the previous piece's message
+/// claimed, so the pieces of a file hash on several cores at once. Checked in order,
+/// that is the same check as the running chain: piece 0's claim equals SHA-256(P(0)),
+/// and when piece k-1's claim is c(k-1), piece k's claim equals SHA-256(c(k-1) ‖ P(k))
+/// exactly when it is c(k).
 #[derive(Clone)]
 pub struct Job {
     file: usize,
     seq: u64,
     chain: [u8; 32],
+    /// The chain value the previous piece's message claimed (`None` for the first).
+    prev: Option<[u8; 32]>,
     payload: Bytes,
     open: Option<(Cipher, [u8; 32])>,
     decompress: bool,
@@ -252,18 +260,25 @@ impl std::fmt::Debug for Job {
 pub struct JobResult {
     file: usize,
     seq: u64,
+    /// What the piece's message claimed; the job's own value is in `outcome`.
     chain: [u8; 32],
-    outcome: Result<(Bytes, Bytes), String>,
+    /// The piece's bytes for the file and the chain value the job computed.
+    outcome: Result<(Bytes, [u8; 32]), String>,
 }
 
+/// Largest plain piece whose job runs inline: hashing a few KiB costs less than a trip
+/// to another thread.
+const LIGHT_PIECE: usize = 64 * 1024;
+
 impl Job {
-    /// Whether the job is cheap enough to run inline (nothing to decrypt or decompress).
+    /// Whether the job is cheap enough to run inline (a small piece, nothing to decrypt
+    /// or decompress).
     pub fn is_light(&self) -> bool {
-        self.open.is_none() && !self.decompress
+        self.open.is_none() && !self.decompress && self.payload.len() <= LIGHT_PIECE
     }
 
-    /// Do the work: decrypt, then decompress with the cap set to the piece's expected
-    /// length.
+    /// Do the work: decrypt, hash onto the previous piece's claim, then decompress
+    /// with the cap set to the piece's expected length.
     pub fn run(self) -> JobResult {
         JobResult {
             file: self.file,
@@ -273,7 +288,7 @@ impl Job {
         }
     }
 
-    fn work(&self) -> Result<(Bytes, Bytes), String> {
+    fn work(&self) -> Result<(Bytes, [u8; 32]), String> {
         let plain = match &self.open {
             Some((cipher, nonce)) => match cipher.open(nonce, &self.payload) {
                 Some(p) => Bytes::from(p),
@@ -283,11 +298,12 @@ impl Job {
             },
             None => self.payload.clone(),
         };
+        let chain = Chain::after(self.prev).next(&plain);
         if !self.decompress {
-            return Ok((plain.clone(), plain));
+            return Ok((plain, chain));
         }
         match crate::compress::decompress_capped(&plain, self.expect_len) {
-            Ok(raw) => Ok((plain, Bytes::from(raw))),
+            Ok(raw) => Ok((Bytes::from(raw), chain)),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -380,7 +396,9 @@ struct Incoming {
     jobs_out: usize,
     results: BTreeMap<u64, JobResult>,
     next_verify: u64,
-    chain: Chain,
+    /// The chain value the last data message claimed: the next piece's job hashes onto
+    /// it (`None` before the first).
+    claimed: Option<[u8; 32]>,
     done_bytes: u64,
     eof_seen: bool,
 }
@@ -1348,7 +1366,7 @@ impl Receiver {
             jobs_out: 0,
             results: BTreeMap::new(),
             next_verify: 0,
-            chain: Chain::new(),
+            claimed: None,
             done_bytes: h.append_from,
             eof_seen: false,
         });
@@ -1387,10 +1405,12 @@ impl Receiver {
         };
         cur.next_seq += 1;
         cur.jobs_out += 1;
+        let prev = cur.claimed.replace(d.chain);
         self.jobs.push_back(Job {
             file: cur.file,
             seq: d.seq,
             chain: d.chain,
+            prev,
             payload: d.payload,
             open,
             decompress: cur.compression == Compression::Zstd,
@@ -1425,10 +1445,12 @@ impl Receiver {
         };
         let e = &self.entries[cur.file];
         while let Some(r) = cur.results.remove(&cur.next_verify) {
-            let (plain, raw) = r
+            let (raw, computed) = r
                 .outcome
                 .map_err(|why| Error::integrity_in(e.path.as_str(), why))?;
-            if cur.chain.next(&plain) != r.chain {
+            // In order: the previous piece's claim, which this piece was hashed onto,
+            // has been checked already.
+            if computed != r.chain {
                 return Err(Error::integrity_in(
                     e.path.as_str(),
                     format!("chain mismatch at piece {}", r.seq),
