@@ -6,6 +6,7 @@
 //! p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] [--relay-mbit 100]
 //!                    [--host-mbit 1000] [--bin target/release/p2p-copy]
 //!                    [--dir target/bench-data/lab] [--only direct|relay-only|tcp]
+//!                    [--mtu 1500]
 //! ```
 //!
 //! Runs as root (namespaces, nftables, tc). Shaped by default: the relay host's link is
@@ -20,6 +21,14 @@
 //! relay host's interface (its bytes in plus out, from its counters, halved, over the
 //! payload), the path p2p-copy reported, and the time from pairing to a working direct
 //! path that the sender logs with `-v`. Every output is compared byte for byte.
+//!
+//! It also prints the CPU time each side took per GiB of payload (user and system, from
+//! the kernel's accounting of the sender's and the receiver's processes once they are
+//! reaped, and of the relay's process before and after), which stays put when other
+//! work on the machine moves the rates, and the machine's busy CPU time over the
+//! transfer (`/proc/stat`: everyone's, the kernel's forwarding in softirq included).
+//! `--mtu N` sets every lab link's MTU (1500 by default, Ethernet's), for jumbo-frame
+//! paths.
 //!
 //! Raw TCP goes from host A to TCP port 5201 on NAT B's public address, forwarded by NAT
 //! B to host B: the same links as the direct path, bytes only, no hashing. This program
@@ -39,7 +48,7 @@ use p2p_copy_tests::process::Finished;
 
 const USAGE: &str = "usage: p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] \
                      [--relay-mbit 100] [--host-mbit 1000] [--bin PATH] [--dir DIR] \
-                     [--only direct|relay-only|tcp]";
+                     [--only direct|relay-only|tcp] [--mtu 1500]";
 const BLOCK: usize = 1 << 20;
 
 #[path = "noise.rs"]
@@ -60,6 +69,8 @@ struct Options {
     dir: PathBuf,
     /// One of the three ways alone (for profiling), or all of them.
     only: Option<String>,
+    /// Every lab link's MTU.
+    mtu: u32,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -76,6 +87,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         bin: own_dir.join("p2p-copy"),
         dir: PathBuf::from("target/bench-data/lab"),
         only: None,
+        mtu: 1500,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -90,6 +102,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--rounds" => o.rounds = value.parse().map_err(|_| number(value))?,
             "--relay-mbit" => o.relay_mbit = value.parse().map_err(|_| number(value))?,
             "--host-mbit" => o.host_mbit = value.parse().map_err(|_| number(value))?,
+            "--mtu" => o.mtu = value.parse().map_err(|_| number(value))?,
             "--bin" => o.bin = PathBuf::from(value),
             "--dir" => o.dir = PathBuf::from(value),
             "--only" => match value.as_str() {
@@ -102,6 +115,9 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     }
     if o.mib == 0 || o.rounds == 0 || o.relay_mbit == 0 || o.host_mbit == 0 {
         return Err(format!("sizes, rounds and rates must be above 0\n{USAGE}"));
+    }
+    if !(1280..=65535).contains(&o.mtu) {
+        return Err(format!("--mtu: 1280 to 65535\n{USAGE}"));
     }
     if !o.bin.is_file() {
         return Err(format!(
@@ -147,12 +163,68 @@ fn copy(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
     }
 }
 
+/// The kernel's clock tick for the CPU times in `/proc` (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// Fields of a `/proc/PID/stat` line after the command name, which may hold spaces:
+/// index 0 is field 3 (the state).
+fn stat_fields(path: &str) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// User and system CPU seconds of this process's children that have been waited for
+/// (fields 16 and 17, `cutime` and `cstime`): read before and after reaping a child, the
+/// difference is that child's CPU time.
+fn reaped_children_cpu() -> f64 {
+    stat_fields("/proc/self/stat").map_or(0.0, |f| (f[13] + f[14]) as f64 / USER_HZ)
+}
+
+/// User and system CPU seconds process `pid` has used so far (fields 14 and 15).
+fn process_cpu(pid: u32) -> f64 {
+    stat_fields(&format!("/proc/{pid}/stat")).map_or(0.0, |f| (f[11] + f[12]) as f64 / USER_HZ)
+}
+
+/// The machine's busy CPU seconds so far (`/proc/stat`: user, nice, system, irq,
+/// softirq, steal), all processes and the kernel's own work together.
+fn machine_busy_cpu() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| f.get(i))
+        .sum::<u64>();
+    busy as f64 / USER_HZ
+}
+
+/// CPU seconds one transfer took, by whom.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    sender: f64,
+    receiver: f64,
+    relay: f64,
+    machine: f64,
+}
+
 /// One transfer's figures.
 struct Figures {
     secs: f64,
     relay_share: f64,
     direct_up: Option<f64>,
     path: String,
+    cpu: Cpu,
 }
 
 /// The lab: hosts A (sender) and B (receiver) behind cone NATs, our relay, shaping.
@@ -174,15 +246,29 @@ impl Bench {
         self.o.dir.join("out")
     }
 
+    fn relay_cpu(&self) -> f64 {
+        self.lab.relay_pid().map_or(0.0, process_cpu)
+    }
+
     /// Wait for both processes, long enough for the slowest link, and fail with their
-    /// output if either fails.
-    fn finish(&self, what: &str, sides: [LabProcess; 2]) -> Result<[Finished; 2], String> {
+    /// output if either fails. Also the CPU time each took, into `cpu`.
+    fn finish(
+        &self,
+        what: &str,
+        sides: [LabProcess; 2],
+        cpu: &mut Cpu,
+    ) -> Result<[Finished; 2], String> {
         // The slowest path (the relay's link) at its rate, three times over, and a minute.
         let slowest = self.bytes as f64 * 8.0 / (f64::from(self.o.relay_mbit) * 1e6);
         let limit = Duration::from_secs_f64(60.0 + 3.0 * slowest);
         let [r, s] = sides;
+        // Nothing else of this process's children is reaped while these two are.
+        let before = reaped_children_cpu();
         let (s, s_killed) = s.wait_or_kill(limit);
+        let sender_reaped = reaped_children_cpu();
         let (r, r_killed) = r.wait_or_kill(Duration::from_secs(60));
+        cpu.sender = sender_reaped - before;
+        cpu.receiver = reaped_children_cpu() - sender_reaped;
         if s_killed || r_killed || !s.status.success() || !r.status.success() {
             return Err(format!(
                 "{what} failed (killed at the time limit of {limit:.0?}: sender {s_killed}, \
@@ -206,6 +292,11 @@ impl Bench {
         let _ = std::fs::remove_dir_all(&out);
         let url = format!("ws://{RELAY_IP}:{RELAY_PORT}");
         let before = self.relay_bytes();
+        let mut cpu = Cpu {
+            relay: self.relay_cpu(),
+            machine: machine_busy_cpu(),
+            ..Cpu::default()
+        };
         let mut receive = Command::new(&self.o.bin);
         receive
             .args(["-v", "receive", &url, code, "--out"])
@@ -229,19 +320,38 @@ impl Bench {
             .args(flags);
         let start = Instant::now();
         let sender = self.lab.spawn(&self.a.ns, &send);
-        let [_, s] = self.finish(what, [receiver, sender])?;
+        let [_, s] = self.finish(what, [receiver, sender], &mut cpu)?;
         let secs = start.elapsed().as_secs_f64();
+        cpu.relay = self.relay_cpu() - cpu.relay;
+        cpu.machine = machine_busy_cpu() - cpu.machine;
         let relayed = self.relay_bytes() - before;
         let name = self.file.file_name().expect("a file name");
         self.check_output(what, &out.join(name))?;
         let _ = std::fs::remove_dir_all(&out);
-        let path = s
+        let mut path = s
             .stderr
             .lines()
             .rev()
             .find_map(|l| l.strip_prefix("path: "))
             .unwrap_or("(no path line)")
             .to_owned();
+        // The sender's `-v` line on the direct connection's end: "… MTU 1452 bytes, …".
+        let mtu = s.stderr.lines().find_map(|l| {
+            let (_, rest) = l.split_once("direct: connection with ")?;
+            let (_, rest) = rest.split_once("MTU ")?;
+            rest.split_whitespace().next().map(str::to_owned)
+        });
+        if let Some(mtu) = mtu {
+            path.push_str(&format!(", QUIC packets of {mtu} bytes"));
+        }
+        // The whole line (datagrams, system calls, losses) for the record.
+        if let Some(line) = s
+            .stderr
+            .lines()
+            .find(|l| l.contains("direct: connection with "))
+        {
+            println!("  sender {}", line.trim());
+        }
         let direct_up = s.stderr.lines().find_map(|l| {
             let (_, rest) = l.split_once("direct path up after ")?;
             rest.split_whitespace().next()?.parse().ok()
@@ -251,6 +361,7 @@ impl Bench {
             relay_share: relayed as f64 / 2.0 / self.bytes as f64,
             direct_up,
             path,
+            cpu,
         })
     }
 
@@ -262,6 +373,11 @@ impl Bench {
         let got = out.join("raw.bin");
         let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let before = self.relay_bytes();
+        let mut cpu = Cpu {
+            relay: self.relay_cpu(),
+            machine: machine_busy_cpu(),
+            ..Cpu::default()
+        };
         let mut recv = Command::new(&me);
         recv.arg("tcp-recv").arg(TCP_PORT.to_string()).arg(&got);
         let receiver = self.lab.spawn(&self.b.ns, &recv);
@@ -277,8 +393,10 @@ impl Bench {
         send.arg("tcp-send").arg(target.to_string()).arg(&self.file);
         let start = Instant::now();
         let sender = self.lab.spawn(&self.a.ns, &send);
-        self.finish("raw TCP", [receiver, sender])?;
+        self.finish("raw TCP", [receiver, sender], &mut cpu)?;
         let secs = start.elapsed().as_secs_f64();
+        cpu.relay = self.relay_cpu() - cpu.relay;
+        cpu.machine = machine_busy_cpu() - cpu.machine;
         let relayed = self.relay_bytes() - before;
         self.check_output("raw TCP", &got)?;
         let _ = std::fs::remove_dir_all(&out);
@@ -290,6 +408,7 @@ impl Bench {
                 "TCP to {target}, NAT B's public address, forwarded to host B {}",
                 self.b.lan_ip
             ),
+            cpu,
         })
     }
 }
@@ -305,6 +424,9 @@ fn run(o: Options) -> Result<(), String> {
     let b = lab.add_nat(2, Nat::Cone);
     lab.start_relay(&o.bin, RELAY_PORT, &[]);
     lab.forward_tcp_port(&b, TCP_PORT);
+    if o.mtu != 1500 {
+        lab.set_mtu(o.mtu);
+    }
     let links = if o.shaped {
         lab.limit_wan_link(&lab.relay_ns(), o.relay_mbit);
         for host in [&a, &b] {
@@ -328,8 +450,19 @@ fn run(o: Options) -> Result<(), String> {
         o.bin.display()
     );
     println!(
-        "{:<11} {:>9} {:>9} {:>10} {:>16}  path",
-        "transfer", "seconds", "MB/s", "via relay", "direct up after"
+        "links' MTU {} bytes; CPU: seconds per GiB of payload, sender / receiver / relay \
+         process, and the whole machine's busy CPU",
+        o.mtu
+    );
+    println!(
+        "{:<11} {:>9} {:>9} {:>10} {:>16} {:>20} {:>8}  path",
+        "transfer",
+        "seconds",
+        "MB/s",
+        "via relay",
+        "direct up after",
+        "CPU s/GiB s/r/relay",
+        "machine"
     );
     let rounds = o.rounds;
     let mut bench = Bench {
@@ -364,11 +497,20 @@ fn run(o: Options) -> Result<(), String> {
             let up = figures
                 .direct_up
                 .map_or_else(|| "-".to_owned(), |s| format!("{s:.2} s"));
+            let gib = bytes as f64 / f64::from(1u32 << 30);
+            let c = figures.cpu;
+            let sides = format!(
+                "{:.2} / {:.2} / {:.2}",
+                c.sender / gib,
+                c.receiver / gib,
+                c.relay / gib
+            );
             println!(
-                "{what:<11} {:>9.2} {:>9.1} {:>9.1}% {up:>16}  {}",
+                "{what:<11} {:>9.2} {:>9.1} {:>9.1}% {up:>16} {sides:>20} {:>8.2}  {}",
                 figures.secs,
                 bytes as f64 / figures.secs / 1e6,
                 figures.relay_share * 100.0,
+                c.machine / gib,
                 figures.path
             );
         }

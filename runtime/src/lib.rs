@@ -62,6 +62,7 @@ pub mod partials;
 mod paths;
 pub mod proxy;
 pub mod quic;
+mod quic_gso;
 mod quic_timer;
 mod reconnect;
 mod relay_conn;

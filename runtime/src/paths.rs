@@ -824,6 +824,15 @@ impl Attempt {
     }
 }
 
+impl Drop for Link {
+    fn drop(&mut self) {
+        let used = self.chosen.unwrap_or(0);
+        if let Some(conn) = self.conns.get(used) {
+            log::debug!("direct: {}", conn.stats_summary());
+        }
+    }
+}
+
 impl Link {
     fn close(&mut self) {
         for c in &self.conns {

@@ -27,8 +27,9 @@ use std::time::Instant;
 
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime};
 
-/// A quinn runtime whose timers are [`LazyTimer`]s; everything else is the wrapped
-/// runtime's.
+/// A quinn runtime whose timers are [`LazyTimer`]s and whose UDP sockets split batches
+/// too large for one `sendmsg` ([`SplitGso`](crate::quic_gso::SplitGso)); everything
+/// else is the wrapped runtime's.
 #[derive(Debug)]
 pub struct LazyTimers(pub Arc<dyn Runtime>);
 
@@ -47,7 +48,8 @@ impl Runtime for LazyTimers {
     }
 
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        self.0.wrap_udp_socket(socket)
+        let socket = self.0.wrap_udp_socket(socket)?;
+        Ok(Arc::new(crate::quic_gso::SplitGso(socket)))
     }
 
     fn now(&self) -> Instant {

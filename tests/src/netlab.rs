@@ -160,6 +160,8 @@ pub struct Lab {
     wan_ports: BTreeMap<String, String>,
     /// NAT number -> the last host address octet handed out on its LAN.
     lan_hosts: BTreeMap<u8, u8>,
+    /// The process id of the relay [`Lab::start_relay`] started.
+    relay_pid: Option<u32>,
 }
 
 impl Lab {
@@ -178,6 +180,7 @@ impl Lab {
             spawned: Vec::new(),
             wan_ports: BTreeMap::new(),
             lan_hosts: BTreeMap::new(),
+            relay_pid: None,
         };
         lab.check_tools();
         // Left over by an earlier process with the same id that was killed.
@@ -446,6 +449,8 @@ insert rule ip lab forward iifname \"wan0\" ip daddr {lan_ip} tcp dport {port} a
             ])
             .args(extra);
         let (guard, stdout) = ChildGuard::spawn_reading_stdout(&mut cmd);
+        // `ip netns exec` execs the relay: this is the relay's own process id.
+        self.relay_pid = Some(guard.id());
         self.children.push(guard);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -472,6 +477,29 @@ insert rule ip lab forward iifname \"wan0\" ip daddr {lan_ip} tcp dport {port} a
             "unexpected output from the relay: {lines:?}"
         );
         lines
+    }
+
+    /// The process id of the relay that [`Lab::start_relay`] started, if it did.
+    pub fn relay_pid(&self) -> Option<u32> {
+        self.relay_pid
+    }
+
+    /// Set the MTU of every link in the lab (each veth end, then each bridge) to `mtu`
+    /// bytes, for measurements on jumbo-frame paths. Call it after the hosts are added;
+    /// hosts added later keep the 1500-byte default.
+    pub fn set_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        for kind in ["veth", "bridge"] {
+            for ns in &self.namespaces {
+                let out = self.run(ns, &["ip", "-o", "link", "show", "type", kind]);
+                let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+                // `2: eth0@if5: <…>`: the name is the second field, before any `@`.
+                for name in listed.lines().filter_map(|l| l.split(": ").nth(1)) {
+                    let name = name.split('@').next().unwrap_or(name);
+                    self.run(ns, &["ip", "link", "set", "dev", name, "mtu", &mtu]);
+                }
+            }
+        }
     }
 
     /// Run `program args` in namespace `ns` to completion (panics after `limit`) and
