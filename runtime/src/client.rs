@@ -10,6 +10,7 @@ use futures_util::future::{select, Either};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
 use p2p_copy_core::code::PakeCode;
+use p2p_copy_core::metadata::{Attrs, TreeMetadata};
 use p2p_copy_core::parallel::{session_codes, split_by_size};
 use p2p_copy_core::receiver::{Receiver, ReceiverConfig};
 use p2p_copy_core::reconnect::{ReceiverReconnect, ReconnectStatus, SenderReconnect};
@@ -90,7 +91,8 @@ pub async fn send<R: Rt>(
     let events: EventSink = Arc::new(Mutex::new(on_event));
     if let Some(code) = pake {
         let picked: Vec<Source> = sources.clone();
-        let done = send_room(rt.clone(), &cfg, &code, picked, opts.clone(), events).await?;
+        let meta = tree_metadata(&cfg, &picked, &listing.dirs);
+        let done = send_room(rt.clone(), &cfg, &code, picked, meta, opts.clone(), events).await?;
         let mut sum = total(&[done], start);
         sum.excluded = listing.excluded;
         let mut not_delivered = listing.failed;
@@ -105,12 +107,15 @@ pub async fn send<R: Rt>(
         .enumerate()
         .map(|(i, (group, secrets))| {
             let picked: Vec<Source> = group.into_iter().map(|k| sources[k].clone()).collect();
+            // The first session carries the directories.
+            let dirs = if i == 0 { &listing.dirs[..] } else { &[] };
+            let meta = tree_metadata(&cfg, &picked, dirs);
             send_session(
                 rt.clone(),
                 &cfg,
                 i,
                 secrets,
-                picked,
+                (picked, meta),
                 opts.clone(),
                 events.clone(),
             )
@@ -131,7 +136,7 @@ async fn send_session<R: Rt>(
     cfg: &ClientConfig,
     index: usize,
     secrets: Secrets,
-    picked: Vec<Source>,
+    (picked, metadata): (Vec<Source>, Option<TreeMetadata>),
     opts: SendOptions,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
@@ -156,6 +161,7 @@ async fn send_session<R: Rt>(
                     seed,
                     opts: opts.clone(),
                     events: sink,
+                    metadata: metadata.clone(),
                 };
                 drive_send(rt.clone(), &cfg, run, files, locals, mode.clone(), conn).await
             }
@@ -183,6 +189,8 @@ struct Run<'a> {
     seed: [u8; 32],
     opts: SendOptions,
     events: EventSink,
+    /// What the receiver may keep of the files and directories (extension `metadata`).
+    metadata: Option<TreeMetadata>,
 }
 
 async fn drive_send<R: Rt, T: MessageTransport>(
@@ -200,6 +208,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         seed,
         opts,
         events,
+        metadata,
     } = run;
     let config = SenderConfig {
         compress: opts.compress,
@@ -211,6 +220,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         skip_errors: opts.skip_errors,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         reconnect,
+        metadata,
         ..SenderConfig::default()
     };
     let sender =
@@ -396,6 +406,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         consent: inbox.gate.is_some(),
         keep_existing: cfg.keep_existing,
         reconnect,
+        metadata: cfg.metadata,
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, secrets);
@@ -474,6 +485,7 @@ async fn send_room<R: Rt>(
     cfg: &ClientConfig,
     code: &PakeCode,
     picked: Vec<Source>,
+    metadata: Option<TreeMetadata>,
     opts: SendOptions,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
@@ -488,6 +500,7 @@ async fn send_room<R: Rt>(
         seed,
         opts,
         events,
+        metadata,
     };
     drive_send(rt, cfg, run, files, locals, None, conn).await.0
 }
@@ -528,6 +541,7 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
     let listing = rt
         .spawn_blocking(move || source::list(&paths, list_opts))
         .await?;
+    let metadata = tree_metadata(&cfg, &listing.files, &listing.dirs);
     let (files, locals) = split_sources(listing.files);
     let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
     let seed = nonce_seed()?;
@@ -539,6 +553,7 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
         seed,
         opts,
         events,
+        metadata,
     };
     let done = drive_send(rt, &cfg, run, files, locals, None, conn)
         .await
@@ -583,6 +598,19 @@ fn split_sources(sources: Vec<Source>) -> (Vec<SendFile>, Vec<Listed>) {
             (s.file, listed)
         })
         .unzip()
+}
+
+/// With [`ClientConfig::metadata`], what the receiver may keep of `sources` and of the
+/// directories `dirs`.
+fn tree_metadata(
+    cfg: &ClientConfig,
+    sources: &[Source],
+    dirs: &[(String, Attrs)],
+) -> Option<TreeMetadata> {
+    cfg.metadata.then(|| TreeMetadata {
+        files: sources.iter().map(|s| s.attrs).collect(),
+        dirs: dirs.to_vec(),
+    })
 }
 
 /// Where the sessions of one transfer receive, and the question they share.
