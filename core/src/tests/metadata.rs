@@ -246,9 +246,12 @@ fn setuid_bits_from_a_peer_are_dropped_and_reported() {
     assert!(notes.shown[0].1.contains("setuid"), "{notes:?}");
 }
 
+/// Spoils a metadata part on its way.
+type Spoil = Box<dyn Fn(&mut crate::wire::MetadataPart)>;
+
 #[test]
 fn hostile_parts_end_the_session_with_a_reason_and_apply_nothing() {
-    let cases: Vec<(Box<dyn Fn(&mut crate::wire::MetadataPart)>, &str)> = vec![
+    let cases: Vec<(Spoil, &str)> = vec![
         (
             Box::new(|p| p.files[0].path = "../../etc/passwd".into()),
             "not in the manifest",
