@@ -273,6 +273,11 @@ pub struct ClientArgs {
     /// one up to 30 s, with jitter.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_backoff)]
     pub retry_backoff: Duration,
+    /// Do not keep permission bits, modification times and empty folders. They are
+    /// kept by default between two copies of this p2p-copy (never setuid, setgid or
+    /// sticky bits); either side may turn it off.
+    #[arg(long)]
+    pub no_metadata: bool,
     /// The configuration file's settings, below the flags and the environment.
     #[arg(skip)]
     pub file: FileConfig,
@@ -414,6 +419,7 @@ impl ClientArgs {
         // A configuration file's token goes here, as the last fallback.
         cfg.relay_token = self.token.resolve(self.file.relay_token.clone());
         cfg.limit_rate = self.rate_limit();
+        cfg.metadata = !self.no_metadata;
         cfg
     }
 

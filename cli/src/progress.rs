@@ -424,6 +424,18 @@ impl Display {
             Event::AwaitingConsent if session == 0 => {
                 self.say("waiting for the receiver to accept the transfer…".to_owned());
             }
+            Event::MetadataNotKept(notes) => {
+                for (path, why) in &notes.shown {
+                    self.say(format!(
+                        "metadata not kept for {}: {}",
+                        escape(path),
+                        escape(why)
+                    ));
+                }
+                if notes.more > 0 {
+                    self.say(format!("metadata not kept for {} more paths", notes.more));
+                }
+            }
             Event::Reconnecting {
                 attempt,
                 of,
@@ -562,6 +574,21 @@ impl Display {
                 json::emit("path", &fields);
             }
             Event::FileKept { path } => json::emit("file_kept", &[s, ("path", json!(path))]),
+            Event::MetadataNotKept(notes) => json::emit(
+                "metadata_not_kept",
+                &[
+                    s,
+                    (
+                        "paths",
+                        json!(notes
+                            .shown
+                            .iter()
+                            .map(|(path, reason)| json!({"path": path, "reason": reason}))
+                            .collect::<Vec<_>>()),
+                    ),
+                    ("more", json!(notes.more)),
+                ],
+            ),
             Event::Reconnecting {
                 attempt,
                 of,

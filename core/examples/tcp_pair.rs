@@ -136,6 +136,10 @@ fn run_receiver(
                     C::Committed { file }
                 }
                 Q::Stat { file, .. } => C::Stat { file, found: None },
+                // Only with ReceiverConfig::metadata, which this example leaves off.
+                Q::ApplyMetadata { .. } => C::MetadataApplied {
+                    not_kept: Default::default(),
+                },
                 Q::ReadBack { file, .. } => C::Failed {
                     file,
                     reason: "no resume here".into(),

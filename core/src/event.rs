@@ -70,6 +70,11 @@ pub enum Event {
         /// Its path.
         path: String,
     },
+    /// Receiver, at the end (extension [`EXT_METADATA`](crate::wire::EXT_METADATA)):
+    /// permission bits, times or directories of the sender's that were not kept (the
+    /// file system cannot keep them, a symlink or a file stood in the way, the sender
+    /// gave setuid bits or an absurd time). The files themselves are in place.
+    MetadataNotKept(crate::metadata::Notes),
     /// Sender, at the end: whether the receiver confirmed what it put in place
     /// (extension [`EXT_CONFIRM`](crate::wire::EXT_CONFIRM)). A p2p-copy 0.1.x receiver
     /// cannot confirm: `confirmed` is false and the files were sent, not known to be

@@ -739,6 +739,12 @@ mod receiver_body {
         answered: bool,
         /// The first manifest offered delivery confirmation.
         confirm: bool,
+        /// The receiver keeps metadata, and the first manifest offered it.
+        keep_meta: bool,
+        meta_offered: bool,
+        meta_asked: bool,
+        /// The encrypted session's nonce seed, which seals metadata parts.
+        seed: Option<[u8; 32]>,
         accepted_seen: bool,
         report_seen: bool,
         failed_events: usize,
@@ -766,6 +772,7 @@ mod receiver_body {
             consent: false,
             keep_existing: false,
             reconnect: None,
+            metadata: flags & 8 != 0,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -789,6 +796,10 @@ mod receiver_body {
             hello_seen: false,
             answered: false,
             confirm: false,
+            keep_meta: flags & 8 != 0,
+            meta_offered: false,
+            meta_asked: false,
+            seed: None,
             accepted_seen: false,
             report_seen: false,
             failed_events: 0,
@@ -921,6 +932,7 @@ mod receiver_body {
                     None,
                 ) => {
                     self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
+                    self.meta_offered = extensions.iter().any(|e| e == wire::EXT_METADATA);
                     self.offered = Some(entries);
                 }
                 (
@@ -942,6 +954,8 @@ mod receiver_body {
                     }) = open(&cipher, nonces.next(), &hidden_manifest)
                     {
                         self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
+                        self.meta_offered = extensions.iter().any(|e| e == wire::EXT_METADATA);
+                        self.seed = <[u8; 32]>::try_from(seed.as_slice()).ok();
                         self.offered = Some(entries);
                         if resume {
                             // The answer takes the next nonce before anything else is read.
@@ -994,6 +1008,9 @@ mod receiver_body {
             let extensions = match flags >> 1 & 3 {
                 1 => vec![wire::EXT_CONFIRM.to_owned()],
                 2 => vec!["unknown-extension".to_owned()],
+                _ if flags & 8 != 0 => {
+                    vec![wire::EXT_CONFIRM.to_owned(), wire::EXT_METADATA.to_owned()]
+                }
                 _ => Vec::new(),
             };
             let plain = Control::Manifest {
@@ -1157,7 +1174,7 @@ mod receiver_body {
 
         fn control(&mut self, s: &mut Script) {
             let hex_blob = |s: &mut Script| wire::hex(s.blob());
-            let text = match s.below(14) {
+            let text = match s.below(16) {
                 0 => Control::Ready.to_json(),
                 1 => Control::Hello {
                     code_hash_hex: wire::hex(&CODE_HASH),
@@ -1204,9 +1221,57 @@ mod receiver_body {
                     hidden_report: hex_blob(s),
                 }
                 .to_json(),
+                13 => self.metadata_part(s),
+                14 => Control::EncMetadata {
+                    part: s.below(3) as u32,
+                    hidden_metadata: hex_blob(s),
+                }
+                .to_json(),
                 _ => r#"{"type":"nope"}"#.to_owned(),
             };
             self.feed_text(text);
+        }
+
+        /// A metadata part naming manifest files (or others) and directories, with any
+        /// mode and time, sealed as the session seals it (or not).
+        fn metadata_part(&mut self, s: &mut Script) -> String {
+            let manifest = self.manifest.clone().unwrap_or_default();
+            let files = (0..s.below(4))
+                .map(|_| {
+                    let i = s.below(manifest.len() + 1);
+                    wire::MetaEntry {
+                        path: manifest.get(i).map_or_else(|| path(s), |e| e.path.clone()),
+                        mode: (s.byte() & 1 == 0).then(|| s.u64() as u32 & 0o17777),
+                        mtime: (s.byte() & 1 == 0).then(|| s.u64() as i64),
+                    }
+                })
+                .collect();
+            let dirs = (0..s.below(3))
+                .map(|_| wire::MetaEntry {
+                    path: path(s),
+                    mode: None,
+                    mtime: (s.byte() & 1 == 0).then(|| s.u64() as i64 % 1_000_000_000_000),
+                })
+                .collect();
+            let part = wire::MetadataPart {
+                part: s.below(3) as u32,
+                files,
+                dirs,
+                last: s.byte() & 3 != 0,
+            };
+            let number = part.part;
+            let plain = Control::Metadata(part).to_json();
+            match (&self.cipher, self.seed) {
+                (Some(cipher), Some(seed)) if s.byte() & 7 != 0 => {
+                    let nonce = crate::metadata::part_nonce(&seed, number);
+                    Control::EncMetadata {
+                        part: number,
+                        hidden_metadata: wire::hex(&cipher.seal(&nonce, plain.as_bytes())),
+                    }
+                    .to_json()
+                }
+                _ => plain,
+            }
         }
 
         fn binary(&mut self, s: &mut Script) {
@@ -1273,6 +1338,9 @@ mod receiver_body {
                 2 => IoCompletion::Opened { file },
                 3 => IoCompletion::Written { file },
                 4 => IoCompletion::Closed { file },
+                5 if file == 0 => IoCompletion::MetadataApplied {
+                    not_kept: crate::metadata::Notes::default(),
+                },
                 5 => IoCompletion::Synced,
                 6 => IoCompletion::Committed { file },
                 _ => IoCompletion::Failed {
@@ -1289,7 +1357,8 @@ mod receiver_body {
                 | (IoRequest::Commit { file: a, .. }, IoCompletion::Committed { file: b }) => {
                     a == b
                 }
-                (IoRequest::Sync, IoCompletion::Synced) => true,
+                (IoRequest::Sync, IoCompletion::Synced)
+                | (IoRequest::ApplyMetadata { .. }, IoCompletion::MetadataApplied { .. }) => true,
                 (r, IoCompletion::Failed { file: b, .. }) => request_file(r).unwrap_or(0) == *b,
                 _ => false,
             });
@@ -1365,7 +1434,16 @@ mod receiver_body {
         /// for 7.
         fn complete(&mut self, i: usize, how: usize, found: Option<LocalCopy>) {
             let req = self.io.remove(i);
-            let done = if how == 6 {
+            let done = if let IoRequest::ApplyMetadata { files, .. } = &req {
+                // Never a failure: what cannot be applied is listed.
+                let mut not_kept = crate::metadata::Notes::default();
+                if how == 6 {
+                    for (p, _) in files {
+                        not_kept.push(p.as_str(), "Operation not permitted");
+                    }
+                }
+                IoCompletion::MetadataApplied { not_kept }
+            } else if how == 6 {
                 IoCompletion::Failed {
                     file: request_file(&req).unwrap_or(0),
                     reason: "No space left on device".into(),
@@ -1407,6 +1485,7 @@ mod receiver_body {
                         }
                         IoCompletion::Committed { file }
                     }
+                    IoRequest::ApplyMetadata { .. } => unreachable!("answered above"),
                 }
             };
             let now = self.now;
@@ -1436,9 +1515,12 @@ mod receiver_body {
             }
             while let Some(m) = self.rx.poll_transmit() {
                 let report = matches!(&m, WireMessage::Text(t) if t.contains(r#""type":"report""#) || t.contains(r#""type":"enc_report""#));
+                // The acceptance of a manifest refused at once precedes the report.
+                let accept =
+                    matches!(&m, WireMessage::Text(t) if t.starts_with(r#"{"type":"extensions""#));
                 assert!(
-                    self.error.is_none() || (report && self.confirm),
-                    "a failed receiver sends nothing but its report"
+                    self.error.is_none() || ((report || accept) && self.confirm),
+                    "a failed receiver sends nothing but its acceptance and its report"
                 );
                 self.on_transmit(m);
             }
@@ -1520,6 +1602,12 @@ mod receiver_body {
                     panic!("only a sender reports {ev:?}")
                 }
                 Event::FileKept { .. } => panic!("nothing is kept without keep_existing"),
+                Event::MetadataNotKept(_) => {
+                    assert!(
+                        self.keep_meta && self.meta_offered,
+                        "metadata only when agreed"
+                    );
+                }
                 Event::Path(_) | Event::Reconnecting { .. } => {
                     panic!("only the runtime reports the path and reconnects")
                 }
@@ -1596,7 +1684,11 @@ mod receiver_body {
                         !self.accepted_seen && !self.answered,
                         "accepted first, once"
                     );
-                    assert_eq!(accept, &[wire::EXT_CONFIRM.to_owned()]);
+                    let mut expected = vec![wire::EXT_CONFIRM.to_owned()];
+                    if self.keep_meta && self.meta_offered {
+                        expected.push(wire::EXT_METADATA.to_owned());
+                    }
+                    assert_eq!(accept, &expected);
                     self.accepted_seen = true;
                     return;
                 }
@@ -1652,6 +1744,32 @@ mod receiver_body {
         }
 
         fn on_request(&mut self, req: &IoRequest) {
+            if let IoRequest::ApplyMetadata { files, dirs } = req {
+                assert!(
+                    self.keep_meta && self.meta_offered,
+                    "metadata only when agreed"
+                );
+                assert!(!self.meta_asked, "metadata applied once");
+                assert!(
+                    self.synced && self.io.is_empty(),
+                    "metadata after the commits"
+                );
+                self.meta_asked = true;
+                for (p, a) in files {
+                    let i = self.index_of(p.as_str());
+                    let t = &self.tracks[i];
+                    let in_place = t.skipped && t.found.is_some_and(|f| f.complete);
+                    assert!(t.committed || in_place, "metadata for a file not in place");
+                    assert!(a.mode.is_none_or(|m| m <= 0o777), "only permission bits");
+                    assert!(a
+                        .mtime
+                        .is_none_or(|t| t.abs() <= crate::metadata::MAX_MTIME));
+                }
+                for (d, _) in dirs {
+                    check_path(d, d.as_str());
+                }
+                return;
+            }
             let Some(file) = request_file(req) else {
                 // Sync: once, after eof, when every file is closed and nothing else is out.
                 assert!(!self.sync_asked, "one sync per session");
@@ -1755,7 +1873,7 @@ mod receiver_body {
                     );
                     t.commit_asked = true;
                 }
-                IoRequest::Sync => {}
+                IoRequest::Sync | IoRequest::ApplyMetadata { .. } => {}
             }
         }
     }
@@ -1769,7 +1887,7 @@ mod receiver_body {
             | IoRequest::Write { file, .. }
             | IoRequest::Close { file }
             | IoRequest::Commit { file, .. } => Some(*file),
-            IoRequest::Sync => None,
+            IoRequest::Sync | IoRequest::ApplyMetadata { .. } => None,
         }
     }
 
@@ -2396,7 +2514,8 @@ mod sender_body {
                 Event::FileNotDelivered { .. }
                 | Event::Delivery { .. }
                 | Event::AwaitingConsent
-                | Event::FileKept { .. } => {
+                | Event::FileKept { .. }
+                | Event::MetadataNotKept(_) => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
                 Event::Path(_) | Event::Reconnecting { .. } => {

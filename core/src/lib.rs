@@ -14,6 +14,7 @@ mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod handover;
+pub mod metadata;
 pub mod pake;
 pub mod parallel;
 pub mod path;

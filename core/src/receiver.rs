@@ -11,6 +11,7 @@ use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
+use crate::metadata::{self, Attrs};
 use crate::path::SafePath;
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReceiverReconnect, ReconnectStatus, ResumeState};
@@ -50,6 +51,10 @@ pub struct ReceiverConfig {
     /// first session, or, on a reconnect, accept only the sender that proves itself.
     /// `None` by default.
     pub reconnect: Option<ReceiverReconnect>,
+    /// Keep the sender's permission bits, modification times and directories
+    /// ([`EXT_METADATA`](crate::wire::EXT_METADATA)) when it offers them: after the
+    /// commits the receiver asks for [`IoRequest::ApplyMetadata`]. Off by default.
+    pub metadata: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -62,6 +67,7 @@ impl Default for ReceiverConfig {
             consent: false,
             keep_existing: false,
             reconnect: None,
+            metadata: false,
         }
     }
 }
@@ -155,6 +161,20 @@ pub enum IoRequest {
         /// ([`ReceiverConfig::keep_existing`]).
         keep_existing: bool,
     },
+    /// Extension [`EXT_METADATA`](crate::wire::EXT_METADATA), once, after every commit,
+    /// when nothing else is in flight: give each file of `files` (all in place under
+    /// their final names) its permission bits (already limited to `0o777`) and
+    /// modification time, without following a symlink; then create each directory of
+    /// `dirs` that is missing, with its missing parents, refusing symlinks as for
+    /// files; then, last, give the directories their times. Whatever cannot be done is
+    /// left as it is and listed in the answer, [`IoCompletion::MetadataApplied`]; this
+    /// request never fails.
+    ApplyMetadata {
+        /// Files in place and what they get.
+        files: Vec<(SafePath, Attrs)>,
+        /// Directories of the sent tree, parents before children, and their times.
+        dirs: Vec<(SafePath, Option<i64>)>,
+    },
 }
 
 /// The runtime's answer to an [`IoRequest`].
@@ -212,6 +232,11 @@ pub enum IoCompletion {
         file: usize,
         /// The operating system's message.
         reason: String,
+    },
+    /// Answer to [`IoRequest::ApplyMetadata`]: what could not be applied.
+    MetadataApplied {
+        /// Paths (as in the request) and why, the first few of them.
+        not_kept: metadata::Notes,
     },
     /// A request failed.
     Failed {
@@ -330,6 +355,8 @@ struct Entry {
     /// The size and chain sent in the resume answer.
     reported: Option<(u64, [u8; 32])>,
     state: EntryState,
+    /// Put in place by this session's commit.
+    committed: bool,
 }
 
 #[derive(Debug)]
@@ -384,6 +411,11 @@ enum Commit {
     Draining,
     Syncing,
     Renaming,
+    /// Extension `metadata`: every file is committed; waiting for the sender's last
+    /// metadata part.
+    AwaitMeta,
+    /// Extension `metadata`: the runtime applies it.
+    Applying,
 }
 
 #[derive(Debug)]
@@ -468,6 +500,12 @@ pub struct Receiver {
     reconnect_verified: bool,
     /// The session ended after the report without the sender saying it arrived.
     report_unconfirmed: bool,
+    /// Extension `metadata` was agreed: what arrived of it.
+    meta: Option<metadata::Incoming>,
+    /// [`IoRequest::ApplyMetadata`] was taken and not answered.
+    meta_asked: bool,
+    /// The connection ended after `eof`, before the last metadata part.
+    closed_after_eof: Option<(Option<u16>, String)>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -564,6 +602,9 @@ impl Receiver {
             reconnect_state: None,
             reconnect_verified: false,
             report_unconfirmed: false,
+            meta: None,
+            meta_asked: false,
+            closed_after_eof: None,
         };
         r.transmit.push_back(
             Control::Hello {
@@ -599,6 +640,10 @@ impl Receiver {
                 self.sync_asked = true;
                 return Some(req);
             }
+            IoRequest::ApplyMetadata { .. } => {
+                self.meta_asked = true;
+                return Some(req);
+            }
             IoRequest::Stat { file, .. } => (*file, Asked::Stat),
             IoRequest::ReadBack { file, .. } => (*file, Asked::ReadBack),
             IoRequest::Open { file, .. } => (*file, Asked::Open),
@@ -624,6 +669,7 @@ impl Receiver {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::AwaitManifest | Phase::Streaming | Phase::Reported => Some(self.deadline),
+            Phase::Closing(Commit::AwaitMeta) if self.meta_waiting() => Some(self.deadline),
             _ => None,
         }
     }
@@ -636,6 +682,8 @@ impl Receiver {
             && match self.phase {
                 Phase::AwaitManifest | Phase::Reported => true,
                 Phase::Streaming => self.in_flight() < self.config.window,
+                // The sender's metadata comes after `eof`.
+                Phase::Closing(_) => self.meta_waiting(),
                 _ => false,
             }
     }
@@ -701,7 +749,9 @@ impl Receiver {
             ));
             return self.settle(Err(e));
         }
-        if matches!(self.phase, Phase::AwaitManifest | Phase::Streaming) {
+        if matches!(self.phase, Phase::AwaitManifest | Phase::Streaming)
+            || (matches!(self.phase, Phase::Closing(_)) && self.meta_waiting())
+        {
             self.deadline = now + self.config.idle_timeout;
         }
         if self.backlog.len() >= BACKLOG_LIMIT {
@@ -760,6 +810,10 @@ impl Receiver {
                 self.end_unconfirmed();
                 Ok(())
             }
+            Phase::Closing(Commit::AwaitMeta) if self.meta_waiting() => Err(Error::Timeout(format!(
+                "the files are in place, but the sender's permission bits and times did not arrive within {} s",
+                self.config.idle_timeout.as_secs()
+            ))),
             _ => Ok(()),
         };
         self.settle(r)
@@ -790,7 +844,18 @@ impl Receiver {
             self.end_unconfirmed();
             return Ok(());
         }
-        if matches!(self.phase, Phase::Done | Phase::Closing(_)) {
+        if let Phase::Closing(step) = self.phase {
+            if !self.meta_waiting() {
+                return Ok(());
+            }
+            // The files are committed first; the session then fails for the close.
+            self.closed_after_eof = Some((code, reason.to_owned()));
+            if step == Commit::AwaitMeta {
+                self.advance_commit();
+            }
+            return Ok(());
+        }
+        if matches!(self.phase, Phase::Done) {
             return Ok(());
         }
         let when = match self.current.as_ref() {
@@ -841,6 +906,11 @@ impl Receiver {
         self.report_unconfirmed = true;
     }
 
+    /// Extension `metadata` was agreed and its last part has not arrived.
+    fn meta_waiting(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| !m.is_complete())
+    }
+
     fn in_flight(&self) -> usize {
         let held = self
             .current
@@ -868,8 +938,12 @@ impl Receiver {
         self.jobs.clear();
         self.io.clear();
         if !self.reported {
-            // A report already queued (files that could not be put in place) still goes.
-            self.transmit.clear();
+            // A report already queued (files that could not be put in place) still goes,
+            // and so does the acceptance a report must follow (a manifest refused after
+            // it was answered).
+            self.transmit.retain(
+                |m| matches!(m, WireMessage::Text(t) if t.starts_with(r#"{"type":"extensions""#)),
+            );
         }
         if matches!(e, Error::Declined(_)) && self.consent_told {
             // The answer the sender waits for says it all: no report.
@@ -938,14 +1012,16 @@ impl Receiver {
                     .is_none_or(|c| c.jobs_out == 0 && c.results.is_empty()),
             },
             Phase::Reported | Phase::Done | Phase::Failed => true,
-            Phase::Consent { .. } | Phase::Resuming(_) | Phase::Closing(_) => false,
+            Phase::Closing(_) => self.meta_waiting(),
+            Phase::Consent { .. } | Phase::Resuming(_) => false,
         }
     }
 
     fn drain_backlog(&mut self) -> Result<(), Error> {
         while let Some(msg) = self.backlog.front() {
-            if matches!(self.phase, Phase::Closing(_)) {
-                // Anything after `eof` is ignored, as the reference does.
+            if matches!(self.phase, Phase::Closing(_)) && !self.meta_waiting() {
+                // Anything after `eof` is ignored, as the reference does (but for the
+                // metadata the sender sends after it, extension `metadata`).
                 self.backlog.clear();
                 break;
             }
@@ -965,12 +1041,38 @@ impl Receiver {
     }
 
     fn on_message(&mut self, msg: WireMessage) -> Result<(), Error> {
+        if matches!(self.phase, Phase::Closing(_)) {
+            return self.after_eof(msg);
+        }
         match msg {
             WireMessage::Binary(b) => self.on_data(b),
             WireMessage::Text(t) => {
                 let c = Control::parse(&t)?;
                 self.on_control(c)
             }
+        }
+    }
+
+    /// After `eof`, while the sender's metadata is awaited: its parts and a failure
+    /// report are taken, anything else is ignored.
+    fn after_eof(&mut self, msg: WireMessage) -> Result<(), Error> {
+        let WireMessage::Text(text) = msg else {
+            return Ok(());
+        };
+        match Control::parse(&text)? {
+            c @ (Control::Metadata(_) | Control::EncMetadata { .. }) => {
+                let sealing = match (&self.cipher, &self.seed) {
+                    (Some(c), Some(seed)) => Some((c, seed)),
+                    _ => None,
+                };
+                if let Some(m) = self.meta.as_mut() {
+                    m.take(c, sealing, &self.by_path)?;
+                }
+                self.advance_commit();
+                Ok(())
+            }
+            c @ (Control::Report(_) | Control::EncReport { .. }) => self.on_control(c),
+            _ => Ok(()),
         }
     }
 
@@ -1122,6 +1224,10 @@ impl Receiver {
             if self.reconnect_state.is_some() {
                 accept.push(wire::EXT_RECONNECT.to_owned());
             }
+            if self.config.metadata && offered(wire::EXT_METADATA) {
+                accept.push(wire::EXT_METADATA.to_owned());
+                self.meta = Some(metadata::Incoming::new(entries.len()));
+            }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
             if let Some(proof) = reconnect_proof {
@@ -1162,6 +1268,7 @@ impl Receiver {
                 found: None,
                 reported: None,
                 state: EntryState::Pending,
+                committed: false,
             });
         }
         self.entries = checked;
@@ -1642,7 +1749,45 @@ impl Receiver {
                 }
                 self.advance_commit();
             }
-            Commit::Renaming => {
+            Commit::Renaming if self.meta.is_some() => {
+                self.phase = Phase::Closing(Commit::AwaitMeta);
+                // The sender's silence counts from here, not during the commits.
+                self.deadline = self.last_now + self.config.idle_timeout;
+                self.advance_commit();
+            }
+            Commit::AwaitMeta => {
+                let Some(m) = self.meta.as_mut() else {
+                    return;
+                };
+                if !m.is_complete() {
+                    if let Some((code, reason)) = self.closed_after_eof.take() {
+                        self.fail(crate::error::closed_error(
+                            code,
+                            &reason,
+                            "after the last file, before the sender's permission bits and times arrived (the files are in place; run again with --resume to apply them)",
+                        ));
+                    }
+                    return;
+                }
+                // With --no-clobber, a file that was there before keeps what it has.
+                let keep = self.config.keep_existing;
+                let in_place = self
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.state == EntryState::Done && (e.committed || !keep))
+                    .map(|(i, e)| (i, &e.path));
+                let req = m.request(in_place);
+                self.phase = Phase::Closing(Commit::Applying);
+                self.io_out += 1;
+                self.io.push_back(req);
+            }
+            Commit::Renaming | Commit::Applying => {
+                if let Some(notes) = self.meta.take().map(|m| m.notes) {
+                    if !notes.is_empty() {
+                        self.events.push_back(Event::MetadataNotKept(notes));
+                    }
+                }
                 if self.confirm {
                     self.queue_report(None);
                 }
@@ -1682,7 +1827,9 @@ impl Receiver {
             IoCompletion::Committed { .. }
             | IoCompletion::Kept { .. }
             | IoCompletion::CommitFailed { .. } => asked == Asked::Commit,
-            IoCompletion::Failed { .. } | IoCompletion::Synced => true,
+            IoCompletion::Failed { .. }
+            | IoCompletion::Synced
+            | IoCompletion::MetadataApplied { .. } => true,
         };
         let file = match &done {
             IoCompletion::Stat { file, .. }
@@ -1694,9 +1841,14 @@ impl Receiver {
             | IoCompletion::Kept { file }
             | IoCompletion::CommitFailed { file, .. } => Some(*file),
             IoCompletion::Failed { file, .. } if !(syncing && self.sync_asked) => Some(*file),
-            IoCompletion::Failed { .. } | IoCompletion::Synced => None,
+            IoCompletion::Failed { .. }
+            | IoCompletion::Synced
+            | IoCompletion::MetadataApplied { .. } => None,
         };
         let expected = match file {
+            None if matches!(done, IoCompletion::MetadataApplied { .. }) => {
+                std::mem::take(&mut self.meta_asked)
+            }
             None => std::mem::take(&mut self.sync_asked),
             Some(f) => {
                 let queue = self.ledger.entry(f).or_default();
@@ -1773,7 +1925,19 @@ impl Receiver {
                 Ok(())
             }
             IoCompletion::Committed { .. } => {
-                self.entries[file].state = EntryState::Done;
+                let e = &mut self.entries[file];
+                e.state = EntryState::Done;
+                e.committed = true;
+                self.advance_commit();
+                Ok(())
+            }
+            IoCompletion::MetadataApplied { not_kept } => {
+                if let Some(m) = self.meta.as_mut() {
+                    for (path, why) in not_kept.shown {
+                        m.notes.push(&path, why);
+                    }
+                    m.notes.more += not_kept.more;
+                }
                 self.advance_commit();
                 Ok(())
             }

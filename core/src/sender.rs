@@ -10,6 +10,7 @@ use crate::crypto::{Cipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
+use crate::metadata::{self, TreeMetadata};
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReconnectStatus, SenderReconnect};
 use crate::wire::{
@@ -71,6 +72,11 @@ pub struct SenderConfig {
     /// first session, together with `confirm`; or, on a reconnect, prove this side and
     /// ask for the resume answer. `None` by default.
     pub reconnect: Option<SenderReconnect>,
+    /// Offer to keep the files' permission bits and modification times and the tree's
+    /// directories ([`EXT_METADATA`](crate::wire::EXT_METADATA)), together with
+    /// `confirm`; once the receiver accepted, they are sent after `eof`. `files` holds
+    /// one entry per file given to [`Sender::new`], in order. `None` by default.
+    pub metadata: Option<TreeMetadata>,
 }
 
 impl Default for SenderConfig {
@@ -87,6 +93,7 @@ impl Default for SenderConfig {
             direct: false,
             consent: false,
             reconnect: None,
+            metadata: None,
         }
     }
 }
@@ -332,6 +339,10 @@ pub struct Sender {
     reconnect_agreed: bool,
     /// On a reconnect: the receiver proved itself.
     reconnect_verified: bool,
+    /// The receiver accepted the metadata.
+    meta_agreed: bool,
+    /// After `eof`, with the metadata agreed: the parts still to send.
+    meta_out: Option<metadata::Outgoing>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -400,6 +411,8 @@ impl Sender {
             held: false,
             reconnect_agreed: false,
             reconnect_verified: false,
+            meta_agreed: false,
+            meta_out: None,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -421,7 +434,9 @@ impl Sender {
     /// reads ahead only while few messages wait here, so draining at the socket's pace is
     /// the backpressure.
     pub fn poll_transmit(&mut self) -> Option<WireMessage> {
-        let m = self.transmit.pop_front()?;
+        let Some(m) = self.transmit.pop_front() else {
+            return self.next_meta_part();
+        };
         if matches!(m, WireMessage::Binary(_)) {
             self.frames_queued -= 1;
             self.pump();
@@ -432,6 +447,23 @@ impl Sender {
     /// The next file access to carry out.
     pub fn poll_io(&mut self) -> Option<IoRequest> {
         self.io.pop_front()
+    }
+
+    /// Extension `metadata`: after `eof`, the next part, made only when the connection
+    /// has taken everything before it.
+    fn next_meta_part(&mut self) -> Option<WireMessage> {
+        let out = self.meta_out.as_mut()?;
+        let meta = self.config.metadata.as_ref()?;
+        let sealing = self.cipher.as_ref().map(|c| (c, &self.nonce_seed));
+        let part = out.next(&self.files, meta, sealing);
+        if out.is_done() {
+            self.meta_out = None;
+            // The receiver applies it before it reports: its wait counts from here.
+            if let Phase::AwaitReport { deadline } = &mut self.phase {
+                *deadline = self.last_now + self.config.report_timeout;
+            }
+        }
+        part.map(WireMessage::from)
     }
 
     /// The next piece of CPU work to run (see [`Job`]).
@@ -653,6 +685,7 @@ impl Sender {
         self.transmit.clear();
         self.frames_queued = 0;
         self.current = None;
+        self.meta_out = None;
         // Tell a receiver that confirms why the session ends, unless the connection is
         // gone or the failure is the receiver's own report.
         if self.config.confirm && !matches!(e, Error::ConnectionLost(_) | Error::NotDelivered(_)) {
@@ -748,6 +781,13 @@ impl Sender {
                 self.reconnect_agreed = self.accepted
                     && self.config.reconnect.is_some()
                     && accept.iter().any(|e| e == wire::EXT_RECONNECT);
+                self.meta_agreed = self.accepted
+                    && self.config.metadata.is_some()
+                    && accept.iter().any(|e| e == wire::EXT_METADATA);
+                if self.meta_agreed && matches!(self.phase, Phase::AwaitReport { .. }) {
+                    // `eof` went before the acceptance arrived.
+                    self.meta_out = Some(metadata::Outgoing::default());
+                }
                 if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
                     && !self.reconnect_agreed
                 {
@@ -848,6 +888,10 @@ impl Sender {
                 (
                     self.config.confirm && self.config.reconnect.is_some(),
                     wire::EXT_RECONNECT,
+                ),
+                (
+                    self.config.confirm && self.config.metadata.is_some(),
+                    wire::EXT_METADATA,
                 ),
             ]
             .into_iter()
@@ -1016,6 +1060,9 @@ impl Sender {
                         self.phase = Phase::AwaitReport {
                             deadline: self.last_now + self.config.report_timeout,
                         };
+                        if self.meta_agreed {
+                            self.meta_out = Some(metadata::Outgoing::default());
+                        }
                     } else {
                         self.phase = Phase::Done;
                         self.events.push_back(Event::Done);

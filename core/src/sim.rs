@@ -133,6 +133,14 @@ impl ReceiverFs {
             if matches!(req, Req::Commit { .. }) {
                 return Done::CommitFailed { file, reason };
             }
+            if let Req::ApplyMetadata { files, .. } = req {
+                // This request never fails: what cannot be applied is listed.
+                let mut not_kept = crate::metadata::Notes::default();
+                for (path, _) in files {
+                    not_kept.push(path.as_str(), reason.clone());
+                }
+                return Done::MetadataApplied { not_kept };
+            }
             return Done::Failed { file, reason };
         }
         let failed = |reason: String| Done::Failed { file, reason };
@@ -293,12 +301,26 @@ impl ReceiverFs {
                     }
                 }
             }
+            // The simulated disk keeps contents only: the metadata is taken as applied
+            // to files that are in place.
+            Req::ApplyMetadata { files, .. } => {
+                for (path, _) in files {
+                    if !self.disk.complete.contains_key(path.as_str()) {
+                        self.violations
+                            .push(format!("metadata for {path}, which is not in place"));
+                    }
+                }
+                Done::MetadataApplied {
+                    not_kept: crate::metadata::Notes::default(),
+                }
+            }
         }
     }
 }
 
 /// The manifest index a receiver request concerns (`None` for
-/// [`receiver::IoRequest::Sync`], which concerns them all).
+/// [`receiver::IoRequest::Sync`] and [`receiver::IoRequest::ApplyMetadata`], which
+/// concern them all).
 pub fn request_file(req: &receiver::IoRequest) -> Option<usize> {
     use receiver::IoRequest as Req;
     match req {
@@ -308,7 +330,7 @@ pub fn request_file(req: &receiver::IoRequest) -> Option<usize> {
         | Req::Write { file, .. }
         | Req::Close { file }
         | Req::Commit { file, .. } => Some(*file),
-        Req::Sync => None,
+        Req::Sync | Req::ApplyMetadata { .. } => None,
     }
 }
 

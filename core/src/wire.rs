@@ -207,6 +207,16 @@ pub enum Control {
         /// True: go on; false: the receiver declined, the session ends.
         accept: bool,
     },
+    /// Extension [`EXT_METADATA`], from the sender after `eof`: one part of the files'
+    /// modes and times and of the tree's directories.
+    Metadata(MetadataPart),
+    /// Encrypted [`Control::Metadata`].
+    EncMetadata {
+        /// The part's number, in clear because it selects the nonce.
+        part: u32,
+        /// Hex of the sealed `metadata` JSON.
+        hidden_metadata: String,
+    },
     /// Extension [`EXT_CONFIRM`]: how the session ended on the side that sends it.
     Report(Report),
     /// Encrypted [`Control::Report`].
@@ -339,6 +349,41 @@ pub const EXT_CONFIRM: &str = "confirm";
 /// holds its file data and its deadlines.
 pub const EXT_CONSENT: &str = "consent";
 
+/// The extension by which the receiver keeps the sender's permission bits, modification
+/// times and directories (see [`crate::metadata`]). Offered only with [`EXT_CONFIRM`];
+/// once accepted, the sender sends [`Control::Metadata`] parts after `eof`.
+pub const EXT_METADATA: &str = "metadata";
+
+/// One part of the sender's metadata (extension [`EXT_METADATA`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetadataPart {
+    /// 0 for the first part, then counting up by one.
+    pub part: u32,
+    /// Files of the manifest, by path, with their mode and time.
+    #[serde(default)]
+    pub files: Vec<MetaEntry>,
+    /// Directories of the sent tree, by path, with their time; the receiver creates
+    /// those that are missing (the empty ones).
+    #[serde(default)]
+    pub dirs: Vec<MetaEntry>,
+    /// True on the last part.
+    #[serde(default)]
+    pub last: bool,
+}
+
+/// A path's metadata in a [`MetadataPart`]. Either value may be absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetaEntry {
+    /// Relative `/`-separated path, as in the manifest.
+    pub path: String,
+    /// Unix permission bits (files only); the receiver applies `mode & 0o777`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Modification time, whole seconds since the Unix epoch (negative before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+}
+
 /// How a session ended, as one side reports it to the other (extension
 /// [`EXT_CONFIRM`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -402,6 +447,8 @@ impl Control {
             Control::ReportReceived => "report_received",
             Control::FileAbort { .. } => "file_abort",
             Control::Consent { .. } => "consent",
+            Control::Metadata(_) => "metadata",
+            Control::EncMetadata { .. } => "enc_metadata",
             Control::Report(_) => "report",
             Control::EncReport { .. } => "enc_report",
             Control::Candidates(_) => "candidates",

@@ -387,6 +387,7 @@ fn run_receiver(case: &Value, secrets: &Secrets) -> (Vec<WireMessage>, BTreeMap<
                     files.insert(p, d);
                     C::Committed { file }
                 }
+                Q::ApplyMetadata { .. } => panic!("the golden sessions keep no metadata"),
             };
             rx.handle_io(now, done).unwrap();
         }

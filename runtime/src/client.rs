@@ -10,6 +10,7 @@ use futures_util::future::{select, Either};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
 use p2p_copy_core::code::PakeCode;
+use p2p_copy_core::metadata::{Attrs, TreeMetadata};
 use p2p_copy_core::parallel::{session_codes, split_by_size};
 use p2p_copy_core::receiver::{Receiver, ReceiverConfig};
 use p2p_copy_core::reconnect::{ReceiverReconnect, ReconnectStatus, SenderReconnect};
@@ -91,7 +92,17 @@ pub async fn send<R: Rt>(
     if let Some(code) = pake {
         let picked: Vec<Source> = sources.clone();
         let meet = Meet::Room(&code);
-        let done = send_session(rt.clone(), &cfg, 0, meet, picked, opts.clone(), events).await?;
+        let meta = tree_metadata(&cfg, &picked, &listing.dirs);
+        let done = send_session(
+            rt.clone(),
+            &cfg,
+            0,
+            meet,
+            (picked, meta),
+            opts.clone(),
+            events,
+        )
+        .await?;
         let mut sum = total(&[done], start);
         sum.excluded = listing.excluded;
         let mut not_delivered = listing.failed;
@@ -106,12 +117,15 @@ pub async fn send<R: Rt>(
         .enumerate()
         .map(|(i, (group, secrets))| {
             let picked: Vec<Source> = group.into_iter().map(|k| sources[k].clone()).collect();
+            // The first session carries the directories.
+            let dirs = if i == 0 { &listing.dirs[..] } else { &[] };
+            let meta = tree_metadata(&cfg, &picked, dirs);
             send_session(
                 rt.clone(),
                 &cfg,
                 i,
                 Meet::Code(secrets),
-                picked,
+                (picked, meta),
                 opts.clone(),
                 events.clone(),
             )
@@ -152,7 +166,7 @@ async fn send_session<R: Rt>(
     cfg: &ClientConfig,
     index: usize,
     meet: Meet<'_>,
-    picked: Vec<Source>,
+    (picked, metadata): (Vec<Source>, Option<TreeMetadata>),
     opts: SendOptions,
     events: EventSink,
 ) -> Result<Summary, TransferError> {
@@ -173,6 +187,7 @@ async fn send_session<R: Rt>(
             files,
             locals,
             mode: mode.clone(),
+            metadata: metadata.clone(),
         };
         let (result, status) = send_attempt(&rt, &cfg, &meet, run).await;
         match result {
@@ -198,6 +213,7 @@ struct SendRun {
     files: Vec<SendFile>,
     locals: Vec<Listed>,
     mode: Option<SenderReconnect>,
+    metadata: Option<TreeMetadata>,
 }
 
 /// Connect (and, in a room, run the PAKE), then run one session on the connection.
@@ -218,6 +234,7 @@ async fn send_attempt<R: Rt>(
         seed,
         opts: a.opts,
         events: a.events,
+        metadata: a.metadata,
     };
     match meet {
         Meet::Code(secrets) => match open_relay(rt, cfg, Role::Sender).await {
@@ -244,6 +261,8 @@ struct Run<'a> {
     seed: [u8; 32],
     opts: SendOptions,
     events: EventSink,
+    /// What the receiver may keep of the files and directories (extension `metadata`).
+    metadata: Option<TreeMetadata>,
 }
 
 async fn drive_send<R: Rt, T: MessageTransport>(
@@ -261,6 +280,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         seed,
         opts,
         events,
+        metadata,
     } = run;
     let config = SenderConfig {
         compress: opts.compress,
@@ -272,6 +292,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         skip_errors: opts.skip_errors,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         reconnect,
+        metadata,
         ..SenderConfig::default()
     };
     let sender =
@@ -502,6 +523,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         consent: inbox.gate.is_some(),
         keep_existing: cfg.keep_existing,
         reconnect,
+        metadata: cfg.metadata,
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, secrets);
@@ -622,6 +644,7 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
     let listing = rt
         .spawn_blocking(move || source::list(&paths, list_opts))
         .await?;
+    let metadata = tree_metadata(&cfg, &listing.files, &listing.dirs);
     let (files, locals) = split_sources(listing.files);
     let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
     let seed = nonce_seed()?;
@@ -633,6 +656,7 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
         seed,
         opts,
         events,
+        metadata,
     };
     let done = drive_send(rt, &cfg, run, files, locals, None, conn)
         .await
@@ -677,6 +701,19 @@ fn split_sources(sources: Vec<Source>) -> (Vec<SendFile>, Vec<Listed>) {
             (s.file, listed)
         })
         .unzip()
+}
+
+/// With [`ClientConfig::metadata`], what the receiver may keep of `sources` and of the
+/// directories `dirs`.
+fn tree_metadata(
+    cfg: &ClientConfig,
+    sources: &[Source],
+    dirs: &[(String, Attrs)],
+) -> Option<TreeMetadata> {
+    cfg.metadata.then(|| TreeMetadata {
+        files: sources.iter().map(|s| s.attrs).collect(),
+        dirs: dirs.to_vec(),
+    })
 }
 
 /// Where the sessions of one transfer receive, and the question they share.

@@ -62,6 +62,11 @@ pub struct ClientConfig {
     /// (5 attempts, 1 s doubling up to 30 s, by default; `max_retries` 0 turns it off).
     /// The transfer resumes from what the receiver holds.
     pub reconnect: RetryPolicy,
+    /// Keep permission bits (never setuid, setgid or sticky), modification times and
+    /// empty directories between two peers of this project (extension `metadata`):
+    /// the sender offers them, the receiver applies them. Either side turns it off.
+    /// Off by default, so files get the receiver's defaults, as with p2p-copy 0.1.x.
+    pub metadata: bool,
 }
 
 /// A limit on the bytes of file data a second, shared by every connection that holds a
@@ -218,6 +223,7 @@ impl ClientConfig {
             consent: None,
             keep_existing: false,
             reconnect: RetryPolicy::default(),
+            metadata: false,
         }
     }
 }

@@ -17,6 +17,7 @@ use std::fs::File;
 use std::io;
 
 use bytes::Bytes;
+use p2p_copy_core::metadata::{Attrs, Notes};
 use p2p_copy_core::path::{escape, SafePath};
 use p2p_copy_core::receiver::{IoCompletion, IoRequest, LocalCopy};
 
@@ -61,6 +62,16 @@ impl Place {
 }
 
 type Outcome<T> = Result<T, String>;
+
+/// A modification time in whole seconds since the Unix epoch, when the platform can
+/// represent it.
+fn mtime_of(secs: i64) -> Option<std::time::SystemTime> {
+    let d = std::time::Duration::from_secs(secs.unsigned_abs());
+    match secs >= 0 {
+        true => std::time::UNIX_EPOCH.checked_add(d),
+        false => std::time::UNIX_EPOCH.checked_sub(d),
+    }
+}
 
 fn os(what: &str, rel: &str, e: io::Error) -> String {
     format!("{what} {}: {e}", escape(rel))
@@ -376,6 +387,75 @@ impl ReceiveFiles {
             .rename(&place.dir, &place.part, &place.name)
             .map_err(|e| os("cannot rename into place", &place.rel, e))?;
         Ok(true)
+    }
+
+    /// Extension `metadata`: give the files their modes and times, create the missing
+    /// directories, then date the directories (creating one dates its parent).
+    /// Whatever cannot be done is noted, and the rest goes on.
+    fn apply_metadata(
+        &mut self,
+        files: Vec<(SafePath, Attrs)>,
+        dirs: Vec<(SafePath, Option<i64>)>,
+    ) -> Notes {
+        let mut notes = Notes::default();
+        for (path, a) in &files {
+            if let Err(why) = self.apply_to_file(path, *a) {
+                notes.push(path.as_str(), why);
+            }
+        }
+        let mut made = Vec::with_capacity(dirs.len());
+        for (path, mtime) in dirs {
+            match self.dir_itself(&path, true) {
+                Ok(Some(_)) => made.push((path, mtime)),
+                Ok(None) => {}
+                Err(why) => notes.push(path.as_str(), why),
+            }
+        }
+        for (path, mtime) in made {
+            let Some(t) = mtime else {
+                continue;
+            };
+            let dated = self.dir_itself(&path, false).and_then(|dir| match dir {
+                Some(dir) => self.tree.set_time(&dir, path.as_str(), mtime_of(t)),
+                None => Ok(()),
+            });
+            if let Err(why) = dated {
+                notes.push(path.as_str(), why);
+            }
+        }
+        notes
+    }
+
+    /// The directory `path` itself, created with its missing parents when `create`.
+    fn dir_itself(&mut self, path: &SafePath, create: bool) -> Outcome<Option<Dir>> {
+        // The directory holding a name inside `path` is `path`.
+        let inside = SafePath::parse(&format!("{}/d", path.as_str()))
+            .map_err(|why| format!("{}: {why}", escape(path.as_str())))?;
+        Ok(self.place(&inside, create, true)?.map(|p| p.dir))
+    }
+
+    /// Give the file in place under `path` its mode and time, through a descriptor
+    /// opened without following a symlink.
+    fn apply_to_file(&mut self, path: &SafePath, a: Attrs) -> Outcome<()> {
+        let place = self
+            .place(path, false, false)?
+            .ok_or_else(|| format!("the directory of {} disappeared", escape(path.as_str())))?;
+        let (f, _) = self
+            .tree
+            .open_regular(&place.dir, &place.name, &place.rel, false)?;
+        if let Some(t) = a.mtime {
+            let t = mtime_of(t).ok_or("its modification time cannot be represented here")?;
+            f.set_modified(t)
+                .map_err(|e| os("cannot set the time of", &place.rel, e))?;
+        }
+        #[cfg(unix)]
+        if let Some(mode) = a.mode {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = mode & p2p_copy_core::metadata::MODE_MASK;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| os("cannot set the mode of", &place.rel, e))?;
+        }
+        Ok(())
     }
 
     /// Whether the partial file and the file under the final name hold the same bytes.
@@ -715,6 +795,24 @@ mod tree {
             }
         }
 
+        /// Give the directory `dir` (`rel` for messages) the modification time `t`.
+        pub(super) fn set_time(
+            &self,
+            dir: &Dir,
+            rel: &str,
+            t: Option<std::time::SystemTime>,
+        ) -> Outcome<()> {
+            let t = t.ok_or("its modification time cannot be represented here")?;
+            let fd = dir
+                .0
+                .fd
+                .try_clone()
+                .map_err(|e| os("cannot set the time of", rel, e))?;
+            File::from(fd)
+                .set_modified(t)
+                .map_err(|e| os("cannot set the time of", rel, e))
+        }
+
         /// Rename `from` to `to` in `dir` unless `to` exists; false when it does (or
         /// when the filesystem cannot tell, so the caller looks and renames).
         pub(super) fn rename_new(&self, dir: &Dir, from: &str, to: &str) -> io::Result<bool> {
@@ -925,6 +1023,19 @@ mod tree {
             }
         }
 
+        /// Give the directory `dir` (`rel` for messages) the modification time `t`.
+        pub(super) fn set_time(
+            &self,
+            dir: &Dir,
+            rel: &str,
+            t: Option<std::time::SystemTime>,
+        ) -> Outcome<()> {
+            let t = t.ok_or("its modification time cannot be represented here")?;
+            File::open(&dir.0)
+                .and_then(|f| f.set_modified(t))
+                .map_err(|e| os("cannot set the time of", rel, e))
+        }
+
         /// Always false: the caller looks and renames.
         pub(super) fn rename_new(&self, _dir: &Dir, _from: &str, _to: &str) -> io::Result<bool> {
             Ok(false)
@@ -994,6 +1105,11 @@ impl FileIo for ReceiveFiles {
                     Ok(true) => IoCompletion::Committed { file },
                     Ok(false) => IoCompletion::Kept { file },
                     Err(reason) => IoCompletion::CommitFailed { file, reason },
+                });
+            }
+            IoRequest::ApplyMetadata { files, dirs } => {
+                return Some(IoCompletion::MetadataApplied {
+                    not_kept: self.apply_metadata(files, dirs),
                 });
             }
         };

@@ -98,7 +98,7 @@ impl crate::io_worker::Cheap for receiver::IoRequest {
             // Closing syncs only a file on another filesystem than the output directory
             // (a mount below it), which is rare; Sync flushes the whole filesystem.
             receiver::IoRequest::Close { .. } => true,
-            receiver::IoRequest::Sync => false,
+            receiver::IoRequest::Sync | receiver::IoRequest::ApplyMetadata { .. } => false,
         }
     }
 }

@@ -24,10 +24,11 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ignore::Match;
+use p2p_copy_core::metadata::Attrs;
 use p2p_copy_core::path::{escape, SafePath};
 use p2p_copy_core::sender::SendFile;
 
@@ -43,6 +44,8 @@ pub(crate) struct Source {
     /// Its modification time when listed: a file that differs from its listing when it
     /// is read has changed while being sent.
     pub modified: Option<SystemTime>,
+    /// Its permission bits and modification time, which a receiver may keep.
+    pub attrs: Attrs,
 }
 
 /// What [`list`] found.
@@ -54,6 +57,37 @@ pub(crate) struct Listing {
     pub excluded: Vec<(String, String)>,
     /// Left out because they cannot be sent (`skip_errors`), and why.
     pub failed: Vec<(String, String)>,
+    /// Every directory walked, as sent (`D`, `D/sub`), parents first, with its time.
+    pub dirs: Vec<(String, Attrs)>,
+}
+
+/// What a receiver may keep of a file's or directory's metadata: its permission bits
+/// (Unix; never setuid, setgid or sticky) and its modification time in whole seconds.
+fn attrs(meta: &Metadata) -> Attrs {
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        Some(meta.permissions().mode() & p2p_copy_core::metadata::MODE_MASK)
+    };
+    #[cfg(not(unix))]
+    let mode = None;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).ok(),
+            // Before the epoch: whole seconds towards the past.
+            Err(e) => {
+                let d = e.duration();
+                let secs = i64::try_from(d.as_secs()).ok()?;
+                Some(if d.subsec_nanos() > 0 {
+                    -secs - 1
+                } else {
+                    -secs
+                })
+            }
+        });
+    Attrs { mode, mtime }
 }
 
 /// How to list.
@@ -245,8 +279,23 @@ impl Lister {
         }
     }
 
+    /// Note the directory `dir`, sent as `rel`, for the receiver to create and date; a
+    /// name that cannot be sent as it is leaves it out (its files say why).
+    fn note_dir(&mut self, dir: &Path, rel: &[OsString]) {
+        let names: Option<Vec<&str>> = rel.iter().map(|p| p.to_str()).collect();
+        let Some(name) = names.map(|n| n.join("/")) else {
+            return;
+        };
+        if SafePath::parse(&name).is_err() {
+            return;
+        }
+        let a = fs::metadata(dir).map(|m| attrs(&m)).unwrap_or_default();
+        self.out.dirs.push((name, a));
+    }
+
     fn dir(&mut self, dir: &Path, prefix: Vec<OsString>) -> Result<(), TransferError> {
         let mut found: Vec<(Vec<OsString>, PathBuf, Kind)> = Vec::new();
+        self.note_dir(dir, &prefix);
         let pushed = self.enter(dir);
         let walked = self.walk(dir, &mut prefix.clone(), &mut found);
         self.leave(pushed);
@@ -303,6 +352,7 @@ impl Lister {
             }
             let walked = match kind {
                 Ok(Kind::Dir) => {
+                    self.note_dir(&path, rel);
                     let pushed = self.enter(&path);
                     let walked = self.walk(&path, rel, found);
                     self.leave(pushed);
@@ -362,6 +412,7 @@ impl Lister {
             },
             local,
             modified: meta.modified().ok(),
+            attrs: attrs(meta),
         });
         Ok(())
     }

@@ -1558,3 +1558,151 @@ fn our_cli_receiver_takes_python_arguments_from_a_python_sender_with_a_parallel_
     assert_exit(&r, 0, &all);
     tree::assert_same_tree(&data, &out);
 }
+
+/// A TCP tap between a client and a relay: forwards both ways and keeps what the client
+/// sent.
+fn tap(upstream: std::net::SocketAddr) -> (String, std::sync::Arc<Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the tap");
+    let url = format!("ws://{}", listener.local_addr().expect("tap address"));
+    let kept = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let sent = kept.clone();
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(relay) = TcpStream::connect(upstream) else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = (client.try_clone().unwrap(), client);
+            let (mut to_relay, mut from_relay) = (relay.try_clone().unwrap(), relay);
+            let sent = sent.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                    sent.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if to_relay.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_relay.shutdown(std::net::Shutdown::Write);
+            });
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut from_relay, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (url, kept)
+}
+
+/// The text messages in a client's side of a WebSocket connection (after the HTTP
+/// upgrade; client frames are masked, unfragmented here).
+fn client_texts(bytes: &[u8]) -> Vec<String> {
+    let start = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP upgrade")
+        + 4;
+    let mut rest = &bytes[start..];
+    let mut texts = Vec::new();
+    while rest.len() >= 2 {
+        let opcode = rest[0] & 0x0f;
+        let (len, mut at) = match rest[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+            127 => (
+                usize::try_from(u64::from_be_bytes(rest[2..10].try_into().unwrap())).unwrap(),
+                10,
+            ),
+            n => (usize::from(n), 2),
+        };
+        let mask = if rest[1] & 0x80 != 0 {
+            let m = [rest[at], rest[at + 1], rest[at + 2], rest[at + 3]];
+            at += 4;
+            m
+        } else {
+            [0; 4]
+        };
+        if rest.len() < at + len {
+            break;
+        }
+        let payload: Vec<u8> = rest[at..at + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        if opcode == 1 {
+            texts.push(String::from_utf8(payload).expect("text frames are UTF-8"));
+        }
+        rest = &rest[at + len..];
+    }
+    texts
+}
+
+#[test]
+fn our_sender_gives_a_python_receiver_the_v1_manifest_and_no_metadata() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = cli_binary();
+    let _slot = Slot::acquire();
+    let scratch = Scratch::new("metadata");
+    let out = scratch.out();
+    let src = scratch.path().join("src");
+    fs::create_dir_all(src.join("tree/empty")).unwrap();
+    fs::write(src.join("tree/run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(src.join("tree/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    let relay = AnyRelay::start(Py);
+    let url = relay.url();
+    let upstream = url
+        .trim_start_matches("ws://")
+        .parse()
+        .expect("the Python relay's address");
+    let (tapped, sent) = tap(upstream);
+    let code = "interop metadata";
+    let deadline = Instant::now() + CASE_LIMIT;
+    let r = start_receiver(Py, &url, code, &out, false);
+    let mut cmd = Command::new(&bin);
+    cmd.args(["send", &tapped, code, "tree", "--relay-only"])
+        .current_dir(&src);
+    let s = Side::process("our sender (command line)", &mut cmd);
+    let (s, r) = finish(s, r, deadline);
+    let all = [&s, &r];
+    assert_exit(&s, 0, &all);
+    assert_exit(&r, 0, &all);
+    let texts = client_texts(&sent.lock().unwrap());
+    let manifest = texts
+        .iter()
+        .find(|t| t.starts_with(r#"{"type":"manifest""#))
+        .unwrap_or_else(|| panic!("no manifest in {texts:?}"));
+    // The v1 manifest, byte for byte, with only the offer of extensions after it.
+    let v1 = r#"{"type":"manifest","resume":false,"entries":[{"path":"tree/run.sh","size":18}]"#;
+    assert!(manifest.starts_with(v1), "{manifest}");
+    let extra: serde_json::Value = serde_json::from_str(manifest).unwrap();
+    let keys: BTreeSet<&str> = extra
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        keys.is_subset(&BTreeSet::from([
+            "type",
+            "resume",
+            "entries",
+            "extensions",
+            "reconnect"
+        ])),
+        "{manifest}"
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains(r#""type":"metadata""#)),
+        "metadata went to a receiver that never asked for it: {texts:?}"
+    );
+    // The Python receiver keeps what it always did: its default mode, no empty folder.
+    let got = fs::metadata(out.join("tree/run.sh")).unwrap();
+    assert_eq!(
+        got.permissions().mode() & 0o111,
+        0,
+        "{:o}",
+        got.permissions().mode()
+    );
+    assert!(!out.join("tree/empty").exists());
+}

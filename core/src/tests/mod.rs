@@ -5,6 +5,7 @@ mod consent;
 mod delivery;
 mod direct;
 mod fixtures;
+mod metadata;
 mod order;
 mod reconnect;
 mod resume;
