@@ -240,14 +240,32 @@ async fn send_attempt<R: Rt>(
         Meet::Code(secrets) => match open_relay(rt, cfg, Role::Sender).await {
             Ok(conn) => {
                 let run = run(secrets);
-                drive_send(rt.clone(), cfg, run, a.files, a.locals, a.mode, conn).await
+                Box::pin(drive_send(
+                    rt.clone(),
+                    cfg,
+                    run,
+                    a.files,
+                    a.locals,
+                    a.mode,
+                    conn,
+                ))
+                .await
             }
             Err(e) => (Err(e), ReconnectStatus::Off),
         },
         Meet::Room(code) => match open_room(rt, cfg, Role::Sender, code).await {
             Ok((conn, secrets)) => {
                 let run = run(&secrets);
-                drive_send(rt.clone(), cfg, run, a.files, a.locals, a.mode, conn).await
+                Box::pin(drive_send(
+                    rt.clone(),
+                    cfg,
+                    run,
+                    a.files,
+                    a.locals,
+                    a.mode,
+                    conn,
+                ))
+                .await
             }
             Err(e) => (Err(e), ReconnectStatus::Off),
         },
@@ -493,12 +511,20 @@ async fn receive_attempt<R: Rt>(
     let rt = rt.clone();
     match meet {
         Meet::Code(secrets) => match open_relay(&rt, cfg, Role::Receiver).await {
-            Ok(conn) => drive_receive(rt, cfg, index, secrets, inbox, sink, mode, conn).await,
+            Ok(conn) => {
+                Box::pin(drive_receive(
+                    rt, cfg, index, secrets, inbox, sink, mode, conn,
+                ))
+                .await
+            }
             Err(e) => (Err(e), None),
         },
         Meet::Room(code) => match open_room(&rt, cfg, Role::Receiver, code).await {
             Ok((conn, secrets)) => {
-                drive_receive(rt, cfg, index, &secrets, inbox, sink, mode, conn).await
+                Box::pin(drive_receive(
+                    rt, cfg, index, &secrets, inbox, sink, mode, conn,
+                ))
+                .await
             }
             Err(e) => (Err(e), None),
         },
