@@ -766,6 +766,7 @@ mod receiver_body {
             consent: false,
             keep_existing: false,
             reconnect: None,
+            single_file: false,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -989,6 +990,7 @@ mod receiver_body {
                 .map(|_| ManifestEntry {
                     path: path(s),
                     size: size(s),
+                    kind: None,
                 })
                 .collect();
             let extensions = match flags >> 1 & 3 {
@@ -1520,6 +1522,7 @@ mod receiver_body {
                     panic!("only a sender reports {ev:?}")
                 }
                 Event::FileKept { .. } => panic!("nothing is kept without keep_existing"),
+                Event::Text { .. } => panic!("a text needs the offer of its extension"),
                 Event::Path(_) | Event::Reconnecting { .. } => {
                     panic!("only the runtime reports the path and reconnects")
                 }
@@ -1938,6 +1941,7 @@ mod sender_body {
             .map(|f| SendFile {
                 path: f.path.clone(),
                 size: f.size,
+                kind: None,
             })
             .collect();
         let tx =
@@ -2396,7 +2400,8 @@ mod sender_body {
                 Event::FileNotDelivered { .. }
                 | Event::Delivery { .. }
                 | Event::AwaitingConsent
-                | Event::FileKept { .. } => {
+                | Event::FileKept { .. }
+                | Event::Text { .. } => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
                 Event::Path(_) | Event::Reconnecting { .. } => {
@@ -2469,6 +2474,7 @@ mod sender_body {
                         .map(|f| ManifestEntry {
                             path: f.path.clone(),
                             size: f.size,
+                            kind: None,
                         })
                         .collect();
                     assert_eq!(

@@ -15,8 +15,8 @@ use crate::path::SafePath;
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReceiverReconnect, ReconnectStatus, ResumeState};
 use crate::wire::{
-    self, Compression, Control, DataMessage, FailedFile, FileHeader, ManifestEntry, Report,
-    ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
+    self, Compression, Control, DataMessage, EntryKind, FailedFile, FileHeader, ManifestEntry,
+    Report, ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
 };
 use crate::Error;
 
@@ -50,6 +50,10 @@ pub struct ReceiverConfig {
     /// first session, or, on a reconnect, accept only the sender that proves itself.
     /// `None` by default.
     pub reconnect: Option<ReceiverReconnect>,
+    /// Take at most one file (output to standard output): a manifest that lists more
+    /// fails the session with [`Error::Unsupported`] before anything is written or
+    /// answered. Off by default.
+    pub single_file: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -62,6 +66,7 @@ impl Default for ReceiverConfig {
             consent: false,
             keep_existing: false,
             reconnect: None,
+            single_file: false,
         }
     }
 }
@@ -314,6 +319,8 @@ struct Entry {
     /// The size and chain sent in the resume answer.
     reported: Option<(u64, [u8; 32])>,
     state: EntryState,
+    /// A stream or a text (extensions `stream`, `text`), accepted.
+    kind: Option<EntryKind>,
 }
 
 #[derive(Debug)]
@@ -379,6 +386,11 @@ struct Incoming {
     chain: Chain,
     done_bytes: u64,
     eof_seen: bool,
+    /// A stream of unknown length: every piece but the last holds [`CHUNK_SIZE`] bytes,
+    /// and `stream_eof` gives the size.
+    stream: bool,
+    /// A text, collected here instead of written (at most [`wire::TEXT_MAX`] bytes).
+    text: Option<Vec<u8>>,
 }
 
 /// Most messages held back while the receiver waits for its own work to finish; a
@@ -808,8 +820,12 @@ impl Receiver {
         self.jobs.clear();
         self.io.clear();
         if !self.reported {
-            // A report already queued (files that could not be put in place) still goes.
-            self.transmit.clear();
+            // A report already queued (files that could not be put in place) still goes,
+            // and so does an acceptance not yet sent: the sender reads a report only
+            // after it.
+            self.transmit.retain(|m| {
+                matches!(m, WireMessage::Text(t) if t.starts_with(r#"{"type":"extensions""#))
+            });
         }
         if matches!(e, Error::Declined(_)) && self.consent_told {
             // The answer the sender waits for says it all: no report.
@@ -976,6 +992,9 @@ impl Receiver {
                 }
             }
             (Phase::Streaming, Control::FileEof) => self.on_file_eof(),
+            (Phase::Streaming, Control::StreamEof { size, hidden_size }) => {
+                self.on_stream_eof(size, hidden_size)
+            }
             (Phase::Streaming, Control::Eof) => self.on_eof(),
             (
                 Phase::Streaming,
@@ -1054,6 +1073,11 @@ impl Receiver {
             if self.reconnect_state.is_some() {
                 accept.push(wire::EXT_RECONNECT.to_owned());
             }
+            for ext in [wire::EXT_STREAM, wire::EXT_TEXT] {
+                if offered(ext) {
+                    accept.push(ext.to_owned());
+                }
+            }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
             if let Some(proof) = reconnect_proof {
@@ -1065,8 +1089,36 @@ impl Receiver {
                 );
             }
         }
+        if self.config.single_file && entries.len() > 1 {
+            return Err(Error::Unsupported(format!(
+                "the sender offers {} files, and standard output takes one; nothing was written (receive into a directory instead)",
+                entries.len()
+            )));
+        }
         let mut files: HashSet<&str> = HashSet::new();
         for e in &entries {
+            if let Some(kind) = e.kind {
+                // Accepted above only with `confirm`.
+                if !offered(kind.extension()) || !self.confirm {
+                    return Err(Error::peer_in(
+                        &e.path,
+                        format!(
+                            "an entry of kind {} without the offer of its extension",
+                            kind.extension()
+                        ),
+                    ));
+                }
+                let size_ok = match kind {
+                    EntryKind::Stream => e.size == 0,
+                    EntryKind::Text => e.size <= wire::TEXT_MAX,
+                };
+                if !size_ok {
+                    return Err(Error::peer_in(
+                        &e.path,
+                        format!("a {} entry of {} bytes", kind.extension(), e.size),
+                    ));
+                }
+            }
             if !files.insert(e.path.as_str()) {
                 return Err(Error::peer_in(
                     &e.path,
@@ -1094,6 +1146,7 @@ impl Receiver {
                 found: None,
                 reported: None,
                 state: EntryState::Pending,
+                kind: e.kind,
             });
         }
         self.entries = checked;
@@ -1148,6 +1201,10 @@ impl Receiver {
         while rs.stats_out < STATS_IN_FLIGHT && rs.next_stat < self.entries.len() {
             let i = rs.next_stat;
             rs.next_stat += 1;
+            if self.entries[i].kind.is_some() {
+                // A stream or a text is always sent whole: nothing to look for.
+                continue;
+            }
             rs.stats_out += 1;
             self.io_out += 1;
             self.io.push_back(IoRequest::Stat {
@@ -1274,15 +1331,25 @@ impl Receiver {
                 ),
             ));
         }
+        if e.kind.is_some() && h.append_from > 0 {
+            return Err(Error::peer_in(
+                &h.path,
+                "a stream or a text cannot be appended to",
+            ));
+        }
         e.state = EntryState::Receiving;
+        let stream = e.kind == Some(EntryKind::Stream);
+        let text = (e.kind == Some(EntryKind::Text)).then(Vec::new);
         let remaining = h.size - h.append_from;
-        self.io_out += 1;
-        self.io.push_back(IoRequest::Open {
-            file,
-            path: e.path.clone(),
-            append_from: h.append_from,
-            size: h.size,
-        });
+        if text.is_none() {
+            self.io_out += 1;
+            self.io.push_back(IoRequest::Open {
+                file,
+                path: e.path.clone(),
+                append_from: h.append_from,
+                size: h.size,
+            });
+        }
         self.events.push_back(Event::FileStarted {
             path: h.path,
             size: h.size,
@@ -1292,7 +1359,10 @@ impl Receiver {
         self.current = Some(Incoming {
             file,
             append_from: h.append_from,
-            pieces: remaining.div_ceil(CHUNK_SIZE as u64).max(1),
+            pieces: match stream {
+                true => u64::MAX,
+                false => remaining.div_ceil(CHUNK_SIZE as u64).max(1),
+            },
             compression: h.compression,
             next_seq: 0,
             jobs_out: 0,
@@ -1301,6 +1371,8 @@ impl Receiver {
             chain: Chain::new(),
             done_bytes: h.append_from,
             eof_seen: false,
+            stream,
+            text,
         });
         Ok(())
     }
@@ -1329,8 +1401,14 @@ impl Receiver {
                 format!("more data than the declared {} bytes", e.size),
             ));
         }
-        let start = cur.append_from + d.seq * CHUNK_SIZE as u64;
-        let expect_len = (e.size - start).min(CHUNK_SIZE as u64) as usize;
+        let expect_len = match cur.stream {
+            // At most a piece; the verification checks that only the last is short.
+            true => CHUNK_SIZE,
+            false => {
+                let start = cur.append_from + d.seq * CHUNK_SIZE as u64;
+                (e.size - start).min(CHUNK_SIZE as u64) as usize
+            }
+        };
         let open = match (&self.cipher, &mut self.nonces) {
             (Some(c), Some(n)) => Some((c.clone(), n.next())),
             _ => None,
@@ -1385,7 +1463,10 @@ impl Receiver {
                 ));
             }
             let start = cur.append_from + r.seq * CHUNK_SIZE as u64;
-            let expect_len = (e.size - start).min(CHUNK_SIZE as u64);
+            let expect_len = match cur.stream {
+                true => stream_piece_len(e.path.as_str(), cur.done_bytes, r.seq, raw.len())?,
+                false => (e.size - start).min(CHUNK_SIZE as u64),
+            };
             if raw.len() as u64 != expect_len {
                 return Err(Error::integrity_in(
                     e.path.as_str(),
@@ -1399,7 +1480,9 @@ impl Receiver {
             }
             cur.next_verify += 1;
             cur.done_bytes += expect_len;
-            if !raw.is_empty() {
+            if let Some(text) = cur.text.as_mut() {
+                text.extend_from_slice(&raw);
+            } else if !raw.is_empty() {
                 self.io_out += 1;
                 self.writes_out += 1;
                 self.io.push_back(IoRequest::Write {
@@ -1423,6 +1506,12 @@ impl Receiver {
         let Some(cur) = self.current.as_mut() else {
             return Err(Error::peer("file_eof outside a file"));
         };
+        if cur.stream {
+            return Err(Error::peer_in(
+                self.entries[cur.file].path.as_str(),
+                "a stream ends with stream_eof, not file_eof",
+            ));
+        }
         if cur.next_seq != cur.pieces {
             let e = &self.entries[cur.file];
             return Err(Error::integrity_in(
@@ -1437,11 +1526,67 @@ impl Receiver {
         self.verify_in_order()
     }
 
+    /// Extension `stream`: the end of the current stream, with its size (sealed when
+    /// encrypting). Every piece is verified by now (control messages wait for that).
+    fn on_stream_eof(&mut self, size: Option<u64>, hidden: Option<String>) -> Result<(), Error> {
+        let Some(file) = self.current.as_ref().filter(|c| c.stream).map(|c| c.file) else {
+            return Err(Error::peer("stream_eof outside a stream"));
+        };
+        let path = self.entries[file].path.as_str().to_owned();
+        let size = match (&self.cipher, size, hidden) {
+            (None, Some(size), None) => size,
+            (Some(_), None, Some(hidden)) => {
+                let plain = self.open_hidden(&hidden, "the stream's size")?;
+                plain
+                    .parse::<u64>()
+                    .map_err(|_| Error::peer_in(&path, "the stream's size is not a number"))?
+            }
+            _ => {
+                return Err(Error::peer_in(
+                    &path,
+                    "stream_eof without its size (in clear, or sealed when encrypting)",
+                ))
+            }
+        };
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Error::peer("stream_eof outside a stream"));
+        };
+        let pieces = size.div_ceil(CHUNK_SIZE as u64).max(1);
+        if cur.done_bytes != size || cur.next_seq != pieces {
+            return Err(Error::integrity_in(
+                &path,
+                format!(
+                    "the stream ended after {} bytes in {} pieces, but its sender says {size} bytes",
+                    cur.done_bytes, cur.next_seq
+                ),
+            ));
+        }
+        self.entries[file].size = size;
+        cur.eof_seen = true;
+        self.verify_in_order()
+    }
+
     fn close_current(&mut self) -> Result<(), Error> {
         let Some(cur) = self.current.take() else {
             return Ok(());
         };
         let e = &mut self.entries[cur.file];
+        if let Some(text) = cur.text {
+            let text = String::from_utf8(text)
+                .map_err(|_| Error::peer_in(e.path.as_str(), "the text is not UTF-8"))?;
+            // Nothing to put in place: the text is shown, and that is its delivery.
+            e.state = EntryState::Done;
+            let path = e.path.as_str().to_owned();
+            self.events.push_back(Event::Text {
+                path: path.clone(),
+                text,
+            });
+            self.events.push_back(Event::FileDone {
+                path,
+                size: e.size,
+            });
+            return Ok(());
+        }
         e.state = EntryState::Verified;
         self.io_out += 1;
         self.io.push_back(IoRequest::Close { file: cur.file });
@@ -1724,4 +1869,28 @@ impl Receiver {
             }
         }
     }
+}
+
+/// The length a stream's piece `seq` may have, given the bytes verified before it: every
+/// piece but the last is whole, and only a first piece may be empty.
+fn stream_piece_len(path: &str, before: u64, seq: u64, len: usize) -> Result<u64, Error> {
+    if before != seq * CHUNK_SIZE as u64 {
+        return Err(Error::integrity_in(
+            path,
+            format!("piece {seq} follows a short piece: the stream had ended"),
+        ));
+    }
+    if len > CHUNK_SIZE {
+        return Err(Error::integrity_in(
+            path,
+            format!("piece {seq} of the stream holds {len} bytes, more than a piece"),
+        ));
+    }
+    if len == 0 && seq > 0 {
+        return Err(Error::integrity_in(
+            path,
+            format!("piece {seq} of the stream is empty"),
+        ));
+    }
+    Ok(len as u64)
 }
