@@ -46,6 +46,8 @@ pub(crate) struct SendFiles {
     open: HashMap<usize, File>,
     /// Bytes read from standard input so far.
     stdin_read: u64,
+    /// Standard input has ended.
+    stdin_ended: bool,
 }
 
 impl SendFiles {
@@ -54,12 +56,17 @@ impl SendFiles {
             listed,
             open: HashMap::new(),
             stdin_read: 0,
+            stdin_ended: false,
         }
     }
 
     /// Up to `len` bytes of standard input at `offset`, which must be where the last
     /// read ended: fewer only at its end. Blocks until the bytes are there.
     fn read_stdin(&mut self, offset: u64, len: usize) -> io::Result<PieceBuf> {
+        if self.stdin_ended && offset >= self.stdin_read {
+            // A read ahead past the end.
+            return Ok(PieceBuf::zeroed(0));
+        }
         if offset != self.stdin_read {
             return Err(io::Error::other(format!(
                 "standard input is read once, in order: asked for byte {offset} after {} bytes",
@@ -70,6 +77,7 @@ impl SendFiles {
         let got = fill(&mut io::stdin().lock(), buf.payload_mut())?;
         buf.truncate(got);
         self.stdin_read += got as u64;
+        self.stdin_ended = got < len;
         Ok(buf)
     }
 
