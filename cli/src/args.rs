@@ -30,8 +30,10 @@ relay went away), 8 not everything delivered (files skipped or not stored; the m
 lists them), 9 no direct connection although --direct-only asked for one (or, with no
 relay, the peer never reached), 10 wrong code (the sides hold different codes like
 7-guitar-rocket) or, with no relay, the peer not authenticated (wrong code or ticket),
-11 declined (the receiver answered no to Accept? [y/N]; on both sides), 130 interrupted
-(Ctrl-C).
+11 declined (the receiver answered no to Accept? [y/N]; on both sides), 12 unsupported
+(standard input or --text to a receiver that cannot take them, such as p2p-copy 0.1.x:
+nothing sent; receive --stdout offered more than one file: nothing written),
+130 interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
@@ -530,31 +532,30 @@ impl SendArgs {
     /// either, `--resume` with standard input, or a name that cannot be sent.
     pub fn pipe(&self, files: &[PathBuf]) -> Result<Option<Pipe>, String> {
         let stdin = files.iter().any(|f| f.as_os_str() == "-");
-        let pipe = match (&self.text, stdin) {
-            (Some(_), _) if !files.is_empty() => {
-                return Err("--text sends only the text: leave out the files".into())
-            }
-            (Some(text), _) => Pipe::Text {
-                name: self.name.clone().unwrap_or_else(|| "text".into()),
-                text: text.clone(),
-            },
-            (None, true) if files.len() > 1 => {
-                return Err("'-' (standard input) must be the only thing sent".into())
-            }
-            (None, true) if self.resume => {
-                return Err(
+        let pipe =
+            match (&self.text, stdin) {
+                (Some(_), _) if !files.is_empty() => {
+                    return Err("--text sends only the text: leave out the files".into())
+                }
+                (Some(text), _) => Pipe::Text {
+                    name: self.name.clone().unwrap_or_else(|| "text".into()),
+                    text: text.clone(),
+                },
+                (None, true) if files.len() > 1 => {
+                    return Err("'-' (standard input) must be the only thing sent".into())
+                }
+                (None, true) if self.resume => return Err(
                     "--resume is not meaningful for standard input: it is read once and sent whole"
                         .into(),
-                )
-            }
-            (None, true) => Pipe::Stdin {
-                name: self.name.clone().unwrap_or_else(|| "stdin".into()),
-            },
-            (None, false) if self.name.is_some() => {
-                return Err("--name names standard input ('-') or a --text".into())
-            }
-            (None, false) => return Ok(None),
-        };
+                ),
+                (None, true) => Pipe::Stdin {
+                    name: self.name.clone().unwrap_or_else(|| "stdin".into()),
+                },
+                (None, false) if self.name.is_some() => {
+                    return Err("--name names standard input ('-') or a --text".into())
+                }
+                (None, false) => return Ok(None),
+            };
         let (Pipe::Stdin { name } | Pipe::Text { name, .. }) = &pipe;
         p2p_copy_core::path::SafePath::parse(name)
             .map_err(|why| format!("--name {}: {why}", p2p_copy_core::path::escape(name)))?;

@@ -117,7 +117,10 @@ fn stdin_streams_before_the_input_ends_and_arrives_byte_identical_on_stdout() {
     stdin.write_all(first).expect("write the first part");
     stdin.flush().unwrap();
     // The input has not ended, and the receiver already wrote verified data.
-    tap.wait_for(MIB, "the receiver's first MiB while the input is still open");
+    tap.wait_for(
+        MIB,
+        "the receiver's first MiB while the input is still open",
+    );
     stdin.write_all(rest).expect("write the rest");
     drop(stdin);
     let sent = sender.wait(LIMIT);
@@ -295,12 +298,30 @@ fn usage_mistakes_with_pipes_exit_1_before_connecting() {
     let f = s.src.join("f");
     fs::write(&f, b"x").unwrap();
     for (args, needle) in [
-        (vec!["send", "ws://127.0.0.1:1", "c", "-", arg(&f)], "only thing"),
-        (vec!["send", "ws://127.0.0.1:1", "c", "-", "--resume"], "--resume"),
-        (vec!["send", "ws://127.0.0.1:1", "c", arg(&f), "--name", "n"], "--name"),
-        (vec!["send", "ws://127.0.0.1:1", "c", "-", "--name", "../up"], "--name"),
-        (vec!["send", "ws://127.0.0.1:1", "c", arg(&f), "--text", "t"], "--text"),
-        (vec!["receive", "ws://127.0.0.1:1", "c", "--stdout", "--json"], "--json"),
+        (
+            vec!["send", "ws://127.0.0.1:1", "c", "-", arg(&f)],
+            "only thing",
+        ),
+        (
+            vec!["send", "ws://127.0.0.1:1", "c", "-", "--resume"],
+            "--resume",
+        ),
+        (
+            vec!["send", "ws://127.0.0.1:1", "c", arg(&f), "--name", "n"],
+            "--name",
+        ),
+        (
+            vec!["send", "ws://127.0.0.1:1", "c", "-", "--name", "../up"],
+            "--name",
+        ),
+        (
+            vec!["send", "ws://127.0.0.1:1", "c", arg(&f), "--text", "t"],
+            "--text",
+        ),
+        (
+            vec!["receive", "ws://127.0.0.1:1", "c", "--stdout", "--json"],
+            "--json",
+        ),
     ] {
         let out = ChildGuard::spawn(&mut p2p_copy(&args)).wait(LIMIT);
         assert_eq!(out.code(), 1, "{args:?}: {out:?}");
@@ -327,8 +348,9 @@ fn a_python_receiver_is_refused_with_a_clear_message() {
                 drop(stdin);
                 sender.wait(LIMIT)
             }
-            _ => ChildGuard::spawn(&mut p2p_copy(&["send", &url, code, "--text", "hi"]))
-                .wait(LIMIT),
+            _ => {
+                ChildGuard::spawn(&mut p2p_copy(&["send", &url, code, "--text", "hi"])).wait(LIMIT)
+            }
         };
         let deadline = Instant::now() + LIMIT;
         let (_py, _) = python::wait_until(receiver, deadline);
@@ -341,7 +363,10 @@ fn a_python_receiver_is_refused_with_a_clear_message() {
         let written: Vec<_> = fs::read_dir(&out)
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert!(written.is_empty(), "{mode}: the Python receiver wrote {written:?}");
+        assert!(
+            written.is_empty(),
+            "{mode}: the Python receiver wrote {written:?}"
+        );
     }
 }
 

@@ -88,7 +88,11 @@ impl<T: AsRef<[u8]>> ReadPipe<T> {
         if got < len {
             self.end = offset + got as u64;
             self.next_issue = self.next_issue.min(self.end);
-            if self.arrived.range(self.end..).any(|(_, d)| !d.as_ref().is_empty()) {
+            if self
+                .arrived
+                .range(self.end..)
+                .any(|(_, d)| !d.as_ref().is_empty())
+            {
                 return Err("more bytes after the end of the input".to_owned());
             }
         }

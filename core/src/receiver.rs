@@ -823,9 +823,9 @@ impl Receiver {
             // A report already queued (files that could not be put in place) still goes,
             // and so does an acceptance not yet sent: the sender reads a report only
             // after it.
-            self.transmit.retain(|m| {
-                matches!(m, WireMessage::Text(t) if t.starts_with(r#"{"type":"extensions""#))
-            });
+            self.transmit.retain(
+                |m| matches!(m, WireMessage::Text(t) if t.starts_with(r#"{"type":"extensions""#)),
+            );
         }
         if matches!(e, Error::Declined(_)) && self.consent_told {
             // The answer the sender waits for says it all: no report.
@@ -1581,10 +1581,8 @@ impl Receiver {
                 path: path.clone(),
                 text,
             });
-            self.events.push_back(Event::FileDone {
-                path,
-                size: e.size,
-            });
+            self.events
+                .push_back(Event::FileDone { path, size: e.size });
             return Ok(());
         }
         e.state = EntryState::Verified;

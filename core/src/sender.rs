@@ -981,7 +981,11 @@ impl Sender {
             })?;
             // Entries for paths never offered are ignored: they cannot change what is sent.
             // A stream or a text is always sent whole.
-            if self.files.iter().any(|f| f.path == e.path && f.kind.is_none()) {
+            if self
+                .files
+                .iter()
+                .any(|f| f.path == e.path && f.kind.is_none())
+            {
                 self.answers.insert(e.path, (e.size, chain));
             }
         }

@@ -75,10 +75,9 @@ impl StdoutSink {
                 file, append_from, ..
             } => (file, self.open(file, append_from)),
             IoRequest::Write { file, offset, data } => (file, self.write(file, offset, &data)),
-            IoRequest::Close { file } => (
-                file,
-                self.flush().map(|()| IoCompletion::Closed { file }),
-            ),
+            IoRequest::Close { file } => {
+                (file, self.flush().map(|()| IoCompletion::Closed { file }))
+            }
             IoRequest::Sync => (0, self.flush().map(|()| IoCompletion::Synced)),
             // Written as it came: nothing to put in place.
             IoRequest::Commit { file, .. } => (file, Ok(IoCompletion::Committed { file })),

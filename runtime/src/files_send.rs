@@ -88,7 +88,9 @@ impl SendFiles {
         match &listed.pipe {
             Some(PipeData::Stdin) => return self.read_stdin(offset, len),
             Some(PipeData::Text(text)) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(text.len());
                 let end = start.saturating_add(len).min(text.len());
                 return Ok(PieceBuf::from(&text[start..end]));
             }

@@ -45,7 +45,12 @@ pub(crate) fn piped(pipe: &Pipe) -> Result<Listing, TransferError> {
         Pipe::Stdin { name } => (name, 0, EntryKind::Stream, PipeData::Stdin),
         Pipe::Text { name, text } => {
             let bytes = bytes::Bytes::from(text.clone().into_bytes());
-            (name, bytes.len() as u64, EntryKind::Text, PipeData::Text(bytes))
+            (
+                name,
+                bytes.len() as u64,
+                EntryKind::Text,
+                PipeData::Text(bytes),
+            )
         }
     };
     if kind == EntryKind::Text && size > TEXT_MAX {

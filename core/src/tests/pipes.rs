@@ -55,7 +55,10 @@ fn stream_roundtrip(len: usize, encrypt: bool, compress: CompressMode, seed: u64
     let out = sim::run(s);
     assert_ok(&out);
     assert_eq!(out.files().len(), 1);
-    assert!(out.files()[NAME] == data.as_ref(), "the stream arrived changed");
+    assert!(
+        out.files()[NAME] == data.as_ref(),
+        "the stream arrived changed"
+    );
     assert_eq!(done_size(&out.sender_events), Some(len as u64));
     assert_eq!(done_size(&out.receiver_events), Some(len as u64));
     assert!(out
@@ -109,10 +112,10 @@ fn a_text_is_shown_and_never_written() {
         let out = sim::run(s);
         assert_ok(&out);
         assert!(out.files().is_empty(), "a text is not a file");
-        assert!(!out
-            .receiver_io
-            .iter()
-            .any(|r| matches!(r, RxIo::Open { .. } | RxIo::Write { .. } | RxIo::Stat { .. })));
+        assert!(!out.receiver_io.iter().any(|r| matches!(
+            r,
+            RxIo::Open { .. } | RxIo::Write { .. } | RxIo::Stat { .. }
+        )));
         assert!(out.receiver_events.contains(&Event::Text {
             path: NAME.into(),
             text: words.into()
@@ -133,7 +136,12 @@ fn a_receiver_that_does_not_accept_gets_nothing() {
         (EntryKind::Text, plain()),
         (EntryKind::Stream, encrypted()),
     ] {
-        let mut s = setup(&secrets, kind, Bytes::from_static(b"data"), CompressMode::Off);
+        let mut s = setup(
+            &secrets,
+            kind,
+            Bytes::from_static(b"data"),
+            CompressMode::Off,
+        );
         let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let log = seen.clone();
         s.tamper = Some(Box::new(move |dir, _, msg| {
@@ -276,7 +284,10 @@ fn transcript_of_a_stream() {
         WireMessage::Text(r#"{"type":"extensions","accept":["confirm","stream"]}"#.into()),
     )
     .unwrap();
-    assert!(drain(&mut tx, &mut fs, now).is_empty(), "still waits for the answer");
+    assert!(
+        drain(&mut tx, &mut fs, now).is_empty(),
+        "still waits for the answer"
+    );
     tx.handle_message(
         now,
         WireMessage::Text(r#"{"type":"receiver_manifest","entries":[]}"#.into()),
