@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p_copy_core::relay::RelayConfig;
 
 use crate::backend::{
-    ClientConfig, CompressMode, DirectMode, RateLimit, RelayOps, RelayServerConfig, SendOptions,
-    StunPorts,
+    ClientConfig, CompressMode, DirectMode, Pipe, RateLimit, RelayOps, RelayServerConfig,
+    SendOptions, StunPorts,
 };
 use crate::config_file::FileConfig;
 
@@ -30,8 +30,10 @@ relay went away), 8 not everything delivered (files skipped or not stored; the m
 lists them), 9 no direct connection although --direct-only asked for one (or, with no
 relay, the peer never reached), 10 wrong code (the sides hold different codes like
 7-guitar-rocket) or, with no relay, the peer not authenticated (wrong code or ticket),
-11 declined (the receiver answered no to Accept? [y/N]; on both sides), 130 interrupted
-(Ctrl-C).
+11 declined (the receiver answered no to Accept? [y/N]; on both sides), 12 unsupported
+(standard input or --text to a receiver that cannot take them, such as p2p-copy 0.1.x:
+nothing sent; receive --stdout offered more than one file: nothing written),
+130 interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot
@@ -436,11 +438,21 @@ pub struct SendArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// [SERVER CODE] FILES…: the relay URL and the code (unless given by --relay and
-    /// --code), then the files and/or directories to send.
+    /// --code), then the files and/or directories to send; '-' alone sends standard
+    /// input as it comes (to a receiver of this p2p-copy; see --name).
     /// (Not `PathBuf`: clap refuses an empty path, and an empty code must get its own
     /// message.)
-    #[arg(required = true, value_name = "FILES")]
+    #[arg(required_unless_present = "text", value_name = "FILES")]
     pub args: Vec<OsString>,
+    /// Send TEXT (at most 64 KiB) instead of files: the receiver prints it on its
+    /// standard output. Needs a receiver of this p2p-copy (p2p-copy 0.1.x: exit 12,
+    /// nothing sent).
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["resume", "skip_errors"])]
+    pub text: Option<String>,
+    /// With '-': the name the receiver stores standard input under [default: stdin];
+    /// with --text: the text's name in progress and JSON [default: text].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Compress with zstd: auto decides per file from its first MiB.
     #[arg(long, value_enum, default_value_t = Compress::Auto)]
     pub compress: Compress,
@@ -516,7 +528,46 @@ impl SendArgs {
             follow_symlinks: self.follow_symlinks,
             exclude: self.exclude.clone(),
             gitignore: self.gitignore,
+            pipe: None,
         }
+    }
+
+    /// Standard input (`-` as the only file) or `--text` instead of files, checked:
+    /// `None` for files.
+    ///
+    /// # Errors
+    /// The usage mistake: `-` among other files, `--text` with files, `--name` without
+    /// either, `--resume` with standard input, or a name that cannot be sent.
+    pub fn pipe(&self, files: &[PathBuf]) -> Result<Option<Pipe>, String> {
+        let stdin = files.iter().any(|f| f.as_os_str() == "-");
+        let pipe =
+            match (&self.text, stdin) {
+                (Some(_), _) if !files.is_empty() => {
+                    return Err("--text sends only the text: leave out the files".into())
+                }
+                (Some(text), _) => Pipe::Text {
+                    name: self.name.clone().unwrap_or_else(|| "text".into()),
+                    text: text.clone(),
+                },
+                (None, true) if files.len() > 1 => {
+                    return Err("'-' (standard input) must be the only thing sent".into())
+                }
+                (None, true) if self.resume => return Err(
+                    "--resume is not meaningful for standard input: it is read once and sent whole"
+                        .into(),
+                ),
+                (None, true) => Pipe::Stdin {
+                    name: self.name.clone().unwrap_or_else(|| "stdin".into()),
+                },
+                (None, false) if self.name.is_some() => {
+                    return Err("--name names standard input ('-') or a --text".into())
+                }
+                (None, false) => return Ok(None),
+            };
+        let (Pipe::Stdin { name } | Pipe::Text { name, .. }) = &pipe;
+        p2p_copy_core::path::SafePath::parse(name)
+            .map_err(|why| format!("--name {}: {why}", p2p_copy_core::path::escape(name)))?;
+        Ok(Some(pipe))
     }
 }
 
@@ -545,6 +596,12 @@ pub struct ReceiveArgs {
     /// or the current directory].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Write the one received file to standard output instead of a directory, each
+    /// piece as soon as it is verified (all messages go to stderr). A transfer of more
+    /// than one file is refused before anything is written (exit 12). If a later piece
+    /// fails its check, what was written stays written and the exit code is non-zero.
+    #[arg(long, conflicts_with_all = ["out", "json", "no_clobber"])]
+    pub stdout: bool,
     /// Accept the transfer without asking. On a terminal, receive shows what the
     /// sender offers (files, size, top-level names, existing files it would replace)
     /// and asks "Accept? [y/N]" before anything is written; without a terminal it

@@ -9,7 +9,7 @@ compile_error!("enable the `smol` or the `async-std` feature of p2p-copy");
 #[cfg(feature = "smol")]
 pub use p2p_copy_smol::{
     check_exclude, netcheck, partials, proxy, receive, send, ClientConfig, CompressMode,
-    ConsentAsk, DirectMode, PeerSpec, RateLimit, RelayOps, RelayServer, RelayServerConfig,
+    ConsentAsk, DirectMode, PeerSpec, Pipe, RateLimit, RelayOps, RelayServer, RelayServerConfig,
     SendOptions, Serverless, ServerlessConfig, SessionEvent, StunPorts, Summary, TransferError,
     TransferOffer,
 };
@@ -17,7 +17,7 @@ pub use p2p_copy_smol::{
 #[cfg(all(feature = "async-std", not(feature = "smol")))]
 pub use p2p_copy_async_std::{
     check_exclude, netcheck, partials, proxy, receive, send, ClientConfig, CompressMode,
-    ConsentAsk, DirectMode, PeerSpec, RateLimit, RelayOps, RelayServer, RelayServerConfig,
+    ConsentAsk, DirectMode, PeerSpec, Pipe, RateLimit, RelayOps, RelayServer, RelayServerConfig,
     SendOptions, Serverless, ServerlessConfig, SessionEvent, StunPorts, Summary, TransferError,
     TransferOffer,
 };

@@ -19,11 +19,13 @@ mod usage;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
 use log::LevelFilter;
 use p2p_copy_core::path::escape;
+use p2p_copy_core::Event;
 
 use crate::args::{
     Cli, Command, CompletionsArgs, LogFormat, NetcheckArgs, OutputArgs, ReceiveArgs, RelayArgs,
@@ -35,6 +37,9 @@ use crate::progress::{Progress, Role, Style};
 
 /// Exit code for a bad command line or invalid settings.
 const EXIT_USAGE: u8 = 1;
+/// Why standard input, `--text` and `--stdout` are refused without a relay.
+const NO_PIPES_SERVERLESS: &str =
+    "standard input ('-'), --text and --stdout need a relay (transfers with no relay read the peer's ticket from standard input)";
 /// Exit code when the relay cannot be started or reached.
 const EXIT_RELAY: u8 = 2;
 /// Exit code when the transfer ended but not every file was delivered (skipped with
@@ -96,12 +101,18 @@ fn main() -> ExitCode {
         Command::Send(a)
             if serverless::chosen(&a.serverless, a.rendezvous().0.server.is_none()) =>
         {
-            serverless::send(a, out)
+            match a.text.is_some() || a.rendezvous().1.iter().any(|f| f.as_os_str() == "-") {
+                true => fail(NO_PIPES_SERVERLESS, EXIT_USAGE),
+                false => serverless::send(a, out),
+            }
         }
         Command::Receive(a)
             if serverless::chosen(&a.serverless, a.rendezvous().server.is_none()) =>
         {
-            serverless::receive(a, out)
+            match a.stdout {
+                true => fail(NO_PIPES_SERVERLESS, EXIT_USAGE),
+                false => serverless::receive(a, out),
+            }
         }
         Command::Send(a) => send(a, out),
         Command::Receive(a) => receive(a, out),
@@ -308,7 +319,11 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
         Ok(ok) => ok,
         Err(exit) => return exit,
     };
-    if files.is_empty() {
+    let pipe = match a.pipe(&files) {
+        Ok(pipe) => pipe,
+        Err(msg) => return fail(&msg, EXIT_USAGE),
+    };
+    if files.is_empty() && pipe.is_none() {
         return fail(
             "no files given: name the files and/or directories to send",
             EXIT_USAGE,
@@ -325,7 +340,9 @@ fn send(a: SendArgs, out: OutputArgs) -> u8 {
     }
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Send, Style::detect(out.quiet), out.verbose);
-    let transfer = backend::send(config, files, a.options(), progress.callback());
+    let mut opts = a.options();
+    opts.pipe = pipe;
+    let transfer = backend::send(config, files, opts, progress.callback());
     let ended = backend::block_on(interrupts.run(transfer));
     finish(
         &progress,
@@ -373,11 +390,14 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
                 .and_then(|pake| usage::check_client(&a.client, found, first).map(|ok| (ok, pake)))
         }
     };
-    let ((server, code), pake) =
-        match usage_ok(checked.and_then(|ok| usage::check_out(&out_dir).map(|()| ok))) {
-            Ok(ok) => ok,
-            Err(exit) => return exit,
-        };
+    let checked = match a.stdout {
+        true => checked,
+        false => checked.and_then(|ok| usage::check_out(&out_dir).map(|()| ok)),
+    };
+    let ((server, code), pake) = match usage_ok(checked) {
+        Ok(ok) => ok,
+        Err(exit) => return exit,
+    };
     let interrupts = Interrupts::install();
     let progress = Progress::new(Role::Receive, Style::detect(out.quiet), out.verbose);
     let mut config = a.client.config(server, code);
@@ -387,10 +407,30 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     config.keep_existing = a.no_clobber;
     let shown = Arc::new(OnceLock::from(progress.clone()));
     config.consent = consent_asker(a.yes, a.no_clobber, shown);
-    let transfer = backend::receive(config, out_dir.clone(), progress.callback());
+    config.to_stdout = a.stdout;
+    let wrote = Arc::new(AtomicBool::new(false));
+    let on_event = {
+        let (wrote, mut show) = (wrote.clone(), progress.callback());
+        move |ev: backend::SessionEvent| {
+            if matches!(ev.event, Event::Progress { delta, .. } if delta > 0) {
+                wrote.store(true, Ordering::Relaxed);
+            }
+            show(ev);
+        }
+    };
+    let transfer = backend::receive(config, out_dir.clone(), on_event);
     let ended = backend::block_on(interrupts.run(transfer));
-    let interrupted = receive_interrupted(progress.paired(), &out_dir);
-    finish(&progress, ended, &interrupted, Role::Receive)
+    let interrupted = match a.stdout {
+        true => "interrupted".to_owned(),
+        false => receive_interrupted(progress.paired(), &out_dir),
+    };
+    let exit = finish(&progress, ended, &interrupted, Role::Receive);
+    if a.stdout && exit != 0 && wrote.load(Ordering::Relaxed) {
+        eprintln!(
+            "note: what was already written to standard output is incomplete (every piece of it was verified) and cannot be taken back"
+        );
+    }
+    exit
 }
 
 /// The question `receive` asks before accepting, on a terminal without `--yes`, with

@@ -6,7 +6,7 @@
 //! its own manifest and files.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -307,6 +307,10 @@ fn lock(m: &Mutex<Display>) -> MutexGuard<'_, Display> {
 
 impl Display {
     fn on_event(&mut self, ev: SessionEvent) {
+        if let Event::Text { path, text } = &ev.event {
+            // The payload, not a message: shown even with --quiet.
+            self.show_text(ev.session, path, text);
+        }
         if self.style == Style::Quiet {
             self.paired |= matches!(ev.event, Event::Paired | Event::Manifest { .. });
             return;
@@ -638,6 +642,32 @@ impl Display {
     }
 
     /// A line above the bars, or on its own.
+    /// A received text (`send --text`): on stdout as it is, with a line break after it
+    /// unless it ends with one; with `--json` the `text` event instead.
+    fn show_text(&self, session: usize, path: &str, text: &str) {
+        if self.style == Style::Json {
+            json::emit(
+                "text",
+                &[
+                    ("session", json!(session)),
+                    ("path", json!(path)),
+                    ("text", json!(text)),
+                ],
+            );
+            return;
+        }
+        let print = || {
+            let mut out = std::io::stdout().lock();
+            let newline = if text.ends_with('\n') { "" } else { "\n" };
+            let _ = write!(out, "{text}{newline}");
+            let _ = out.flush();
+        };
+        match self.style {
+            Style::Bars => self.multi.suspend(print),
+            _ => print(),
+        }
+    }
+
     fn say(&self, line: String) {
         match self.style {
             Style::Bars => {

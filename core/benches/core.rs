@@ -251,6 +251,7 @@ fn harvest_jobs(data: &Bytes) -> Vec<Job> {
     let file = SendFile {
         path: "app.log".into(),
         size: data.len() as u64,
+        kind: None,
     };
     let mut sender = Sender::new(now, config, &secrets, vec![file], [1; 32]).expect("valid sender");
     sender

@@ -52,6 +52,7 @@ fn run_sender(
             Ok(SendFile {
                 path: p.file_name().unwrap().to_string_lossy().into_owned(),
                 size: std::fs::metadata(p)?.len(),
+                kind: None,
             })
         })
         .collect::<io::Result<Vec<_>>>()?;

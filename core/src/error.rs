@@ -74,6 +74,10 @@ pub enum Error {
     /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT)): nothing was written.
     #[error("declined: {0}")]
     Declined(String),
+    /// The peer cannot do what this side was asked to do (a stream, a text, output to
+    /// standard output of more than one file): nothing was sent or written.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
 
 struct FileCtx<'a>(&'a Option<String>);
@@ -154,6 +158,7 @@ impl Error {
             Error::WrongCode(_) => "wrong_code",
             Error::RoomInUse(_) => "room",
             Error::Declined(_) => "declined",
+            Error::Unsupported(_) => "unsupported",
         }
     }
 }

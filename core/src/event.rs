@@ -56,6 +56,15 @@ pub enum Event {
         /// Its size.
         size: u64,
     },
+    /// Receiver: a text arrived whole and verified (extension
+    /// [`EXT_TEXT`](crate::wire::EXT_TEXT)); show it (no file is written). Comes just
+    /// before the entry's [`Event::FileDone`].
+    Text {
+        /// The name the sender gave it.
+        path: String,
+        /// The text, valid UTF-8, at most [`TEXT_MAX`](crate::wire::TEXT_MAX) bytes.
+        text: String,
+    },
     /// A file was not delivered: the sender skipped it (`skip_errors`: it could not be
     /// read or changed while being sent), or the receiver could not put it in place.
     FileNotDelivered {

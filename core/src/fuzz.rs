@@ -437,6 +437,156 @@ fn chain_of(file: usize, len: u64, compressible: bool) -> Option<[u8; 32]> {
     resume_chain(&content(file, 0, len as usize, compressible))
 }
 
+/// The compression mode bits 1 and 2 of a script's first byte choose.
+fn compress_mode(flags: u8) -> crate::sender::CompressMode {
+    use crate::sender::CompressMode;
+    [
+        CompressMode::Auto,
+        CompressMode::On,
+        CompressMode::Off,
+        CompressMode::Auto,
+    ][usize::from(flags >> 1 & 3)]
+}
+
+/// What [`stream`] found: whether the session succeeded and whether a tamper hit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRun {
+    /// Both sides finished without an error.
+    pub ok: bool,
+    /// A message was changed, dropped or repeated on its way.
+    pub tampered: bool,
+}
+
+/// A stream (extension `stream`) or a text (extension `text`) of a scripted length and
+/// content sent through the whole in-memory session (sender, relay, receiver), with a
+/// scripted change to one message on its way to the receiver. Whatever happens, the
+/// receiver never puts anything but the exact stream under its final name and never shows
+/// another text; an untouched session succeeds.
+pub fn stream(data: &[u8]) -> StreamRun {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use bytes::Bytes;
+
+    use crate::crypto::{Cipher, Secrets};
+    use crate::sender::SenderConfig;
+    use crate::sim::{self, Direction, SimSetup};
+    use crate::wire::{EntryKind, WireMessage};
+    use crate::Event;
+
+    const LENGTHS: [u64; 8] = [0, 1, 100, 5000, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 7];
+    let mut s = script::Script::new(data);
+    let flags = s.byte();
+    let encrypt = flags & 1 != 0;
+    let compress = compress_mode(flags);
+    let kind = if flags & 8 != 0 {
+        EntryKind::Text
+    } else {
+        EntryKind::Stream
+    };
+    let len = match kind {
+        EntryKind::Stream => s.pick(&LENGTHS),
+        EntryKind::Text => u64::from(s.byte()) * 200,
+    };
+    let fill = s.byte();
+    let content: Vec<u8> = (0..len)
+        .map(|i| match kind {
+            // Text: ASCII; a stream: bytes that compress for a while, then do not.
+            EntryKind::Text => b'a' + ((i as u8) ^ fill) % 26,
+            EntryKind::Stream if i < CHUNK / 2 => fill,
+            EntryKind::Stream => (splitmix(i ^ u64::from(fill)) & 0xff) as u8,
+        })
+        .collect();
+    let target = s.below(12);
+    let op = s.byte();
+    let at = s.u64();
+    let seed = s.u64();
+    let secrets = Secrets {
+        code_hash: CODE_HASH,
+        cipher: encrypt.then(|| Cipher::new(&KEY)),
+    };
+    let name = "piped";
+    let mut setup = SimSetup::new(
+        vec![(name.to_owned(), Bytes::from(content.clone()))],
+        &secrets,
+    );
+    setup.kinds = vec![Some(kind)];
+    setup.sender_config = SenderConfig {
+        compress,
+        confirm: true,
+        ..SenderConfig::default()
+    };
+    setup.seed = seed;
+    setup.max_steps = 200_000;
+    let hit = Rc::new(Cell::new(false));
+    let seen = hit.clone();
+    setup.tamper = Some(Box::new(move |dir, i, msg| {
+        if dir != Direction::ToReceiver || i != target || op & 3 == 3 {
+            return vec![msg];
+        }
+        seen.set(true);
+        match op & 3 {
+            0 => vec![],
+            1 => vec![msg.clone(), msg],
+            _ => vec![match msg {
+                WireMessage::Text(t) => {
+                    let mut b = t.into_bytes();
+                    if !b.is_empty() {
+                        let k = (at % b.len() as u64) as usize;
+                        b[k] ^= 1 << (op >> 5);
+                    }
+                    WireMessage::Text(String::from_utf8_lossy(&b).into_owned())
+                }
+                WireMessage::Binary(d) => {
+                    let mut b = d.to_vec();
+                    if !b.is_empty() {
+                        let k = (at % b.len() as u64) as usize;
+                        b[k] ^= 1 << (op >> 5);
+                    }
+                    WireMessage::Binary(Bytes::from(b))
+                }
+            }],
+        }
+    }));
+    let out = sim::run(setup);
+    let tampered = hit.get();
+    let ok = out.sender_error.is_none() && out.receiver_error.is_none() && out.both_finished;
+    assert!(!out.step_limit_hit || tampered, "an untouched session ends");
+    assert!(out.violations.is_empty(), "{:?}", out.violations);
+    if let Some(got) = out.files().get(name) {
+        // A plain session's relay may turn the text's entry into a plain file (a bit
+        // flipped in the key `kind`); it then arrives as a file, intact.
+        assert!(
+            kind == EntryKind::Stream || tampered,
+            "a text is never written"
+        );
+        assert!(*got == content, "a wrong stream was put in place");
+    }
+    for e in &out.receiver_events {
+        if let Event::Text { text, .. } = e {
+            assert!(
+                text.as_bytes() == content.as_slice(),
+                "another text was shown"
+            );
+        }
+    }
+    if !tampered {
+        assert!(
+            ok,
+            "an untouched session succeeds: {:?} / {:?}",
+            out.sender_error, out.receiver_error
+        );
+        match kind {
+            EntryKind::Stream => assert!(out.files().contains_key(name)),
+            EntryKind::Text => assert!(out
+                .receiver_events
+                .iter()
+                .any(|e| matches!(e, Event::Text { .. }))),
+        }
+    }
+    StreamRun { ok, tampered }
+}
+
 mod script {
     /// A reader of fuzz input. Every read succeeds: once the input is used up it yields
     /// zeros, so any byte string is a complete script.
@@ -773,6 +923,7 @@ mod receiver_body {
             keep_existing: false,
             reconnect: None,
             metadata: flags & 8 != 0,
+            single_file: false,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -1003,6 +1154,7 @@ mod receiver_body {
                 .map(|_| ManifestEntry {
                     path: path(s),
                     size: size(s),
+                    kind: None,
                 })
                 .collect();
             let extensions = match flags >> 1 & 3 {
@@ -1608,6 +1760,7 @@ mod receiver_body {
                         "metadata only when agreed"
                     );
                 }
+                Event::Text { .. } => panic!("a text needs the offer of its extension"),
                 Event::Path(_) | Event::Reconnecting { .. } => {
                     panic!("only the runtime reports the path and reconnects")
                 }
@@ -2017,12 +2170,7 @@ mod sender_body {
         let mut s = Script::new(data);
         let flags = s.byte();
         let encrypted = flags & 1 != 0;
-        let compress = [
-            CompressMode::Auto,
-            CompressMode::On,
-            CompressMode::Off,
-            CompressMode::Auto,
-        ][usize::from(flags >> 1 & 3)];
+        let compress = super::compress_mode(flags);
         let resume = flags & 8 != 0;
         let window = 1 + usize::from(flags >> 4 & 3);
         let n = 1 + s.below(3);
@@ -2056,6 +2204,7 @@ mod sender_body {
             .map(|f| SendFile {
                 path: f.path.clone(),
                 size: f.size,
+                kind: None,
             })
             .collect();
         let tx =
@@ -2515,7 +2664,8 @@ mod sender_body {
                 | Event::Delivery { .. }
                 | Event::AwaitingConsent
                 | Event::FileKept { .. }
-                | Event::MetadataNotKept(_) => {
+                | Event::MetadataNotKept(_)
+                | Event::Text { .. } => {
                     panic!("a sender without skip_errors or confirm reports no delivery: {ev:?}")
                 }
                 Event::Path(_) | Event::Reconnecting { .. } => {
@@ -2588,6 +2738,7 @@ mod sender_body {
                         .map(|f| ManifestEntry {
                             path: f.path.clone(),
                             size: f.size,
+                            kind: None,
                         })
                         .collect();
                     assert_eq!(
@@ -3748,7 +3899,7 @@ mod tests {
 
     type Body = fn(&[u8]);
 
-    const TARGETS: [(&str, Body); 8] = [
+    const TARGETS: [(&str, Body); 9] = [
         ("pake", |d| {
             super::pake(d);
         }),
@@ -3768,6 +3919,9 @@ mod tests {
         }),
         ("serverless", |d| {
             super::serverless(d);
+        }),
+        ("stream", |d| {
+            super::stream(d);
         }),
     ];
 
@@ -3791,6 +3945,20 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "fuzz bodies failed on {failures:#?}");
+    }
+
+    #[test]
+    fn stream_body_delivers_untouched_sessions_and_survives_tampering() {
+        // Untouched (op 3): plain stream of a MiB, encrypted 2 MiB + 7, a text.
+        for input in [&[4u8, 5, 7, 0, 3][..], &[1, 7, 9, 0, 3], &[10, 40, 3, 0, 3]] {
+            let run = super::stream(input);
+            assert_eq!((run.ok, run.tampered), (true, false), "{input:?}");
+        }
+        // The second piece of a 2 MiB + 7 stream dropped, or a bit flipped in it.
+        for op in [0u8, 2] {
+            let run = super::stream(&[4, 7, 1, 2, op]);
+            assert_eq!((run.ok, run.tampered), (false, true), "op {op}");
+        }
     }
 
     #[test]

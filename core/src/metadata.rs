@@ -383,6 +383,7 @@ mod tests {
             .map(|i| SendFile {
                 path: format!("tree/some/deeper/folder/file-number-{i:06}.txt"),
                 size: 1,
+                kind: None,
             })
             .collect()
     }

@@ -60,6 +60,48 @@ impl<T: AsRef<[u8]>> ReadPipe<T> {
         Ok(())
     }
 
+    /// Record a completed read of a source of unknown length (a pipe): a read that
+    /// returns fewer bytes than asked for marks the end, and reads asked for beyond the
+    /// end must come back empty.
+    ///
+    /// # Errors
+    /// A message when no read of that offset is outstanding, the read is longer than
+    /// asked, or data comes after the end.
+    pub(crate) fn complete_stream(&mut self, offset: u64, data: T) -> Result<(), String> {
+        let Some(len) = self.requested.remove(&offset) else {
+            return Err(format!(
+                "completion for a read at offset {offset} nobody asked for"
+            ));
+        };
+        let got = data.as_ref().len();
+        if got > len {
+            return Err(format!(
+                "read {got} bytes at offset {offset} where at most {len} were asked for"
+            ));
+        }
+        if offset >= self.end {
+            if got > 0 {
+                return Err(format!("{got} more bytes after the end of the input"));
+            }
+            return Ok(());
+        }
+        if got < len {
+            self.end = offset + got as u64;
+            self.next_issue = self.next_issue.min(self.end);
+            if self
+                .arrived
+                .range(self.end..)
+                .any(|(_, d)| !d.as_ref().is_empty())
+            {
+                return Err("more bytes after the end of the input".to_owned());
+            }
+        }
+        if got > 0 {
+            self.arrived.insert(offset, data);
+        }
+        Ok(())
+    }
+
     /// The next piece in order, if it has arrived.
     pub(crate) fn take(&mut self) -> Option<(u64, T)> {
         let data = self.arrived.remove(&self.next_take)?;
@@ -100,6 +142,36 @@ mod tests {
         assert_eq!(p.take().unwrap().0, CHUNK_SIZE as u64);
         assert_eq!(p.take().unwrap().1.len(), 5);
         assert!(p.is_done());
+    }
+
+    #[test]
+    fn a_stream_ends_at_its_first_short_read() {
+        let mut p = ReadPipe::<Bytes>::new(0, u64::MAX);
+        let a = p.next_request().unwrap();
+        let b = p.next_request().unwrap();
+        let c = p.next_request().unwrap();
+        p.complete_stream(a.0, Bytes::from(vec![1; a.1])).unwrap();
+        p.complete_stream(b.0, Bytes::from(vec![2; 7])).unwrap();
+        assert!(p.complete_stream(c.0, Bytes::new()).is_ok());
+        assert_eq!(p.next_request(), None);
+        assert_eq!(p.take().unwrap().1.len(), CHUNK_SIZE);
+        assert!(!p.is_done());
+        assert_eq!(p.take().unwrap().1.len(), 7);
+        assert!(p.is_done());
+    }
+
+    #[test]
+    fn a_stream_refuses_data_after_its_end() {
+        let mut p = ReadPipe::<Bytes>::new(0, u64::MAX);
+        let a = p.next_request().unwrap();
+        let b = p.next_request().unwrap();
+        p.complete_stream(a.0, Bytes::from_static(b"end")).unwrap();
+        assert!(p.complete_stream(b.0, Bytes::from_static(b"x")).is_err());
+        let mut empty = ReadPipe::<Bytes>::new(0, u64::MAX);
+        let a = empty.next_request().unwrap();
+        empty.complete_stream(a.0, Bytes::new()).unwrap();
+        assert!(empty.is_done());
+        assert!(empty.take().is_none());
     }
 
     #[test]

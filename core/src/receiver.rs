@@ -16,8 +16,8 @@ use crate::path::SafePath;
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReceiverReconnect, ReconnectStatus, ResumeState};
 use crate::wire::{
-    self, Compression, Control, DataMessage, FailedFile, FileHeader, ManifestEntry, Report,
-    ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
+    self, Compression, Control, DataMessage, EntryKind, FailedFile, FileHeader, ManifestEntry,
+    Report, ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
 };
 use crate::Error;
 
@@ -55,6 +55,10 @@ pub struct ReceiverConfig {
     /// ([`EXT_METADATA`](crate::wire::EXT_METADATA)) when it offers them: after the
     /// commits the receiver asks for [`IoRequest::ApplyMetadata`]. Off by default.
     pub metadata: bool,
+    /// Take at most one file (output to standard output): a manifest that lists more
+    /// fails the session with [`Error::Unsupported`] before anything is written or
+    /// answered. Off by default.
+    pub single_file: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -68,6 +72,7 @@ impl Default for ReceiverConfig {
             keep_existing: false,
             reconnect: None,
             metadata: false,
+            single_file: false,
         }
     }
 }
@@ -357,6 +362,8 @@ struct Entry {
     state: EntryState,
     /// Put in place by this session's commit.
     committed: bool,
+    /// A stream or a text (extensions `stream`, `text`), accepted.
+    kind: Option<EntryKind>,
 }
 
 #[derive(Debug)]
@@ -433,6 +440,11 @@ struct Incoming {
     claimed: Option<[u8; 32]>,
     done_bytes: u64,
     eof_seen: bool,
+    /// A stream of unknown length: every piece but the last holds [`CHUNK_SIZE`] bytes,
+    /// and `stream_eof` gives the size.
+    stream: bool,
+    /// A text, collected here instead of written (at most [`wire::TEXT_MAX`] bytes).
+    text: Option<Vec<u8>>,
 }
 
 /// Most messages held back while the receiver waits for its own work to finish; a
@@ -1145,6 +1157,9 @@ impl Receiver {
             // `eof`.
             (Phase::Reported, _) => Ok(()),
             (Phase::Streaming, Control::FileEof) => self.on_file_eof(),
+            (Phase::Streaming, Control::StreamEof { size, hidden_size }) => {
+                self.on_stream_eof(size, hidden_size)
+            }
             (Phase::Streaming, Control::Eof) => self.on_eof(),
             (
                 Phase::Streaming,
@@ -1224,9 +1239,14 @@ impl Receiver {
             if self.reconnect_state.is_some() {
                 accept.push(wire::EXT_RECONNECT.to_owned());
             }
-            if self.config.metadata && offered(wire::EXT_METADATA) {
+            if self.config.metadata && !self.config.single_file && offered(wire::EXT_METADATA) {
                 accept.push(wire::EXT_METADATA.to_owned());
                 self.meta = Some(metadata::Incoming::new(entries.len()));
+            }
+            for ext in [wire::EXT_STREAM, wire::EXT_TEXT] {
+                if offered(ext) {
+                    accept.push(ext.to_owned());
+                }
             }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
@@ -1239,8 +1259,36 @@ impl Receiver {
                 );
             }
         }
+        if self.config.single_file && entries.len() > 1 {
+            return Err(Error::Unsupported(format!(
+                "the sender offers {} files, and standard output takes one; nothing was written (receive into a directory instead)",
+                entries.len()
+            )));
+        }
         let mut files: HashSet<&str> = HashSet::new();
         for e in &entries {
+            if let Some(kind) = e.kind {
+                // Accepted above only with `confirm`.
+                if !offered(kind.extension()) || !self.confirm {
+                    return Err(Error::peer_in(
+                        &e.path,
+                        format!(
+                            "an entry of kind {} without the offer of its extension",
+                            kind.extension()
+                        ),
+                    ));
+                }
+                let size_ok = match kind {
+                    EntryKind::Stream => e.size == 0,
+                    EntryKind::Text => e.size <= wire::TEXT_MAX,
+                };
+                if !size_ok {
+                    return Err(Error::peer_in(
+                        &e.path,
+                        format!("a {} entry of {} bytes", kind.extension(), e.size),
+                    ));
+                }
+            }
             if !files.insert(e.path.as_str()) {
                 return Err(Error::peer_in(
                     &e.path,
@@ -1269,6 +1317,7 @@ impl Receiver {
                 reported: None,
                 state: EntryState::Pending,
                 committed: false,
+                kind: e.kind,
             });
         }
         self.entries = checked;
@@ -1323,6 +1372,10 @@ impl Receiver {
         while rs.stats_out < STATS_IN_FLIGHT && rs.next_stat < self.entries.len() {
             let i = rs.next_stat;
             rs.next_stat += 1;
+            if self.entries[i].kind.is_some() {
+                // A stream or a text is always sent whole: nothing to look for.
+                continue;
+            }
             rs.stats_out += 1;
             self.io_out += 1;
             self.io.push_back(IoRequest::Stat {
@@ -1449,15 +1502,25 @@ impl Receiver {
                 ),
             ));
         }
+        if e.kind.is_some() && h.append_from > 0 {
+            return Err(Error::peer_in(
+                &h.path,
+                "a stream or a text cannot be appended to",
+            ));
+        }
         e.state = EntryState::Receiving;
+        let stream = e.kind == Some(EntryKind::Stream);
+        let text = (e.kind == Some(EntryKind::Text)).then(Vec::new);
         let remaining = h.size - h.append_from;
-        self.io_out += 1;
-        self.io.push_back(IoRequest::Open {
-            file,
-            path: e.path.clone(),
-            append_from: h.append_from,
-            size: h.size,
-        });
+        if text.is_none() {
+            self.io_out += 1;
+            self.io.push_back(IoRequest::Open {
+                file,
+                path: e.path.clone(),
+                append_from: h.append_from,
+                size: h.size,
+            });
+        }
         self.events.push_back(Event::FileStarted {
             path: h.path,
             size: h.size,
@@ -1467,7 +1530,10 @@ impl Receiver {
         self.current = Some(Incoming {
             file,
             append_from: h.append_from,
-            pieces: remaining.div_ceil(CHUNK_SIZE as u64).max(1),
+            pieces: match stream {
+                true => u64::MAX,
+                false => remaining.div_ceil(CHUNK_SIZE as u64).max(1),
+            },
             compression: h.compression,
             next_seq: 0,
             jobs_out: 0,
@@ -1476,6 +1542,8 @@ impl Receiver {
             claimed: None,
             done_bytes: h.append_from,
             eof_seen: false,
+            stream,
+            text,
         });
         Ok(())
     }
@@ -1504,8 +1572,14 @@ impl Receiver {
                 format!("more data than the declared {} bytes", e.size),
             ));
         }
-        let start = cur.append_from + d.seq * CHUNK_SIZE as u64;
-        let expect_len = (e.size - start).min(CHUNK_SIZE as u64) as usize;
+        let expect_len = match cur.stream {
+            // At most a piece; the verification checks that only the last is short.
+            true => CHUNK_SIZE,
+            false => {
+                let start = cur.append_from + d.seq * CHUNK_SIZE as u64;
+                (e.size - start).min(CHUNK_SIZE as u64) as usize
+            }
+        };
         let open = match (&self.cipher, &mut self.nonces) {
             (Some(c), Some(n)) => Some((c.clone(), n.next())),
             _ => None,
@@ -1564,7 +1638,10 @@ impl Receiver {
                 ));
             }
             let start = cur.append_from + r.seq * CHUNK_SIZE as u64;
-            let expect_len = (e.size - start).min(CHUNK_SIZE as u64);
+            let expect_len = match cur.stream {
+                true => stream_piece_len(e.path.as_str(), cur.done_bytes, r.seq, raw.len())?,
+                false => (e.size - start).min(CHUNK_SIZE as u64),
+            };
             if raw.len() as u64 != expect_len {
                 return Err(Error::integrity_in(
                     e.path.as_str(),
@@ -1578,7 +1655,9 @@ impl Receiver {
             }
             cur.next_verify += 1;
             cur.done_bytes += expect_len;
-            if !raw.is_empty() {
+            if let Some(text) = cur.text.as_mut() {
+                text.extend_from_slice(&raw);
+            } else if !raw.is_empty() {
                 self.io_out += 1;
                 self.writes_out += 1;
                 self.io.push_back(IoRequest::Write {
@@ -1602,6 +1681,12 @@ impl Receiver {
         let Some(cur) = self.current.as_mut() else {
             return Err(Error::peer("file_eof outside a file"));
         };
+        if cur.stream {
+            return Err(Error::peer_in(
+                self.entries[cur.file].path.as_str(),
+                "a stream ends with stream_eof, not file_eof",
+            ));
+        }
         if cur.next_seq != cur.pieces {
             let e = &self.entries[cur.file];
             return Err(Error::integrity_in(
@@ -1616,11 +1701,65 @@ impl Receiver {
         self.verify_in_order()
     }
 
+    /// Extension `stream`: the end of the current stream, with its size (sealed when
+    /// encrypting). Every piece is verified by now (control messages wait for that).
+    fn on_stream_eof(&mut self, size: Option<u64>, hidden: Option<String>) -> Result<(), Error> {
+        let Some(file) = self.current.as_ref().filter(|c| c.stream).map(|c| c.file) else {
+            return Err(Error::peer("stream_eof outside a stream"));
+        };
+        let path = self.entries[file].path.as_str().to_owned();
+        let size = match (&self.cipher, size, hidden) {
+            (None, Some(size), None) => size,
+            (Some(_), None, Some(hidden)) => {
+                let plain = self.open_hidden(&hidden, "the stream's size")?;
+                plain
+                    .parse::<u64>()
+                    .map_err(|_| Error::peer_in(&path, "the stream's size is not a number"))?
+            }
+            _ => {
+                return Err(Error::peer_in(
+                    &path,
+                    "stream_eof without its size (in clear, or sealed when encrypting)",
+                ))
+            }
+        };
+        let Some(cur) = self.current.as_mut() else {
+            return Err(Error::peer("stream_eof outside a stream"));
+        };
+        let pieces = size.div_ceil(CHUNK_SIZE as u64).max(1);
+        if cur.done_bytes != size || cur.next_seq != pieces {
+            return Err(Error::integrity_in(
+                &path,
+                format!(
+                    "the stream ended after {} bytes in {} pieces, but its sender says {size} bytes",
+                    cur.done_bytes, cur.next_seq
+                ),
+            ));
+        }
+        self.entries[file].size = size;
+        cur.eof_seen = true;
+        self.verify_in_order()
+    }
+
     fn close_current(&mut self) -> Result<(), Error> {
         let Some(cur) = self.current.take() else {
             return Ok(());
         };
         let e = &mut self.entries[cur.file];
+        if let Some(text) = cur.text {
+            let text = String::from_utf8(text)
+                .map_err(|_| Error::peer_in(e.path.as_str(), "the text is not UTF-8"))?;
+            // Nothing to put in place: the text is shown, and that is its delivery.
+            e.state = EntryState::Done;
+            let path = e.path.as_str().to_owned();
+            self.events.push_back(Event::Text {
+                path: path.clone(),
+                text,
+            });
+            self.events
+                .push_back(Event::FileDone { path, size: e.size });
+            return Ok(());
+        }
         e.state = EntryState::Verified;
         self.io_out += 1;
         self.io.push_back(IoRequest::Close { file: cur.file });
@@ -1967,4 +2106,28 @@ impl Receiver {
             }
         }
     }
+}
+
+/// The length a stream's piece `seq` may have, given the bytes verified before it: every
+/// piece but the last is whole, and only a first piece may be empty.
+fn stream_piece_len(path: &str, before: u64, seq: u64, len: usize) -> Result<u64, Error> {
+    if before != seq * CHUNK_SIZE as u64 {
+        return Err(Error::integrity_in(
+            path,
+            format!("piece {seq} follows a short piece: the stream had ended"),
+        ));
+    }
+    if len > CHUNK_SIZE {
+        return Err(Error::integrity_in(
+            path,
+            format!("piece {seq} of the stream holds {len} bytes, more than a piece"),
+        ));
+    }
+    if len == 0 && seq > 0 {
+        return Err(Error::integrity_in(
+            path,
+            format!("piece {seq} of the stream is empty"),
+        ));
+    }
+    Ok(len as u64)
 }

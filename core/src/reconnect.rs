@@ -400,6 +400,7 @@ mod tests {
         vec![ManifestEntry {
             path: "a.bin".into(),
             size: 10,
+            kind: None,
         }]
     }
 
@@ -494,6 +495,7 @@ mod tests {
         let other = vec![ManifestEntry {
             path: "a.bin".into(),
             size: 11,
+            kind: None,
         }];
         let err = r
             .take_offer(Some(&resume("code", 1).offer()), &other)

@@ -14,8 +14,8 @@ use crate::metadata::{self, TreeMetadata};
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReconnectStatus, SenderReconnect};
 use crate::wire::{
-    self, Compression, Control, FileHeader, ManifestEntry, PieceBuf, Report, Role, WireMessage,
-    CHUNK_SIZE, DATA_HEADER_LEN,
+    self, Compression, Control, EntryKind, FileHeader, ManifestEntry, PieceBuf, Report, Role,
+    WireMessage, CHUNK_SIZE, DATA_HEADER_LEN,
 };
 use crate::Error;
 
@@ -103,8 +103,16 @@ impl Default for SenderConfig {
 pub struct SendFile {
     /// Relative `/`-separated path the receiver will use.
     pub path: String,
-    /// Size in bytes; the runtime must be able to read exactly this many.
+    /// Size in bytes; the runtime must be able to read exactly this many. Ignored for
+    /// a [`EntryKind::Stream`] (announced as 0).
     pub size: u64,
+    /// A stream of unknown length or a text instead of a plain file (extensions
+    /// [`EXT_STREAM`](crate::wire::EXT_STREAM) and [`EXT_TEXT`](crate::wire::EXT_TEXT)):
+    /// offered with its extension, with `confirm`; nothing of the transfer is sent
+    /// before the receiver accepted the extension, and a receiver that cannot (a
+    /// p2p-copy 0.1.x receiver) ends the session with [`Error::Unsupported`]. `None`
+    /// for a plain file.
+    pub kind: Option<EntryKind>,
 }
 
 /// File access the sender asks the runtime for. `file` is the index into the list given
@@ -192,6 +200,8 @@ pub struct JobResult {
     /// 40 bytes of room for the header, then the payload as sent.
     frame: Vec<u8>,
     compressed: bool,
+    /// The piece's length as read, before compression.
+    raw: u64,
 }
 
 impl Job {
@@ -203,6 +213,7 @@ impl Job {
 
     /// Do the work.
     pub fn run(self) -> JobResult {
+        let raw = self.data.len() as u64;
         let (frame, compressed) = match self.compress {
             JobCompress::No => (self.data.into_frame(), false),
             JobCompress::Yes => (packed_frame(&self.data), true),
@@ -232,6 +243,7 @@ impl Job {
             plain,
             frame,
             compressed,
+            raw,
         }
     }
 }
@@ -276,6 +288,9 @@ struct Streaming {
     next_emit: u64,
     chain: Chain,
     sent: u64,
+    /// A stream of unknown length (extension `stream`): `pieces` is known only once a
+    /// read comes back short.
+    stream: bool,
 }
 
 #[derive(Debug)]
@@ -343,6 +358,11 @@ pub struct Sender {
     meta_agreed: bool,
     /// After `eof`, with the metadata agreed: the parts still to send.
     meta_out: Option<metadata::Outgoing>,
+    /// Extensions the receiver must accept before anything is sent (a stream or a text
+    /// is listed, see [`SendFile::kind`]).
+    needed: Vec<&'static str>,
+    /// The receiver accepted every extension in `needed`.
+    needed_accepted: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -370,7 +390,27 @@ impl Sender {
         nonce_seed: [u8; 32],
     ) -> Result<Sender, Error> {
         let mut seen = std::collections::HashSet::new();
+        let mut needed: Vec<&'static str> = Vec::new();
         for f in &files {
+            if let Some(kind) = f.kind {
+                if !config.confirm {
+                    return Err(Error::Config(format!(
+                        "{:?} needs the extension {}, which is offered only with confirm",
+                        f.path,
+                        kind.extension()
+                    )));
+                }
+                if kind == EntryKind::Text && f.size > wire::TEXT_MAX {
+                    return Err(Error::Config(format!(
+                        "a text holds at most {} bytes; this one has {} (send it as a file)",
+                        wire::TEXT_MAX,
+                        f.size
+                    )));
+                }
+                if !needed.contains(&kind.extension()) {
+                    needed.push(kind.extension());
+                }
+            }
             crate::path::SafePath::parse(&f.path)
                 .map_err(|e| Error::Config(format!("cannot send {:?}: {e}", f.path)))?;
             if !seen.insert(f.path.as_str()) {
@@ -380,8 +420,11 @@ impl Sender {
         let mut s = Sender {
             config: SenderConfig {
                 window: config.window.max(1),
-                // A reconnect continues from what the receiver holds.
+                // A reconnect continues from what the receiver holds. With a stream or a
+                // text the resume answer is the probe: a p2p-copy 0.1.x receiver sends
+                // it at once, without accepting anything first.
                 resume: config.resume
+                    || !needed.is_empty()
                     || matches!(config.reconnect, Some(SenderReconnect::Resume { .. })),
                 ..config
             },
@@ -413,6 +456,8 @@ impl Sender {
             reconnect_verified: false,
             meta_agreed: false,
             meta_out: None,
+            needed,
+            needed_accepted: false,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -590,6 +635,13 @@ impl Sender {
                 "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
                 self.config.ready_timeout.as_secs()
             ))),
+            Phase::AwaitAnswer { deadline } if now >= deadline && !self.needed.is_empty() => {
+                Err(Error::Unsupported(format!(
+                    "the receiver did not accept {} within {} s; nothing was sent",
+                    self.needed_names(),
+                    self.config.answer_timeout.as_secs()
+                )))
+            }
             Phase::AwaitAnswer { deadline } if now >= deadline => Err(Error::Timeout(format!(
                 "the receiver did not answer the resume request within {} s",
                 self.config.answer_timeout.as_secs()
@@ -781,6 +833,13 @@ impl Sender {
                 self.reconnect_agreed = self.accepted
                     && self.config.reconnect.is_some()
                     && accept.iter().any(|e| e == wire::EXT_RECONNECT);
+                if !self.needed.is_empty() {
+                    let missing = self.needed.iter().any(|n| !accept.iter().any(|a| a == n));
+                    if missing || !self.accepted {
+                        return Err(self.unsupported());
+                    }
+                    self.needed_accepted = true;
+                }
                 self.meta_agreed = self.accepted
                     && self.config.metadata.is_some()
                     && accept.iter().any(|e| e == wire::EXT_METADATA);
@@ -870,7 +929,8 @@ impl Sender {
             .iter()
             .map(|f| ManifestEntry {
                 path: f.path.clone(),
-                size: f.size,
+                size: announced_size(f),
+                kind: f.kind,
             })
             .collect();
         let manifest = Control::Manifest {
@@ -893,6 +953,8 @@ impl Sender {
                     self.config.confirm && self.config.metadata.is_some(),
                     wire::EXT_METADATA,
                 ),
+                (self.needed.contains(&wire::EXT_STREAM), wire::EXT_STREAM),
+                (self.needed.contains(&wire::EXT_TEXT), wire::EXT_TEXT),
             ]
             .into_iter()
             .filter(|(on, _)| *on)
@@ -920,7 +982,7 @@ impl Sender {
             bytes: self
                 .files
                 .iter()
-                .fold(0u64, |a, f| a.saturating_add(f.size)),
+                .fold(0u64, |a, f| a.saturating_add(announced_size(f))),
         });
         if self.config.resume {
             self.phase = Phase::AwaitAnswer {
@@ -932,7 +994,31 @@ impl Sender {
         }
     }
 
+    /// What the receiver must accept, for messages.
+    fn needed_names(&self) -> String {
+        let mut what: Vec<&str> = Vec::new();
+        for name in &self.needed {
+            what.push(match *name {
+                wire::EXT_STREAM => "a stream of unknown size (standard input)",
+                _ => "a text",
+            });
+        }
+        what.join(" and ")
+    }
+
+    /// The receiver cannot take a stream or a text.
+    fn unsupported(&self) -> Error {
+        Error::Unsupported(format!(
+            "the receiver cannot take {} (it is p2p-copy 0.1.x or an older p2p-copy); nothing was sent: send a file instead",
+            self.needed_names()
+        ))
+    }
+
     fn take_answer(&mut self, entries: Vec<wire::ResumeEntry>) -> Result<(), Error> {
+        if !self.needed.is_empty() && !self.needed_accepted {
+            // The answer came without the acceptance before it.
+            return Err(self.unsupported());
+        }
         if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
             && !self.reconnect_verified
         {
@@ -943,7 +1029,12 @@ impl Sender {
                 Error::peer_in(&e.path, "resume answer has a malformed chain_hex")
             })?;
             // Entries for paths never offered are ignored: they cannot change what is sent.
-            if self.files.iter().any(|f| f.path == e.path) {
+            // A stream or a text is always sent whole.
+            if self
+                .files
+                .iter()
+                .any(|f| f.path == e.path && f.kind.is_none())
+            {
                 self.answers.insert(e.path, (e.size, chain));
             }
         }
@@ -1101,9 +1192,18 @@ impl Sender {
     }
 
     fn streaming(&mut self, index: usize, append_from: u64) -> Current {
-        let size = self.files[index].size;
+        let stream = self.files[index].kind == Some(EntryKind::Stream);
+        // A stream's end is found by a short read.
+        let size = if stream {
+            u64::MAX
+        } else {
+            self.files[index].size
+        };
         let remaining = size - append_from;
-        let pieces = remaining.div_ceil(CHUNK_SIZE as u64).max(1);
+        let pieces = match stream {
+            true => u64::MAX,
+            false => remaining.div_ceil(CHUNK_SIZE as u64).max(1),
+        };
         let compression = match self.config.compress {
             CompressMode::Off => Some(Compression::None),
             CompressMode::On => Some(Compression::Zstd),
@@ -1123,6 +1223,7 @@ impl Sender {
                 next_emit: 0,
                 chain: Chain::new(),
                 sent: append_from,
+                stream,
             })),
         }
     }
@@ -1181,7 +1282,7 @@ impl Sender {
                         let f = &self.files[index];
                         let header = Control::File(FileHeader {
                             path: f.path.clone(),
-                            size: f.size,
+                            size: announced_size(f),
                             compression,
                             append_from: st.append_from,
                         });
@@ -1196,7 +1297,7 @@ impl Sender {
                         self.transmit.push_back(msg.into());
                         self.events.push_back(Event::FileStarted {
                             path: f.path.clone(),
-                            size: f.size,
+                            size: announced_size(f),
                             append_from: st.append_from,
                             compression,
                         });
@@ -1210,21 +1311,32 @@ impl Sender {
                         .push_back(WireMessage::Binary(Bytes::from(frame)));
                     self.frames_queued += 1;
                     st.next_emit += 1;
-                    let raw_len =
-                        piece_len(self.files[index].size, st.append_from, st.next_emit - 1);
-                    st.sent += raw_len;
+                    st.sent += r.raw;
                     self.events.push_back(Event::Progress {
-                        delta: raw_len,
+                        delta: r.raw,
                         file_bytes: st.sent,
                     });
                 }
                 if st.next_emit == st.pieces {
                     let f = &self.files[index];
-                    self.transmit.push_back(Control::FileEof.into());
+                    let end = match (st.stream, &self.cipher, &mut self.nonces) {
+                        (false, _, _) => Control::FileEof,
+                        (true, Some(cipher), Some(nonces)) => Control::StreamEof {
+                            size: None,
+                            hidden_size: Some(wire::hex(
+                                &cipher.seal(&nonces.next(), st.sent.to_string().as_bytes()),
+                            )),
+                        },
+                        (true, _, _) => Control::StreamEof {
+                            size: Some(st.sent),
+                            hidden_size: None,
+                        },
+                    };
+                    self.transmit.push_back(end.into());
                     self.io.push_back(IoRequest::Close { file: index });
                     self.events.push_back(Event::FileDone {
                         path: f.path.clone(),
-                        size: f.size,
+                        size: st.sent,
                     });
                     self.current = None;
                     return true;
@@ -1235,7 +1347,10 @@ impl Sender {
                     if st.next_job > 0 && st.compression.is_none() {
                         break;
                     }
-                    let data = if st.next_job == 0 && st.append_from == self.files[index].size {
+                    let data = if st.next_job == 0
+                        && !st.stream
+                        && st.append_from == self.files[index].size
+                    {
                         // Nothing to read (an empty file): still one, empty, piece.
                         PieceBuf::zeroed(0)
                     } else if st.next_job == st.pieces {
@@ -1243,6 +1358,17 @@ impl Sender {
                     } else {
                         match cur.reads.take() {
                             Some((_, d)) => d,
+                            // A stream's end: every piece read is taken.
+                            None if st.stream && cur.reads.is_done() => {
+                                if st.next_job > 0 {
+                                    st.pieces = st.next_job;
+                                    // Its last piece may already be out: end it now.
+                                    return true;
+                                }
+                                // An empty stream: one, empty, piece.
+                                st.pieces = 1;
+                                PieceBuf::zeroed(0)
+                            }
                             None => break,
                         }
                     };
@@ -1317,13 +1443,25 @@ impl Sender {
             IoCompletion::Read { file, offset, data } => {
                 let cur = match self.current.as_mut() {
                     Some(c) if c.index == file => c,
+                    // A read ahead past the end of a stream that is already sent.
+                    _ if data.is_empty()
+                        && file < self.next_file
+                        && self.files[file].kind == Some(EntryKind::Stream) =>
+                    {
+                        return Ok(())
+                    }
                     _ => {
                         return Err(Error::misuse(format!(
                             "read completion for file {file}, which is not being read"
                         )))
                     }
                 };
-                if let Err(reason) = cur.reads.complete(offset, data) {
+                let stream = self.files[file].kind == Some(EntryKind::Stream);
+                let done = match stream {
+                    true => cur.reads.complete_stream(offset, data),
+                    false => cur.reads.complete(offset, data),
+                };
+                if let Err(reason) = done {
                     let path = &self.files[file].path;
                     return Err(Error::io_in(path, reason));
                 }
@@ -1362,8 +1500,11 @@ impl Sender {
     }
 }
 
-/// Raw length of piece `k` of a file sent from `append_from`.
-fn piece_len(size: u64, append_from: u64, k: u64) -> u64 {
-    let start = append_from + k * CHUNK_SIZE as u64;
-    (size.saturating_sub(start)).min(CHUNK_SIZE as u64)
+/// The size the manifest and `file` announce: 0 for a stream, whose size is known only
+/// at its end.
+fn announced_size(f: &SendFile) -> u64 {
+    match f.kind {
+        Some(EntryKind::Stream) => 0,
+        _ => f.size,
+    }
 }

@@ -339,6 +339,8 @@ pub fn request_file(req: &receiver::IoRequest) -> Option<usize> {
 pub struct SenderFs {
     files: Vec<Bytes>,
     closed: Vec<bool>,
+    /// Files read as streams of unknown length (a short read marks the end).
+    pub streams: Vec<bool>,
     /// Requests that broke the I/O contract.
     pub violations: Vec<String>,
     /// Optional injected failures.
@@ -364,6 +366,7 @@ impl SenderFs {
         SenderFs {
             files,
             closed,
+            streams: Vec::new(),
             violations: Vec::new(),
             fault: None,
         }
@@ -395,7 +398,8 @@ impl SenderFs {
                 }
                 let start = (offset as usize).min(data.len());
                 let end = (start + len).min(data.len());
-                if end - start != len {
+                let stream = self.streams.get(file).copied().unwrap_or(false);
+                if end - start != len && !stream {
                     self.violations.push(format!(
                         "read of file {file} at {offset}+{len}, past its end"
                     ));
@@ -438,6 +442,9 @@ pub type Tamper = Box<dyn FnMut(Direction, usize, WireMessage) -> Vec<WireMessag
 pub struct SimSetup {
     /// The sender's files, in sending order.
     pub files: Vec<(String, Bytes)>,
+    /// What each file is sent as when it is not a plain file (extensions `stream` and
+    /// `text`), by index into `files`; missing entries are plain files.
+    pub kinds: Vec<Option<crate::wire::EntryKind>>,
     /// The receiver's output directory before the session.
     pub disk: ReceiverDisk,
     /// Sender settings.
@@ -480,6 +487,7 @@ impl SimSetup {
     pub fn new(files: Vec<(String, Bytes)>, secrets: &Secrets) -> SimSetup {
         SimSetup {
             files,
+            kinds: Vec::new(),
             disk: ReceiverDisk::default(),
             sender_config: SenderConfig::default(),
             receiver_config: ReceiverConfig::default(),
@@ -623,10 +631,15 @@ pub fn run(setup: SimSetup) -> Outcome {
     let send_files = setup
         .files
         .iter()
-        .map(|(p, d)| SendFile {
+        .enumerate()
+        .map(|(i, (p, d))| SendFile {
             path: p.clone(),
             size: d.len() as u64,
+            kind: setup.kinds.get(i).copied().flatten(),
         })
+        .collect();
+    let streams = (0..setup.files.len())
+        .map(|i| setup.kinds.get(i).copied().flatten() == Some(crate::wire::EntryKind::Stream))
         .collect();
     let sender = Sender::new(
         base,
@@ -654,6 +667,7 @@ pub fn run(setup: SimSetup) -> Outcome {
         sfs: {
             let mut sfs = SenderFs::new(setup.files.into_iter().map(|(_, d)| d).collect());
             sfs.fault = setup.sender_fault;
+            sfs.streams = streams;
             sfs
         },
         rfs,

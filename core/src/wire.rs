@@ -79,9 +79,60 @@ fn compression_none() -> Compression {
 pub struct ManifestEntry {
     /// Relative `/`-separated path.
     pub path: String,
-    /// Size in bytes.
+    /// Size in bytes (0 for a [`EntryKind::Stream`], whose size is known only at its
+    /// end).
     pub size: u64,
+    /// Extensions [`EXT_STREAM`] and [`EXT_TEXT`]: what the entry is when it is not a
+    /// plain file; absent for a plain file (and in v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EntryKind>,
 }
+
+impl ManifestEntry {
+    /// A plain file's entry.
+    pub fn file(path: impl Into<String>, size: u64) -> ManifestEntry {
+        ManifestEntry {
+            path: path.into(),
+            size,
+            kind: None,
+        }
+    }
+}
+
+/// What a manifest entry is when it is not a plain file (extensions [`EXT_STREAM`] and
+/// [`EXT_TEXT`]). A sender lists such an entry only together with the offer of its
+/// extension, and sends its data only after the receiver accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// Data of unknown length (a pipe): manifest and `file` say size 0, the data ends
+    /// with [`Control::StreamEof`], which gives the size.
+    Stream,
+    /// A short text (at most [`TEXT_MAX`] bytes of UTF-8) that the receiver shows
+    /// instead of writing a file.
+    Text,
+}
+
+impl EntryKind {
+    /// The extension that carries this kind of entry.
+    pub fn extension(self) -> &'static str {
+        match self {
+            EntryKind::Stream => EXT_STREAM,
+            EntryKind::Text => EXT_TEXT,
+        }
+    }
+}
+
+/// The extension by which a sender sends data of unknown length (its standard input):
+/// an entry of kind [`EntryKind::Stream`] whose data ends with [`Control::StreamEof`].
+pub const EXT_STREAM: &str = "stream";
+
+/// The extension by which a sender sends a short text that the receiver shows instead
+/// of writing a file: an entry of kind [`EntryKind::Text`].
+pub const EXT_TEXT: &str = "text";
+
+/// The longest text an entry of kind [`EntryKind::Text`] may hold: 64 KiB.
+pub const TEXT_MAX: u64 = 64 * 1024;
 
 /// One entry of the receiver's resume answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +222,17 @@ pub enum Control {
     FileEof,
     /// End of the session.
     Eof,
+    /// Extension [`EXT_STREAM`]: the end of a stream's data, in place of `file_eof`,
+    /// with the number of bytes it held: in clear (`size`) or, when encrypting, sealed
+    /// under the next nonce of the session's chain (`hidden_size`, the decimal size).
+    StreamEof {
+        /// The stream's length in bytes (plain sessions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        /// Hex of the sealed decimal length (encrypted sessions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hidden_size: Option<String>,
+    },
     /// Extension: the receiver accepts extensions the sender offered in its manifest.
     /// Sent only to a sender that offered them, before anything else the receiver sends.
     Extensions {
@@ -442,6 +504,7 @@ impl Control {
             Control::EncFile { .. } => "enc_file",
             Control::FileEof => "file_eof",
             Control::Eof => "eof",
+            Control::StreamEof { .. } => "stream_eof",
             Control::Extensions { .. } => "extensions",
             Control::ReconnectProof { .. } => "reconnect_proof",
             Control::ReportReceived => "report_received",
@@ -650,6 +713,7 @@ mod tests {
             entries: vec![ManifestEntry {
                 path: "dir/ä.txt".into(),
                 size: 12,
+                kind: None,
             }],
         };
         assert_eq!(

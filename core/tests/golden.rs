@@ -238,6 +238,7 @@ fn run_sender(session: &Value, case: &Value, secrets: &Secrets) -> Vec<WireMessa
         .map(|p| SendFile {
             path: p.clone(),
             size: contents[p].len() as u64,
+            kind: None,
         })
         .collect();
     let seed: [u8; 32] = bytes_of(&session["seed_hex"]).try_into().unwrap();

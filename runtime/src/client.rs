@@ -53,6 +53,20 @@ async fn derive_all<R: Rt>(
         .map_err(TransferError::Session)
 }
 
+/// What to send: the files and directories listed, or standard input or a text.
+async fn list<R: Rt>(
+    rt: &R,
+    paths: Vec<PathBuf>,
+    opts: &SendOptions,
+) -> Result<source::Listing, TransferError> {
+    if let Some(pipe) = &opts.pipe {
+        return source::piped(pipe);
+    }
+    let list_opts = ListOptions::from(opts);
+    rt.spawn_blocking(move || source::list(&paths, list_opts))
+        .await
+}
+
 fn nonce_seed() -> Result<[u8; 32], TransferError> {
     reconnect::random()
 }
@@ -76,10 +90,7 @@ pub async fn send<R: Rt>(
         None => session_codes(&cfg.code).map_err(TransferError::Session)?,
     };
     let n = codes.len();
-    let list_opts = ListOptions::from(&opts);
-    let listing = rt
-        .spawn_blocking(move || source::list(&paths, list_opts))
-        .await?;
+    let listing = list(&rt, paths, &opts).await?;
     let sources = listing.files;
     if sources.is_empty() {
         return Err(TransferError::Source(
@@ -173,7 +184,8 @@ async fn send_session<R: Rt>(
     let (files, locals) = split_sources(picked);
     let mut attempts = Attempts::new(&rt, cfg, index, events)?;
     let (ticket, binding) = reconnect::ticket(&meet.proof_code(cfg))?;
-    let mut mode = attempts.enabled().then(|| SenderReconnect::Offer {
+    // Standard input is read once: a lost connection cannot be resumed.
+    let mut mode = (attempts.enabled() && opts.pipe.is_none()).then(|| SenderReconnect::Offer {
         ticket,
         binding: binding.clone(),
     });
@@ -351,8 +363,15 @@ pub async fn receive<R: Rt>(
         None => session_codes(&cfg.code).map_err(TransferError::Session)?,
     };
     let n = codes.len();
-    let dir = out_dir.clone();
-    rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
+    if cfg.to_stdout && n > 1 {
+        return Err(TransferError::Session(p2p_copy_core::Error::Config(
+            "standard output takes one file: a parallel code n=<N>=n… cannot write to it".into(),
+        )));
+    }
+    if !cfg.to_stdout {
+        let dir = out_dir.clone();
+        rt.spawn_blocking(move || prepare_out_dir(&dir)).await?;
+    }
     let inbox = Inbox::new(&cfg, out_dir, n);
     if let Some(code) = pake {
         let events: EventSink = Arc::new(Mutex::new(on_event));
@@ -441,7 +460,8 @@ async fn receive_session<R: Rt>(
     events: EventSink,
 ) -> Result<Summary, TransferError> {
     let mut attempts = Attempts::new(&rt, cfg, index, events)?;
-    let mut mode = attempts.enabled().then(|| ReceiverReconnect::Accept {
+    // What went to standard output cannot be resumed.
+    let mut mode = (attempts.enabled() && !cfg.to_stdout).then(|| ReceiverReconnect::Accept {
         code: meet.proof_code(cfg),
     });
     // The user answers once: a reconnect of an accepted transfer is not asked again.
@@ -550,10 +570,15 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         keep_existing: cfg.keep_existing,
         reconnect,
         metadata: cfg.metadata,
+        single_file: cfg.to_stdout,
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, secrets);
-    let files = match IoWorker::start(ReceiveFiles::new(inbox.dir)).map_err(worker_error) {
+    let files = match cfg.to_stdout {
+        true => ReceiveFiles::to_stdout(Box::new(std::io::stdout())),
+        false => ReceiveFiles::new(inbox.dir),
+    };
+    let files = match IoWorker::start(files).map_err(worker_error) {
         Ok(f) => f,
         Err(e) => return (Err(e), None),
     };
@@ -666,10 +691,7 @@ pub async fn send_direct<R: Rt, T: MessageTransport>(
 ) -> Result<Summary, TransferError> {
     let start = Instant::now();
     let code = single_code(&cfg.code)?;
-    let list_opts = ListOptions::from(&opts);
-    let listing = rt
-        .spawn_blocking(move || source::list(&paths, list_opts))
-        .await?;
+    let listing = list(&rt, paths, &opts).await?;
     let metadata = tree_metadata(&cfg, &listing.files, &listing.dirs);
     let (files, locals) = split_sources(listing.files);
     let secrets = derive_all(&rt, vec![code], cfg.encrypt).await?.remove(0);
@@ -723,6 +745,7 @@ fn split_sources(sources: Vec<Source>) -> (Vec<SendFile>, Vec<Listed>) {
                 path: s.local,
                 size: s.file.size,
                 modified: s.modified,
+                pipe: s.pipe,
             };
             (s.file, listed)
         })
@@ -736,7 +759,9 @@ fn tree_metadata(
     sources: &[Source],
     dirs: &[(String, Attrs)],
 ) -> Option<TreeMetadata> {
-    cfg.metadata.then(|| TreeMetadata {
+    // Standard input and texts have no metadata to keep.
+    let on = cfg.metadata && sources.iter().all(|s| s.pipe.is_none());
+    on.then(|| TreeMetadata {
         files: sources.iter().map(|s| s.attrs).collect(),
         dirs: dirs.to_vec(),
     })

@@ -67,6 +67,12 @@ pub struct ClientConfig {
     /// the sender offers them, the receiver applies them. Either side turns it off.
     /// Off by default, so files get the receiver's defaults, as with p2p-copy 0.1.x.
     pub metadata: bool,
+    /// Receiver: write the one received file to standard output instead of a directory
+    /// (`--stdout`), each piece as soon as it is verified. A transfer of more than one
+    /// file is refused before anything is written; a parallel code is refused. Bytes
+    /// already written cannot be taken back when a later piece fails its check: the
+    /// transfer then fails (exit 5) after them. Off by default.
+    pub to_stdout: bool,
 }
 
 /// A limit on the bytes of file data a second, shared by every connection that holds a
@@ -224,6 +230,7 @@ impl ClientConfig {
             keep_existing: false,
             reconnect: RetryPolicy::default(),
             metadata: false,
+            to_stdout: false,
         }
     }
 }
@@ -252,6 +259,31 @@ pub struct SendOptions {
     /// (each applies to its directory and below, the deepest decides, as in git), and
     /// `.git` directories.
     pub gitignore: bool,
+    /// Send standard input or a text instead of the given paths (which are then
+    /// ignored). Needs a receiver of this project: a p2p-copy 0.1.x receiver ends the
+    /// transfer with [`Error::Unsupported`](p2p_copy_core::Error::Unsupported) before
+    /// anything is sent. No automatic reconnect and no resume: standard input is read
+    /// once.
+    pub pipe: Option<Pipe>,
+}
+
+/// Something to send that is not a file on disk ([`SendOptions::pipe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pipe {
+    /// Standard input, read as it comes and sent in 1 MiB pieces (never held whole),
+    /// under `name`; its size is known only at its end (extension `stream`).
+    Stdin {
+        /// The name the receiver stores it under.
+        name: String,
+    },
+    /// A short text (at most 64 KiB) that the receiver shows instead of writing a file
+    /// (extension `text`).
+    Text {
+        /// A name for it (shown in progress and JSON events).
+        name: String,
+        /// The text.
+        text: String,
+    },
 }
 
 /// A core [`Event`] and the parallel session it came from.

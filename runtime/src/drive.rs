@@ -770,6 +770,7 @@ mod tests {
             let files = vec![SendFile {
                 path: "f".into(),
                 size: size as u64,
+                kind: None,
             }];
             let config = SenderConfig {
                 compress: p2p_copy_core::sender::CompressMode::Off,
@@ -780,6 +781,7 @@ mod tests {
                 path: path.clone(),
                 size: size as u64,
                 modified: None,
+                pipe: None,
             };
             let worker = IoWorker::start(SendFiles::new(vec![listed])).unwrap();
             let events: EventSink = Arc::new(Mutex::new(|_: SessionEvent| {}));

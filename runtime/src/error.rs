@@ -65,6 +65,7 @@ impl TransferError {
                 "direct" => 9,
                 "wrong_code" => 10,
                 "declined" => 11,
+                "unsupported" => 12,
                 _ => 1,
             },
         }
@@ -106,5 +107,7 @@ mod tests {
         assert_eq!(TransferError::Unauthenticated("x".into()).exit_code(), 10);
         let declined = Error::Declined("the receiver declined".into());
         assert_eq!(TransferError::Session(declined).exit_code(), 11);
+        let unsupported = Error::Unsupported("a stream".into());
+        assert_eq!(TransferError::Session(unsupported).exit_code(), 12);
     }
 }

@@ -41,6 +41,91 @@ struct Slot {
 pub(crate) struct ReceiveFiles {
     tree: Tree,
     slots: HashMap<usize, Slot>,
+    /// `--stdout`: the one file goes to standard output instead.
+    stdout: Option<StdoutSink>,
+}
+
+/// The one received file written to standard output, piece by verified piece.
+struct StdoutSink {
+    out: Box<dyn io::Write + Send>,
+    /// The file being written, once opened.
+    file: Option<usize>,
+    /// Bytes written so far.
+    written: u64,
+}
+
+impl std::fmt::Debug for StdoutSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdoutSink")
+            .field("file", &self.file)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StdoutSink {
+    fn run(&mut self, req: IoRequest) -> IoCompletion {
+        let (file, r) = match req {
+            // Standard output keeps no metadata (the receiver never accepts it there).
+            IoRequest::ApplyMetadata { .. } => {
+                return IoCompletion::MetadataApplied {
+                    not_kept: Default::default(),
+                }
+            }
+            // Nothing is resumed into standard output.
+            IoRequest::Stat { file, .. } => (file, Ok(IoCompletion::Stat { file, found: None })),
+            IoRequest::ReadBack { file, .. } => (
+                file,
+                Err("nothing can be read back from standard output".to_owned()),
+            ),
+            IoRequest::Open {
+                file, append_from, ..
+            } => (file, self.open(file, append_from)),
+            IoRequest::Write { file, offset, data } => (file, self.write(file, offset, &data)),
+            IoRequest::Close { file } => {
+                (file, self.flush().map(|()| IoCompletion::Closed { file }))
+            }
+            IoRequest::Sync => (0, self.flush().map(|()| IoCompletion::Synced)),
+            // Written as it came: nothing to put in place.
+            IoRequest::Commit { file, .. } => (file, Ok(IoCompletion::Committed { file })),
+        };
+        r.unwrap_or_else(|reason| IoCompletion::Failed { file, reason })
+    }
+
+    fn open(&mut self, file: usize, append_from: u64) -> Result<IoCompletion, String> {
+        if append_from > 0 {
+            return Err("standard output cannot be appended to".to_owned());
+        }
+        match self.file {
+            Some(other) if other != file => {
+                Err("standard output takes one file, and a second one came".to_owned())
+            }
+            _ => {
+                self.file = Some(file);
+                Ok(IoCompletion::Opened { file })
+            }
+        }
+    }
+
+    fn write(&mut self, file: usize, offset: u64, data: &[u8]) -> Result<IoCompletion, String> {
+        if self.file != Some(file) || offset != self.written {
+            return Err(format!(
+                "standard output is written in order: byte {offset} came after {}",
+                self.written
+            ));
+        }
+        self.out
+            .write_all(data)
+            .map_err(|e| format!("writing to standard output: {e}"))?;
+        self.written += data.len() as u64;
+        Ok(IoCompletion::Written { file })
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.out
+            .flush()
+            .map_err(|e| format!("writing to standard output: {e}"))
+    }
 }
 
 /// Where a manifest path lives: its directory, final name and partial name.
@@ -161,6 +246,19 @@ impl ReceiveFiles {
         ReceiveFiles {
             tree: Tree::new(root),
             slots: HashMap::new(),
+            stdout: None,
+        }
+    }
+
+    /// Write the one received file to `out` (standard output) instead of a directory.
+    pub(crate) fn to_stdout(out: Box<dyn io::Write + Send>) -> Self {
+        ReceiveFiles {
+            stdout: Some(StdoutSink {
+                out,
+                file: None,
+                written: 0,
+            }),
+            ..ReceiveFiles::new(std::path::PathBuf::from("."))
         }
     }
 
@@ -1063,6 +1161,9 @@ impl FileIo for ReceiveFiles {
     type Completion = IoCompletion;
 
     fn run(&mut self, req: IoRequest) -> Option<IoCompletion> {
+        if let Some(sink) = self.stdout.as_mut() {
+            return Some(sink.run(req));
+        }
         let (file, r) = match req {
             IoRequest::Stat { file, path } => (
                 file,
@@ -1118,6 +1219,10 @@ impl FileIo for ReceiveFiles {
 
     fn is_failure(done: &IoCompletion) -> bool {
         matches!(done, IoCompletion::Failed { .. })
+    }
+
+    fn inline_ok(&self) -> bool {
+        self.stdout.is_none()
     }
 }
 

@@ -21,6 +21,17 @@ pub(crate) struct Listed {
     pub size: u64,
     /// Its modification time then.
     pub modified: Option<SystemTime>,
+    /// Not a file on disk: read from here instead of `path`.
+    pub pipe: Option<PipeData>,
+}
+
+/// Where the data of an entry that is not a file on disk comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PipeData {
+    /// Standard input, read once, in order; a short read marks its end.
+    Stdin,
+    /// A text held in memory.
+    Text(bytes::Bytes),
 }
 
 /// Open files by index into the list given to the sender, opened on first read.
@@ -33,6 +44,10 @@ pub(crate) struct Listed {
 pub(crate) struct SendFiles {
     listed: Vec<Listed>,
     open: HashMap<usize, File>,
+    /// Bytes read from standard input so far.
+    stdin_read: u64,
+    /// Standard input has ended.
+    stdin_ended: bool,
 }
 
 impl SendFiles {
@@ -40,13 +55,47 @@ impl SendFiles {
         SendFiles {
             listed,
             open: HashMap::new(),
+            stdin_read: 0,
+            stdin_ended: false,
         }
+    }
+
+    /// Up to `len` bytes of standard input at `offset`, which must be where the last
+    /// read ended: fewer only at its end. Blocks until the bytes are there.
+    fn read_stdin(&mut self, offset: u64, len: usize) -> io::Result<PieceBuf> {
+        if self.stdin_ended && offset >= self.stdin_read {
+            // A read ahead past the end.
+            return Ok(PieceBuf::zeroed(0));
+        }
+        if offset != self.stdin_read {
+            return Err(io::Error::other(format!(
+                "standard input is read once, in order: asked for byte {offset} after {} bytes",
+                self.stdin_read
+            )));
+        }
+        let mut buf = PieceBuf::zeroed(len);
+        let got = fill(&mut io::stdin().lock(), buf.payload_mut())?;
+        buf.truncate(got);
+        self.stdin_read += got as u64;
+        self.stdin_ended = got < len;
+        Ok(buf)
     }
 
     fn read(&mut self, file: usize, offset: u64, len: usize) -> io::Result<PieceBuf> {
         let listed = self.listed.get(file).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "read of a file never listed")
         })?;
+        match &listed.pipe {
+            Some(PipeData::Stdin) => return self.read_stdin(offset, len),
+            Some(PipeData::Text(text)) => {
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(text.len());
+                let end = start.saturating_add(len).min(text.len());
+                return Ok(PieceBuf::from(&text[start..end]));
+            }
+            None => {}
+        }
         let f = match self.open.entry(file) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -87,6 +136,20 @@ fn unchanged(f: &File, listed: &Listed) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Read into `buf` until it is full or the input ends; the bytes read.
+fn fill(input: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Fill `buf` from `offset` (one positioned read where the platform has it).
@@ -139,6 +202,7 @@ mod tests {
             path,
             size: meta.len(),
             modified: meta.modified().ok(),
+            pipe: None,
         }
     }
 
@@ -177,6 +241,30 @@ mod tests {
         let mut files = SendFiles::new(vec![l]);
         let e = read(&mut files, 0, 4).unwrap_err();
         assert!(e.contains("modified after it was listed"), "{e}");
+    }
+
+    #[test]
+    fn a_text_reads_from_memory_and_ends_short() {
+        let text = bytes::Bytes::from_static(b"hello there");
+        let mut files = SendFiles::new(vec![Listed {
+            path: PathBuf::new(),
+            size: text.len() as u64,
+            modified: None,
+            pipe: Some(PipeData::Text(text)),
+        }]);
+        assert_eq!(read(&mut files, 0, 5).unwrap(), b"hello");
+        assert_eq!(read(&mut files, 5, 100).unwrap(), b" there");
+        assert_eq!(read(&mut files, 11, 100).unwrap(), b"");
+    }
+
+    #[test]
+    fn fill_gathers_short_reads_until_full_or_the_end() {
+        let mut input = io::Read::chain(&b"abc"[..], &b"defgh"[..]);
+        let mut buf = [0u8; 5];
+        assert_eq!(fill(&mut input, &mut buf).unwrap(), 5);
+        assert_eq!(&buf, b"abcde");
+        assert_eq!(fill(&mut input, &mut buf).unwrap(), 3);
+        assert_eq!(fill(&mut input, &mut buf).unwrap(), 0);
     }
 
     #[test]

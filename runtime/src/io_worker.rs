@@ -43,6 +43,8 @@ pub(crate) struct IoWorker<F: FileIo> {
     outstanding: usize,
     /// A request failed: nothing more is carried out.
     failed: bool,
+    /// Cheap requests may run on the session loop ([`FileIo::inline_ok`]).
+    inline: bool,
 }
 
 fn lock<F>(files: &Mutex<F>) -> MutexGuard<'_, F> {
@@ -63,6 +65,7 @@ impl<F: FileIo> IoWorker<F> {
         let (outbox, done) = async_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let inline = files.inline_ok();
         let files = Arc::new(Mutex::new(files));
         let shared = Arc::clone(&files);
         let thread = thread::Builder::new()
@@ -89,6 +92,7 @@ impl<F: FileIo> IoWorker<F> {
             done: Box::pin(done),
             outstanding: 0,
             failed: false,
+            inline,
         })
     }
 
@@ -99,7 +103,7 @@ impl<F: FileIo> IoWorker<F> {
         if self.failed {
             return None;
         }
-        if self.outstanding == 0 && req.is_cheap() {
+        if self.outstanding == 0 && self.inline && req.is_cheap() {
             let answer = lock(&self.files).run(req);
             self.failed = answer.as_ref().is_some_and(F::is_failure);
             return answer;

@@ -82,7 +82,7 @@ pub use client::{receive, send};
 #[doc(hidden)]
 pub use client::{receive_direct, send_direct};
 pub use config::{
-    ClientConfig, ConsentAsk, DirectMode, DirectOptions, PathTaken, RateLimit, RelayOps,
+    ClientConfig, ConsentAsk, DirectMode, DirectOptions, PathTaken, Pipe, RateLimit, RelayOps,
     RelayServerConfig, RetryPolicy, SendOptions, SessionEvent, StunPorts, Summary,
 };
 pub use consent::TransferOffer;

@@ -15,6 +15,11 @@ pub(crate) trait FileIo: Send + 'static {
     fn run(&mut self, req: Self::Request) -> Option<Self::Completion>;
     /// Whether an answer reports a failure (later requests are then not carried out).
     fn is_failure(done: &Self::Completion) -> bool;
+    /// Whether cheap requests may run on the session loop: false when even a small
+    /// write may block for long (standard output into a slow pipe).
+    fn inline_ok(&self) -> bool {
+        true
+    }
 }
 
 /// The sans-IO vocabulary shared by [`sender::Sender`] and [`receiver::Receiver`].

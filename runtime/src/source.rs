@@ -32,7 +32,48 @@ use p2p_copy_core::metadata::Attrs;
 use p2p_copy_core::path::{escape, SafePath};
 use p2p_copy_core::sender::SendFile;
 
-use crate::{SendOptions, TransferError};
+use crate::files_send::PipeData;
+use crate::{Pipe, SendOptions, TransferError};
+
+/// The one entry of a transfer of standard input or of a text.
+///
+/// # Errors
+/// [`TransferError::Source`] for a text longer than
+/// [`TEXT_MAX`](p2p_copy_core::wire::TEXT_MAX).
+pub(crate) fn piped(pipe: &Pipe) -> Result<Listing, TransferError> {
+    use p2p_copy_core::wire::{EntryKind, TEXT_MAX};
+    let (name, size, kind, data) = match pipe {
+        Pipe::Stdin { name } => (name, 0, EntryKind::Stream, PipeData::Stdin),
+        Pipe::Text { name, text } => {
+            let bytes = bytes::Bytes::from(text.clone().into_bytes());
+            (
+                name,
+                bytes.len() as u64,
+                EntryKind::Text,
+                PipeData::Text(bytes),
+            )
+        }
+    };
+    if kind == EntryKind::Text && size > TEXT_MAX {
+        return Err(TransferError::Source(format!(
+            "the text has {size} bytes; --text sends at most {TEXT_MAX} (send a file, or pipe it: send - --name NAME)"
+        )));
+    }
+    Ok(Listing {
+        files: vec![Source {
+            file: SendFile {
+                path: name.clone(),
+                size,
+                kind: Some(kind),
+            },
+            local: PathBuf::new(),
+            modified: None,
+            attrs: Attrs::default(),
+            pipe: Some(data),
+        }],
+        ..Listing::default()
+    })
+}
 
 /// A file to send and where it is on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +87,8 @@ pub(crate) struct Source {
     pub modified: Option<SystemTime>,
     /// Its permission bits and modification time, which a receiver may keep.
     pub attrs: Attrs,
+    /// Not a file on disk: standard input or a text.
+    pub pipe: Option<PipeData>,
 }
 
 /// What [`list`] found.
@@ -409,10 +452,12 @@ impl Lister {
             file: SendFile {
                 path,
                 size: meta.len(),
+                kind: None,
             },
             local,
             modified: meta.modified().ok(),
             attrs: attrs(meta),
+            pipe: None,
         });
         Ok(())
     }

@@ -307,6 +307,7 @@ pub fn manifest(entries: &[(&str, u64)], resume: bool) -> Control {
             .map(|(path, size)| wire::ManifestEntry {
                 path: (*path).to_owned(),
                 size: *size,
+                kind: None,
             })
             .collect(),
     }

@@ -245,6 +245,7 @@ impl Script {
                 .map(|(p, s)| ManifestEntry {
                     path: (*p).to_owned(),
                     size: *s,
+                    kind: None,
                 })
                 .collect(),
         };

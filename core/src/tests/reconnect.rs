@@ -46,6 +46,7 @@ fn agreed(code: &str) -> ResumeState {
     let entries = [ManifestEntry {
         path: NAME.into(),
         size: source().len() as u64,
+        kind: None,
     }];
     let accept = ReceiverReconnect::Accept { code: code.into() };
     accept

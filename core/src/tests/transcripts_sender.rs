@@ -32,6 +32,7 @@ impl Rig {
             .map(|(p, d)| SendFile {
                 path: (*p).to_owned(),
                 size: d.len() as u64,
+                kind: None,
             })
             .collect();
         Rig {
@@ -687,6 +688,7 @@ fn unsafe_or_repeated_paths_are_refused_at_creation() {
             .map(|p| SendFile {
                 path: (*p).to_owned(),
                 size: 1,
+                kind: None,
             })
             .collect();
         let r = Sender::new(
