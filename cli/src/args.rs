@@ -30,8 +30,9 @@ relay went away), 8 not everything delivered (files skipped or not stored; the m
 lists them), 9 no direct connection although --direct-only asked for one (or, with no
 relay, the peer never reached), 10 wrong code (the sides hold different codes like
 7-guitar-rocket) or, with no relay, the peer not authenticated (wrong code or ticket),
-11 declined (the receiver answered no to Accept? [y/N]; on both sides), 130 interrupted
-(Ctrl-C).
+11 declined (the receiver answered no to Accept? [y/N]; on both sides), 12 the peer
+cannot do what the transfer needs (a p2p-copy 0.1.x receiver and a file list over 2 MiB;
+nothing was sent), 130 interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot

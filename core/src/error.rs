@@ -74,6 +74,11 @@ pub enum Error {
     /// [`EXT_CONSENT`](crate::wire::EXT_CONSENT)): nothing was written.
     #[error("declined: {0}")]
     Declined(String),
+    /// The transfer needs something the peer's p2p-copy cannot do (for example a file
+    /// list over the 2 MiB a v1 message holds, for a p2p-copy 0.1.x receiver); found
+    /// before any file data was sent.
+    #[error("not supported by the peer: {0}")]
+    Unsupported(String),
 }
 
 struct FileCtx<'a>(&'a Option<String>);
@@ -138,7 +143,7 @@ impl Error {
 
     /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
     /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`, `wrong_code`,
-    /// `room`, `declined`), for logs and exit-code mapping.
+    /// `room`, `declined`, `unsupported`), for logs and exit-code mapping.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Peer { .. } => "peer",
@@ -154,6 +159,7 @@ impl Error {
             Error::WrongCode(_) => "wrong_code",
             Error::RoomInUse(_) => "room",
             Error::Declined(_) => "declined",
+            Error::Unsupported(_) => "unsupported",
         }
     }
 }

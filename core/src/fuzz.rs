@@ -1001,6 +1001,7 @@ mod receiver_body {
                 entries,
                 extensions,
                 reconnect: None,
+                parts: None,
             }
             .to_json();
             let seed = [s.byte(); 32];
@@ -2182,6 +2183,7 @@ mod sender_body {
                     entries: Vec::new(),
                     extensions: vec![crate::wire::EXT_CONFIRM.to_owned()],
                     reconnect: None,
+                    parts: None,
                 }
                 .to_json(),
                 2 => Control::FileEof.to_json(),
@@ -2478,6 +2480,7 @@ mod sender_body {
                             entries,
                             extensions: Vec::new(),
                             reconnect: None,
+                            parts: None,
                         }
                     );
                     c.answer_nonce_pending = self.resume;

@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod handover;
 pub mod pake;
 pub mod parallel;
+pub mod parts;
 pub mod path;
 mod pipe;
 pub mod rate;

@@ -47,7 +47,9 @@ impl TransferError {
     /// 9 no direct path although one was required (`DirectMode::DirectOnly`, or a
     /// serverless peer never reached), 10 wrong code (the PAKE of a code like
     /// `7-guitar-rocket` did not confirm) or a serverless peer not authenticated (wrong
-    /// code or ticket), 130 interrupted, 1 for invalid settings.
+    /// code or ticket), 11 declined by the receiver's user, 12 the peer cannot do what
+    /// the transfer needs (a file list over 2 MiB for p2p-copy 0.1.x), 130 interrupted,
+    /// 1 for invalid settings.
     pub fn exit_code(&self) -> i32 {
         match self {
             TransferError::Connect(_) | TransferError::Direct(_) => 2,
@@ -65,6 +67,7 @@ impl TransferError {
                 "direct" => 9,
                 "wrong_code" => 10,
                 "declined" => 11,
+                "unsupported" => 12,
                 _ => 1,
             },
         }
@@ -106,5 +109,7 @@ mod tests {
         assert_eq!(TransferError::Unauthenticated("x".into()).exit_code(), 10);
         let declined = Error::Declined("the receiver declined".into());
         assert_eq!(TransferError::Session(declined).exit_code(), 11);
+        let unsupported = Error::Unsupported("u".into());
+        assert_eq!(TransferError::Session(unsupported).exit_code(), 12);
     }
 }

@@ -6,6 +6,7 @@ mod delivery;
 mod direct;
 mod fixtures;
 mod order;
+mod parts;
 mod reconnect;
 mod resume;
 mod roundtrip;
