@@ -28,10 +28,7 @@ fn arg(p: &Path) -> &str {
 
 /// `FILES` tiny files (0 to 2 bytes) under four directories of 250-byte names.
 fn write_huge_tree(root: &Path) {
-    let deep: std::path::PathBuf = ["a", "b", "c", "d"]
-        .iter()
-        .map(|c| c.repeat(250))
-        .collect();
+    let deep: std::path::PathBuf = ["a", "b", "c", "d"].iter().map(|c| c.repeat(250)).collect();
     let dir = root.join("tree").join(deep);
     fs::create_dir_all(&dir).unwrap();
     for i in 0..FILES {
@@ -56,12 +53,22 @@ fn list_bytes(root: &Path) -> usize {
     n
 }
 
-fn transfer(url: &str, code: &str, s: &Scene, extra: &[&str]) -> (Finished, Finished) {
+/// Run a receiver and a sender (with `extra` on both sides, `send_only` on the sender's);
+/// both must exit 0.
+fn transfer(
+    url: &str,
+    code: &str,
+    s: &Scene,
+    extra: &[&str],
+    send_only: &[&str],
+) -> (Finished, Finished) {
     let mut recv = vec!["receive", url, code, "--out", arg(&s.out), "-y"];
     recv.extend_from_slice(extra);
     let receiver = spawn(&recv);
-    let mut send = vec!["send", url, code, arg(&s.src.join("tree"))];
+    let tree = s.src.join("tree");
+    let mut send = vec!["send", url, code, arg(&tree)];
     send.extend_from_slice(extra);
+    send.extend_from_slice(send_only);
     let sender = spawn(&send).wait(LIMIT);
     let receiver = receiver.wait(LIMIT);
     assert_eq!(sender.code(), 0, "sender: {sender:?}");
@@ -74,11 +81,14 @@ fn a_tree_whose_list_exceeds_2_mib_moves_plain_and_encrypted() {
     let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
     let s = Scene::new();
     write_huge_tree(&s.src);
-    assert!(list_bytes(&s.src) > 2 * 1024 * 1024, "the list must not fit");
+    assert!(
+        list_bytes(&s.src) > 2 * 1024 * 1024,
+        "the list must not fit"
+    );
     for (code, extra) in [("huge-plain", &[][..]), ("huge-enc", &["--encrypt"][..])] {
         let _ = fs::remove_dir_all(&s.out);
         fs::create_dir_all(&s.out).unwrap();
-        let (sender, _) = transfer(&url, code, &s, extra);
+        let (sender, _) = transfer(&url, code, &s, extra, &[]);
         assert!(
             sender.stderr.contains("delivery confirmed"),
             "{}",
@@ -93,7 +103,7 @@ fn a_huge_tree_resumes_with_an_answer_in_parts() {
     let (_relay, url) = start_cli_relay(Path::new(BIN), &["--no-tls"]);
     let s = Scene::new();
     write_huge_tree(&s.src);
-    transfer(&url, "huge-first", &s, &[]);
+    transfer(&url, "huge-first", &s, &[], &[]);
     // Take away every third file: the rest, reported in a resume answer of over 2 MiB,
     // must stay as they are.
     let dir = s.out.join("tree");
@@ -104,7 +114,7 @@ fn a_huge_tree_resumes_with_an_answer_in_parts() {
     for f in files.iter().step_by(3) {
         fs::remove_file(f).unwrap();
     }
-    let (sender, _) = transfer(&url, "huge-again", &s, &["--resume"]);
+    let (sender, _) = transfer(&url, "huge-again", &s, &[], &["--resume"]);
     assert!(
         sender.stderr.contains("delivery confirmed"),
         "{}",

@@ -1762,6 +1762,10 @@ impl Receiver {
                 if ok {
                     queue.pop_front();
                 }
+                if queue.is_empty() {
+                    // Nothing kept per file once its requests are answered.
+                    self.ledger.remove(&f);
+                }
                 ok
             }
         };
