@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
 MIB = 1024 * 1024
 
-ALL_MODES = ["random", "encrypt", "log", "small", "random64", "edge", "load", "ceiling", "micro"]
+ALL_MODES = ["random", "encrypt", "log", "small", "random64", "edge", "huge", "load", "ceiling", "micro"]
 ALL_CONTENDERS = ["raw", "reference", "ours"]
 
 # Targets of the performance issues, checked in the summary.
@@ -386,6 +386,29 @@ def gen_small(root, files, dirs, size):
     marker.touch()
 
 
+def gen_huge(root, files, dirs, max_size):
+    """`files` files of 0 to `max_size` bytes (random sizes and contents) in `dirs`
+    folders: a tree whose file list is far over the 2 MiB one v1 message holds."""
+    marker = root.parent / f"{root.name}.complete-{files}-{dirs}-{max_size}"
+    if marker.exists():
+        return
+    say(f"  generating {files} files of 0-{max_size} bytes in {dirs} folders")
+    for old in root.parent.glob(f"{root.name}.complete-*"):
+        old.unlink()
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    per_dir = -(-files // dirs)
+    rng = random.Random(7)
+    blob = os.urandom(max_size)
+    for i in range(files):
+        d = root / f"dir{i // per_dir:04d}"
+        if i % per_dir == 0:
+            d.mkdir()
+        (d / f"file-{i:06d}.bin").write_bytes(blob[:rng.randint(0, max_size)])
+    marker.touch()
+
+
 def gen_edge(root):
     if (root / "empty.bin").exists() and (root / "one-mib-plus-one.bin").exists():
         return
@@ -523,7 +546,9 @@ def start_tool(ctx, contender, mode, src, out, logs, tag, procs):
     procs.append(relay)
     wait_until(lambda: listening(port), 20, f"the {contender} relay to listen", [relay])
     url = f"ws://127.0.0.1:{port}"
-    code = f"bench-{os.urandom(12).hex()}"
+    # A mode may give a contender a parallel code (n=<N>=n…): the Python tool needs one
+    # for a file list over the 2 MiB one of its messages holds.
+    code = mode.get("code_prefix", {}).get(contender, "") + f"bench-{os.urandom(12).hex()}"
     # Both contenders through the relay: ours would otherwise go direct between two
     # addresses of this machine (the lab benchmark, bench/src/lab.rs, measures that).
     path = ["--relay-only"] if contender != "reference" else []
@@ -909,6 +934,8 @@ def main():
     ap.add_argument("--small-files", type=int, default=5000)
     ap.add_argument("--small-dirs", type=int, default=50)
     ap.add_argument("--small-kib", type=int, default=4)
+    ap.add_argument("--huge-files", type=int, default=200000, help="files in the huge mode (default 200000)")
+    ap.add_argument("--huge-dirs", type=int, default=200, help="folders in the huge mode (default 200)")
     ap.add_argument("--pairs", type=int, default=200, help="pairs in the load run (default 200)")
     ap.add_argument("--pair-mib", type=int, default=16, help="MiB per pair in the load run (default 16)")
     ap.add_argument("--micro-secs", type=int, default=3, help="criterion measurement time per benchmark")
@@ -948,7 +975,7 @@ def main():
     say(f"  data: {ctx.data}; large files {args.size_mib} MiB; {args.rounds} rounds; modes: {','.join(modes)}")
 
     say("\n== Setup ==")
-    e2e_modes = [m for m in modes if m in ("random", "encrypt", "log", "small", "random64", "edge")]
+    e2e_modes = [m for m in modes if m in ("random", "encrypt", "log", "small", "random64", "edge", "huge")]
     if "raw" in contenders and e2e_modes and not ensure_socat():
         contenders.remove("raw")
     ctx.reference = None
@@ -994,6 +1021,9 @@ def main():
     if "edge" in modes:
         sets["edge"] = ctx.data / "edge"
         gen_edge(sets["edge"])
+    if "huge" in modes:
+        sets["huge"] = ctx.data / "huge"
+        gen_huge(sets["huge"], args.huge_files, args.huge_dirs, 4096)
     say("  ready")
 
     ceil = ceilings(ctx) if "ceiling" in modes or "micro" in modes else {}
@@ -1012,6 +1042,9 @@ def main():
                          send_opts=[], recv_opts=[], bytes=64 * MIB),
         "edge": dict(title="edge cases: an empty file and a file of 1 MiB + 1 byte", data="edge",
                      send_opts=[], recv_opts=[], bytes=MIB + 1),
+        "huge": dict(title=f"huge tree: {args.huge_files} files of 0-4 KiB in {args.huge_dirs} folders",
+                     data="huge", send_opts=[], recv_opts=[], bytes=args.huge_files * 2048,
+                     code_prefix={"reference": "n=8=n"}),
     }
     all_stats = {}
     try:

@@ -32,8 +32,8 @@ relay, the peer never reached), 10 wrong code (the sides hold different codes li
 7-guitar-rocket) or, with no relay, the peer not authenticated (wrong code or ticket),
 11 declined (the receiver answered no to Accept? [y/N]; on both sides), 12 unsupported
 (standard input or --text to a receiver that cannot take them, such as p2p-copy 0.1.x:
-nothing sent; receive --stdout offered more than one file: nothing written),
-130 interrupted (Ctrl-C).
+nothing sent; receive --stdout offered more than one file: nothing written; a file list
+over 2 MiB to a p2p-copy 0.1.x receiver: nothing sent), 130 interrupted (Ctrl-C).
 
 The sender exits 0 only when every file was sent and, with a receiver of this version,
 the receiver confirmed it put every file in place. A p2p-copy 0.1.x receiver cannot

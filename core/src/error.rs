@@ -75,7 +75,8 @@ pub enum Error {
     #[error("declined: {0}")]
     Declined(String),
     /// The peer cannot do what this side was asked to do (a stream, a text, output to
-    /// standard output of more than one file): nothing was sent or written.
+    /// standard output of more than one file, a file list over the 2 MiB a v1 message
+    /// holds for a p2p-copy 0.1.x receiver): nothing was sent or written.
     #[error("unsupported: {0}")]
     Unsupported(String),
 }
@@ -142,7 +143,7 @@ impl Error {
 
     /// A short, stable name of the fault class (`peer`, `integrity`, `io`, `misuse`,
     /// `timeout`, `cancelled`, `config`, `lost`, `undelivered`, `direct`, `wrong_code`,
-    /// `room`, `declined`), for logs and exit-code mapping.
+    /// `room`, `declined`, `unsupported`), for logs and exit-code mapping.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Peer { .. } => "peer",

@@ -1170,6 +1170,7 @@ mod receiver_body {
                 entries,
                 extensions,
                 reconnect: None,
+                parts: None,
             }
             .to_json();
             let seed = [s.byte(); 32];
@@ -1326,7 +1327,7 @@ mod receiver_body {
 
         fn control(&mut self, s: &mut Script) {
             let hex_blob = |s: &mut Script| wire::hex(s.blob());
-            let text = match s.below(16) {
+            let text = match s.below(18) {
                 0 => Control::Ready.to_json(),
                 1 => Control::Hello {
                     code_hash_hex: wire::hex(&CODE_HASH),
@@ -1377,6 +1378,21 @@ mod receiver_body {
                 14 => Control::EncMetadata {
                     part: s.below(3) as u32,
                     hidden_metadata: hex_blob(s),
+                }
+                .to_json(),
+                // Parts of a manifest this receiver never agreed to (extension parts).
+                15 => Control::ManifestMore(wire::Part {
+                    index: s.below(3) as u64,
+                    entries: vec![ManifestEntry {
+                        path: path(s),
+                        size: size(s),
+                        kind: None,
+                    }],
+                })
+                .to_json(),
+                16 => Control::EncPart {
+                    index: s.below(3) as u64,
+                    hidden_part: hex_blob(s),
                 }
                 .to_json(),
                 _ => r#"{"type":"nope"}"#.to_owned(),
@@ -2438,7 +2454,7 @@ mod sender_body {
         }
 
         fn text(&mut self, s: &mut Script) {
-            let text = match s.below(7) {
+            let text = match s.below(10) {
                 0 => Control::Hello {
                     code_hash_hex: wire::hex(&CODE_HASH),
                     role: Role::Receiver,
@@ -2449,6 +2465,7 @@ mod sender_body {
                     entries: Vec::new(),
                     extensions: vec![crate::wire::EXT_CONFIRM.to_owned()],
                     reconnect: None,
+                    parts: None,
                 }
                 .to_json(),
                 2 => Control::FileEof.to_json(),
@@ -2456,6 +2473,16 @@ mod sender_body {
                 4 => r#"{"type":"receiver_manifest","entries":[{"path":"a.txt","size":1}]}"#
                     .to_owned(),
                 5 => r#"{"type":"ready","extra":[1,{"x":null}]}"#.to_owned(),
+                // Parts of lists this sender never agreed to (extension parts).
+                6 => r#"{"type":"receiver_manifest_more","index":1,"entries":[{"path":"a.txt","size":1,"chain_hex":"00"}]}"#
+                    .to_owned(),
+                7 => r#"{"type":"report_more","index":1,"entries":[{"path":"a.txt","reason":"r"}]}"#
+                    .to_owned(),
+                8 => Control::EncPart {
+                    index: 1,
+                    hidden_part: wire::hex(s.blob()),
+                }
+                .to_json(),
                 _ => String::from_utf8_lossy(s.blob()).into_owned(),
             };
             self.feed_text(text);
@@ -2748,6 +2775,7 @@ mod sender_body {
                             entries,
                             extensions: Vec::new(),
                             reconnect: None,
+                            parts: None,
                         }
                     );
                     c.answer_nonce_pending = self.resume;
@@ -3974,6 +4002,11 @@ mod tests {
         for input in [
             &br#"{"type":"file","path":"a","size":3,"compression":"zstd","append_from":1}"#[..],
             br#"{"type":"eof"}"#,
+            br#"{"type":"manifest","resume":false,"entries":[],"extensions":["confirm","parts"],"parts":{"total":3}}"#,
+            br#"{"type":"manifest_more","index":1,"entries":[{"path":"a","size":1}]}"#,
+            br#"{"type":"receiver_manifest_more","index":2,"entries":[{"path":"a","size":1,"chain_hex":"00"}]}"#,
+            br#"{"type":"report_more","index":1,"entries":[{"path":"a","reason":"r"}]}"#,
+            br#"{"type":"enc_part","index":1,"hidden_part":"00ff"}"#,
             b"0123456789abcdef0123456789abcdef0123456789abcdef",
             b"dir/a\x1b[31m",
             b"\xff\xfe",

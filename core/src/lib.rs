@@ -17,6 +17,7 @@ pub mod handover;
 pub mod metadata;
 pub mod pake;
 pub mod parallel;
+pub mod parts;
 pub mod path;
 mod pipe;
 pub mod rate;

@@ -12,12 +12,13 @@ use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::metadata::{self, Attrs};
+use crate::parts::{self, Collect};
 use crate::path::SafePath;
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReceiverReconnect, ReconnectStatus, ResumeState};
 use crate::wire::{
     self, Compression, Control, DataMessage, EntryKind, FailedFile, FileHeader, ManifestEntry,
-    Report, ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
+    PartsOffer, Report, ResumeEntry, Role, WireMessage, CHUNK_SIZE, MAX_MESSAGE_LEN,
 };
 use crate::Error;
 
@@ -366,6 +367,17 @@ struct Entry {
     kind: Option<EntryKind>,
 }
 
+/// A manifest arriving in parts.
+#[derive(Debug)]
+struct ManifestParts {
+    resume: bool,
+    entries: Vec<ManifestEntry>,
+    /// Entries still to come.
+    due: u64,
+    collect: Collect,
+    path_bytes: u64,
+}
+
 #[derive(Debug)]
 struct Hashing {
     file: usize,
@@ -384,6 +396,9 @@ struct Resuming {
 #[derive(Debug)]
 enum Phase {
     AwaitManifest,
+    /// The manifest's first message arrived; the rest comes in parts
+    /// ([`EXT_PARTS`](crate::wire::EXT_PARTS)).
+    Parts(Box<ManifestParts>),
     /// The manifest is checked; the user decides (see [`ReceiverConfig::consent`]).
     /// `resume` is the manifest's request for a resume answer.
     Consent {
@@ -518,6 +533,12 @@ pub struct Receiver {
     meta_asked: bool,
     /// The connection ended after `eof`, before the last metadata part.
     closed_after_eof: Option<(Option<u16>, String)>,
+    /// The sender offered [`EXT_PARTS`](crate::wire::EXT_PARTS) and was told it is
+    /// accepted: long lists go in parts.
+    parts_agreed: bool,
+    /// Kinds of entries (streams, texts) whose extensions the sender offered and this
+    /// side accepted.
+    kinds_accepted: Vec<EntryKind>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -553,7 +574,7 @@ impl Receiver {
     /// Where the session stands with automatic reconnect (see [`crate::reconnect`]).
     pub fn reconnect_status(&self) -> ReconnectStatus {
         match (&self.config.reconnect, &self.phase) {
-            (None, _) | (_, Phase::AwaitManifest) => ReconnectStatus::Off,
+            (None, _) | (_, Phase::AwaitManifest | Phase::Parts(_)) => ReconnectStatus::Off,
             _ if self.reconnect_verified => ReconnectStatus::Verified,
             _ if self.reconnect_state.is_some() => ReconnectStatus::Agreed,
             _ => ReconnectStatus::Unsupported,
@@ -617,6 +638,8 @@ impl Receiver {
             meta: None,
             meta_asked: false,
             closed_after_eof: None,
+            parts_agreed: false,
+            kinds_accepted: Vec::new(),
         };
         r.transmit.push_back(
             Control::Hello {
@@ -680,7 +703,9 @@ impl Receiver {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::AwaitManifest | Phase::Streaming | Phase::Reported => Some(self.deadline),
+            Phase::AwaitManifest | Phase::Parts(_) | Phase::Streaming | Phase::Reported => {
+                Some(self.deadline)
+            }
             Phase::Closing(Commit::AwaitMeta) if self.meta_waiting() => Some(self.deadline),
             _ => None,
         }
@@ -692,7 +717,7 @@ impl Receiver {
     pub fn wants_input(&self) -> bool {
         self.backlog.is_empty()
             && match self.phase {
-                Phase::AwaitManifest | Phase::Reported => true,
+                Phase::AwaitManifest | Phase::Parts(_) | Phase::Reported => true,
                 Phase::Streaming => self.in_flight() < self.config.window,
                 // The sender's metadata comes after `eof`.
                 Phase::Closing(_) => self.meta_waiting(),
@@ -761,8 +786,10 @@ impl Receiver {
             ));
             return self.settle(Err(e));
         }
-        if matches!(self.phase, Phase::AwaitManifest | Phase::Streaming)
-            || (matches!(self.phase, Phase::Closing(_)) && self.meta_waiting())
+        if matches!(
+            self.phase,
+            Phase::AwaitManifest | Phase::Parts(_) | Phase::Streaming
+        ) || (matches!(self.phase, Phase::Closing(_)) && self.meta_waiting())
         {
             self.deadline = now + self.config.idle_timeout;
         }
@@ -814,7 +841,7 @@ impl Receiver {
                 "no sender joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
                 self.config.manifest_timeout.as_secs()
             ))),
-            Phase::Streaming => Err(Error::Timeout(format!(
+            Phase::Parts(_) | Phase::Streaming => Err(Error::Timeout(format!(
                 "the sender sent nothing for {} s",
                 self.config.idle_timeout.as_secs()
             ))),
@@ -874,6 +901,9 @@ impl Receiver {
             // Nothing was written yet, so there is nothing to resume.
             None if matches!(self.phase, Phase::AwaitManifest) => {
                 "while waiting for the sender".to_owned()
+            }
+            None if matches!(self.phase, Phase::Parts(_)) => {
+                "while the file list arrived (nothing was written)".to_owned()
             }
             None if matches!(self.phase, Phase::Consent { .. }) => {
                 "before the transfer was accepted (nothing was written)".to_owned()
@@ -980,6 +1010,7 @@ impl Receiver {
     /// Queue the report for the sender: `error` for a failed session, else what is in
     /// place and what is not.
     fn queue_report(&mut self, error: Option<String>) {
+        let failed = self.send_parts(self.failed.clone());
         let report = Report {
             ok: error.is_none(),
             delivered: self
@@ -987,7 +1018,7 @@ impl Receiver {
                 .iter()
                 .filter(|e| e.state == EntryState::Done)
                 .count() as u64,
-            failed: self.failed.clone(),
+            failed,
             error,
         };
         let sealing = match (&self.cipher, &self.seed) {
@@ -997,6 +1028,27 @@ impl Receiver {
         let msg = report_message(report, Role::Receiver, sealing);
         self.transmit.push_back(msg.into());
         self.reported = true;
+    }
+
+    /// With [`EXT_PARTS`](crate::wire::EXT_PARTS) agreed, queue all but the last
+    /// [`PART_BUDGET`](parts::PART_BUDGET) bytes of a list as parts, and return the
+    /// rest for the list's head message, which follows them.
+    fn send_parts<T: parts::PartItem>(&mut self, items: Vec<T>) -> Vec<T> {
+        let len: usize = items.iter().map(parts::item_len).sum();
+        if !self.parts_agreed || len <= parts::PART_BUDGET {
+            return items;
+        }
+        let sealing = match (&self.cipher, &self.seed) {
+            (Some(c), Some(seed)) => Some((c, seed)),
+            _ => None,
+        };
+        let mut groups = parts::split(items, parts::PART_BUDGET);
+        let last = groups.pop().unwrap_or_default();
+        for (i, group) in groups.into_iter().enumerate() {
+            let msg = parts::part_message(i as u64 + 1, group, sealing);
+            self.transmit.push_back(msg.into());
+        }
+        last
     }
 
     /// Record that entry `file` is not delivered.
@@ -1015,7 +1067,7 @@ impl Receiver {
     /// file's pieces are all verified, data waits for room in the window.
     fn ready_for(&self, msg: &WireMessage) -> bool {
         match self.phase {
-            Phase::AwaitManifest => true,
+            Phase::AwaitManifest | Phase::Parts(_) => true,
             Phase::Streaming => match msg {
                 WireMessage::Binary(_) => self.in_flight() < self.config.window,
                 WireMessage::Text(_) => self
@@ -1111,8 +1163,9 @@ impl Receiver {
                     entries,
                     extensions,
                     reconnect,
+                    parts,
                 },
-            ) if !encrypted => self.on_manifest(resume, entries, &extensions, reconnect),
+            ) if !encrypted => self.on_manifest(resume, entries, &extensions, reconnect, parts),
             (
                 Phase::AwaitManifest,
                 Control::EncManifest {
@@ -1131,13 +1184,21 @@ impl Receiver {
                         entries,
                         extensions,
                         reconnect,
-                    } => self.on_manifest(resume, entries, &extensions, reconnect),
+                        parts,
+                    } => self.on_manifest(resume, entries, &extensions, reconnect, parts),
                     other => Err(Error::peer(format!(
                         "encrypted manifest holds a {} message",
                         other.type_name()
                     ))),
                 }
             }
+            (Phase::Parts(_), c @ (Control::ManifestMore(_) | Control::EncPart { .. })) => {
+                self.on_manifest_part(c)
+            }
+            (Phase::Parts(_), c) => Err(Error::peer(format!(
+                "a {} message before the rest of the file list",
+                c.type_name()
+            ))),
             (Phase::Streaming, Control::File(h)) if !encrypted => self.on_file(h),
             (Phase::Streaming, Control::EncFile { hidden_file }) if encrypted => {
                 let plain = self.open_hidden(&hidden_file, "encrypted file header")?;
@@ -1202,6 +1263,7 @@ impl Receiver {
         entries: Vec<ManifestEntry>,
         extensions: &[String],
         reconnect: Option<wire::ReconnectOffer>,
+        parts: Option<PartsOffer>,
     ) -> Result<(), Error> {
         let offered = |name: &str| extensions.iter().any(|e| e == name);
         // Checked before this side sends or looks at anything: on a reconnect, only the
@@ -1211,7 +1273,7 @@ impl Receiver {
             let offer = reconnect
                 .as_ref()
                 .filter(|_| offered(wire::EXT_CONFIRM) && offered(wire::EXT_RECONNECT));
-            if let Some((state, proof)) = r.take_offer(offer, &entries).map_err(Error::peer)? {
+            if let Some((state, proof)) = r.check_offer(offer).map_err(Error::peer)? {
                 self.reconnect_state = Some(state);
                 self.reconnect_verified = proof.is_some();
                 reconnect_proof = proof;
@@ -1241,12 +1303,20 @@ impl Receiver {
             }
             if self.config.metadata && !self.config.single_file && offered(wire::EXT_METADATA) {
                 accept.push(wire::EXT_METADATA.to_owned());
-                self.meta = Some(metadata::Incoming::new(entries.len()));
+                let total = parts.map_or(entries.len(), |p| {
+                    usize::try_from(p.total).unwrap_or(usize::MAX)
+                });
+                self.meta = Some(metadata::Incoming::new(total));
             }
-            for ext in [wire::EXT_STREAM, wire::EXT_TEXT] {
-                if offered(ext) {
-                    accept.push(ext.to_owned());
+            for kind in [EntryKind::Stream, EntryKind::Text] {
+                if offered(kind.extension()) {
+                    accept.push(kind.extension().to_owned());
+                    self.kinds_accepted.push(kind);
                 }
+            }
+            if offered(wire::EXT_PARTS) {
+                self.parts_agreed = true;
+                accept.push(wire::EXT_PARTS.to_owned());
             }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
@@ -1259,6 +1329,81 @@ impl Receiver {
                 );
             }
         }
+        let due = match parts {
+            None => 0,
+            Some(PartsOffer { total }) => {
+                if !self.parts_agreed {
+                    return Err(Error::peer(
+                        "the manifest continues in parts, but the sender did not offer them",
+                    ));
+                }
+                if total > parts::MAX_ENTRIES {
+                    return Err(Error::peer(format!(
+                        "the manifest announces {total} files, more than the {} this receiver takes",
+                        parts::MAX_ENTRIES
+                    )));
+                }
+                total.checked_sub(entries.len() as u64).ok_or_else(|| {
+                    Error::peer(format!(
+                        "the manifest announces {total} files but its first message alone lists {}",
+                        entries.len()
+                    ))
+                })?
+            }
+        };
+        if due > 0 {
+            let path_bytes = entries.iter().map(|e| e.path.len() as u64).sum();
+            self.phase = Phase::Parts(Box::new(ManifestParts {
+                resume,
+                entries,
+                due,
+                collect: Collect::new(due),
+                path_bytes,
+            }));
+            return Ok(());
+        }
+        self.manifest_complete(resume, entries)
+    }
+
+    /// A part of the manifest (extension [`EXT_PARTS`](crate::wire::EXT_PARTS)).
+    fn on_manifest_part(&mut self, c: Control) -> Result<(), Error> {
+        let Phase::Parts(p) = &mut self.phase else {
+            return Err(Error::misuse("a manifest part outside the manifest"));
+        };
+        let sealing = match (&self.cipher, &self.seed) {
+            (Some(c), Some(seed)) => Some((c, seed)),
+            _ => None,
+        };
+        let more = p.collect.take::<ManifestEntry>(c, sealing)?;
+        p.path_bytes += more.iter().map(|e| e.path.len() as u64).sum::<u64>();
+        if p.path_bytes > parts::MAX_PATH_BYTES {
+            return Err(Error::peer(format!(
+                "the manifest's paths hold more than the {} MiB this receiver takes",
+                parts::MAX_PATH_BYTES >> 20
+            )));
+        }
+        p.entries.extend(more);
+        if p.collect.got() < p.due {
+            return Ok(());
+        }
+        let Phase::Parts(p) = std::mem::replace(&mut self.phase, Phase::AwaitManifest) else {
+            unreachable!("matched above")
+        };
+        let ManifestParts {
+            resume, entries, ..
+        } = *p;
+        self.manifest_complete(resume, entries)
+    }
+
+    /// The whole manifest is here: check it, then ask the user or go on.
+    fn manifest_complete(
+        &mut self,
+        resume: bool,
+        entries: Vec<ManifestEntry>,
+    ) -> Result<(), Error> {
+        if let Some(state) = &mut self.reconnect_state {
+            state.hold_to(&entries).map_err(Error::peer)?;
+        }
         if self.config.single_file && entries.len() > 1 {
             return Err(Error::Unsupported(format!(
                 "the sender offers {} files, and standard output takes one; nothing was written (receive into a directory instead)",
@@ -1268,8 +1413,8 @@ impl Receiver {
         let mut files: HashSet<&str> = HashSet::new();
         for e in &entries {
             if let Some(kind) = e.kind {
-                // Accepted above only with `confirm`.
-                if !offered(kind.extension()) || !self.confirm {
+                // Accepted with the manifest's head, only with `confirm`.
+                if !self.kinds_accepted.contains(&kind) || !self.confirm {
                     return Err(Error::peer_in(
                         &e.path,
                         format!(
@@ -1446,6 +1591,7 @@ impl Receiver {
                 })
             })
             .collect();
+        let entries = self.send_parts(entries);
         let answer = Control::ReceiverManifest { entries };
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncReceiverManifest {
@@ -1994,6 +2140,10 @@ impl Receiver {
                 let ok = queue.front().is_some_and(|&a| answers(a));
                 if ok {
                     queue.pop_front();
+                }
+                if queue.is_empty() {
+                    // Nothing kept per file once its requests are answered.
+                    self.ledger.remove(&f);
                 }
                 ok
             }

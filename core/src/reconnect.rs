@@ -282,7 +282,24 @@ pub enum ReceiverReconnect {
 pub struct ResumeState {
     binding: Binding,
     last_attempt: u32,
-    manifest: [u8; 32],
+    /// Digest of the first session's manifest, once it was complete.
+    manifest: Option<[u8; 32]>,
+}
+
+impl ResumeState {
+    /// Hold the transfer to the manifest of `entries`: the first session's is kept, and
+    /// a reconnect's must be the same.
+    pub(crate) fn hold_to(&mut self, entries: &[ManifestEntry]) -> Result<(), String> {
+        let digest = manifest_digest(entries);
+        match self.manifest {
+            None => self.manifest = Some(digest),
+            Some(first) if first == digest => {}
+            Some(_) => {
+                return Err("the reconnected sender lists other files than at the start of the transfer; refused".to_owned())
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a reconnecting sender is refused.
@@ -312,10 +329,26 @@ impl ReceiverReconnect {
     /// # Errors
     /// On a reconnect, any offer that does not prove the sender, or a manifest other
     /// than the first session's: [`NOT_THE_SENDER`].
+    #[cfg(test)]
     pub(crate) fn take_offer(
         &self,
         offer: Option<&ReconnectOffer>,
         entries: &[ManifestEntry],
+    ) -> Result<Option<Accepted>, String> {
+        let Some((mut state, proof)) = self.check_offer(offer)? else {
+            return Ok(None);
+        };
+        state.hold_to(entries)?;
+        Ok(Some((state, proof)))
+    }
+
+    /// The part of [`take_offer`](Self::take_offer) that needs no entries, for a
+    /// manifest that comes in parts: the first session's state (its manifest still to
+    /// be held with [`ResumeState::hold_to`]), or on a reconnect the sender's proof
+    /// checked and this side's answer.
+    pub(crate) fn check_offer(
+        &self,
+        offer: Option<&ReconnectOffer>,
     ) -> Result<Option<Accepted>, String> {
         match self {
             ReceiverReconnect::Accept { code } => {
@@ -330,7 +363,7 @@ impl ReceiverReconnect {
                 let state = ResumeState {
                     binding,
                     last_attempt: 0,
-                    manifest: manifest_digest(entries),
+                    manifest: None,
                 };
                 Ok(Some((state, None)))
             }
@@ -354,9 +387,6 @@ impl ReceiverReconnect {
                     && bool::from(proof.ct_eq(&expected));
                 if !proved {
                     return Err(NOT_THE_SENDER.to_owned());
-                }
-                if manifest_digest(entries) != state.manifest {
-                    return Err("the reconnected sender lists other files than at the start of the transfer; refused".to_owned());
                 }
                 let answer = b.proof(Role::Receiver, offer.attempt, &nonce);
                 let next = ResumeState {

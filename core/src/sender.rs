@@ -11,11 +11,12 @@ use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::metadata::{self, TreeMetadata};
+use crate::parts::{self, Collect};
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReconnectStatus, SenderReconnect};
 use crate::wire::{
-    self, Compression, Control, EntryKind, FileHeader, ManifestEntry, PieceBuf, Report, Role,
-    WireMessage, CHUNK_SIZE, DATA_HEADER_LEN,
+    self, Compression, Control, EntryKind, FailedFile, FileHeader, ManifestEntry, PartsOffer,
+    PieceBuf, Report, ResumeEntry, Role, WireMessage, CHUNK_SIZE, DATA_HEADER_LEN,
 };
 use crate::Error;
 
@@ -77,6 +78,10 @@ pub struct SenderConfig {
     /// `confirm`; once the receiver accepted, they are sent after `eof`. `files` holds
     /// one entry per file given to [`Sender::new`], in order. `None` by default.
     pub metadata: Option<TreeMetadata>,
+    /// How long to wait for the receiver to accept the rest of a manifest too long for
+    /// one message ([`EXT_PARTS`](crate::wire::EXT_PARTS)) before deciding it cannot
+    /// (p2p-copy 0.1.x never answers).
+    pub parts_timeout: Duration,
 }
 
 impl Default for SenderConfig {
@@ -94,6 +99,7 @@ impl Default for SenderConfig {
             consent: false,
             reconnect: None,
             metadata: None,
+            parts_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -264,6 +270,10 @@ enum Phase {
     AwaitReady {
         deadline: Instant,
     },
+    /// The manifest went out in part; waiting for the receiver to accept the rest.
+    AwaitParts {
+        deadline: Instant,
+    },
     AwaitAnswer {
         deadline: Instant,
     },
@@ -344,8 +354,8 @@ pub struct Sender {
     /// arrived: the report to send if the answer comes (see
     /// [`awaits_acceptance`](Sender::awaits_acceptance)).
     unsent_report: Option<Report>,
-    /// Files given up (`skip_errors`) and why; late answers for them are dropped.
-    skipped: Vec<(String, String)>,
+    /// Files given up (`skip_errors`); the receiver's report lists them again.
+    skipped: HashSet<String>,
     abandoned: HashSet<usize>,
     /// The receiver accepted [`EXT_CONSENT`](crate::wire::EXT_CONSENT) and its user has
     /// not answered yet: nothing more is sent.
@@ -363,6 +373,19 @@ pub struct Sender {
     needed: Vec<&'static str>,
     /// The receiver accepted every extension in `needed`.
     needed_accepted: bool,
+    /// The rest of a manifest too long for one message, until the receiver accepts
+    /// [`EXT_PARTS`](crate::wire::EXT_PARTS).
+    parts_pending: Vec<Vec<ManifestEntry>>,
+    /// The receiver accepted [`EXT_PARTS`](crate::wire::EXT_PARTS).
+    parts_agreed: bool,
+    /// The parts of the resume answer and of the report taken so far.
+    answer_parts: Option<Collect>,
+    report_parts: Option<Collect>,
+    /// Files the receiver's report (parts and head) lists as not in place.
+    missing: u64,
+    /// The paths sent, to check the names in the receiver's report; built when the
+    /// report names a file.
+    listed: Option<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -449,7 +472,7 @@ impl Sender {
             direct_answer: None,
             unsent_report: None,
             direct_agreed: false,
-            skipped: Vec::new(),
+            skipped: HashSet::new(),
             abandoned: HashSet::new(),
             held: false,
             reconnect_agreed: false,
@@ -458,6 +481,12 @@ impl Sender {
             meta_out: None,
             needed,
             needed_accepted: false,
+            parts_pending: Vec::new(),
+            parts_agreed: false,
+            answer_parts: None,
+            report_parts: None,
+            missing: 0,
+            listed: None,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -529,6 +558,7 @@ impl Sender {
         }
         match self.phase {
             Phase::AwaitReady { deadline }
+            | Phase::AwaitParts { deadline }
             | Phase::AwaitAnswer { deadline }
             | Phase::AwaitReport { deadline } => Some(deadline),
             _ => None,
@@ -642,6 +672,9 @@ impl Sender {
                     self.config.answer_timeout.as_secs()
                 )))
             }
+            Phase::AwaitParts { deadline } if now >= deadline => Err(self.parts_refused(
+                "did not accept the rest of the file list in parts within the time allowed",
+            )),
             Phase::AwaitAnswer { deadline } if now >= deadline => Err(Error::Timeout(format!(
                 "the receiver did not answer the resume request within {} s",
                 self.config.answer_timeout.as_secs()
@@ -807,13 +840,15 @@ impl Sender {
         let c = Control::parse(&text)?;
         let after_manifest = matches!(
             self.phase,
-            Phase::AwaitAnswer { .. } | Phase::Sending | Phase::AwaitReport { .. }
+            Phase::AwaitParts { .. }
+                | Phase::AwaitAnswer { .. }
+                | Phase::Sending
+                | Phase::AwaitReport { .. }
         );
         match (&self.phase, c) {
             (Phase::AwaitReady { .. }, Control::Ready) => {
                 self.events.push_back(Event::Paired);
-                self.send_manifest(now);
-                Ok(())
+                self.send_manifest(now)
             }
             (_, Control::Extensions { accept })
                 if self.config.confirm && after_manifest && !self.accepted =>
@@ -852,8 +887,22 @@ impl Sender {
                 {
                     return Err(Error::peer(NOT_THE_RECEIVER));
                 }
+                self.parts_agreed = self.accepted && accept.iter().any(|e| e == wire::EXT_PARTS);
+                if matches!(self.phase, Phase::AwaitParts { .. }) {
+                    if !self.parts_agreed {
+                        return Err(self.parts_refused(
+                            "runs a p2p-copy that cannot take a file list in parts",
+                        ));
+                    }
+                    self.send_parts();
+                    self.after_manifest(now);
+                }
                 Ok(())
             }
+            (Phase::AwaitParts { .. }, c) => Err(self.parts_refused(&format!(
+                "answered the file list with a {} message instead of accepting the rest of it",
+                c.type_name()
+            ))),
             (_, Control::Consent { accept }) if self.held && after_manifest => {
                 if !accept {
                     return Err(Error::Declined(
@@ -887,6 +936,27 @@ impl Sender {
             {
                 let report = open_report(c, Role::Receiver, self.sealing())?;
                 self.take_report(report)
+            }
+            (
+                Phase::AwaitAnswer { .. },
+                c @ (Control::ReceiverManifestMore(_) | Control::EncPart { .. }),
+            ) if self.parts_agreed => {
+                let sealing = self.cipher.as_ref().map(|c| (c, &self.nonce_seed));
+                let collect = self
+                    .answer_parts
+                    .get_or_insert_with(|| Collect::new(self.files.len() as u64));
+                let entries = collect.take::<ResumeEntry>(c, sealing)?;
+                self.add_answers(entries)
+            }
+            (Phase::AwaitReport { .. }, c @ (Control::ReportMore(_) | Control::EncPart { .. }))
+                if self.parts_agreed =>
+            {
+                let sealing = self.cipher.as_ref().map(|c| (c, &self.nonce_seed));
+                let collect = self
+                    .report_parts
+                    .get_or_insert_with(|| Collect::new(self.files.len() as u64));
+                let failed = collect.take::<FailedFile>(c, sealing)?;
+                self.note_failed(failed)
             }
             (Phase::AwaitAnswer { .. }, Control::ReceiverManifest { entries })
                 if self.cipher.is_none() =>
@@ -923,8 +993,8 @@ impl Sender {
         String::from_utf8(plain).map_err(|_| Error::peer(format!("{what} is not UTF-8")))
     }
 
-    fn send_manifest(&mut self, now: Instant) {
-        let entries = self
+    fn send_manifest(&mut self, now: Instant) -> Result<(), Error> {
+        let entries: Vec<ManifestEntry> = self
             .files
             .iter()
             .map(|f| ManifestEntry {
@@ -933,40 +1003,26 @@ impl Sender {
                 kind: f.kind,
             })
             .collect();
-        let manifest = Control::Manifest {
-            resume: self.config.resume,
-            entries,
-            // The direct path relies on the receiver's report to know when the session
-            // ended, so it is offered only with confirmation.
-            extensions: [
-                (self.config.confirm, wire::EXT_CONFIRM),
-                (self.config.confirm && self.config.direct, wire::EXT_DIRECT),
-                (
-                    self.config.confirm && self.config.consent,
-                    wire::EXT_CONSENT,
-                ),
-                (
-                    self.config.confirm && self.config.reconnect.is_some(),
-                    wire::EXT_RECONNECT,
-                ),
-                (
-                    self.config.confirm && self.config.metadata.is_some(),
-                    wire::EXT_METADATA,
-                ),
-                (self.needed.contains(&wire::EXT_STREAM), wire::EXT_STREAM),
-                (self.needed.contains(&wire::EXT_TEXT), wire::EXT_TEXT),
-            ]
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, name)| name.to_owned())
-            .collect(),
-            reconnect: self
-                .config
-                .reconnect
-                .as_ref()
-                .filter(|_| self.config.confirm)
-                .map(SenderReconnect::offer),
-        };
+        // A list that may not fit in one message (the manifest, or the resume answer or
+        // report for as many files) is offered to travel in parts.
+        let worst_answer: usize = self.files.iter().map(|f| f.path.len() + 300).sum();
+        let offer_parts = self.config.confirm && worst_answer > parts::PART_BUDGET;
+        let mut manifest = self.manifest(entries, offer_parts, None);
+        if !parts::fits(manifest.to_json().len(), self.cipher.is_some()) {
+            if !self.config.confirm {
+                return Err(self.parts_refused("cannot take it in parts"));
+            }
+            let Control::Manifest { entries, .. } = manifest else {
+                unreachable!("built as a manifest just above")
+            };
+            let mut groups = parts::split(entries, parts::PART_BUDGET).into_iter();
+            let first = groups.next().unwrap_or_default();
+            let total = Some(PartsOffer {
+                total: self.files.len() as u64,
+            });
+            manifest = self.manifest(first, true, total);
+            self.parts_pending = groups.collect();
+        }
         let msg = match (&self.cipher, &mut self.nonces) {
             (Some(cipher), Some(nonces)) => Control::EncManifest {
                 nonce: wire::hex(&self.nonce_seed),
@@ -984,6 +1040,74 @@ impl Sender {
                 .iter()
                 .fold(0u64, |a, f| a.saturating_add(announced_size(f))),
         });
+        if self.parts_pending.is_empty() {
+            self.after_manifest(now);
+        } else {
+            self.phase = Phase::AwaitParts {
+                deadline: now + self.config.parts_timeout,
+            };
+        }
+        Ok(())
+    }
+
+    /// The manifest message with `entries`, the extensions offered and, for a manifest
+    /// in parts, the number of entries of the whole.
+    fn manifest(
+        &self,
+        entries: Vec<ManifestEntry>,
+        offer_parts: bool,
+        parts: Option<PartsOffer>,
+    ) -> Control {
+        let confirm = self.config.confirm;
+        Control::Manifest {
+            resume: self.config.resume,
+            entries,
+            // The direct path relies on the receiver's report to know when the session
+            // ended, so it is offered only with confirmation.
+            extensions: [
+                (confirm, wire::EXT_CONFIRM),
+                (confirm && self.config.direct, wire::EXT_DIRECT),
+                (confirm && self.config.consent, wire::EXT_CONSENT),
+                (
+                    confirm && self.config.reconnect.is_some(),
+                    wire::EXT_RECONNECT,
+                ),
+                (
+                    confirm && self.config.metadata.is_some(),
+                    wire::EXT_METADATA,
+                ),
+                (confirm && offer_parts, wire::EXT_PARTS),
+                (self.needed.contains(&wire::EXT_STREAM), wire::EXT_STREAM),
+                (self.needed.contains(&wire::EXT_TEXT), wire::EXT_TEXT),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_owned())
+            .collect(),
+            reconnect: self
+                .config
+                .reconnect
+                .as_ref()
+                .filter(|_| confirm)
+                .map(SenderReconnect::offer),
+            parts,
+        }
+    }
+
+    /// The receiver accepted the manifest in parts: send the rest.
+    fn send_parts(&mut self) {
+        let sealing = self.cipher.as_ref().map(|c| (c, &self.nonce_seed));
+        for (i, group) in std::mem::take(&mut self.parts_pending)
+            .into_iter()
+            .enumerate()
+        {
+            let msg = parts::part_message(i as u64 + 1, group, sealing);
+            self.transmit.push_back(msg.into());
+        }
+    }
+
+    /// The whole manifest is on its way: wait for the resume answer, or send files.
+    fn after_manifest(&mut self, now: Instant) {
         if self.config.resume {
             self.phase = Phase::AwaitAnswer {
                 deadline: now + self.config.answer_timeout,
@@ -1014,11 +1138,28 @@ impl Sender {
         ))
     }
 
-    fn take_answer(&mut self, entries: Vec<wire::ResumeEntry>) -> Result<(), Error> {
+    /// The error for a receiver that cannot take this transfer's file list, which does
+    /// not fit in one message: it `why`.
+    fn parts_refused(&self, why: &str) -> Error {
+        Error::Unsupported(format!(
+            "the list of {} files does not fit in one message (2 MiB), and the receiver {why}: p2p-copy 0.1.x can take at most 2 MiB of file names; nothing was sent. Send fewer files at once, or spread them over more connections with a parallel code (n=<N>=n…)",
+            self.files.len()
+        ))
+    }
+
+    fn take_answer(&mut self, entries: Vec<ResumeEntry>) -> Result<(), Error> {
         if !self.needed.is_empty() && !self.needed_accepted {
             // The answer came without the acceptance before it.
             return Err(self.unsupported());
         }
+        self.add_answers(entries)?;
+        self.phase = Phase::Sending;
+        self.pump();
+        Ok(())
+    }
+
+    /// Entries of the resume answer (a part or its head).
+    fn add_answers(&mut self, entries: Vec<ResumeEntry>) -> Result<(), Error> {
         if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
             && !self.reconnect_verified
         {
@@ -1028,18 +1169,43 @@ impl Sender {
             let chain = wire::unhex32(&e.chain_hex).ok_or_else(|| {
                 Error::peer_in(&e.path, "resume answer has a malformed chain_hex")
             })?;
-            // Entries for paths never offered are ignored: they cannot change what is sent.
-            // A stream or a text is always sent whole.
-            if self
-                .files
-                .iter()
-                .any(|f| f.path == e.path && f.kind.is_none())
+            // An entry for a path never offered is never looked up, so it cannot change
+            // what is sent; the parts hold no more entries than files were offered. A
+            // stream or a text is always sent whole.
+            if self.needed.is_empty()
+                || self
+                    .files
+                    .iter()
+                    .any(|f| f.path == e.path && f.kind.is_none())
             {
                 self.answers.insert(e.path, (e.size, chain));
             }
         }
-        self.phase = Phase::Sending;
-        self.pump();
+        Ok(())
+    }
+
+    /// Files the receiver's report (a part or its head) lists as not in place.
+    fn note_failed(&mut self, failed: Vec<FailedFile>) -> Result<(), Error> {
+        for f in failed {
+            self.missing += 1;
+            if self.skipped.contains(&f.path) {
+                continue;
+            }
+            let files = &self.files;
+            let listed = self
+                .listed
+                .get_or_insert_with(|| files.iter().map(|f| f.path.clone()).collect());
+            if !listed.contains(&f.path) {
+                return Err(Error::peer_in(
+                    &f.path,
+                    "the delivery report names a file that was never sent",
+                ));
+            }
+            self.events.push_back(Event::FileNotDelivered {
+                path: f.path,
+                reason: f.reason,
+            });
+        }
         Ok(())
     }
 
@@ -1055,23 +1221,8 @@ impl Sender {
         if !matches!(self.phase, Phase::AwaitReport { .. }) {
             return Err(Error::peer("delivery report before the end of the data"));
         }
-        let mut missing = 0u64;
-        for f in report.failed {
-            missing += 1;
-            if self.skipped.iter().any(|(p, _)| *p == f.path) {
-                continue;
-            }
-            if !self.files.iter().any(|s| s.path == f.path) {
-                return Err(Error::peer_in(
-                    &f.path,
-                    "the delivery report names a file that was never sent",
-                ));
-            }
-            self.events.push_back(Event::FileNotDelivered {
-                path: f.path,
-                reason: f.reason,
-            });
-        }
+        self.note_failed(report.failed)?;
+        let missing = self.missing;
         let listed = self.files.len() as u64;
         if report.delivered.saturating_add(missing) != listed {
             return Err(Error::NotDelivered(format!(
@@ -1129,9 +1280,9 @@ impl Sender {
         self.io.push_back(IoRequest::Close { file });
         self.events.push_back(Event::FileNotDelivered {
             path: path.clone(),
-            reason: reason.clone(),
+            reason,
         });
-        self.skipped.push((path, reason));
+        self.skipped.insert(path);
         self.current = None;
         self.pump();
         Ok(())

@@ -192,6 +192,10 @@ pub enum Control {
         /// sender's proof (a reconnect); absent otherwise.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reconnect: Option<ReconnectOffer>,
+        /// Extension [`EXT_PARTS`]: the manifest continues in [`Control::ManifestMore`]
+        /// messages; absent when `entries` is the whole manifest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parts: Option<PartsOffer>,
     },
     /// Encrypted manifest.
     EncManifest {
@@ -326,6 +330,22 @@ pub enum Control {
         /// The attempt.
         attempt: u32,
     },
+    /// Extension [`EXT_PARTS`], from the sender after the acceptance: more entries of
+    /// the manifest.
+    ManifestMore(Part<ManifestEntry>),
+    /// Extension [`EXT_PARTS`], from the receiver before its [`Control::ReceiverManifest`]:
+    /// more entries of the resume answer.
+    ReceiverManifestMore(Part<ResumeEntry>),
+    /// Extension [`EXT_PARTS`], from the receiver before its [`Control::Report`]: more
+    /// files that are not in place.
+    ReportMore(Part<FailedFile>),
+    /// Extension [`EXT_PARTS`], encrypted: one of the three parts above, sealed.
+    EncPart {
+        /// The part's number (1, 2, …), in clear because it selects the nonce.
+        index: u64,
+        /// Hex of the sealed part's JSON.
+        hidden_part: String,
+    },
     /// Extension [`EXT_DIRECT`], on the relay from the receiver, answering
     /// [`Control::DirectLost`]: it took this many session messages from the direct path
     /// and reads the rest from the relay.
@@ -340,6 +360,29 @@ pub enum Control {
 /// The extension by which two peers of this project exchange candidate addresses over
 /// the relay and move the session to a direct path (see [`crate::direct`]).
 pub const EXT_DIRECT: &str = "direct";
+
+/// The extension by which two peers of this project send lists that do not fit in one
+/// 2 MiB message (the manifest, the resume answer, the report's failed files) in parts
+/// (see [`crate::parts`]). Offered only with [`EXT_CONFIRM`], and only when a list may
+/// not fit.
+pub const EXT_PARTS: &str = "parts";
+
+/// The manifest's `parts` value (extension [`EXT_PARTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsOffer {
+    /// Entries of the whole manifest: those in the first message and those that follow
+    /// in [`Control::ManifestMore`].
+    pub total: u64,
+}
+
+/// One part of a list (extension [`EXT_PARTS`]): its number and its items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part<T> {
+    /// 1 for the first part after the list's head message, then 2, 3, …
+    pub index: u64,
+    /// The items.
+    pub entries: Vec<T>,
+}
 
 /// The extension by which two peers of this project reconnect after a lost connection
 /// and resume where the receiver stands (see [`crate::reconnect`]). Offered only with
@@ -521,6 +564,10 @@ impl Control {
             Control::DirectAck { .. } => "direct_ack",
             Control::DirectLost { .. } => "direct_lost",
             Control::DirectResume { .. } => "direct_resume",
+            Control::ManifestMore(_) => "manifest_more",
+            Control::ReceiverManifestMore(_) => "receiver_manifest_more",
+            Control::ReportMore(_) => "report_more",
+            Control::EncPart { .. } => "enc_part",
         }
     }
 }
@@ -710,6 +757,7 @@ mod tests {
             resume: false,
             extensions: Vec::new(),
             reconnect: None,
+            parts: None,
             entries: vec![ManifestEntry {
                 path: "dir/ä.txt".into(),
                 size: 12,

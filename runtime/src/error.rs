@@ -47,7 +47,9 @@ impl TransferError {
     /// 9 no direct path although one was required (`DirectMode::DirectOnly`, or a
     /// serverless peer never reached), 10 wrong code (the PAKE of a code like
     /// `7-guitar-rocket` did not confirm) or a serverless peer not authenticated (wrong
-    /// code or ticket), 130 interrupted, 1 for invalid settings.
+    /// code or ticket), 11 declined by the receiver's user, 12 the peer cannot do what
+    /// the transfer needs (a file list over 2 MiB for p2p-copy 0.1.x), 130 interrupted,
+    /// 1 for invalid settings.
     pub fn exit_code(&self) -> i32 {
         match self {
             TransferError::Connect(_) | TransferError::Direct(_) => 2,

@@ -302,6 +302,7 @@ pub fn manifest(entries: &[(&str, u64)], resume: bool) -> Control {
         resume,
         extensions: Vec::new(),
         reconnect: None,
+        parts: None,
         entries: entries
             .iter()
             .map(|(path, size)| wire::ManifestEntry {

@@ -240,6 +240,7 @@ impl Script {
             resume,
             extensions: Vec::new(),
             reconnect: None,
+            parts: None,
             entries: entries
                 .iter()
                 .map(|(p, s)| ManifestEntry {

@@ -7,6 +7,7 @@ mod direct;
 mod fixtures;
 mod metadata;
 mod order;
+mod parts;
 mod pipes;
 mod reconnect;
 mod resume;

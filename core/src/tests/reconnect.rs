@@ -261,6 +261,7 @@ fn a_python_peer_leaves_the_extension_unsupported() {
         entries: Vec::new(),
         extensions: Vec::new(),
         reconnect: None,
+        parts: None,
     };
     r.handle_message(Instant::now(), m.into()).unwrap();
     assert_eq!(r.reconnect_status(), ReconnectStatus::Unsupported);
