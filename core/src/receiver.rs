@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::chain::Chain;
+use crate::chain::{Chain, ChainKind};
 use crate::consent::Offer;
-use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::crypto::{Cipher, FastCipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
@@ -50,6 +50,9 @@ pub struct ReceiverConfig {
     /// first session, or, on a reconnect, accept only the sender that proves itself.
     /// `None` by default.
     pub reconnect: Option<ReceiverReconnect>,
+    /// Accept the fast data path ([`EXT_FAST`](crate::wire::EXT_FAST)) when the sender
+    /// offers it (with `confirm`). Off by default.
+    pub fast: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -62,6 +65,7 @@ impl Default for ReceiverConfig {
             consent: false,
             keep_existing: false,
             reconnect: None,
+            fast: false,
         }
     }
 }
@@ -231,9 +235,20 @@ pub struct Job {
     seq: u64,
     chain: [u8; 32],
     payload: Bytes,
-    open: Option<(Cipher, [u8; 32])>,
+    open: Option<JobOpen>,
+    /// Compute the BLAKE3 hash of the payload (the fast data path without encryption).
+    hash: bool,
     decompress: bool,
     expect_len: usize,
+}
+
+/// How a job decrypts its piece.
+#[derive(Clone)]
+enum JobOpen {
+    /// v1: AES-256-GCM with the 32-byte nonce from the nonce chain.
+    V1(Cipher, [u8; 32]),
+    /// The fast data path: its own key, the nonce's number in the session's order.
+    Fast(FastCipher, u64),
 }
 
 impl std::fmt::Debug for Job {
@@ -243,6 +258,7 @@ impl std::fmt::Debug for Job {
             .field("len", &self.payload.len())
             .field("decrypt", &self.open.is_some())
             .field("decompress", &self.decompress)
+            .field("hash", &self.hash)
             .finish()
     }
 }
@@ -254,33 +270,40 @@ pub struct JobResult {
     seq: u64,
     chain: [u8; 32],
     outcome: Result<(Bytes, Bytes), String>,
+    /// The fast chain's h(k) of the payload, when the job hashed it.
+    piece_hash: Option<[u8; 32]>,
 }
 
 impl Job {
     /// Whether the job is cheap enough to run inline (nothing to decrypt or decompress).
     pub fn is_light(&self) -> bool {
-        self.open.is_none() && !self.decompress
+        self.open.is_none() && !self.decompress && !self.hash
     }
 
     /// Do the work: decrypt, then decompress with the cap set to the piece's expected
     /// length.
     pub fn run(self) -> JobResult {
+        let piece_hash = self.hash.then(|| crate::chain::piece_hash(&self.payload));
         JobResult {
             file: self.file,
             seq: self.seq,
             chain: self.chain,
             outcome: self.work(),
+            piece_hash,
         }
     }
 
     fn work(&self) -> Result<(Bytes, Bytes), String> {
-        let plain = match &self.open {
-            Some((cipher, nonce)) => match cipher.open(nonce, &self.payload) {
-                Some(p) => Bytes::from(p),
-                None => {
-                    return Err("data does not decrypt (tampered, reordered or wrong key)".into())
-                }
-            },
+        let opened = match &self.open {
+            Some(JobOpen::V1(cipher, nonce)) => Some(cipher.open(nonce, &self.payload)),
+            Some(JobOpen::Fast(cipher, index)) => Some(cipher.open(*index, &self.payload)),
+            None => None,
+        };
+        let plain = match opened {
+            Some(Some(p)) => Bytes::from(p),
+            Some(None) => {
+                return Err("data does not decrypt (tampered, reordered or wrong key)".into())
+            }
             None => self.payload.clone(),
         };
         if !self.decompress {
@@ -377,6 +400,8 @@ struct Incoming {
     results: BTreeMap<u64, JobResult>,
     next_verify: u64,
     chain: Chain,
+    /// The file moves on the fast data path.
+    fast: bool,
     done_bytes: u64,
     eof_seen: bool,
 }
@@ -441,6 +466,10 @@ pub struct Receiver {
     reconnect_state: Option<ResumeState>,
     /// On a reconnect: the sender proved itself.
     reconnect_verified: bool,
+    /// This side accepted the fast data path.
+    fast_on: bool,
+    /// The fast data path's cipher, when encrypting (once the nonce seed is known).
+    fast_cipher: Option<FastCipher>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -525,6 +554,8 @@ impl Receiver {
             offer: None,
             reconnect_state: None,
             reconnect_verified: false,
+            fast_on: false,
+            fast_cipher: None,
         };
         r.transmit.push_back(
             Control::Hello {
@@ -1054,6 +1085,14 @@ impl Receiver {
             if self.reconnect_state.is_some() {
                 accept.push(wire::EXT_RECONNECT.to_owned());
             }
+            if self.config.fast && offered(wire::EXT_FAST) {
+                self.fast_on = true;
+                self.fast_cipher = match (&self.cipher, &self.seed) {
+                    (Some(c), Some(seed)) => Some(c.fast(seed)),
+                    _ => None,
+                };
+                accept.push(wire::EXT_FAST.to_owned());
+            }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
             if let Some(proof) = reconnect_proof {
@@ -1165,7 +1204,11 @@ impl Receiver {
                 rs.hashing = Some(Hashing {
                     file: i,
                     reads: ReadPipe::new(0, size),
-                    chain: Chain::new(),
+                    chain: Chain::of(if self.fast_on {
+                        ChainKind::Blake3
+                    } else {
+                        ChainKind::Sha256
+                    }),
                 });
             }
             let Some(h) = rs.hashing.as_mut() else {
@@ -1256,6 +1299,12 @@ impl Receiver {
                 format!("size {} differs from the manifest's {}", h.size, e.size),
             ));
         }
+        if h.fast && !self.fast_on {
+            return Err(Error::peer_in(
+                &h.path,
+                "the sender announced the fast data path, which this side did not accept",
+            ));
+        }
         if h.append_from > h.size {
             return Err(Error::peer_in(
                 &h.path,
@@ -1298,7 +1347,12 @@ impl Receiver {
             jobs_out: 0,
             results: BTreeMap::new(),
             next_verify: 0,
-            chain: Chain::new(),
+            chain: Chain::of(if h.fast {
+                ChainKind::Blake3
+            } else {
+                ChainKind::Sha256
+            }),
+            fast: h.fast,
             done_bytes: h.append_from,
             eof_seen: false,
         });
@@ -1332,7 +1386,13 @@ impl Receiver {
         let start = cur.append_from + d.seq * CHUNK_SIZE as u64;
         let expect_len = (e.size - start).min(CHUNK_SIZE as u64) as usize;
         let open = match (&self.cipher, &mut self.nonces) {
-            (Some(c), Some(n)) => Some((c.clone(), n.next())),
+            (Some(c), Some(n)) => {
+                let nonce = n.next();
+                Some(match (&self.fast_cipher, cur.fast) {
+                    (Some(f), true) => JobOpen::Fast(f.clone(), n.taken()),
+                    _ => JobOpen::V1(c.clone(), nonce),
+                })
+            }
             _ => None,
         };
         cur.next_seq += 1;
@@ -1342,6 +1402,7 @@ impl Receiver {
             seq: d.seq,
             chain: d.chain,
             payload: d.payload,
+            hash: cur.fast && open.is_none(),
             open,
             decompress: cur.compression == Compression::Zstd,
             expect_len,
@@ -1378,7 +1439,14 @@ impl Receiver {
             let (plain, raw) = r
                 .outcome
                 .map_err(|why| Error::integrity_in(e.path.as_str(), why))?;
-            if cur.chain.next(&plain) != r.chain {
+            let chain_ok = match (cur.fast, r.piece_hash) {
+                (false, _) => cur.chain.next(&plain) == r.chain,
+                (true, Some(h)) => cur.chain.link(&h) == r.chain,
+                // Encrypted on the fast path: the tag checked the piece, and the chain
+                // field must be zero.
+                (true, None) => r.chain == [0; 32],
+            };
+            if !chain_ok {
                 return Err(Error::integrity_in(
                     e.path.as_str(),
                     format!("chain mismatch at piece {}", r.seq),

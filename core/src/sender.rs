@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::chain::Chain;
-use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::chain::{Chain, ChainKind};
+use crate::crypto::{Cipher, FastCipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
@@ -71,6 +71,15 @@ pub struct SenderConfig {
     /// first session, together with `confirm`; or, on a reconnect, prove this side and
     /// ask for the resume answer. `None` by default.
     pub reconnect: Option<SenderReconnect>,
+    /// Offer the fast data path ([`EXT_FAST`](crate::wire::EXT_FAST)) in the manifest,
+    /// together with `confirm`. The first file then waits up to
+    /// [`fast_wait`](Self::fast_wait) for the receiver's answer (a p2p-copy 0.1.x
+    /// receiver never answers), and every file started after an acceptance moves on the
+    /// fast path. Off by default.
+    pub fast: bool,
+    /// How long file data waits for the receiver's answer to the offer of the fast data
+    /// path.
+    pub fast_wait: Duration,
 }
 
 impl Default for SenderConfig {
@@ -87,6 +96,8 @@ impl Default for SenderConfig {
             direct: false,
             consent: false,
             reconnect: None,
+            fast: false,
+            fast_wait: Duration::from_millis(500),
         }
     }
 }
@@ -151,8 +162,17 @@ enum JobCompress {
     Decide,
 }
 
-/// Per-piece CPU work (compress, encrypt) handed out by [`Sender::poll_job`]. Run it
-/// anywhere with [`Job::run`], on any thread, and feed the result back with
+/// How a job encrypts its piece.
+#[derive(Clone)]
+enum JobSeal {
+    /// v1: AES-256-GCM with the 32-byte nonce from the nonce chain.
+    V1(Cipher, [u8; 32]),
+    /// The fast data path: its own key, the nonce's number in the session's order.
+    Fast(FastCipher, u64),
+}
+
+/// Per-piece CPU work (compress, hash, encrypt) handed out by [`Sender::poll_job`]. Run
+/// it anywhere with [`Job::run`], on any thread, and feed the result back with
 /// [`Sender::handle_job`] in any order.
 #[derive(Clone)]
 pub struct Job {
@@ -160,7 +180,9 @@ pub struct Job {
     seq: u64,
     data: PieceBuf,
     compress: JobCompress,
-    seal: Option<(Cipher, [u8; 32])>,
+    seal: Option<JobSeal>,
+    /// Compute the piece's BLAKE3 hash (the fast data path without encryption).
+    hash: bool,
 }
 
 impl std::fmt::Debug for Job {
@@ -170,6 +192,7 @@ impl std::fmt::Debug for Job {
             .field("len", &self.data.len())
             .field("compress", &self.compress)
             .field("encrypt", &self.seal.is_some())
+            .field("hash", &self.hash)
             .finish()
     }
 }
@@ -185,13 +208,15 @@ pub struct JobResult {
     /// 40 bytes of room for the header, then the payload as sent.
     frame: Vec<u8>,
     compressed: bool,
+    /// The fast chain's h(k) of the payload, when the job hashed it.
+    piece_hash: Option<[u8; 32]>,
 }
 
 impl Job {
     /// Whether the job is cheap enough to run inline on an event loop (no compression,
-    /// no encryption: only a copy).
+    /// no hashing, no encryption: only a copy).
     pub fn is_light(&self) -> bool {
-        self.compress == JobCompress::No && self.seal.is_none()
+        self.compress == JobCompress::No && self.seal.is_none() && !self.hash
     }
 
     /// Do the work.
@@ -208,9 +233,18 @@ impl Job {
                 }
             }
         };
+        let piece_hash = self
+            .hash
+            .then(|| crate::chain::piece_hash(&frame[DATA_HEADER_LEN..]));
         let (frame, plain) = match &self.seal {
             None => (frame, None),
-            Some((cipher, nonce)) => {
+            Some(JobSeal::Fast(cipher, index)) => {
+                // Nothing hashes the plain payload: the tag protects it.
+                let mut frame = frame;
+                cipher.seal_in_place(*index, &mut frame, DATA_HEADER_LEN);
+                (frame, None)
+            }
+            Some(JobSeal::V1(cipher, nonce)) => {
                 let plain = Bytes::from(frame).slice(DATA_HEADER_LEN..);
                 let mut sealed = Vec::with_capacity(DATA_HEADER_LEN + plain.len() + wire::TAG_LEN);
                 sealed.resize(DATA_HEADER_LEN, 0);
@@ -225,6 +259,7 @@ impl Job {
             plain,
             frame,
             compressed,
+            piece_hash,
         }
     }
 }
@@ -259,6 +294,8 @@ enum Phase {
 
 #[derive(Debug)]
 struct Streaming {
+    /// The file moves on the fast data path.
+    fast: bool,
     append_from: u64,
     pieces: u64,
     compression: Option<Compression>,
@@ -329,6 +366,13 @@ pub struct Sender {
     reconnect_agreed: bool,
     /// On a reconnect: the receiver proved itself.
     reconnect_verified: bool,
+    /// The fast data path's cipher, when encrypting.
+    fast_cipher: Option<FastCipher>,
+    /// The receiver accepted the fast data path: files started from now on use it.
+    fast_on: bool,
+    /// Until when file data waits for the receiver's answer to the offer of the fast data
+    /// path; `None` once answered (or when not offered).
+    fast_wait_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -396,6 +440,9 @@ impl Sender {
             held: false,
             reconnect_agreed: false,
             reconnect_verified: false,
+            fast_cipher: secrets.cipher.as_ref().map(|c| c.fast(&nonce_seed)),
+            fast_on: false,
+            fast_wait_until: None,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -446,11 +493,15 @@ impl Sender {
             // A person decides at the other end: no deadline applies meanwhile.
             return None;
         }
-        match self.phase {
+        let phase = match self.phase {
             Phase::AwaitReady { deadline }
             | Phase::AwaitAnswer { deadline }
             | Phase::AwaitReport { deadline } => Some(deadline),
             _ => None,
+        };
+        match (phase, self.fast_wait_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -549,6 +600,13 @@ impl Sender {
     /// [`Error::Timeout`] when no receiver paired in time or the resume answer is late.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         self.check()?;
+        if self.fast_wait_until.is_some_and(|t| now >= t) {
+            // No answer in time (a p2p-copy 0.1.x receiver never answers): v1 it is, for
+            // the files started before an answer comes.
+            self.fast_wait_until = None;
+            self.last_now = now;
+            self.pump();
+        }
         let r = match self.phase {
             Phase::AwaitReady { deadline } if now >= deadline => Err(Error::Timeout(format!(
                 "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
@@ -696,6 +754,15 @@ impl Sender {
         })
     }
 
+    /// The chain of files started now: BLAKE3 once the fast data path is agreed.
+    fn chain_kind(&self) -> ChainKind {
+        if self.fast_on {
+            ChainKind::Blake3
+        } else {
+            ChainKind::Sha256
+        }
+    }
+
     /// The cipher and nonce seed that seal reports, when encrypting.
     fn sealing(&self) -> Option<(&Cipher, &[u8; 32])> {
         self.cipher.as_ref().map(|c| (c, &self.nonce_seed))
@@ -730,6 +797,11 @@ impl Sender {
                 if self.config.confirm && after_manifest && !self.accepted =>
             {
                 self.accepted = accept.iter().any(|e| e == wire::EXT_CONFIRM);
+                self.fast_on =
+                    self.accepted && self.config.fast && accept.iter().any(|e| e == wire::EXT_FAST);
+                if self.fast_wait_until.take().is_some() {
+                    self.pump();
+                }
                 if self.config.direct && self.config.confirm {
                     self.direct_answer = Some(accept.iter().any(|e| e == wire::EXT_DIRECT));
                 }
@@ -844,6 +916,7 @@ impl Sender {
                     self.config.confirm && self.config.reconnect.is_some(),
                     wire::EXT_RECONNECT,
                 ),
+                (self.config.confirm && self.config.fast, wire::EXT_FAST),
             ]
             .into_iter()
             .filter(|(on, _)| *on)
@@ -873,6 +946,9 @@ impl Sender {
                 .iter()
                 .fold(0u64, |a, f| a.saturating_add(f.size)),
         });
+        if self.config.confirm && self.config.fast {
+            self.fast_wait_until = Some(now + self.config.fast_wait);
+        }
         if self.config.resume {
             self.phase = Phase::AwaitAnswer {
                 deadline: now + self.config.answer_timeout,
@@ -884,6 +960,9 @@ impl Sender {
     }
 
     fn take_answer(&mut self, entries: Vec<wire::ResumeEntry>) -> Result<(), Error> {
+        // A receiver of this project answers the offer before it answers this; one
+        // that did not is p2p-copy 0.1.x, which never will.
+        self.fast_wait_until = None;
         if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
             && !self.reconnect_verified
         {
@@ -1012,6 +1091,9 @@ impl Sender {
                     }
                     return;
                 }
+                if self.fast_wait_until.is_some() {
+                    return;
+                }
                 self.start_file();
             }
             let progressed = self.step();
@@ -1036,7 +1118,7 @@ impl Sender {
                 reads: ReadPipe::new(0, want.0),
                 stage: Stage::Hashing {
                     want,
-                    chain: Chain::new(),
+                    chain: Chain::of(self.chain_kind()),
                 },
             },
             None => self.streaming(index, 0),
@@ -1056,6 +1138,7 @@ impl Sender {
             index,
             reads: ReadPipe::new(append_from, size),
             stage: Stage::Streaming(Box::new(Streaming {
+                fast: self.fast_on,
                 append_from,
                 pieces,
                 compression,
@@ -1064,7 +1147,7 @@ impl Sender {
                 jobs_out: 0,
                 results: BTreeMap::new(),
                 next_emit: 0,
-                chain: Chain::new(),
+                chain: Chain::of(self.chain_kind()),
                 sent: append_from,
             })),
         }
@@ -1127,6 +1210,7 @@ impl Sender {
                             size: f.size,
                             compression,
                             append_from: st.append_from,
+                            fast: st.fast,
                         });
                         let msg = match (&self.cipher, st.file_nonce) {
                             (Some(cipher), Some(nonce)) => Control::EncFile {
@@ -1144,9 +1228,15 @@ impl Sender {
                             compression,
                         });
                     }
-                    let chain = st
-                        .chain
-                        .next(r.plain.as_deref().unwrap_or(&r.frame[DATA_HEADER_LEN..]));
+                    let chain = match (st.fast, r.piece_hash) {
+                        (false, _) => st
+                            .chain
+                            .next(r.plain.as_deref().unwrap_or(&r.frame[DATA_HEADER_LEN..])),
+                        (true, Some(h)) => st.chain.link(&h),
+                        // Encrypted on the fast path: the tag protects the piece, and
+                        // the chain field is zero.
+                        (true, None) => [0; 32],
+                    };
                     let mut frame = r.frame;
                     wire::write_header(&mut frame, st.next_emit, &chain);
                     self.transmit
@@ -1202,7 +1292,11 @@ impl Sender {
                             if st.next_job == 0 {
                                 st.file_nonce = Some(n.next());
                             }
-                            Some((c.clone(), n.next()))
+                            let nonce = n.next();
+                            Some(match (&self.fast_cipher, st.fast) {
+                                (Some(f), true) => JobSeal::Fast(f.clone(), n.taken()),
+                                _ => JobSeal::V1(c.clone(), nonce),
+                            })
                         }
                         _ => None,
                     };
@@ -1211,6 +1305,7 @@ impl Sender {
                         seq: st.next_job,
                         data,
                         compress,
+                        hash: st.fast && seal.is_none(),
                         seal,
                     });
                     st.next_job += 1;

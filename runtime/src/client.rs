@@ -211,6 +211,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         skip_errors: opts.skip_errors,
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         reconnect,
+        fast: cfg.fast_data,
         ..SenderConfig::default()
     };
     let sender =
@@ -396,6 +397,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         consent: inbox.gate.is_some(),
         keep_existing: cfg.keep_existing,
         reconnect,
+        fast: cfg.fast_data,
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, secrets);

@@ -62,6 +62,11 @@ pub struct ClientConfig {
     /// (5 attempts, 1 s doubling up to 30 s, by default; `max_retries` 0 turns it off).
     /// The transfer resumes from what the receiver holds.
     pub reconnect: RetryPolicy,
+    /// With a peer of this project, move file data on the fast data path (extension
+    /// `fast`: BLAKE3 chain, AES-256-GCM with 96-bit nonces; docs/PROTOCOL.md). On by
+    /// default; a p2p-copy 0.1.x peer never sees it. `false` keeps every file on v1's
+    /// SHA-256 chain and nonces.
+    pub fast_data: bool,
 }
 
 /// A limit on the bytes of file data a second, shared by every connection that holds a
@@ -218,6 +223,7 @@ impl ClientConfig {
             consent: None,
             keep_existing: false,
             reconnect: RetryPolicy::default(),
+            fast_data: true,
         }
     }
 }
