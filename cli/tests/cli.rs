@@ -300,7 +300,8 @@ fn resume_big_transfer(url: &str, code: &str, s: &Scene, send_extra: &[&str]) {
     assert!(!s.out.join("big.bin").exists());
 
     let receiver = spawn(&["receive", url, code, "--out", arg(&s.out), "--verbose"]);
-    let mut send_args = vec!["send", url, code, arg(&s.src.join("big.bin")), "--resume"];
+    let big = s.src.join("big.bin");
+    let mut send_args = vec!["send", url, code, arg(&big), "--resume"];
     send_args.extend_from_slice(send_extra);
     let sender = run(&send_args);
     let receiver = receiver.wait(LIMIT);
