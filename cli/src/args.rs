@@ -247,6 +247,11 @@ pub struct ClientArgs {
     /// than fall back to the relay.
     #[arg(long)]
     pub direct_only: bool,
+    /// Move file data as p2p-copy 0.1.x does (SHA-256 chain, AES-256-GCM with 32-byte
+    /// nonces), also with a peer of this project, instead of the fast data path (BLAKE3,
+    /// AES-256-GCM with 96-bit nonces). Either side can ask for it.
+    #[arg(long)]
+    pub v1_data_path: bool,
     /// A STUN server (HOST:PORT) to learn this side's public address from, besides the
     /// relay's own; repeat for more.
     #[arg(long, value_name = "HOST:PORT")]
@@ -414,6 +419,7 @@ impl ClientArgs {
             _ => DirectMode::Auto,
         };
         cfg.direct.stun = self.stun.clone();
+        cfg.fast_data = !self.v1_data_path;
         cfg.proxy = self.proxy_for(&cfg.server);
         cfg.direct.timeout = self.direct_timeout;
         cfg.reconnect.max_retries = self.max_retries;

@@ -291,7 +291,7 @@ fn start_big_transfer(url: &str, code: &str, s: &Scene) -> (ChildGuard, ChildGua
 }
 
 /// Resume the transfer and check the result is byte-identical and really resumed.
-fn resume_big_transfer(url: &str, code: &str, s: &Scene) {
+fn resume_big_transfer(url: &str, code: &str, s: &Scene, send_extra: &[&str]) {
     let partial = partial_path(&s.out, "big.bin");
     let kept = fs::metadata(&partial)
         .unwrap_or_else(|e| panic!("partial file kept: {e}"))
@@ -300,7 +300,10 @@ fn resume_big_transfer(url: &str, code: &str, s: &Scene) {
     assert!(!s.out.join("big.bin").exists());
 
     let receiver = spawn(&["receive", url, code, "--out", arg(&s.out), "--verbose"]);
-    let sender = run(&["send", url, code, arg(&s.src.join("big.bin")), "--resume"]);
+    let big = s.src.join("big.bin");
+    let mut send_args = vec!["send", url, code, arg(&big), "--resume"];
+    send_args.extend_from_slice(send_extra);
+    let sender = run(&send_args);
     let receiver = receiver.wait(LIMIT);
     assert_eq!(sender.code(), 0, "{sender:?}");
     assert_eq!(receiver.code(), 0, "{receiver:?}");
@@ -324,7 +327,48 @@ fn killed_sender_then_resume_is_byte_identical() {
         0,
         "the receiver fails when the sender vanishes"
     );
-    resume_big_transfer(&url, "cli-kill", &s);
+    resume_big_transfer(&url, "cli-kill", &s, &[]);
+}
+
+/// A partial file written on the fast data path is completed on v1's
+/// (`--v1-data-path`): partial files do not depend on the path that wrote them.
+#[test]
+fn a_partial_file_from_the_fast_path_resumes_on_the_v1_data_path() {
+    let (_relay, url) = plain_relay();
+    let s = Scene::new();
+    let (mut sender, receiver) = start_big_transfer(&url, "cli-fast-v1", &s);
+    sender.kill();
+    let receiver = receiver.wait(LIMIT);
+    assert_ne!(receiver.code(), 0, "{receiver:?}");
+    resume_big_transfer(&url, "cli-fast-v1", &s, &["--v1-data-path"]);
+}
+
+/// `--v1-data-path` on either side keeps the transfer on v1's chain and cipher, and the
+/// bytes are the same, plain and encrypted.
+#[test]
+fn v1_data_path_on_either_side_gives_the_same_bytes() {
+    let (_relay, url) = plain_relay();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--v1-data-path"], &[]),
+        (&[], &["--v1-data-path"]),
+        (&["--encrypt", "--v1-data-path"], &["--encrypt"]),
+        (
+            &["--encrypt", "--compress", "on"],
+            &["--encrypt", "--v1-data-path"],
+        ),
+    ];
+    for (i, (send_extra, recv_extra)) in cases.iter().enumerate() {
+        let s = Scene::new();
+        write_tree(&s.src, &standard_tree()[..6]);
+        transfer(
+            &url,
+            &format!("cli-v1-path-{i}"),
+            &s,
+            send_extra,
+            recv_extra,
+        );
+        assert_same_tree(&s.src, &s.out.join("src"));
+    }
 }
 
 #[test]
@@ -346,7 +390,7 @@ fn ctrl_c_on_the_receiver_exits_130_and_keeps_the_partial_file() {
         0,
         "the sender fails when the receiver vanishes"
     );
-    resume_big_transfer(&url, "cli-int", &s);
+    resume_big_transfer(&url, "cli-int", &s, &[]);
 }
 
 #[test]

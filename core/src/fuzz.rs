@@ -587,6 +587,17 @@ pub fn stream(data: &[u8]) -> StreamRun {
     StreamRun { ok, tampered }
 }
 
+/// The resume chain of a local copy with the given hash (BLAKE3 once the fast data path
+/// is agreed).
+fn chain_of_kind(
+    kind: crate::chain::ChainKind,
+    file: usize,
+    len: u64,
+    compressible: bool,
+) -> Option<[u8; 32]> {
+    crate::chain::resume_chain_of(kind, &content(file, 0, len as usize, compressible))
+}
+
 mod script {
     /// A reader of fuzz input. Every read succeeds: once the input is used up it yields
     /// zeros, so any byte string is a complete script.
@@ -718,9 +729,9 @@ mod receiver_body {
     use bytes::Bytes;
 
     use super::script::Script;
-    use super::{chain_of, content, ReceiverRun, CHUNK, CODE_HASH, KEY};
-    use crate::chain::Chain;
-    use crate::crypto::{Cipher, NonceChain, Secrets};
+    use super::{chain_of_kind, content, ReceiverRun, CHUNK, CODE_HASH, KEY};
+    use crate::chain::{Chain, ChainKind};
+    use crate::crypto::{Cipher, FastCipher, NonceChain, Secrets};
     use crate::path::SafePath;
     use crate::receiver::{
         IoCompletion, IoRequest, Job, JobResult, LocalCopy, Receiver, ReceiverConfig,
@@ -842,6 +853,8 @@ mod receiver_body {
         size: u64,
         append_from: u64,
         zstd: bool,
+        /// The header announced the fast data path.
+        fast: bool,
         next_seq: u64,
         chain: Chain,
         last_frame: Option<Bytes>,
@@ -854,8 +867,13 @@ mod receiver_body {
                 size: h.size,
                 append_from: h.append_from,
                 zstd: h.compression == Compression::Zstd,
+                fast: h.fast,
                 next_seq: 0,
-                chain: Chain::new(),
+                chain: Chain::of(if h.fast {
+                    ChainKind::Blake3
+                } else {
+                    ChainKind::Sha256
+                }),
                 last_frame: None,
             }
         }
@@ -895,6 +913,12 @@ mod receiver_body {
         meta_asked: bool,
         /// The encrypted session's nonce seed, which seals metadata parts.
         seed: Option<[u8; 32]>,
+        /// The receiver accepts the fast data path; the first manifest offered it; the
+        /// receiver said it accepts it; its cipher, once the seed is known.
+        fast_config: bool,
+        fast_offered: bool,
+        fast_on: bool,
+        fast_cipher: Option<FastCipher>,
         accepted_seen: bool,
         report_seen: bool,
         failed_events: usize,
@@ -908,6 +932,7 @@ mod receiver_body {
         let flags = s.byte();
         let encrypted = flags & 1 != 0;
         let window = 1 + usize::from(flags >> 1 & 3);
+        let fast = flags & 16 != 0;
         let cipher = encrypted.then(|| Cipher::new(&KEY));
         let secrets = Secrets {
             code_hash: CODE_HASH,
@@ -924,6 +949,7 @@ mod receiver_body {
             reconnect: None,
             metadata: flags & 8 != 0,
             single_file: false,
+            fast,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),
@@ -951,6 +977,10 @@ mod receiver_body {
             meta_offered: false,
             meta_asked: false,
             seed: None,
+            fast_config: fast,
+            fast_offered: false,
+            fast_on: false,
+            fast_cipher: None,
             accepted_seen: false,
             report_seen: false,
             failed_events: 0,
@@ -1084,6 +1114,7 @@ mod receiver_body {
                 ) => {
                     self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
                     self.meta_offered = extensions.iter().any(|e| e == wire::EXT_METADATA);
+                    self.fast_offered = extensions.iter().any(|e| e == wire::EXT_FAST);
                     self.offered = Some(entries);
                 }
                 (
@@ -1107,7 +1138,11 @@ mod receiver_body {
                         self.confirm = extensions.iter().any(|e| e == wire::EXT_CONFIRM);
                         self.meta_offered = extensions.iter().any(|e| e == wire::EXT_METADATA);
                         self.seed = <[u8; 32]>::try_from(seed.as_slice()).ok();
+                        self.fast_offered = extensions.iter().any(|e| e == wire::EXT_FAST);
                         self.offered = Some(entries);
+                        if let Ok(seed) = <[u8; 32]>::try_from(seed.as_slice()) {
+                            self.fast_cipher = Some(cipher.fast(&seed));
+                        }
                         if resume {
                             // The answer takes the next nonce before anything else is read.
                             self.answer_nonce = Some(nonces.next());
@@ -1160,6 +1195,12 @@ mod receiver_body {
             let extensions = match flags >> 1 & 3 {
                 1 => vec![wire::EXT_CONFIRM.to_owned()],
                 2 => vec!["unknown-extension".to_owned()],
+                3 if flags & 8 != 0 => vec![
+                    wire::EXT_CONFIRM.to_owned(),
+                    wire::EXT_METADATA.to_owned(),
+                    wire::EXT_FAST.to_owned(),
+                ],
+                3 => vec![wire::EXT_CONFIRM.to_owned(), wire::EXT_FAST.to_owned()],
                 _ if flags & 8 != 0 => {
                     vec![wire::EXT_CONFIRM.to_owned(), wire::EXT_METADATA.to_owned()]
                 }
@@ -1215,10 +1256,16 @@ mod receiver_body {
                 2 => size(s),
                 _ => declared.wrapping_add(1),
             };
-            let compression = if s.byte() & 1 == 0 {
+            let kind = s.byte();
+            let compression = if kind & 1 == 0 {
                 Compression::None
             } else {
                 Compression::Zstd
+            };
+            // Mostly the path both sides agreed on; sometimes the fast path unasked.
+            let fast = match kind >> 1 & 3 {
+                3 => !self.fast_on,
+                _ => self.fast_on,
             };
             let found = file.and_then(|i| self.tracks.get(i)).and_then(|t| t.found);
             let append_from = match s.below(6) {
@@ -1232,6 +1279,7 @@ mod receiver_body {
                 size,
                 compression,
                 append_from,
+                fast,
             });
             let wrap = s.below(5);
             let text = match &self.cipher {
@@ -1267,6 +1315,7 @@ mod receiver_body {
                         size: 0,
                         compression: Compression::None,
                         append_from: 0,
+                        fast: false,
                     },
                 )
             });
@@ -1295,9 +1344,20 @@ mod receiver_body {
             } else {
                 raw.clone()
             };
-            let chain = st.chain.next(&piece);
-            let mut payload = match (&self.cipher, self.nonces.as_mut()) {
-                (Some(c), Some(n)) => c.seal(&n.next(), &piece),
+            let encrypted_fast = st.fast && self.cipher.is_some();
+            let chain = if encrypted_fast {
+                [0; 32]
+            } else {
+                st.chain.next(&piece)
+            };
+            let mut payload = match (&self.cipher, self.nonces.as_mut(), &self.fast_cipher) {
+                (Some(_), Some(n), Some(f)) if st.fast => {
+                    n.next();
+                    let mut buf = piece;
+                    f.seal_in_place(n.taken(), &mut buf, 0);
+                    buf
+                }
+                (Some(c), Some(n), _) => c.seal(&n.next(), &piece),
                 _ => piece,
             };
             if tweak == 7 {
@@ -1857,7 +1917,11 @@ mod receiver_body {
                     if self.keep_meta && self.meta_offered {
                         expected.push(wire::EXT_METADATA.to_owned());
                     }
+                    if self.fast_config && self.fast_offered {
+                        expected.push(wire::EXT_FAST.to_owned());
+                    }
                     assert_eq!(accept, &expected);
+                    self.fast_on = self.fast_config && self.fast_offered;
                     self.accepted_seen = true;
                     return;
                 }
@@ -1893,6 +1957,11 @@ mod receiver_body {
                 .manifest
                 .as_ref()
                 .expect("an answer follows a manifest");
+            let kind = if self.fast_on {
+                ChainKind::Blake3
+            } else {
+                ChainKind::Sha256
+            };
             let expected: Vec<ResumeEntry> = self
                 .tracks
                 .iter()
@@ -1902,7 +1971,7 @@ mod receiver_body {
                     Some(ResumeEntry {
                         path: manifest[i].path.clone(),
                         size: found.size,
-                        chain_hex: wire::hex(&chain_of(i, found.size, false)?),
+                        chain_hex: wire::hex(&chain_of_kind(kind, i, found.size, false)?),
                     })
                 })
                 .collect();

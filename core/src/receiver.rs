@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::chain::Chain;
+use crate::chain::{Chain, ChainKind};
 use crate::consent::Offer;
-use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::crypto::{Cipher, FastCipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
@@ -60,6 +60,9 @@ pub struct ReceiverConfig {
     /// fails the session with [`Error::Unsupported`] before anything is written or
     /// answered. Off by default.
     pub single_file: bool,
+    /// Accept the fast data path ([`EXT_FAST`](crate::wire::EXT_FAST)) when the sender
+    /// offers it (with `confirm`). Off by default.
+    pub fast: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -74,6 +77,7 @@ impl Default for ReceiverConfig {
             reconnect: None,
             metadata: false,
             single_file: false,
+            fast: false,
         }
     }
 }
@@ -270,9 +274,21 @@ pub struct Job {
     /// The chain value the previous piece's message claimed (`None` for the first).
     prev: Option<[u8; 32]>,
     payload: Bytes,
-    open: Option<(Cipher, [u8; 32])>,
+    open: Option<JobOpen>,
+    /// The chain the piece extends: v1's SHA-256 or the fast path's BLAKE3 (`None` on
+    /// the encrypted fast path, which carries no chain).
+    hash: Option<ChainKind>,
     decompress: bool,
     expect_len: usize,
+}
+
+/// How a job decrypts its piece.
+#[derive(Clone)]
+enum JobOpen {
+    /// v1: AES-256-GCM with the 32-byte nonce from the nonce chain.
+    V1(Cipher, [u8; 32]),
+    /// The fast data path: its own key, the nonce's number in the session's order.
+    Fast(FastCipher, u64),
 }
 
 impl std::fmt::Debug for Job {
@@ -282,6 +298,7 @@ impl std::fmt::Debug for Job {
             .field("len", &self.payload.len())
             .field("decrypt", &self.open.is_some())
             .field("decompress", &self.decompress)
+            .field("hash", &self.hash)
             .finish()
     }
 }
@@ -293,8 +310,9 @@ pub struct JobResult {
     seq: u64,
     /// What the piece's message claimed; the job's own value is in `outcome`.
     chain: [u8; 32],
-    /// The piece's bytes for the file and the chain value the job computed.
-    outcome: Result<(Bytes, [u8; 32]), String>,
+    /// The piece's bytes for the file and the chain value the job computed (`None` on
+    /// the encrypted fast path, which has no chain).
+    outcome: Result<(Bytes, Option<[u8; 32]>), String>,
 }
 
 /// Largest plain piece whose job runs inline: hashing a few KiB costs less than a trip
@@ -319,17 +337,22 @@ impl Job {
         }
     }
 
-    fn work(&self) -> Result<(Bytes, [u8; 32]), String> {
-        let plain = match &self.open {
-            Some((cipher, nonce)) => match cipher.open(nonce, &self.payload) {
-                Some(p) => Bytes::from(p),
-                None => {
-                    return Err("data does not decrypt (tampered, reordered or wrong key)".into())
-                }
-            },
+    fn work(&self) -> Result<(Bytes, Option<[u8; 32]>), String> {
+        let opened = match &self.open {
+            Some(JobOpen::V1(cipher, nonce)) => Some(cipher.open(nonce, &self.payload)),
+            Some(JobOpen::Fast(cipher, index)) => Some(cipher.open(*index, &self.payload)),
+            None => None,
+        };
+        let plain = match opened {
+            Some(Some(p)) => Bytes::from(p),
+            Some(None) => {
+                return Err("data does not decrypt (tampered, reordered or wrong key)".into())
+            }
             None => self.payload.clone(),
         };
-        let chain = Chain::after(self.prev).next(&plain);
+        let chain = self
+            .hash
+            .map(|kind| Chain::at(kind, self.prev).next(&plain));
         if !self.decompress {
             return Ok((plain, chain));
         }
@@ -453,6 +476,8 @@ struct Incoming {
     /// The chain value the last data message claimed: the next piece's job hashes onto
     /// it (`None` before the first).
     claimed: Option<[u8; 32]>,
+    /// The file moves on the fast data path.
+    fast: bool,
     done_bytes: u64,
     eof_seen: bool,
     /// A stream of unknown length: every piece but the last holds [`CHUNK_SIZE`] bytes,
@@ -539,6 +564,10 @@ pub struct Receiver {
     /// Kinds of entries (streams, texts) whose extensions the sender offered and this
     /// side accepted.
     kinds_accepted: Vec<EntryKind>,
+    /// This side accepted the fast data path.
+    fast_on: bool,
+    /// The fast data path's cipher, when encrypting (once the nonce seed is known).
+    fast_cipher: Option<FastCipher>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -640,6 +669,8 @@ impl Receiver {
             closed_after_eof: None,
             parts_agreed: false,
             kinds_accepted: Vec::new(),
+            fast_on: false,
+            fast_cipher: None,
         };
         r.transmit.push_back(
             Control::Hello {
@@ -1318,6 +1349,14 @@ impl Receiver {
                 self.parts_agreed = true;
                 accept.push(wire::EXT_PARTS.to_owned());
             }
+            if self.config.fast && offered(wire::EXT_FAST) {
+                self.fast_on = true;
+                self.fast_cipher = match (&self.cipher, &self.seed) {
+                    (Some(c), Some(seed)) => Some(c.fast(seed)),
+                    _ => None,
+                };
+                accept.push(wire::EXT_FAST.to_owned());
+            }
             self.transmit
                 .push_back(Control::Extensions { accept }.into());
             if let Some(proof) = reconnect_proof {
@@ -1538,7 +1577,11 @@ impl Receiver {
                 rs.hashing = Some(Hashing {
                     file: i,
                     reads: ReadPipe::new(0, size),
-                    chain: Chain::new(),
+                    chain: Chain::of(if self.fast_on {
+                        ChainKind::Blake3
+                    } else {
+                        ChainKind::Sha256
+                    }),
                 });
             }
             let Some(h) = rs.hashing.as_mut() else {
@@ -1630,6 +1673,12 @@ impl Receiver {
                 format!("size {} differs from the manifest's {}", h.size, e.size),
             ));
         }
+        if h.fast && !self.fast_on {
+            return Err(Error::peer_in(
+                &h.path,
+                "the sender announced the fast data path, which this side did not accept",
+            ));
+        }
         if h.append_from > h.size {
             return Err(Error::peer_in(
                 &h.path,
@@ -1686,6 +1735,7 @@ impl Receiver {
             results: BTreeMap::new(),
             next_verify: 0,
             claimed: None,
+            fast: h.fast,
             done_bytes: h.append_from,
             eof_seen: false,
             stream,
@@ -1727,7 +1777,13 @@ impl Receiver {
             }
         };
         let open = match (&self.cipher, &mut self.nonces) {
-            (Some(c), Some(n)) => Some((c.clone(), n.next())),
+            (Some(c), Some(n)) => {
+                let nonce = n.next();
+                Some(match (&self.fast_cipher, cur.fast) {
+                    (Some(f), true) => JobOpen::Fast(f.clone(), n.taken()),
+                    _ => JobOpen::V1(c.clone(), nonce),
+                })
+            }
             _ => None,
         };
         cur.next_seq += 1;
@@ -1739,6 +1795,11 @@ impl Receiver {
             chain: d.chain,
             prev,
             payload: d.payload,
+            hash: match (cur.fast, open.is_some()) {
+                (false, _) => Some(ChainKind::Sha256),
+                (true, false) => Some(ChainKind::Blake3),
+                (true, true) => None,
+            },
             open,
             decompress: cur.compression == Compression::Zstd,
             expect_len,
@@ -1776,8 +1837,9 @@ impl Receiver {
                 .outcome
                 .map_err(|why| Error::integrity_in(e.path.as_str(), why))?;
             // In order: the previous piece's claim, which this piece was hashed onto,
-            // has been checked already.
-            if computed != r.chain {
+            // has been checked already. Encrypted on the fast path the tag checked the
+            // piece, and the chain field must be zero.
+            if computed.unwrap_or([0; 32]) != r.chain {
                 return Err(Error::integrity_in(
                     e.path.as_str(),
                     format!("chain mismatch at piece {}", r.seq),

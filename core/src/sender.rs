@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::chain::Chain;
-use crate::crypto::{Cipher, NonceChain, Secrets};
+use crate::chain::{Chain, ChainKind};
+use crate::crypto::{Cipher, FastCipher, NonceChain, Secrets};
 use crate::delivery::{open_report, report_message};
 use crate::direct::DirectAnswer;
 use crate::event::Event;
@@ -82,6 +82,15 @@ pub struct SenderConfig {
     /// one message ([`EXT_PARTS`](crate::wire::EXT_PARTS)) before deciding it cannot
     /// (p2p-copy 0.1.x never answers).
     pub parts_timeout: Duration,
+    /// Offer the fast data path ([`EXT_FAST`](crate::wire::EXT_FAST)) in the manifest,
+    /// together with `confirm`. The first file then waits up to
+    /// [`fast_wait`](Self::fast_wait) for the receiver's answer (a p2p-copy 0.1.x
+    /// receiver never answers), and every file started after an acceptance moves on the
+    /// fast path. Off by default.
+    pub fast: bool,
+    /// How long file data waits for the receiver's answer to the offer of the fast data
+    /// path.
+    pub fast_wait: Duration,
 }
 
 impl Default for SenderConfig {
@@ -100,6 +109,8 @@ impl Default for SenderConfig {
             reconnect: None,
             metadata: None,
             parts_timeout: Duration::from_secs(10),
+            fast: false,
+            fast_wait: Duration::from_millis(500),
         }
     }
 }
@@ -172,8 +183,17 @@ enum JobCompress {
     Decide,
 }
 
-/// Per-piece CPU work (compress, encrypt) handed out by [`Sender::poll_job`]. Run it
-/// anywhere with [`Job::run`], on any thread, and feed the result back with
+/// How a job encrypts its piece.
+#[derive(Clone)]
+enum JobSeal {
+    /// v1: AES-256-GCM with the 32-byte nonce from the nonce chain.
+    V1(Cipher, [u8; 32]),
+    /// The fast data path: its own key, the nonce's number in the session's order.
+    Fast(FastCipher, u64),
+}
+
+/// Per-piece CPU work (compress, hash, encrypt) handed out by [`Sender::poll_job`]. Run
+/// it anywhere with [`Job::run`], on any thread, and feed the result back with
 /// [`Sender::handle_job`] in any order.
 #[derive(Clone)]
 pub struct Job {
@@ -181,7 +201,9 @@ pub struct Job {
     seq: u64,
     data: PieceBuf,
     compress: JobCompress,
-    seal: Option<(Cipher, [u8; 32])>,
+    seal: Option<JobSeal>,
+    /// Compute the piece's BLAKE3 hash (the fast data path without encryption).
+    hash: bool,
 }
 
 impl std::fmt::Debug for Job {
@@ -191,6 +213,7 @@ impl std::fmt::Debug for Job {
             .field("len", &self.data.len())
             .field("compress", &self.compress)
             .field("encrypt", &self.seal.is_some())
+            .field("hash", &self.hash)
             .finish()
     }
 }
@@ -208,13 +231,15 @@ pub struct JobResult {
     compressed: bool,
     /// The piece's length as read, before compression.
     raw: u64,
+    /// The fast chain's h(k) of the payload, when the job hashed it.
+    piece_hash: Option<[u8; 32]>,
 }
 
 impl Job {
     /// Whether the job is cheap enough to run inline on an event loop (no compression,
-    /// no encryption: only a copy).
+    /// no hashing, no encryption: only a copy).
     pub fn is_light(&self) -> bool {
-        self.compress == JobCompress::No && self.seal.is_none()
+        self.compress == JobCompress::No && self.seal.is_none() && !self.hash
     }
 
     /// Do the work.
@@ -232,9 +257,18 @@ impl Job {
                 }
             }
         };
+        let piece_hash = self
+            .hash
+            .then(|| crate::chain::piece_hash(&frame[DATA_HEADER_LEN..]));
         let (frame, plain) = match &self.seal {
             None => (frame, None),
-            Some((cipher, nonce)) => {
+            Some(JobSeal::Fast(cipher, index)) => {
+                // Nothing hashes the plain payload: the tag protects it.
+                let mut frame = frame;
+                cipher.seal_in_place(*index, &mut frame, DATA_HEADER_LEN);
+                (frame, None)
+            }
+            Some(JobSeal::V1(cipher, nonce)) => {
                 let plain = Bytes::from(frame).slice(DATA_HEADER_LEN..);
                 let mut sealed = Vec::with_capacity(DATA_HEADER_LEN + plain.len() + wire::TAG_LEN);
                 sealed.resize(DATA_HEADER_LEN, 0);
@@ -250,6 +284,7 @@ impl Job {
             frame,
             compressed,
             raw,
+            piece_hash,
         }
     }
 }
@@ -288,6 +323,8 @@ enum Phase {
 
 #[derive(Debug)]
 struct Streaming {
+    /// The file moves on the fast data path.
+    fast: bool,
     append_from: u64,
     pieces: u64,
     compression: Option<Compression>,
@@ -386,6 +423,13 @@ pub struct Sender {
     /// The paths sent, to check the names in the receiver's report; built when the
     /// report names a file.
     listed: Option<HashSet<String>>,
+    /// The fast data path's cipher, when encrypting.
+    fast_cipher: Option<FastCipher>,
+    /// The receiver accepted the fast data path: files started from now on use it.
+    fast_on: bool,
+    /// Until when file data waits for the receiver's answer to the offer of the fast data
+    /// path; `None` once answered (or when not offered).
+    fast_wait_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for Sender {
@@ -487,6 +531,9 @@ impl Sender {
             report_parts: None,
             missing: 0,
             listed: None,
+            fast_cipher: secrets.cipher.as_ref().map(|c| c.fast(&nonce_seed)),
+            fast_on: false,
+            fast_wait_until: None,
         };
         s.transmit.push_back(
             Control::Hello {
@@ -556,12 +603,16 @@ impl Sender {
             // A person decides at the other end: no deadline applies meanwhile.
             return None;
         }
-        match self.phase {
+        let phase = match self.phase {
             Phase::AwaitReady { deadline }
             | Phase::AwaitParts { deadline }
             | Phase::AwaitAnswer { deadline }
             | Phase::AwaitReport { deadline } => Some(deadline),
             _ => None,
+        };
+        match (phase, self.fast_wait_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -660,6 +711,13 @@ impl Sender {
     /// [`Error::Timeout`] when no receiver paired in time or the resume answer is late.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         self.check()?;
+        if self.fast_wait_until.is_some_and(|t| now >= t) {
+            // No answer in time (a p2p-copy 0.1.x receiver never answers): v1 it is, for
+            // the files started before an answer comes.
+            self.fast_wait_until = None;
+            self.last_now = now;
+            self.pump();
+        }
         let r = match self.phase {
             Phase::AwaitReady { deadline } if now >= deadline => Err(Error::Timeout(format!(
                 "no receiver joined within {} s: check that both sides use the same code, the same --encrypt setting and the same relay (--ttl waits longer)",
@@ -818,6 +876,15 @@ impl Sender {
         })
     }
 
+    /// The chain of files started now: BLAKE3 once the fast data path is agreed.
+    fn chain_kind(&self) -> ChainKind {
+        if self.fast_on {
+            ChainKind::Blake3
+        } else {
+            ChainKind::Sha256
+        }
+    }
+
     /// The cipher and nonce seed that seal reports, when encrypting.
     fn sealing(&self) -> Option<(&Cipher, &[u8; 32])> {
         self.cipher.as_ref().map(|c| (c, &self.nonce_seed))
@@ -854,6 +921,11 @@ impl Sender {
                 if self.config.confirm && after_manifest && !self.accepted =>
             {
                 self.accepted = accept.iter().any(|e| e == wire::EXT_CONFIRM);
+                self.fast_on =
+                    self.accepted && self.config.fast && accept.iter().any(|e| e == wire::EXT_FAST);
+                if self.fast_wait_until.take().is_some() {
+                    self.pump();
+                }
                 if self.config.direct && self.config.confirm {
                     self.direct_agreed = accept.iter().any(|e| e == wire::EXT_DIRECT);
                     self.direct_answer = Some(self.direct_agreed);
@@ -1040,6 +1112,9 @@ impl Sender {
                 .iter()
                 .fold(0u64, |a, f| a.saturating_add(announced_size(f))),
         });
+        if self.config.confirm && self.config.fast {
+            self.fast_wait_until = Some(now + self.config.fast_wait);
+        }
         if self.parts_pending.is_empty() {
             self.after_manifest(now);
         } else {
@@ -1077,6 +1152,7 @@ impl Sender {
                     wire::EXT_METADATA,
                 ),
                 (confirm && offer_parts, wire::EXT_PARTS),
+                (confirm && self.config.fast, wire::EXT_FAST),
                 (self.needed.contains(&wire::EXT_STREAM), wire::EXT_STREAM),
                 (self.needed.contains(&wire::EXT_TEXT), wire::EXT_TEXT),
             ]
@@ -1160,6 +1236,9 @@ impl Sender {
 
     /// Entries of the resume answer (a part or its head).
     fn add_answers(&mut self, entries: Vec<ResumeEntry>) -> Result<(), Error> {
+        // A receiver of this project answers the offer of the fast data path before it
+        // answers this; one that did not is p2p-copy 0.1.x, which never will.
+        self.fast_wait_until = None;
         if matches!(self.config.reconnect, Some(SenderReconnect::Resume { .. }))
             && !self.reconnect_verified
         {
@@ -1311,6 +1390,9 @@ impl Sender {
                     }
                     return;
                 }
+                if self.fast_wait_until.is_some() {
+                    return;
+                }
                 self.start_file();
             }
             let progressed = self.step();
@@ -1335,7 +1417,7 @@ impl Sender {
                 reads: ReadPipe::new(0, want.0),
                 stage: Stage::Hashing {
                     want,
-                    chain: Chain::new(),
+                    chain: Chain::of(self.chain_kind()),
                 },
             },
             None => self.streaming(index, 0),
@@ -1364,6 +1446,7 @@ impl Sender {
             index,
             reads: ReadPipe::new(append_from, size),
             stage: Stage::Streaming(Box::new(Streaming {
+                fast: self.fast_on,
                 append_from,
                 pieces,
                 compression,
@@ -1372,7 +1455,7 @@ impl Sender {
                 jobs_out: 0,
                 results: BTreeMap::new(),
                 next_emit: 0,
-                chain: Chain::new(),
+                chain: Chain::of(self.chain_kind()),
                 sent: append_from,
                 stream,
             })),
@@ -1436,6 +1519,7 @@ impl Sender {
                             size: announced_size(f),
                             compression,
                             append_from: st.append_from,
+                            fast: st.fast,
                         });
                         let msg = match (&self.cipher, st.file_nonce) {
                             (Some(cipher), Some(nonce)) => Control::EncFile {
@@ -1453,9 +1537,15 @@ impl Sender {
                             compression,
                         });
                     }
-                    let chain = st
-                        .chain
-                        .next(r.plain.as_deref().unwrap_or(&r.frame[DATA_HEADER_LEN..]));
+                    let chain = match (st.fast, r.piece_hash) {
+                        (false, _) => st
+                            .chain
+                            .next(r.plain.as_deref().unwrap_or(&r.frame[DATA_HEADER_LEN..])),
+                        (true, Some(h)) => st.chain.link(&h),
+                        // Encrypted on the fast path: the tag protects the piece, and
+                        // the chain field is zero.
+                        (true, None) => [0; 32],
+                    };
                     let mut frame = r.frame;
                     wire::write_header(&mut frame, st.next_emit, &chain);
                     self.transmit
@@ -1536,7 +1626,11 @@ impl Sender {
                             if st.next_job == 0 {
                                 st.file_nonce = Some(n.next());
                             }
-                            Some((c.clone(), n.next()))
+                            let nonce = n.next();
+                            Some(match (&self.fast_cipher, st.fast) {
+                                (Some(f), true) => JobSeal::Fast(f.clone(), n.taken()),
+                                _ => JobSeal::V1(c.clone(), nonce),
+                            })
                         }
                         _ => None,
                     };
@@ -1545,6 +1639,7 @@ impl Sender {
                         seq: st.next_job,
                         data,
                         compress,
+                        hash: st.fast && seal.is_none(),
                         seal,
                     });
                     st.next_job += 1;

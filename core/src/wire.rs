@@ -158,6 +158,14 @@ pub struct FileHeader {
     /// Offset the data starts at; the receiver appends after this many bytes.
     #[serde(default)]
     pub append_from: u64,
+    /// Extension [`EXT_FAST`]: this file's pieces travel on the fast data path (`"fast":
+    /// true`); absent (false) in v1. Sent only once the receiver accepted the extension.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fast: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A v1 control message (a JSON object with a `type` key).
@@ -442,6 +450,13 @@ pub enum CandidateKind {
     /// Server-reflexive: the side's address as a STUN server saw it (its NAT's mapping).
     Srflx,
 }
+
+/// The extension by which two peers of this project move file data on the fast data
+/// path: the BLAKE3 chain ([`ChainKind::Blake3`](crate::chain::ChainKind::Blake3)) and,
+/// when encrypting, AES-256-GCM with 96-bit nonces under a key of the session's own
+/// ([`FastCipher`](crate::crypto::FastCipher)). Offered only with [`EXT_CONFIRM`]; used
+/// for each file whose header says `"fast":true`.
+pub const EXT_FAST: &str = "fast";
 
 /// The extension by which the receiver confirms delivery: it answers the offer with
 /// [`Control::Extensions`] and ends the session with a [`Control::Report`] of what it
@@ -773,6 +788,7 @@ mod tests {
             size: 3,
             compression: Compression::Zstd,
             append_from: 0,
+            fast: false,
         });
         assert_eq!(
             f.to_json(),
@@ -790,7 +806,8 @@ mod tests {
                 path: "p".into(),
                 size: 5,
                 compression: Compression::None,
-                append_from: 0
+                append_from: 0,
+                fast: false,
             })
         );
     }

@@ -323,6 +323,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         reconnect,
         metadata,
+        fast: cfg.fast_data,
         ..SenderConfig::default()
     };
     let sender =
@@ -571,6 +572,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         reconnect,
         metadata: cfg.metadata,
         single_file: cfg.to_stdout,
+        fast: cfg.fast_data,
         ..ReceiverConfig::default()
     };
     let receiver = Receiver::new(Instant::now(), config, secrets);

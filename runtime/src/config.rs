@@ -73,6 +73,11 @@ pub struct ClientConfig {
     /// already written cannot be taken back when a later piece fails its check: the
     /// transfer then fails (exit 5) after them. Off by default.
     pub to_stdout: bool,
+    /// With a peer of this project, move file data on the fast data path (extension
+    /// `fast`: BLAKE3 chain, AES-256-GCM with 96-bit nonces; docs/PROTOCOL.md). On by
+    /// default; a p2p-copy 0.1.x peer never sees it. `false` keeps every file on v1's
+    /// SHA-256 chain and nonces.
+    pub fast_data: bool,
 }
 
 /// A limit on the bytes of file data a second, shared by every connection that holds a
@@ -231,6 +236,7 @@ impl ClientConfig {
             reconnect: RetryPolicy::default(),
             metadata: false,
             to_stdout: false,
+            fast_data: true,
         }
     }
 }

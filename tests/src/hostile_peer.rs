@@ -321,6 +321,7 @@ pub fn file_header(path: &str, size: u64, compression: Compression, append_from:
         size,
         compression,
         append_from,
+        fast: false,
     })
 }
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use crate::chain::Chain;
+use crate::chain::{Chain, ChainKind};
 use crate::crypto::{Cipher, NonceChain};
 use crate::receiver::IoRequest;
 use crate::sender::{CompressMode, SenderConfig};
@@ -197,6 +197,8 @@ pub(crate) struct Script {
     nonces: Option<NonceChain>,
     chain: Chain,
     seq: u64,
+    /// Pieces go on the fast data path (see [`Script::fast`]).
+    fast: bool,
 }
 
 /// The nonce seed S every encrypted script announces.
@@ -209,6 +211,7 @@ impl Script {
             nonces: None,
             chain: Chain::new(),
             seq: 0,
+            fast: false,
         }
     }
 
@@ -218,7 +221,39 @@ impl Script {
             nonces: Some(NonceChain::new(&SCRIPT_SEED)),
             chain: Chain::new(),
             seq: 0,
+            fast: false,
         }
+    }
+
+    /// From the next file on, build pieces as the fast data path does (BLAKE3 chain;
+    /// when encrypting, the fast key and nonce number, and a zero chain field), or as v1
+    /// does. The file header is the test's to write (`"fast":true`).
+    pub(crate) fn fast(mut self, on: bool) -> Script {
+        self.fast = on;
+        self
+    }
+
+    /// A manifest offering the extensions `offer`.
+    pub(crate) fn manifest_offering(
+        &mut self,
+        entries: &[(&str, u64)],
+        offer: &[&str],
+    ) -> WireMessage {
+        let m = Control::Manifest {
+            resume: false,
+            extensions: offer.iter().map(|e| (*e).to_owned()).collect(),
+            reconnect: None,
+            entries: entries
+                .iter()
+                .map(|(p, s)| ManifestEntry {
+                    path: (*p).to_owned(),
+                    size: *s,
+                    kind: None,
+                })
+                .collect(),
+            parts: None,
+        };
+        self.manifest_json(&m.to_json())
     }
 
     /// The next nonce of the shared chain (for items the other side encrypts).
@@ -279,6 +314,7 @@ impl Script {
             size,
             compression,
             append_from,
+            fast: false,
         });
         self.file_json(&h.to_json())
     }
@@ -286,7 +322,11 @@ impl Script {
     /// A file header with any JSON inside (encrypted when the script is); starts a new
     /// chain.
     pub(crate) fn file_json(&mut self, json: &str) -> WireMessage {
-        self.chain = Chain::new();
+        self.chain = Chain::of(if self.fast {
+            ChainKind::Blake3
+        } else {
+            ChainKind::Sha256
+        });
         self.seq = 0;
         if self.cipher.is_none() {
             return WireMessage::Text(json.to_owned());
@@ -300,18 +340,30 @@ impl Script {
 
     /// The next data message carrying payload P (already compressed if the file is).
     pub(crate) fn piece(&mut self, payload: &[u8]) -> WireMessage {
-        let chain = self.chain.next(payload);
+        let chain = if self.fast && self.cipher.is_some() {
+            [0; 32]
+        } else {
+            self.chain.next(payload)
+        };
         let seq = self.seq;
         self.seq += 1;
         self.frame(seq, &chain, payload)
     }
 
-    /// A data message with any header; the payload is encrypted when the script is.
+    /// A data message with any header; the payload is encrypted when the script is (with
+    /// the fast key when the script is [`fast`](Self::fast)).
     pub(crate) fn frame(&mut self, seq: u64, chain: &[u8; 32], payload: &[u8]) -> WireMessage {
-        let body = if self.cipher.is_some() {
-            self.seal(payload)
-        } else {
-            payload.to_vec()
+        let body = match &self.cipher {
+            Some(c) if self.fast => {
+                let fast = c.fast(&SCRIPT_SEED);
+                let nonces = self.nonces.as_mut().expect("an encrypted script");
+                nonces.next();
+                let mut buf = payload.to_vec();
+                fast.seal_in_place(nonces.taken(), &mut buf, 0);
+                buf
+            }
+            Some(_) => self.seal(payload),
+            None => payload.to_vec(),
         };
         WireMessage::Binary(DataMessage::encode(seq, chain, &body))
     }

@@ -4,6 +4,7 @@
 mod consent;
 mod delivery;
 mod direct;
+mod fast;
 mod fixtures;
 mod metadata;
 mod order;

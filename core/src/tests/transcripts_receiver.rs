@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::fixtures::{
-    changes_a_file, cipher, committed, encrypted, eof, file_eof, plain, text, Script, MIB,
+    changes_a_file, cipher, committed, content, encrypted, eof, file_eof, plain, text, Content,
+    Script, MIB,
 };
 use crate::crypto::Cipher;
 use crate::receiver::{IoCompletion, IoRequest, ReceiverConfig};
@@ -1106,4 +1107,148 @@ fn a_completion_nobody_asked_for_is_misuse() {
     assert_eq!(r.as_ref().map_err(Error::kind), Err("misuse"));
     d.settle();
     assert_failed(&mut d, "misuse", "nobody asked for", Some(0));
+}
+
+// ---- the fast data path (extension `fast`) ----
+
+const FAST_OFFER: &[&str] = &[wire::EXT_CONFIRM, wire::EXT_FAST];
+
+/// A plain and an encrypted receiver that accept the fast data path (or not), each with
+/// the matching hand-written sender.
+fn fast_sessions(accept: bool) -> Vec<(ReceiverDriver, Script)> {
+    let config = ReceiverConfig {
+        fast: accept,
+        ..ReceiverConfig::default()
+    };
+    vec![
+        (
+            ReceiverDriver::new(config.clone(), &plain(), ReceiverDisk::default()),
+            Script::plain(),
+        ),
+        (
+            ReceiverDriver::new(config, &encrypted(), ReceiverDisk::default()),
+            Script::encrypted(cipher()),
+        ),
+    ]
+}
+
+/// A file header that announces the fast data path.
+fn fast_header(s: &mut Script, path: &str, size: u64) -> WireMessage {
+    let h = Control::File(wire::FileHeader {
+        path: path.to_owned(),
+        size,
+        compression: Compression::None,
+        append_from: 0,
+        fast: true,
+    });
+    s.file_json(&h.to_json())
+}
+
+fn accepted(d: &ReceiverDriver) -> Vec<String> {
+    d.sent
+        .iter()
+        .find_map(|m| match m {
+            WireMessage::Text(t) => match Control::parse(t) {
+                Ok(Control::Extensions { accept }) => Some(accept),
+                _ => None,
+            },
+            WireMessage::Binary(_) => None,
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn fast_and_v1_files_mix_in_one_session_and_arrive_whole() {
+    let data = content(Content::Random, MIB + 3, 5);
+    for (mut d, s) in fast_sessions(true) {
+        let mut s = s.fast(true);
+        let len = data.len() as u64;
+        d.feed(s.manifest_offering(&[("a", len), ("b", 3)], FAST_OFFER))
+            .unwrap();
+        assert_eq!(accepted(&d), vec!["confirm", "fast"]);
+        d.feed(fast_header(&mut s, "a", len)).unwrap();
+        d.feed(s.piece(&data[..MIB])).unwrap();
+        d.feed(s.piece(&data[MIB..])).unwrap();
+        d.feed(file_eof()).unwrap();
+        let mut s = s.fast(false);
+        d.feed_all(s.whole_file("b", b"xyz", Compression::None, 0))
+            .unwrap();
+        d.feed(eof()).unwrap();
+        d.settle();
+        assert_eq!(d.result(), Ok(()));
+        assert_eq!(d.fs.disk.complete["a"], data.to_vec());
+        assert_eq!(d.fs.disk.complete["b"], b"xyz");
+    }
+}
+
+#[test]
+fn a_receiver_that_does_not_accept_the_fast_path_refuses_a_fast_file() {
+    for (mut d, mut s) in fast_sessions(false) {
+        d.feed(s.manifest_offering(&[("a", 3)], FAST_OFFER))
+            .unwrap();
+        assert_eq!(accepted(&d), vec!["confirm"]);
+        let _ = d.feed(fast_header(&mut s, "a", 3));
+        assert_failed(&mut d, "peer", "did not accept", Some(0));
+        assert_eq!(writes_to(&d, 0), 0);
+    }
+}
+
+#[test]
+fn a_sender_that_claims_the_fast_path_and_sends_v1_pieces_is_refused() {
+    for (i, (mut d, mut s)) in fast_sessions(true).into_iter().enumerate() {
+        let encrypting = i == 1;
+        d.feed(s.manifest_offering(&[("a", 3)], FAST_OFFER))
+            .unwrap();
+        d.feed(fast_header(&mut s, "a", 3)).unwrap();
+        // The script is not fast: SHA-256 chain, v1 nonce and key.
+        let _ = d.feed(s.piece(b"abc"));
+        let why = if encrypting {
+            "does not decrypt"
+        } else {
+            "chain mismatch at piece 0"
+        };
+        assert_failed(&mut d, "integrity", why, Some(0));
+        assert_eq!(writes_to(&d, 0), 0);
+    }
+}
+
+#[test]
+fn a_fast_piece_with_a_wrong_chain_is_refused() {
+    for (mut d, s) in fast_sessions(true) {
+        let mut s = s.fast(true);
+        d.feed(s.manifest_offering(&[("a", 3)], FAST_OFFER))
+            .unwrap();
+        d.feed(fast_header(&mut s, "a", 3)).unwrap();
+        // Plain: a chain that is not BLAKE3's; encrypted: any chain but zero.
+        let _ = d.feed(s.frame(0, &[7; 32], b"abc"));
+        assert_failed(&mut d, "integrity", "chain mismatch at piece 0", Some(0));
+        assert_eq!(writes_to(&d, 0), 0);
+    }
+}
+
+#[test]
+fn a_fast_piece_with_a_flipped_bit_or_tag_is_refused() {
+    for at_end in [false, true] {
+        let mut d = ReceiverDriver::new(
+            ReceiverConfig {
+                fast: true,
+                ..ReceiverConfig::default()
+            },
+            &encrypted(),
+            ReceiverDisk::default(),
+        );
+        let mut s = Script::encrypted(cipher()).fast(true);
+        d.feed(s.manifest_offering(&[("a", 3)], FAST_OFFER))
+            .unwrap();
+        d.feed(fast_header(&mut s, "a", 3)).unwrap();
+        let WireMessage::Binary(frame) = s.piece(b"abc") else {
+            unreachable!("a piece is binary")
+        };
+        let mut bad = frame.to_vec();
+        let i = if at_end { bad.len() - 1 } else { 40 };
+        bad[i] ^= 1;
+        let _ = d.feed(WireMessage::Binary(Bytes::from(bad)));
+        assert_failed(&mut d, "integrity", "does not decrypt", Some(0));
+        assert_eq!(writes_to(&d, 0), 0);
+    }
 }
