@@ -83,7 +83,8 @@ pub struct SenderConfig {
     /// (p2p-copy 0.1.x never answers).
     pub parts_timeout: Duration,
     /// Offer the fast data path ([`EXT_FAST`](crate::wire::EXT_FAST)) in the manifest,
-    /// together with `confirm`. The first file then waits up to
+    /// together with `confirm`. A first file of at least
+    /// [`fast_wait_min`](Self::fast_wait_min) bytes then waits up to
     /// [`fast_wait`](Self::fast_wait) for the receiver's answer (a p2p-copy 0.1.x
     /// receiver never answers), and every file started after an acceptance moves on the
     /// fast path. Off by default.
@@ -91,6 +92,11 @@ pub struct SenderConfig {
     /// How long file data waits for the receiver's answer to the offer of the fast data
     /// path.
     pub fast_wait: Duration,
+    /// The size from which the first file waits for that answer (64 MiB by default). A
+    /// smaller first file starts at once on v1's data path: its slower hash costs less
+    /// than a round trip to the receiver (about 30 ms for 64 MiB), and a p2p-copy 0.1.x
+    /// receiver is not kept waiting for an answer that never comes.
+    pub fast_wait_min: u64,
 }
 
 impl Default for SenderConfig {
@@ -111,6 +117,7 @@ impl Default for SenderConfig {
             parts_timeout: Duration::from_secs(10),
             fast: false,
             fast_wait: Duration::from_millis(500),
+            fast_wait_min: 64 << 20,
         }
     }
 }
@@ -1112,7 +1119,11 @@ impl Sender {
                 .iter()
                 .fold(0u64, |a, f| a.saturating_add(announced_size(f))),
         });
-        if self.config.confirm && self.config.fast {
+        let first_is_large = self
+            .files
+            .first()
+            .is_some_and(|f| announced_size(f) >= self.config.fast_wait_min);
+        if self.config.confirm && self.config.fast && first_is_large {
             self.fast_wait_until = Some(now + self.config.fast_wait);
         }
         if self.parts_pending.is_empty() {

@@ -705,3 +705,55 @@ fn unsafe_or_repeated_paths_are_refused_at_creation() {
         );
     }
 }
+
+/// Whether the messages hold a file header.
+fn has_file_header(msgs: &[WireMessage]) -> bool {
+    msgs.iter()
+        .any(|m| matches!(m, WireMessage::Text(t) if t.starts_with(r#"{"type":"file""#)))
+}
+
+#[test]
+fn only_a_large_first_file_waits_for_the_answer_to_the_fast_offer() {
+    let config = SenderConfig {
+        confirm: true,
+        fast: true,
+        fast_wait_min: 1000,
+        ..SenderConfig::default()
+    };
+    // Below the size: the first file goes at once, on v1's path.
+    let mut r = Rig::new(config.clone(), &plain(), &[("small", bytes(999))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    let msgs = r.drain();
+    assert!(has_file_header(&msgs), "{msgs:?}");
+    assert!(!msgs
+        .iter()
+        .any(|m| matches!(m, WireMessage::Text(t) if t.contains(r#""fast":true"#))));
+
+    // From the size on, it waits for the answer up to fast_wait, then goes on v1's path
+    // (a p2p-copy 0.1.x receiver never answers).
+    let mut r = Rig::new(config.clone(), &plain(), &[("large", bytes(1000))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    assert!(!has_file_header(&r.drain()));
+    let wake = r.s.poll_timeout().expect("a deadline for the answer");
+    assert_eq!(wake, r.now + config.fast_wait);
+    r.s.handle_timeout(wake);
+    let msgs = r.drain();
+    assert!(has_file_header(&msgs), "{msgs:?}");
+    assert!(!msgs
+        .iter()
+        .any(|m| matches!(m, WireMessage::Text(t) if t.contains(r#""fast":true"#))));
+
+    // An acceptance in time puts it on the fast path at once.
+    let mut r = Rig::new(config, &plain(), &[("large", bytes(1000))]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    assert!(!has_file_header(&r.drain()));
+    r.feed(text(r#"{"type":"extensions","accept":["confirm","fast"]}"#))
+        .unwrap();
+    let msgs = r.drain();
+    assert!(msgs
+        .iter()
+        .any(|m| matches!(m, WireMessage::Text(t) if t.starts_with(r#"{"type":"file""#) && t.contains(r#""fast":true"#))));
+}
