@@ -68,6 +68,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    if matches!(&cli.command, Command::Send(_) | Command::Receive(_)) {
+        alloc::one_arena();
+    }
     if matches!(&cli.command, Command::Send(a) if a.json)
         || matches!(&cli.command, Command::Receive(a) if a.json)
     {
