@@ -360,6 +360,18 @@ impl Incoming {
 
     /// The request that applies what arrived: to each file of `in_place` (manifest
     /// index and path) that has metadata, then to every directory.
+    /// Drop the directories `why` refuses, noting each with its reason.
+    pub(crate) fn refuse_dirs(&mut self, why: impl Fn(&SafePath) -> Option<String>) {
+        let notes = &mut self.notes;
+        self.dirs.retain(|(path, _)| match why(path) {
+            Some(reason) => {
+                notes.push(path.as_str(), reason);
+                false
+            }
+            None => true,
+        });
+    }
+
     pub(crate) fn request<'a>(
         &mut self,
         in_place: impl Iterator<Item = (usize, &'a SafePath)>,
