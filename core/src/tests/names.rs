@@ -10,10 +10,11 @@ use super::fixtures::{content, Content, Mode, MIB};
 use crate::metadata::{Attrs, TreeMetadata};
 use crate::receiver::{IoRequest, ReceiverConfig};
 use crate::sender::{CompressMode, SenderConfig};
-use crate::sim::{self, Outcome, ReceiverDisk, SimSetup};
-use crate::Event;
+use crate::sim::{self, Direction, Outcome, ReceiverDisk, SimSetup};
+use crate::wire::WireMessage;
+use crate::{Error, Event};
 
-const REFUSED: [&str; 3] = ["bad:name.txt", "aux.log", "dir./x"];
+const REFUSED: [&str; 4] = ["bad:name.txt", "aux.log", "dir./x", "e/NUL"];
 
 fn files() -> Vec<(String, Bytes)> {
     vec![
@@ -26,6 +27,7 @@ fn files() -> Vec<(String, Bytes)> {
         ("dir./x".to_owned(), content(Content::Random, MIB + 1, 4)),
         ("con-notes.txt".to_owned(), content(Content::Random, 5, 5)),
         ("dir/after.bin".to_owned(), content(Content::Random, MIB, 6)),
+        ("e/NUL".to_owned(), Bytes::new()),
     ]
 }
 
@@ -74,6 +76,11 @@ fn expected_refusals() -> Vec<(String, String)> {
         (
             "dir./x".to_owned(),
             "name not allowed on the receiver: \"dir.\": Windows does not allow a name to end with a dot"
+                .to_owned(),
+        ),
+        (
+            "e/NUL".to_owned(),
+            "name not allowed on the receiver: \"NUL\": a name Windows reserves for a device"
                 .to_owned(),
         ),
     ];
@@ -146,6 +153,43 @@ fn refused_names_are_not_delivered_and_every_other_file_arrives() {
                 assert!(not_delivered(&out.sender_events).is_empty(), "{what}");
             }
         }
+    }
+}
+
+#[test]
+fn refused_names_are_dropped_on_the_fast_data_path_too() {
+    for encrypt in [false, true] {
+        let mut s = setup(encrypt, true, false);
+        s.sender_config.fast = true;
+        s.receiver_config.fast = true;
+        let out = sim::run(s);
+        assert_eq!(out.receiver_error, None, "encrypt={encrypt}");
+        assert_eq!(out.sender_error, None, "encrypt={encrypt}");
+        assert_only_legal_names_touched(&out, &ReceiverDisk::default());
+        assert_eq!(not_delivered(&out.sender_events), expected_refusals());
+    }
+}
+
+#[test]
+fn a_refused_files_data_is_still_checked() {
+    // Dropped, but not unchecked: a flipped bit in its piece fails the session as
+    // anywhere else, and nothing is written under its name.
+    for encrypt in [false, true] {
+        let mut s = setup(encrypt, true, false);
+        s.files = vec![("aux.log".to_owned(), content(Content::Random, 5000, 9))];
+        s.tamper = Some(Box::new(|dir, _, m| match (dir, m) {
+            (Direction::ToReceiver, WireMessage::Binary(b)) => {
+                let mut v = b.to_vec();
+                let last = v.len() - 1;
+                v[last] ^= 1;
+                vec![WireMessage::Binary(Bytes::from(v))]
+            }
+            (_, m) => vec![m],
+        }));
+        let out = sim::run(s);
+        let e = out.receiver_error.expect("the tampered piece is caught");
+        assert!(matches!(e, Error::Integrity { .. }), "{e:?}");
+        assert!(out.disk.complete.is_empty() && out.disk.partial.is_empty());
     }
 }
 
