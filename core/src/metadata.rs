@@ -358,8 +358,6 @@ impl Incoming {
         }
     }
 
-    /// The request that applies what arrived: to each file of `in_place` (manifest
-    /// index and path) that has metadata, then to every directory.
     /// Drop the directories `why` refuses, noting each with its reason.
     pub(crate) fn refuse_dirs(&mut self, why: impl Fn(&SafePath) -> Option<String>) {
         let notes = &mut self.notes;
@@ -372,6 +370,8 @@ impl Incoming {
         });
     }
 
+    /// The request that applies what arrived: to each file of `in_place` (manifest
+    /// index and path) that has metadata, then to every directory.
     pub(crate) fn request<'a>(
         &mut self,
         in_place: impl Iterator<Item = (usize, &'a SafePath)>,

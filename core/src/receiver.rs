@@ -1511,10 +1511,7 @@ impl Receiver {
             let named = self.config.windows_names
                 && !self.config.single_file
                 && e.kind != Some(EntryKind::Text);
-            let refused = named
-                .then(|| windows_name_error(&path))
-                .flatten()
-                .map(|why| format!("name not allowed on the receiver: {why}"));
+            let refused = named.then(|| refused_name(&path)).flatten();
             checked.push(Entry {
                 path,
                 refused,
@@ -2162,11 +2159,7 @@ impl Receiver {
                     return;
                 }
                 if self.config.windows_names {
-                    m.refuse_dirs(|d| {
-                        windows_name_error(d).map(|why| {
-                            format!("not created: name not allowed on the receiver: {why}")
-                        })
-                    });
+                    m.refuse_dirs(|d| refused_name(d).map(|why| format!("not created: {why}")));
                 }
                 // With --no-clobber, a file that was there before keeps what it has.
                 let keep = self.config.keep_existing;
@@ -2370,6 +2363,11 @@ impl Receiver {
             }
         }
     }
+}
+
+/// Why `path` is not stored with [`ReceiverConfig::windows_names`].
+fn refused_name(path: &SafePath) -> Option<String> {
+    windows_name_error(path).map(|why| format!("name not allowed on the receiver: {why}"))
 }
 
 /// The length a stream's piece `seq` may have, given the bytes verified before it: every
