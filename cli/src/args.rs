@@ -623,6 +623,14 @@ pub struct ReceiveArgs {
     /// delivered).
     #[arg(long, overrides_with = "overwrite")]
     pub no_clobber: bool,
+    /// Refuse names that Windows, exFAT or SMB cannot store, as a Windows receiver
+    /// does; use it when receiving onto such a drive. Each file named with
+    /// < > : " | ? *, a control character, a trailing dot or space, or a device name
+    /// (CON, PRN, AUX, NUL, COM1-9, LPT1-9, also as con.txt) is not delivered (exit 8),
+    /// nothing is created under its name, and every other file arrives. Always on when
+    /// receiving on Windows.
+    #[arg(long)]
+    pub windows_names: bool,
     /// No relay at all: --peer, --listen, --local-port, --ntp.
     #[command(flatten)]
     pub serverless: ServerlessArgs,

@@ -408,8 +408,9 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     config.pake = pake;
     config.pair_timeout = a.client.ttl(pake);
     config.keep_existing = a.no_clobber;
+    config.windows_names |= a.windows_names;
     let shown = Arc::new(OnceLock::from(progress.clone()));
-    config.consent = consent_asker(a.yes, a.no_clobber, shown);
+    config.consent = consent_asker(a.yes, a.no_clobber, config.windows_names, shown);
     config.to_stdout = a.stdout;
     let wrote = Arc::new(AtomicBool::new(false));
     let on_event = {
@@ -441,6 +442,7 @@ fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
 fn consent_asker(
     yes: bool,
     keep: bool,
+    windows_names: bool,
     progress: Arc<OnceLock<Progress>>,
 ) -> Option<backend::ConsentAsk> {
     if !consent::wanted(yes) {
@@ -448,8 +450,8 @@ fn consent_asker(
     }
     Some(backend::ConsentAsk(Arc::new(move |offer| {
         match progress.get() {
-            Some(p) => p.suspend(|| consent::ask(offer, keep)),
-            None => consent::ask(offer, keep),
+            Some(p) => p.suspend(|| consent::ask(offer, keep, windows_names)),
+            None => consent::ask(offer, keep, windows_names),
         }
     })))
 }

@@ -75,6 +75,7 @@ fn plan(
         limit_rate: client.rate_limit(),
         consent: None,
         keep_existing: false,
+        windows_names: cfg!(windows),
     };
     Ok(Plan { cfg, peer })
 }
@@ -195,7 +196,9 @@ pub fn receive(a: ReceiveArgs, out: OutputArgs) -> u8 {
     // The display starts once the tickets are exchanged; the question waits for it.
     let shown = std::sync::Arc::new(std::sync::OnceLock::new());
     plan.cfg.keep_existing = a.no_clobber;
-    plan.cfg.consent = crate::consent_asker(a.yes, a.no_clobber, shown.clone());
+    plan.cfg.windows_names |= a.windows_names;
+    plan.cfg.consent =
+        crate::consent_asker(a.yes, a.no_clobber, plan.cfg.windows_names, shown.clone());
     let (bound, peer) = match prepare(plan, out.quiet) {
         Ok(ok) => ok,
         Err(exit) => return exit,

@@ -950,6 +950,7 @@ mod receiver_body {
             metadata: flags & 8 != 0,
             single_file: false,
             fast,
+            windows_names: flags & 32 != 0,
         };
         let mut h = Harness {
             rx: Receiver::new(now, config, &secrets),

@@ -358,6 +358,18 @@ impl Incoming {
         }
     }
 
+    /// Drop the directories `why` refuses, noting each with its reason.
+    pub(crate) fn refuse_dirs(&mut self, why: impl Fn(&SafePath) -> Option<String>) {
+        let notes = &mut self.notes;
+        self.dirs.retain(|(path, _)| match why(path) {
+            Some(reason) => {
+                notes.push(path.as_str(), reason);
+                false
+            }
+            None => true,
+        });
+    }
+
     /// The request that applies what arrived: to each file of `in_place` (manifest
     /// index and path) that has metadata, then to every directory.
     pub(crate) fn request<'a>(

@@ -124,6 +124,107 @@ impl SafePath {
     }
 }
 
+/// A rule of Windows file naming (which exFAT, NTFS and SMB shares enforce as well).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowsRule {
+    /// The name holds one of `< > : " | ? *`.
+    Character(char),
+    /// The name holds a control character (U+0001 to U+001F).
+    Control(char),
+    /// The name ends with a dot.
+    TrailingDot,
+    /// The name ends with a space.
+    TrailingSpace,
+    /// The name, or its part before the first dot, is a device name (`CON`, `PRN`,
+    /// `AUX`, `NUL`, `COM1`-`COM9`, `LPT1`-`LPT9`, `CONIN$`, `CONOUT$`, in any case).
+    Device,
+}
+
+impl fmt::Display for WindowsRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WindowsRule::Character(c) => write!(f, "Windows does not allow '{c}' in a name"),
+            WindowsRule::Control(c) => write!(
+                f,
+                "Windows does not allow control characters (here U+{:04X}) in a name",
+                *c as u32
+            ),
+            WindowsRule::TrailingDot => {
+                f.write_str("Windows does not allow a name to end with a dot")
+            }
+            WindowsRule::TrailingSpace => {
+                f.write_str("Windows does not allow a name to end with a space")
+            }
+            WindowsRule::Device => f.write_str("a name Windows reserves for a device"),
+        }
+    }
+}
+
+/// Why a path cannot be stored under Windows naming rules: the first component that
+/// breaks one, and the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowsNameError {
+    /// The component (a folder or the file name), as sent.
+    pub component: String,
+    /// The rule it breaks.
+    pub rule: WindowsRule,
+}
+
+impl fmt::Display for WindowsNameError {
+    /// `"aux.txt": a name Windows reserves for a device`, the name escaped.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\": {}", escape(&self.component), self.rule)
+    }
+}
+
+impl std::error::Error for WindowsNameError {}
+
+/// Why `path` cannot be stored on Windows, or on a file system with its naming rules
+/// (exFAT, NTFS, SMB shares): `None` when every component is a legal Windows name.
+/// [`SafePath::parse`] has already refused backslashes, drive prefixes and NUL.
+pub fn windows_name_error(path: &SafePath) -> Option<WindowsNameError> {
+    path.components().find_map(|c| {
+        windows_rule(c).map(|rule| WindowsNameError {
+            component: c.to_owned(),
+            rule,
+        })
+    })
+}
+
+/// The first Windows naming rule one component breaks.
+fn windows_rule(name: &str) -> Option<WindowsRule> {
+    if let Some(c) = name.chars().find(|c| ('\u{1}'..='\u{1f}').contains(c)) {
+        return Some(WindowsRule::Control(c));
+    }
+    if let Some(c) = name.chars().find(|c| "<>:\"|?*".contains(*c)) {
+        return Some(WindowsRule::Character(c));
+    }
+    if name.ends_with('.') {
+        return Some(WindowsRule::TrailingDot);
+    }
+    if name.ends_with(' ') {
+        return Some(WindowsRule::TrailingSpace);
+    }
+    // Windows ignores what follows the first dot, and spaces before it: `con.txt`,
+    // `aux.tar.gz` and `nul .x` all open the device.
+    let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+    let upper = stem.to_uppercase();
+    let device = match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        _ => ["COM", "LPT"].iter().any(|p| {
+            upper.strip_prefix(p).is_some_and(|n| {
+                let mut digits = n.chars();
+                // Windows counts the superscripts ¹ ² ³ as digits here; COM0 is free.
+                matches!(
+                    (digits.next(), digits.next()),
+                    (Some('1'..='9' | '¹' | '²' | '³'), None)
+                )
+            })
+        }),
+    };
+    device.then_some(WindowsRule::Device)
+}
+
 /// Suffix of partial files.
 pub const PARTIAL_SUFFIX: &str = ".p2p-copy-part";
 
@@ -242,6 +343,96 @@ mod tests {
     fn ancestors_are_prefixes() {
         let p = SafePath::parse("a/b/c").unwrap();
         assert_eq!(p.ancestors().collect::<Vec<_>>(), ["a", "a/b"]);
+    }
+
+    fn windows(raw: &str) -> Option<WindowsNameError> {
+        windows_name_error(&SafePath::parse(raw).unwrap())
+    }
+
+    #[test]
+    fn windows_names_refuse_each_rule_naming_the_component() {
+        for c in ['<', '>', ':', '"', '|', '?', '*'] {
+            let e = windows(&format!("dir/a{c}b.txt")).unwrap();
+            assert_eq!(e.component, format!("a{c}b.txt"));
+            assert_eq!(e.rule, WindowsRule::Character(c));
+        }
+        assert_eq!(
+            windows("a\x01b").unwrap().rule,
+            WindowsRule::Control('\x01')
+        );
+        assert_eq!(
+            windows("x/tab\there").unwrap().rule,
+            WindowsRule::Control('\t')
+        );
+        assert_eq!(windows("dir./x").unwrap().component, "dir.");
+        assert_eq!(windows("dir./x").unwrap().rule, WindowsRule::TrailingDot);
+        assert_eq!(windows("a/b ").unwrap().rule, WindowsRule::TrailingSpace);
+        assert_eq!(windows("a /b").unwrap().component, "a ");
+        for device in [
+            "CON",
+            "con",
+            "Prn",
+            "aux",
+            "NUL",
+            "com1",
+            "COM9",
+            "lpt1",
+            "LPT9",
+            "con.txt",
+            "aux.tar.gz",
+            "nul .x",
+            "COM\u{b9}",
+            "lpt\u{b3}.log",
+            "CONIN$",
+            "conout$.txt",
+        ] {
+            let e = windows(&format!("d/{device}")).unwrap();
+            assert_eq!(e.rule, WindowsRule::Device, "{device:?}");
+            assert_eq!(e.component, device);
+        }
+        assert_eq!(windows("aux/x.txt").unwrap().component, "aux");
+    }
+
+    #[test]
+    fn windows_names_accept_legal_names() {
+        for ok in [
+            "a.b",
+            "con-notes.txt",
+            "console",
+            "COM0",
+            "LPT0",
+            "COM10",
+            "LPT10",
+            "auxiliary.c",
+            "xcon",
+            "nul_",
+            ".aux",
+            "ünï/κ/файл.txt",
+            "日本語",
+            "a b",
+            ".hidden",
+            "a..b",
+            "com1x",
+            "d/e/f.tar.gz",
+        ] {
+            assert_eq!(windows(ok), None, "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn windows_name_errors_say_which_component_and_why() {
+        assert_eq!(
+            windows("logs/aux.txt").unwrap().to_string(),
+            "\"aux.txt\": a name Windows reserves for a device"
+        );
+        assert_eq!(
+            windows("bad:name.txt").unwrap().to_string(),
+            "\"bad:name.txt\": Windows does not allow ':' in a name"
+        );
+        assert_eq!(
+            windows("a\x1b[31m").unwrap().to_string(),
+            "\"a\\u{1b}[31m\": Windows does not allow control characters (here U+001B) in a name"
+        );
     }
 
     #[test]

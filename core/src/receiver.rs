@@ -13,7 +13,7 @@ use crate::direct::DirectAnswer;
 use crate::event::Event;
 use crate::metadata::{self, Attrs};
 use crate::parts::{self, Collect};
-use crate::path::SafePath;
+use crate::path::{windows_name_error, SafePath};
 use crate::pipe::ReadPipe;
 use crate::reconnect::{ReceiverReconnect, ReconnectStatus, ResumeState};
 use crate::wire::{
@@ -63,6 +63,13 @@ pub struct ReceiverConfig {
     /// Accept the fast data path ([`EXT_FAST`](crate::wire::EXT_FAST)) when the sender
     /// offers it (with `confirm`). Off by default.
     pub fast: bool,
+    /// Refuse names that Windows cannot store ([`windows_name_error`]): such a file is
+    /// not delivered, with the component and the rule as the reason, and nothing is
+    /// created under its name; its data, if the sender sends it anyway, is checked as
+    /// the protocol requires and dropped. Every other file is received as usual. Off by
+    /// default here; a runtime compiled for Windows turns it on. Ignored with
+    /// [`single_file`](Self::single_file) (no name is used) and for texts.
+    pub windows_names: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -78,6 +85,7 @@ impl Default for ReceiverConfig {
             metadata: false,
             single_file: false,
             fast: false,
+            windows_names: false,
         }
     }
 }
@@ -388,6 +396,9 @@ struct Entry {
     committed: bool,
     /// A stream or a text (extensions `stream`, `text`), accepted.
     kind: Option<EntryKind>,
+    /// Why its name cannot be stored here ([`ReceiverConfig::windows_names`]): nothing
+    /// is created for it, and its data, if sent, is dropped.
+    refused: Option<String>,
 }
 
 /// A manifest arriving in parts.
@@ -485,6 +496,9 @@ struct Incoming {
     stream: bool,
     /// A text, collected here instead of written (at most [`wire::TEXT_MAX`] bytes).
     text: Option<Vec<u8>>,
+    /// A file whose name is refused: its pieces are checked and dropped, nothing is
+    /// opened or written.
+    discard: bool,
 }
 
 /// Most messages held back while the receiver waits for its own work to finish; a
@@ -1494,8 +1508,13 @@ impl Receiver {
                 ));
             }
             self.by_path.insert(e.path.clone(), i);
+            let named = self.config.windows_names
+                && !self.config.single_file
+                && e.kind != Some(EntryKind::Text);
+            let refused = named.then(|| refused_name(&path)).flatten();
             checked.push(Entry {
                 path,
+                refused,
                 size: e.size,
                 found: None,
                 reported: None,
@@ -1556,8 +1575,9 @@ impl Receiver {
         while rs.stats_out < STATS_IN_FLIGHT && rs.next_stat < self.entries.len() {
             let i = rs.next_stat;
             rs.next_stat += 1;
-            if self.entries[i].kind.is_some() {
-                // A stream or a text is always sent whole: nothing to look for.
+            if self.entries[i].kind.is_some() || self.entries[i].refused.is_some() {
+                // A stream or a text is always sent whole: nothing to look for. A refused
+                // name is never looked up, so it is never reported as held.
                 continue;
             }
             rs.stats_out += 1;
@@ -1703,11 +1723,25 @@ impl Receiver {
                 "a stream or a text cannot be appended to",
             ));
         }
-        e.state = EntryState::Receiving;
         let stream = e.kind == Some(EntryKind::Stream);
         let text = (e.kind == Some(EntryKind::Text)).then(Vec::new);
         let remaining = h.size - h.append_from;
-        if text.is_none() {
+        let discard = e.refused.is_some();
+        if let Some(why) = e.refused.clone() {
+            // Checked piece by piece as any file, so the chain and the nonces stay in
+            // step, but never opened: not even a partial file gets the name.
+            self.not_delivered(file, why);
+        } else {
+            self.entries[file].state = EntryState::Receiving;
+            self.events.push_back(Event::FileStarted {
+                path: h.path,
+                size: h.size,
+                append_from: h.append_from,
+                compression: h.compression,
+            });
+        }
+        let e = &self.entries[file];
+        if text.is_none() && !discard {
             self.io_out += 1;
             self.io.push_back(IoRequest::Open {
                 file,
@@ -1716,12 +1750,6 @@ impl Receiver {
                 size: h.size,
             });
         }
-        self.events.push_back(Event::FileStarted {
-            path: h.path,
-            size: h.size,
-            append_from: h.append_from,
-            compression: h.compression,
-        });
         self.current = Some(Incoming {
             file,
             append_from: h.append_from,
@@ -1740,6 +1768,7 @@ impl Receiver {
             eof_seen: false,
             stream,
             text,
+            discard,
         });
         Ok(())
     }
@@ -1863,6 +1892,9 @@ impl Receiver {
             }
             cur.next_verify += 1;
             cur.done_bytes += expect_len;
+            if cur.discard {
+                continue;
+            }
             if let Some(text) = cur.text.as_mut() {
                 text.extend_from_slice(&raw);
             } else if !raw.is_empty() {
@@ -1953,6 +1985,10 @@ impl Receiver {
         let Some(cur) = self.current.take() else {
             return Ok(());
         };
+        if cur.discard {
+            // Already reported as not delivered; nothing was opened.
+            return Ok(());
+        }
         let e = &mut self.entries[cur.file];
         if let Some(text) = cur.text {
             let text = String::from_utf8(text)
@@ -1999,7 +2035,7 @@ impl Receiver {
                 nonces.next();
             }
         }
-        if let Some(cur) = self.current.take() {
+        if let Some(cur) = self.current.take().filter(|c| !c.discard) {
             self.io_out += 1;
             self.io.push_back(IoRequest::Close { file: cur.file });
             let reason = match why {
@@ -2021,6 +2057,12 @@ impl Receiver {
         for i in 0..self.entries.len() {
             let e = &mut self.entries[i];
             if e.state != EntryState::Pending {
+                continue;
+            }
+            if let Some(why) = e.refused.clone() {
+                // Never sent (a sender of this project that skipped it, or an empty file
+                // p2p-copy 0.1.2 does not send when resuming): nothing is created.
+                self.not_delivered(i, why);
                 continue;
             }
             let complete_here = e.size > 0 && e.reported.map(|r| r.0) == Some(e.size);
@@ -2115,6 +2157,9 @@ impl Receiver {
                         ));
                     }
                     return;
+                }
+                if self.config.windows_names {
+                    m.refuse_dirs(|d| refused_name(d).map(|why| format!("not created: {why}")));
                 }
                 // With --no-clobber, a file that was there before keeps what it has.
                 let keep = self.config.keep_existing;
@@ -2318,6 +2363,11 @@ impl Receiver {
             }
         }
     }
+}
+
+/// Why `path` is not stored with [`ReceiverConfig::windows_names`].
+fn refused_name(path: &SafePath) -> Option<String> {
+    windows_name_error(path).map(|why| format!("name not allowed on the receiver: {why}"))
 }
 
 /// The length a stream's piece `seq` may have, given the bytes verified before it: every

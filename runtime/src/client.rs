@@ -569,6 +569,7 @@ async fn drive_receive<R: Rt, T: MessageTransport>(
         direct: p2p_copy_core::direct::offers(&direct_config(cfg)),
         consent: inbox.gate.is_some(),
         keep_existing: cfg.keep_existing,
+        windows_names: cfg.windows_names,
         reconnect,
         metadata: cfg.metadata,
         single_file: cfg.to_stdout,

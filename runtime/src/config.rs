@@ -58,6 +58,12 @@ pub struct ClientConfig {
     /// (the default, as p2p-copy 0.1.x replaces it). A kept file is reported as
     /// [`Event::FileKept`] and, to a sender of this project, as not delivered.
     pub keep_existing: bool,
+    /// Receiver: refuse names that Windows, exFAT or SMB cannot store (`< > : " | ? *`,
+    /// control characters, a trailing dot or space, device names such as `CON` or
+    /// `aux.txt`): each such file is not delivered, with the name and the rule as the
+    /// reason, and nothing is created under its name. On by default when compiled for
+    /// Windows.
+    pub windows_names: bool,
     /// Automatic reconnect after a lost relay connection, with a peer of this project
     /// (5 attempts, 1 s doubling up to 30 s, by default; `max_retries` 0 turns it off).
     /// The transfer resumes from what the receiver holds.
@@ -233,6 +239,7 @@ impl ClientConfig {
             limit_rate: None,
             consent: None,
             keep_existing: false,
+            windows_names: cfg!(windows),
             reconnect: RetryPolicy::default(),
             metadata: false,
             to_stdout: false,

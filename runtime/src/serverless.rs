@@ -79,6 +79,9 @@ pub struct ServerlessConfig {
     /// Receiver: keep a different file already there (see
     /// [`ClientConfig::keep_existing`]).
     pub keep_existing: bool,
+    /// Receiver: refuse names Windows cannot store (see
+    /// [`ClientConfig::windows_names`]).
+    pub windows_names: bool,
 }
 
 impl Default for ServerlessConfig {
@@ -95,6 +98,7 @@ impl Default for ServerlessConfig {
             limit_rate: None,
             consent: None,
             keep_existing: false,
+            windows_names: cfg!(windows),
         }
     }
 }
@@ -310,6 +314,7 @@ impl<R: Rt> Serverless<R> {
         cfg.limit_rate.clone_from(&self.cfg.limit_rate);
         cfg.consent = self.cfg.consent.clone();
         cfg.keep_existing = self.cfg.keep_existing;
+        cfg.windows_names = self.cfg.windows_names;
         // The session already runs on the direct connection: no relay to leave.
         cfg.direct.mode = DirectMode::RelayOnly;
         let path = PathTaken::Direct {

@@ -1476,6 +1476,76 @@ fn our_receiver_refuses_a_parent_directory_path_from_python() {
     assert_eq!(written, 0, "nothing written in --out");
 }
 
+#[test]
+fn our_cli_receiver_with_windows_names_refuses_each_illegal_name_from_python() {
+    // Built (or found up to date) before the clock starts.
+    let bin = cli_binary();
+    let _slot = Slot::acquire();
+    let scratch = Scratch::new("windows-names");
+    let src = write_source(
+        &scratch,
+        "src",
+        &[
+            FileSpec::text("ok.txt", 100, 1),
+            FileSpec::random("bad:name.txt", MIB + 3, 2),
+            FileSpec::text("aux.log", 50, 3),
+            FileSpec::text("dir./x", 20, 4),
+        ],
+    );
+    let out = scratch.out();
+    let relay = AnyRelay::start(Py);
+    let url = relay.url();
+    let deadline = Instant::now() + CASE_LIMIT;
+    for (i, encrypt) in [false, true].into_iter().enumerate() {
+        let out = out.join(i.to_string());
+        let code = format!("interop windows-names {i}");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("receive")
+            .args(receive_args(&url, &code, &out, encrypt))
+            .arg("--windows-names");
+        let r = Side::process("our receiver (command line)", &mut cmd);
+        let files: Vec<String> = ["ok.txt", "bad:name.txt", "aux.log", "dir."]
+            .map(str::to_owned)
+            .into();
+        let mode = Mode {
+            encrypt,
+            ..NO_OPTIONS
+        };
+        let s = start_sender(Py, &url, &code, &src, &files, &mode);
+        let (s, r) = finish(s, r, deadline);
+        let all = [&s, &r];
+        // p2p-copy 0.1.2 cannot be told: it sent every file in full.
+        assert_exit(&s, 0, &all);
+        assert_exit(&r, 8, &all);
+        for line in [
+            r#"aux.log: name not allowed on the receiver: "aux.log": a name Windows reserves for a device"#,
+            r#"bad:name.txt: name not allowed on the receiver: "bad:name.txt": Windows does not allow ':' in a name"#,
+            r#"dir./x: name not allowed on the receiver: "dir.": Windows does not allow a name to end with a dot"#,
+        ] {
+            assert!(r.message.contains(line), "{line}\n{}", report_all(&all));
+        }
+        let written: Vec<String> = fs::read_dir(&out)
+            .expect("the output directory")
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(
+            written,
+            ["ok.txt"],
+            "nothing else, no partial file, no folder"
+        );
+        assert_eq!(
+            fs::read(out.join("ok.txt")).unwrap(),
+            fs::read(src.join("ok.txt")).unwrap()
+        );
+    }
+    relay.assert_running();
+}
+
 // ---------------------------------------------------------------------------------------
 // Our command line with the Python tool's arguments
 // ---------------------------------------------------------------------------------------

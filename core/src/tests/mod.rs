@@ -7,6 +7,7 @@ mod direct;
 mod fast;
 mod fixtures;
 mod metadata;
+mod names;
 mod order;
 mod parts;
 mod pipes;
