@@ -738,7 +738,7 @@ fn only_a_large_first_file_waits_for_the_answer_to_the_fast_offer() {
     assert!(!has_file_header(&r.drain()));
     let wake = r.s.poll_timeout().expect("a deadline for the answer");
     assert_eq!(wake, r.now + config.fast_wait);
-    r.s.handle_timeout(wake);
+    r.s.handle_timeout(wake).unwrap();
     let msgs = r.drain();
     assert!(has_file_header(&msgs), "{msgs:?}");
     assert!(!msgs
