@@ -1348,10 +1348,8 @@ impl Receiver {
             }
             if self.config.metadata && !self.config.single_file && offered(wire::EXT_METADATA) {
                 accept.push(wire::EXT_METADATA.to_owned());
-                let total = parts.map_or(entries.len(), |p| {
-                    usize::try_from(p.total).unwrap_or(usize::MAX)
-                });
-                self.meta = Some(metadata::Incoming::new(total));
+                // Sized for the whole manifest once it is in (it may come in parts).
+                self.meta = Some(metadata::Incoming::new(entries.len()));
             }
             for kind in [EntryKind::Stream, EntryKind::Text] {
                 if offered(kind.extension()) {
@@ -1456,6 +1454,9 @@ impl Receiver {
     ) -> Result<(), Error> {
         if let Some(state) = &mut self.reconnect_state {
             state.hold_to(&entries).map_err(Error::peer)?;
+        }
+        if let Some(meta) = self.meta.as_mut() {
+            *meta = metadata::Incoming::new(entries.len());
         }
         if self.config.single_file && entries.len() > 1 {
             return Err(Error::Unsupported(format!(

@@ -475,6 +475,26 @@ fn announced_totals_that_lie_are_refused() {
     let (_, mut d, mut s) = sessions().remove(0);
     let _ = d.feed(head(&mut s, entries(0, 1), parts::MAX_ENTRIES + 1));
     failed(&d, "more than the 4000000");
+    // The same with metadata offered and kept: refused, with nothing sized for it.
+    let config = ReceiverConfig {
+        metadata: true,
+        ..ReceiverConfig::default()
+    };
+    let mut d = ReceiverDriver::new(config, &plain(), ReceiverDisk::default());
+    let mut s = Script::plain();
+    let m = Control::Manifest {
+        resume: false,
+        entries: entries(0, 1),
+        extensions: vec![
+            wire::EXT_CONFIRM.to_owned(),
+            wire::EXT_METADATA.to_owned(),
+            wire::EXT_PARTS.to_owned(),
+        ],
+        reconnect: None,
+        parts: Some(PartsOffer { total: u64::MAX }),
+    };
+    let _ = d.feed(s.manifest_json(&m.to_json()));
+    failed(&d, "more than the 4000000");
     // Parts without the offer.
     let (_, mut d, _) = sessions().remove(0);
     let m = Control::Manifest {
