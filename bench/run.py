@@ -371,17 +371,26 @@ def gen_log(path, size):
     write_atomically(path, fill)
 
 
-def gen_small(root, files, dirs, size):
-    # The marker sits next to the folder: everything inside it is sent.
-    marker = root.parent / f"{root.name}.complete-{files}-{dirs}-{size}"
+def fresh_tree(root, tag, what):
+    """The marker of a finished tree `root` made with parameters `tag`, or None when
+    that tree exists already. Otherwise `root` is emptied, and the caller fills it and
+    touches the marker. The marker sits next to the folder: everything inside is sent."""
+    marker = root.parent / f"{root.name}.complete-{tag}"
     if marker.exists():
-        return
-    say(f"  generating {files} files of {size} bytes in {dirs} folders")
+        return None
+    say(f"  generating {what}")
     for old in root.parent.glob(f"{root.name}.complete-*"):
         old.unlink()
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    return marker
+
+
+def gen_small(root, files, dirs, size):
+    marker = fresh_tree(root, f"{files}-{dirs}-{size}", f"{files} files of {size} bytes in {dirs} folders")
+    if marker is None:
+        return
     per_dir = -(-files // dirs)
     for i in range(files):
         d = root / f"d{i // per_dir:02d}"
@@ -393,15 +402,10 @@ def gen_small(root, files, dirs, size):
 def gen_huge(root, files, dirs, max_size):
     """`files` files of 0 to `max_size` bytes (random sizes and contents) in `dirs`
     folders: a tree whose file list is far over the 2 MiB one v1 message holds."""
-    marker = root.parent / f"{root.name}.complete-{files}-{dirs}-{max_size}"
-    if marker.exists():
+    marker = fresh_tree(root, f"{files}-{dirs}-{max_size}",
+                        f"{files} files of 0-{max_size} bytes in {dirs} folders")
+    if marker is None:
         return
-    say(f"  generating {files} files of 0-{max_size} bytes in {dirs} folders")
-    for old in root.parent.glob(f"{root.name}.complete-*"):
-        old.unlink()
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
     per_dir = -(-files // dirs)
     rng = random.Random(7)
     blob = os.urandom(max_size)

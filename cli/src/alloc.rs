@@ -11,8 +11,9 @@
 //! A transfer also allocates its pieces on one thread and frees them on another (file
 //! reads, jobs, the session loop), and glibc gives each thread an arena of its own that
 //! keeps what was freed in it. `send` and `receive` therefore use a single arena: the
-//! sender's peak RSS for a 256 MiB file fell from 16.0 to 17.1 MiB to 15.0 MiB with it,
-//! at the same CPU time. The relay, which may run many threads, keeps glibc's default.
+//! sender's peak RSS for a 256 MiB file fell from 16.0-17.3 MiB to 15.0-15.3 MiB with
+//! it (three runs each), at the same CPU time. The relay, which may run many threads,
+//! keeps glibc's default.
 
 /// Apply the policy; call once, first thing in `main`.
 pub(crate) fn tune() {

@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 
-use super::fixtures::{content, Content, Mode, MIB};
+use super::fixtures::{content, delivery, Content, Mode, MIB};
 use crate::sender::{CompressMode, IoRequest as SendReq, SenderConfig};
-use crate::sim::{self, Direction, Outcome, SenderFault, SimSetup};
+use crate::sim::{self, Direction, SenderFault, SimSetup};
 use crate::wire::{Control, WireMessage};
 use crate::Event;
 
@@ -34,16 +34,6 @@ fn setup(encrypt: bool, files: &[(String, Bytes)]) -> SimSetup {
         ..s.sender_config
     };
     s
-}
-
-fn delivery(out: &Outcome) -> Option<(bool, u64)> {
-    out.sender_events.iter().find_map(|e| match e {
-        Event::Delivery {
-            confirmed,
-            delivered,
-        } => Some((*confirmed, *delivered)),
-        _ => None,
-    })
 }
 
 fn not_delivered(events: &[Event]) -> Vec<String> {

@@ -164,6 +164,31 @@ pub(crate) fn assert_clean(out: &Outcome, expected: &BTreeMap<String, Vec<u8>>) 
 }
 
 /// The paths named by the receiver's `Open` requests and their `append_from`.
+/// The sender's delivery event: whether the receiver confirmed, and how many files.
+pub(crate) fn delivery(out: &Outcome) -> Option<(bool, u64)> {
+    out.sender_events.iter().find_map(|e| match e {
+        Event::Delivery {
+            confirmed,
+            delivered,
+        } => Some((*confirmed, *delivered)),
+        _ => None,
+    })
+}
+
+/// The extensions a receiver accepted, from the messages it sent (empty when it sent no
+/// acceptance).
+pub(crate) fn accepted(sent: &[WireMessage]) -> Vec<String> {
+    sent.iter()
+        .find_map(|m| match m {
+            WireMessage::Text(t) => match Control::parse(t) {
+                Ok(Control::Extensions { accept }) => Some(accept),
+                _ => None,
+            },
+            WireMessage::Binary(_) => None,
+        })
+        .unwrap_or_default()
+}
+
 pub(crate) fn opens(io: &[IoRequest]) -> Vec<(String, u64)> {
     io.iter()
         .filter_map(|r| match r {

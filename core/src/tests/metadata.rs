@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::fixtures::{content, Content, Mode};
+use super::fixtures::{accepted, content, Content, Mode};
 use crate::metadata::{Attrs, TreeMetadata};
 use crate::receiver::{IoRequest, ReceiverConfig};
 use crate::sender::{CompressMode, SenderConfig};
@@ -55,19 +55,6 @@ fn setup(encrypt: bool, resume: bool, offer: Option<TreeMetadata>, keep: bool) -
         ..s.receiver_config
     };
     s
-}
-
-fn accepted(out: &Outcome) -> Vec<String> {
-    out.receiver_sent
-        .iter()
-        .find_map(|m| match m {
-            WireMessage::Text(t) => match Control::parse(t) {
-                Ok(Control::Extensions { accept }) => Some(accept),
-                _ => None,
-            },
-            WireMessage::Binary(_) => None,
-        })
-        .expect("an acceptance")
 }
 
 type Applied = (Vec<(String, Attrs)>, Vec<(String, Option<i64>)>);
@@ -119,7 +106,7 @@ fn an_agreed_session_applies_modes_times_and_directories_after_every_commit() {
         let out = sim::run(s);
         assert_eq!(out.sender_error, None, "encrypt={encrypt}");
         assert_eq!(out.receiver_error, None, "encrypt={encrypt}");
-        assert_eq!(accepted(&out), ["confirm", "metadata"]);
+        assert_eq!(accepted(&out.receiver_sent), ["confirm", "metadata"]);
         let kinds = seen.borrow().clone();
         let eof = kinds.iter().position(|k| *k == "eof").expect("eof");
         let part = if encrypt { "enc_metadata" } else { "metadata" };
@@ -167,12 +154,12 @@ fn without_the_receiver_s_consent_or_the_sender_s_offer_nothing_travels() {
     let out = sim::run(s);
     assert_eq!(out.receiver_error, None);
     assert_eq!(out.sender_error, None);
-    assert_eq!(accepted(&out), ["confirm"]);
+    assert_eq!(accepted(&out.receiver_sent), ["confirm"]);
     assert_eq!(applied(&out), None);
     // A sender with --no-metadata offers none.
     let out = sim::run(setup(true, false, None, true));
     assert_eq!(out.receiver_error, None);
-    assert_eq!(accepted(&out), ["confirm"]);
+    assert_eq!(accepted(&out.receiver_sent), ["confirm"]);
     assert_eq!(applied(&out), None);
 }
 

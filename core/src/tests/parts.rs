@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::fixtures::{cipher, encrypted, plain, Mode, Script, SCRIPT_SEED};
+use super::fixtures::{cipher, delivery, encrypted, plain, Mode, Script, SCRIPT_SEED};
 use crate::parts::{self, PART_BUDGET};
 use crate::receiver::{IoRequest, ReceiverConfig};
 use crate::sender::{CompressMode, SendFile, Sender, SenderConfig};
-use crate::sim::{self, Direction, Outcome, ReceiverDisk, ReceiverDriver, SimSetup};
+use crate::sim::{self, Direction, ReceiverDisk, ReceiverDriver, SimSetup};
 use crate::wire::{self, Control, ManifestEntry, PartsOffer, WireMessage, MAX_MESSAGE_LEN};
 use crate::{Error, Event, Secrets};
 
@@ -64,16 +64,6 @@ fn recorder(s: &mut SimSetup) -> Rc<RefCell<Vec<(Direction, String)>>> {
 
 fn count(seen: &[(Direction, String)], dir: Direction, ty: &str) -> usize {
     seen.iter().filter(|(d, t)| *d == dir && t == ty).count()
-}
-
-fn delivery(out: &Outcome) -> Option<(bool, u64)> {
-    out.sender_events.iter().find_map(|e| match e {
-        Event::Delivery {
-            confirmed,
-            delivered,
-        } => Some((*confirmed, *delivered)),
-        _ => None,
-    })
 }
 
 fn expected(files: &[(String, Bytes)]) -> BTreeMap<String, Vec<u8>> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::fixtures::{
-    changes_a_file, cipher, committed, content, encrypted, eof, file_eof, plain, text, Content,
-    Script, MIB,
+    accepted, changes_a_file, cipher, committed, content, encrypted, eof, file_eof, plain, text,
+    Content, Script, MIB,
 };
 use crate::crypto::Cipher;
 use crate::receiver::{IoCompletion, IoRequest, ReceiverConfig};
@@ -1144,19 +1144,6 @@ fn fast_header(s: &mut Script, path: &str, size: u64) -> WireMessage {
     s.file_json(&h.to_json())
 }
 
-fn accepted(d: &ReceiverDriver) -> Vec<String> {
-    d.sent
-        .iter()
-        .find_map(|m| match m {
-            WireMessage::Text(t) => match Control::parse(t) {
-                Ok(Control::Extensions { accept }) => Some(accept),
-                _ => None,
-            },
-            WireMessage::Binary(_) => None,
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn fast_and_v1_files_mix_in_one_session_and_arrive_whole() {
     let data = content(Content::Random, MIB + 3, 5);
@@ -1165,7 +1152,7 @@ fn fast_and_v1_files_mix_in_one_session_and_arrive_whole() {
         let len = data.len() as u64;
         d.feed(s.manifest_offering(&[("a", len), ("b", 3)], FAST_OFFER))
             .unwrap();
-        assert_eq!(accepted(&d), vec!["confirm", "fast"]);
+        assert_eq!(accepted(&d.sent), vec!["confirm", "fast"]);
         d.feed(fast_header(&mut s, "a", len)).unwrap();
         d.feed(s.piece(&data[..MIB])).unwrap();
         d.feed(s.piece(&data[MIB..])).unwrap();
@@ -1186,7 +1173,7 @@ fn a_receiver_that_does_not_accept_the_fast_path_refuses_a_fast_file() {
     for (mut d, mut s) in fast_sessions(false) {
         d.feed(s.manifest_offering(&[("a", 3)], FAST_OFFER))
             .unwrap();
-        assert_eq!(accepted(&d), vec!["confirm"]);
+        assert_eq!(accepted(&d.sent), vec!["confirm"]);
         let _ = d.feed(fast_header(&mut s, "a", 3));
         assert_failed(&mut d, "peer", "did not accept", Some(0));
         assert_eq!(writes_to(&d, 0), 0);
