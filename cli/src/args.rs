@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use p2p_copy_core::relay::RelayConfig;
 
 use crate::backend::{
-    ClientConfig, CompressMode, DirectMode, Pipe, RateLimit, RelayOps, RelayServerConfig,
-    SendOptions, StunPorts,
+    ClientConfig, CompressLevel, CompressMode, DirectMode, Pipe, RateLimit, RelayOps,
+    RelayServerConfig, SendOptions, StunPorts,
 };
 use crate::config_file::FileConfig;
 
@@ -462,6 +462,11 @@ pub struct SendArgs {
     /// Compress with zstd: auto decides per file from its first MiB.
     #[arg(long, value_enum, default_value_t = Compress::Auto)]
     pub compress: Compress,
+    /// zstd level of compressed pieces, 1 to 19 [default: adaptive, 1 to 3: lower while
+    /// the connection waits for compression, higher while data waits for the
+    /// connection]. Any level suits every receiver.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compress_level: Option<i32>,
     /// Skip files the receiver already has and complete partial ones.
     #[arg(long, overrides_with = "no_resume")]
     pub resume: bool,
@@ -528,6 +533,10 @@ impl SendArgs {
                 Compress::Auto => CompressMode::Auto,
                 Compress::On => CompressMode::On,
                 Compress::Off => CompressMode::Off,
+            },
+            compress_level: match self.compress_level {
+                Some(n) => CompressLevel::Fixed(n),
+                None => CompressLevel::Adaptive,
             },
             resume: self.resume,
             skip_errors: self.skip_errors,

@@ -8,18 +8,18 @@ compile_error!("enable the `smol` or the `async-std` feature of p2p-copy");
 
 #[cfg(feature = "smol")]
 pub use p2p_copy_smol::{
-    check_exclude, netcheck, partials, proxy, receive, send, ClientConfig, CompressMode,
-    ConsentAsk, DirectMode, PeerSpec, Pipe, RateLimit, RelayOps, RelayServer, RelayServerConfig,
-    SendOptions, Serverless, ServerlessConfig, SessionEvent, StunPorts, Summary, TransferError,
-    TransferOffer,
+    check_exclude, netcheck, partials, proxy, receive, send, ClientConfig, CompressLevel,
+    CompressMode, ConsentAsk, DirectMode, PeerSpec, Pipe, RateLimit, RelayOps, RelayServer,
+    RelayServerConfig, SendOptions, Serverless, ServerlessConfig, SessionEvent, StunPorts, Summary,
+    TransferError, TransferOffer,
 };
 
 #[cfg(all(feature = "async-std", not(feature = "smol")))]
 pub use p2p_copy_async_std::{
-    check_exclude, netcheck, partials, proxy, receive, send, ClientConfig, CompressMode,
-    ConsentAsk, DirectMode, PeerSpec, Pipe, RateLimit, RelayOps, RelayServer, RelayServerConfig,
-    SendOptions, Serverless, ServerlessConfig, SessionEvent, StunPorts, Summary, TransferError,
-    TransferOffer,
+    check_exclude, netcheck, partials, proxy, receive, send, ClientConfig, CompressLevel,
+    CompressMode, ConsentAsk, DirectMode, PeerSpec, Pipe, RateLimit, RelayOps, RelayServer,
+    RelayServerConfig, SendOptions, Serverless, ServerlessConfig, SessionEvent, StunPorts, Summary,
+    TransferError, TransferOffer,
 };
 
 /// Run `fut` to completion on this thread.

@@ -385,6 +385,9 @@ impl Display {
                 self.update_total();
                 self.maybe_line();
             }
+            Event::CompressLevel { level } if self.verbose => {
+                self.say(format!("compressing at zstd level {level}"));
+            }
             Event::FileSkipped { path, size } => {
                 self.to_move = self.to_move.saturating_sub(size);
                 self.files_done += 1;

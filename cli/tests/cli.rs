@@ -189,6 +189,37 @@ fn verbose_names_every_file_escaped() {
 }
 
 #[test]
+fn every_compression_level_gives_the_same_files() {
+    let (_relay, url) = plain_relay();
+    for (i, level) in [None, Some("1"), Some("9"), Some("19")]
+        .into_iter()
+        .enumerate()
+    {
+        let s = Scene::new();
+        write_tree(
+            &s.src,
+            &[
+                FileSpec::text("log.txt", 3 * 1024 * 1024 + 17, 1),
+                FileSpec::random("noise", 70_000, 2),
+            ],
+        );
+        let mut extra = vec!["--compress", "on", "--verbose"];
+        extra.extend(level.iter().flat_map(|l| ["--compress-level", l]));
+        let code = format!("cli-level-{i}");
+        let (sent, _) = transfer(&url, &code, &s, &extra, &[]);
+        assert_same_tree(&s.src, &s.out.join("src"));
+        // The adaptive level moves only with -v's line to say so; a fixed one never.
+        if level.is_some() {
+            assert!(
+                !sent.stderr.contains("compressing at zstd level"),
+                "{}",
+                sent.stderr
+            );
+        }
+    }
+}
+
+#[test]
 fn wss_relay_with_a_generated_certificate_and_ca_file() {
     let s = Scene::new();
     let pki = TestPki::generate(s.dir.path());
@@ -429,6 +460,14 @@ fn usage_mistakes_exit_1_before_connecting() {
         (
             vec!["send", &ws, "code", src, "--idle-timeout", "0"],
             "at least 1 second",
+        ),
+        (
+            vec!["send", &ws, "code", src, "--compress-level", "0"],
+            "--compress-level",
+        ),
+        (
+            vec!["send", &ws, "code", src, "--compress-level", "20"],
+            "--compress-level",
         ),
         (vec!["send", &ws, "", src], "code is empty"),
         (vec!["receive", &ws, "", "--out", out], "code is empty"),

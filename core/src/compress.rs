@@ -2,30 +2,65 @@
 
 use std::cell::RefCell;
 
-/// zstd level used for every piece (as the reference).
+/// zstd level of the reference, and the highest the sender's adaptive choice takes
+/// ([`CompressLevel::Adaptive`](crate::sender::CompressLevel::Adaptive)).
 pub const LEVEL: i32 = 3;
+
+/// The lowest level the adaptive choice takes.
+pub const MIN_LEVEL: i32 = 1;
+
+/// The highest level a sender may be set to (zstd's own highest).
+pub const MAX_LEVEL: i32 = 19;
 
 thread_local! {
     // One context per thread: creating a level-3 context per 1 MiB piece costs more than
     // keeping it. Thread-locals keep `Job::run` callable from any worker.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<(zstd::bulk::Compressor<'static>, i32)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Compress `data` into one zstd frame that records its content size.
+/// Compress `data` at the reference's level into one zstd frame that records its
+/// content size.
 pub fn compress(data: &[u8]) -> Vec<u8> {
-    COMPRESSOR.with(|cell| {
+    compress_at(data, LEVEL)
+}
+
+/// Compress `data` at `level` into one zstd frame that records its content size. Any
+/// level gives a frame every receiver decompresses alike; the level trades the sender's
+/// CPU for size.
+pub fn compress_at(data: &[u8], level: i32) -> Vec<u8> {
+    let mut out = Vec::new();
+    compress_onto(data, level, &mut out);
+    out
+}
+
+/// Compress `data` at `level` into one zstd frame, appended to `out` (the frame is
+/// written in place, after what `out` holds: a message's header room, say).
+pub fn compress_onto(data: &[u8], level: i32, out: &mut Vec<u8>) {
+    let level = level.clamp(MIN_LEVEL, MAX_LEVEL);
+    let start = out.len();
+    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+    let done = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(LEVEL).ok();
+            *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (c, level));
         }
-        match slot.as_mut() {
-            Some(c) => c.compress(data).ok(),
-            None => None,
+        let (c, at) = slot.as_mut()?;
+        if *at != level {
+            c.set_compression_level(level).ok()?;
+            *at = level;
         }
-        // A fresh context only fails on allocation failure; fall back to the one-shot API.
-        .unwrap_or_else(|| zstd::bulk::compress(data, LEVEL).expect("zstd compression"))
-    })
+        let mut cursor = std::io::Cursor::new(&mut *out);
+        cursor.set_position(start as u64);
+        c.compress_to_buffer(data, &mut cursor).ok()
+    });
+    if done.is_none() {
+        // A context only fails on allocation failure; fall back to the one-shot API.
+        out.truncate(start);
+        out.extend_from_slice(&zstd::bulk::compress(data, level).expect("zstd compression"));
+    }
+    // The bound is about the piece's size; what a queued message holds is its frame.
+    out.shrink_to_fit();
 }
 
 /// Why a frame was refused.
@@ -113,6 +148,28 @@ mod tests {
             Some(Some(data.len() as u64))
         );
         assert_eq!(decompress_capped(&frame, data.len()).unwrap(), data);
+    }
+
+    #[test]
+    fn every_level_gives_a_frame_that_decompresses_alike() {
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| format!("line {} value {}\n", i % 977, i % 13).into_bytes())
+            .collect();
+        let mut sizes = Vec::new();
+        // The same thread's context moves between levels, and back.
+        for level in [1, 19, 3, 1, 0, 40] {
+            let frame = compress_at(&data, level);
+            assert_eq!(decompress_capped(&frame, data.len()).unwrap(), data);
+            sizes.push(frame.len());
+        }
+        assert!(
+            sizes[1] < sizes[0],
+            "level 19 is smaller than level 1: {sizes:?}"
+        );
+        assert_eq!(sizes[0], sizes[3], "level 1 twice: {sizes:?}");
+        // Out-of-range levels are clamped to 1 and 19.
+        assert_eq!(sizes[4], sizes[0]);
+        assert_eq!(sizes[5], sizes[1]);
     }
 
     #[test]

@@ -12,6 +12,12 @@ use crate::Error;
 pub enum Event {
     /// Sender: the relay paired us with a receiver.
     Paired,
+    /// Sender: the adaptive compression level moved ([`CompressLevel::Adaptive`](crate::sender::CompressLevel::Adaptive)):
+    /// pieces compressed from now on get this zstd level.
+    CompressLevel {
+        /// The new level.
+        level: i32,
+    },
     /// The manifest was sent (sender) or received (receiver).
     Manifest {
         /// Number of files.

@@ -1889,7 +1889,7 @@ mod receiver_body {
                     }
                     self.done = true;
                 }
-                Event::Progress { .. } | Event::Paired => {}
+                Event::Progress { .. } | Event::Paired | Event::CompressLevel { .. } => {}
             }
         }
 
@@ -2795,7 +2795,10 @@ mod sender_body {
                     assert!(self.tx.is_finished() && self.tx.error().is_none());
                     self.done = true;
                 }
-                Event::Paired | Event::Progress { .. } | Event::FileDone { .. } => {}
+                Event::Paired
+                | Event::Progress { .. }
+                | Event::FileDone { .. }
+                | Event::CompressLevel { .. } => {}
             }
         }
 

@@ -35,11 +35,91 @@ pub enum CompressMode {
     Off,
 }
 
+/// Which zstd level compressed pieces get. Every level gives frames that any receiver,
+/// p2p-copy 0.1.x included, decompresses alike: the level is the sender's own choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompressLevel {
+    /// Follow the bottleneck between level 1 and level 3 (the reference's): start at 1,
+    /// go up a level while compressed pieces wait for the connection (the link is the
+    /// bottleneck, so a smaller output is worth the CPU), down a level while the
+    /// connection waits for compression (the CPU is the bottleneck).
+    #[default]
+    Adaptive,
+    /// Always this level, 1 to 19 (out of range values are clamped).
+    Fixed(i32),
+}
+
+/// Consecutive votes of the adaptive level's choice (see [`CompressLevel::Adaptive`])
+/// that move the level by one.
+const LEVEL_VOTES: i32 = 4;
+
+/// The level compression jobs get, and the adaptive choice's state.
+#[derive(Debug)]
+struct Level {
+    adaptive: bool,
+    now: i32,
+    /// Consecutive votes in one direction: up while pieces wait for the connection, down
+    /// while the connection waits for pieces.
+    votes: i32,
+    /// The connection asked for a message while none was ready and compression jobs
+    /// were out, since the last compressed piece went out.
+    starved: bool,
+}
+
+impl Level {
+    fn new(choice: CompressLevel) -> Self {
+        let (adaptive, now) = match choice {
+            CompressLevel::Adaptive => (true, crate::compress::MIN_LEVEL),
+            CompressLevel::Fixed(n) => (
+                false,
+                n.clamp(crate::compress::MIN_LEVEL, crate::compress::MAX_LEVEL),
+            ),
+        };
+        Level {
+            adaptive,
+            now,
+            votes: 0,
+            starved: false,
+        }
+    }
+
+    /// A compressed piece goes out, with `queued` pieces before it still waiting for
+    /// the connection: the vote, and the new level if it moved.
+    fn vote(&mut self, queued: usize) -> Option<i32> {
+        let starved = std::mem::take(&mut self.starved);
+        if !self.adaptive {
+            return None;
+        }
+        let vote: i32 = match (starved, queued) {
+            (true, _) => -1,
+            (false, 0) => 0,
+            (false, _) => 1,
+        };
+        if vote == 0 || vote.signum() != self.votes.signum() {
+            self.votes = vote;
+        } else {
+            self.votes += vote;
+        }
+        let moved = match self.votes {
+            LEVEL_VOTES => (self.now + 1).min(crate::compress::LEVEL),
+            v if v == -LEVEL_VOTES => (self.now - 1).max(crate::compress::MIN_LEVEL),
+            _ => return None,
+        };
+        self.votes = 0;
+        (moved != self.now).then(|| {
+            self.now = moved;
+            moved
+        })
+    }
+}
+
 /// Sender settings.
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
     /// Compression mode.
     pub compress: CompressMode,
+    /// The zstd level of compressed pieces.
+    pub compress_level: CompressLevel,
     /// Ask the receiver what it already has and send only the rest.
     pub resume: bool,
     /// How long to wait for the relay's `ready` (a receiver with the same code).
@@ -103,6 +183,7 @@ impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
             compress: CompressMode::Auto,
+            compress_level: CompressLevel::Adaptive,
             resume: false,
             ready_timeout: Duration::from_secs(300),
             answer_timeout: Duration::from_secs(30),
@@ -208,9 +289,14 @@ pub struct Job {
     seq: u64,
     data: PieceBuf,
     compress: JobCompress,
+    /// The zstd level, when compressing.
+    level: i32,
     seal: Option<JobSeal>,
     /// Compute the piece's BLAKE3 hash (the fast data path without encryption).
     hash: bool,
+    /// v1's chain step for a piece already made: fold this finished piece into the chain
+    /// at this value, off the session loop (the other fields are unused then).
+    link: Option<(Box<JobResult>, Option<[u8; 32]>)>,
 }
 
 impl std::fmt::Debug for Job {
@@ -219,8 +305,10 @@ impl std::fmt::Debug for Job {
             .field("seq", &self.seq)
             .field("len", &self.data.len())
             .field("compress", &self.compress)
+            .field("level", &self.level)
             .field("encrypt", &self.seal.is_some())
             .field("hash", &self.hash)
+            .field("link", &self.link.is_some())
             .finish()
     }
 }
@@ -240,23 +328,39 @@ pub struct JobResult {
     raw: u64,
     /// The fast chain's h(k) of the payload, when the job hashed it.
     piece_hash: Option<[u8; 32]>,
+    /// v1's chain value c(k), when a chain job made it.
+    chain: Option<[u8; 32]>,
 }
 
 impl Job {
+    /// The zstd level the job compresses at, if it compresses.
+    pub fn compress_level(&self) -> Option<i32> {
+        (self.compress != JobCompress::No && self.link.is_none()).then_some(self.level)
+    }
+
     /// Whether the job is cheap enough to run inline on an event loop (no compression,
     /// no hashing, no encryption: only a copy).
     pub fn is_light(&self) -> bool {
-        self.compress == JobCompress::No && self.seal.is_none() && !self.hash
+        self.compress == JobCompress::No && self.seal.is_none() && !self.hash && self.link.is_none()
     }
 
     /// Do the work.
     pub fn run(self) -> JobResult {
+        if let Some((done, prev)) = self.link {
+            let mut done = *done;
+            let payload = done
+                .plain
+                .as_deref()
+                .unwrap_or(&done.frame[DATA_HEADER_LEN..]);
+            done.chain = Some(Chain::at(ChainKind::Sha256, prev).next(payload));
+            return done;
+        }
         let raw = self.data.len() as u64;
         let (frame, compressed) = match self.compress {
             JobCompress::No => (self.data.into_frame(), false),
-            JobCompress::Yes => (packed_frame(&self.data), true),
+            JobCompress::Yes => (packed_frame(&self.data, self.level), true),
             JobCompress::Decide => {
-                let packed = packed_frame(&self.data);
+                let packed = packed_frame(&self.data, self.level);
                 if shrinks_enough(packed.len() - DATA_HEADER_LEN, self.data.len()) {
                     (packed, true)
                 } else {
@@ -292,13 +396,21 @@ impl Job {
             compressed,
             raw,
             piece_hash,
+            chain: None,
         }
     }
 }
 
+/// The smallest piece whose v1 chain step runs as a job of its own: smaller ones are
+/// hashed on the session loop, where a trip to a job thread would cost more than it
+/// saves.
+const LINK_JOB_MIN: usize = 256 * 1024;
+
 /// Header room, then the piece compressed.
-fn packed_frame(data: &PieceBuf) -> Vec<u8> {
-    PieceBuf::from(crate::compress::compress(data.payload()).as_slice()).into_frame()
+fn packed_frame(data: &PieceBuf, level: i32) -> Vec<u8> {
+    let mut frame = vec![0; DATA_HEADER_LEN];
+    crate::compress::compress_onto(data.payload(), level, &mut frame);
+    frame
 }
 
 /// The auto-mode rule: compress when compressed / original < 0.95 (an empty piece
@@ -340,6 +452,8 @@ struct Streaming {
     jobs_out: usize,
     results: BTreeMap<u64, JobResult>,
     next_emit: u64,
+    /// A chain job is out for piece `next_emit` (v1's chain, off the session loop).
+    linking: bool,
     chain: Chain,
     sent: u64,
     /// A stream of unknown length (extension `stream`): `pieces` is known only once a
@@ -380,6 +494,8 @@ pub struct Sender {
     current: Option<Current>,
     transmit: VecDeque<WireMessage>,
     frames_queued: usize,
+    /// The zstd level new compression jobs get.
+    level: Level,
     io: VecDeque<IoRequest>,
     jobs: VecDeque<Job>,
     events: VecDeque<Event>,
@@ -514,6 +630,7 @@ impl Sender {
             current: None,
             transmit: VecDeque::new(),
             frames_queued: 0,
+            level: Level::new(config.compress_level),
             io: VecDeque::new(),
             jobs: VecDeque::new(),
             events: VecDeque::new(),
@@ -563,7 +680,11 @@ impl Sender {
     /// the backpressure.
     pub fn poll_transmit(&mut self) -> Option<WireMessage> {
         let Some(m) = self.transmit.pop_front() else {
-            return self.next_meta_part();
+            let part = self.next_meta_part();
+            if part.is_none() {
+                self.level.starved |= self.compressing();
+            }
+            return part;
         };
         if matches!(m, WireMessage::Binary(_)) {
             self.frames_queued -= 1;
@@ -884,6 +1005,16 @@ impl Sender {
     }
 
     /// The chain of files started now: BLAKE3 once the fast data path is agreed.
+    /// Compression jobs are out for the file being sent.
+    fn compressing(&self) -> bool {
+        match self.current.as_ref().map(|c| &c.stage) {
+            Some(Stage::Streaming(st)) => {
+                st.jobs_out > 0 && st.compression != Some(Compression::None)
+            }
+            _ => false,
+        }
+    }
+
     fn chain_kind(&self) -> ChainKind {
         if self.fast_on {
             ChainKind::Blake3
@@ -1466,6 +1597,7 @@ impl Sender {
                 jobs_out: 0,
                 results: BTreeMap::new(),
                 next_emit: 0,
+                linking: false,
                 chain: Chain::of(self.chain_kind()),
                 sent: append_from,
                 stream,
@@ -1517,6 +1649,28 @@ impl Sender {
             Stage::Streaming(st) => {
                 // Emit finished pieces in order.
                 while let Some(r) = st.results.remove(&st.next_emit) {
+                    // v1's chain is sequential, but its SHA-256 need not run on the
+                    // session loop: a large piece goes to a chain job, and the loop
+                    // writes the pieces before it meanwhile.
+                    let payload_len = r
+                        .plain
+                        .as_ref()
+                        .map_or(r.frame.len() - DATA_HEADER_LEN, Bytes::len);
+                    if !st.fast && r.chain.is_none() && payload_len >= LINK_JOB_MIN {
+                        self.jobs.push_back(Job {
+                            file: index,
+                            seq: r.seq,
+                            data: PieceBuf::zeroed(0),
+                            compress: JobCompress::No,
+                            level: 0,
+                            seal: None,
+                            hash: false,
+                            link: Some((Box::new(r), st.chain.value())),
+                        });
+                        st.linking = true;
+                        st.jobs_out += 1;
+                        break;
+                    }
                     if st.next_emit == 0 {
                         let compression = st.compression.unwrap_or(if r.compressed {
                             Compression::Zstd
@@ -1549,21 +1703,33 @@ impl Sender {
                         });
                     }
                     let chain = match (st.fast, r.piece_hash) {
-                        (false, _) => st
-                            .chain
-                            .next(r.plain.as_deref().unwrap_or(&r.frame[DATA_HEADER_LEN..])),
+                        (false, _) => match r.chain {
+                            Some(c) => {
+                                st.chain = Chain::at(ChainKind::Sha256, Some(c));
+                                c
+                            }
+                            None => st
+                                .chain
+                                .next(r.plain.as_deref().unwrap_or(&r.frame[DATA_HEADER_LEN..])),
+                        },
                         (true, Some(h)) => st.chain.link(&h),
                         // Encrypted on the fast path: the tag protects the piece, and
                         // the chain field is zero.
                         (true, None) => [0; 32],
                     };
+                    let compressed = r.compressed;
                     let mut frame = r.frame;
                     wire::write_header(&mut frame, st.next_emit, &chain);
                     self.transmit
                         .push_back(WireMessage::Binary(Bytes::from(frame)));
-                    self.frames_queued += 1;
                     st.next_emit += 1;
                     st.sent += r.raw;
+                    if compressed {
+                        if let Some(level) = self.level.vote(self.frames_queued) {
+                            self.events.push_back(Event::CompressLevel { level });
+                        }
+                    }
+                    self.frames_queued += 1;
                     self.events.push_back(Event::Progress {
                         delta: r.raw,
                         file_bytes: st.sent,
@@ -1650,8 +1816,10 @@ impl Sender {
                         seq: st.next_job,
                         data,
                         compress,
+                        level: self.level.now,
                         hash: st.fast && seal.is_none(),
                         seal,
+                        link: None,
                     });
                     st.next_job += 1;
                     st.jobs_out += 1;
@@ -1740,7 +1908,16 @@ impl Sender {
         else {
             return Err(Error::misuse("job result while no file is streaming"));
         };
+        // A chain job's result is the one awaited for `next_emit`; any other result
+        // for that piece while its chain job is out is one nobody asked for.
+        let linked = done.chain.is_some();
+        let awaited = match (linked, st.linking) {
+            (true, true) => done.seq == st.next_emit,
+            (true, false) => false,
+            (false, _) => !(st.linking && done.seq == st.next_emit),
+        };
         if done.file != *index
+            || !awaited
             || done.seq < st.next_emit
             || done.seq >= st.next_job
             || st.results.contains_key(&done.seq)
@@ -1751,6 +1928,9 @@ impl Sender {
             )));
         }
         st.jobs_out -= 1;
+        if linked {
+            st.linking = false;
+        }
         st.results.insert(done.seq, done);
         self.pump();
         Ok(())

@@ -44,10 +44,11 @@ use std::time::Instant;
 pub use p2p_copy_runtime::partials;
 pub use p2p_copy_runtime::proxy;
 pub use p2p_copy_runtime::{
-    check_exclude, ClientConfig, CompressMode, ConsentAsk, DirectMode, DirectOptions, Event,
-    Incoming, Mapping, MessageTransport, NetReport, Offer, PathEvent, PathTaken, Pipe, RateLimit,
-    RelayConfig, RelayOps, RelayServerConfig, SendOptions, SessionEvent, StunAnswer, StunPorts,
-    StunQueryError, Summary, TopLevel, TransferError, TransferOffer, TransportError,
+    check_exclude, ClientConfig, CompressLevel, CompressMode, ConsentAsk, DirectMode,
+    DirectOptions, Event, Incoming, Mapping, MessageTransport, NetReport, Offer, PathEvent,
+    PathTaken, Pipe, RateLimit, RelayConfig, RelayOps, RelayServerConfig, SendOptions,
+    SessionEvent, StunAnswer, StunPorts, StunQueryError, Summary, TopLevel, TransferError,
+    TransferOffer, TransportError,
 };
 
 /// smol's services for the generic loop.

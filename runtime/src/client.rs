@@ -314,6 +314,7 @@ async fn drive_send<R: Rt, T: MessageTransport>(
     } = run;
     let config = SenderConfig {
         compress: opts.compress,
+        compress_level: opts.compress_level,
         resume: opts.resume,
         ready_timeout: cfg.pair_timeout,
         confirm: true,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use p2p_copy_core::rate::TokenBucket;
 pub use p2p_copy_core::reconnect::RetryPolicy;
 use p2p_copy_core::relay::RelayConfig;
-use p2p_copy_core::sender::CompressMode;
+use p2p_copy_core::sender::{CompressLevel, CompressMode};
 use p2p_copy_core::{Event, PathEvent};
 
 /// How a client reaches the relay and which session it joins.
@@ -253,6 +253,8 @@ impl ClientConfig {
 pub struct SendOptions {
     /// Compression mode (default [`CompressMode::Auto`]).
     pub compress: CompressMode,
+    /// The zstd level of compressed pieces (default [`CompressLevel::Adaptive`]).
+    pub compress_level: CompressLevel,
     /// Ask the receiver what it already has and send only the rest.
     pub resume: bool,
     /// Skip what cannot be sent (a name that is not UTF-8 or too long, a file that

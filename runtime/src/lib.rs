@@ -91,7 +91,7 @@ pub use listen::{bind_listener, LISTEN_BACKLOG};
 pub use netcheck::{netcheck, Mapping, NetReport, StunAnswer};
 pub use p2p_copy_core::consent::{Offer, TopLevel};
 pub use p2p_copy_core::relay::RelayConfig;
-pub use p2p_copy_core::sender::CompressMode;
+pub use p2p_copy_core::sender::{CompressLevel, CompressMode};
 pub use p2p_copy_core::{Event, PathEvent};
 pub use relay_server::{serve_relay, RelayServer};
 pub use rt::Rt;

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use super::fixtures::{cipher, encrypted, plain, text, MIB};
 use crate::chain::resume_chain;
 use crate::crypto::NonceChain;
-use crate::sender::{CompressMode, IoCompletion, IoRequest, SendFile, Sender, SenderConfig};
+use crate::sender::{
+    CompressLevel, CompressMode, IoCompletion, IoRequest, SendFile, Sender, SenderConfig,
+};
 use crate::sim::SenderFs;
 use crate::wire::{self, Control, DataMessage, FileHeader, ResumeEntry};
 use crate::{Error, Event, Secrets, WireMessage};
@@ -756,4 +758,189 @@ fn only_a_large_first_file_waits_for_the_answer_to_the_fast_offer() {
     assert!(msgs
         .iter()
         .any(|m| matches!(m, WireMessage::Text(t) if t.starts_with(r#"{"type":"file""#) && t.contains(r#""fast":true"#))));
+}
+
+/// A sender of one compressible file of `pieces` MiB, compressing every piece, past
+/// the manifest.
+fn compressing(level: CompressLevel, pieces: usize) -> Rig {
+    let config = SenderConfig {
+        compress: CompressMode::On,
+        compress_level: level,
+        ..SenderConfig::default()
+    };
+    let data = Bytes::from(b"a line of a log, 0123456789\n".repeat(pieces * MIB / 28 + 1));
+    let mut r = Rig::new(config, &plain(), &[("log", data)]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    r
+}
+
+impl Rig {
+    /// Complete every read; return the jobs asked for, not run.
+    fn reads_only(&mut self) -> Vec<crate::sender::Job> {
+        let mut jobs = Vec::new();
+        loop {
+            let mut any = false;
+            while let Some(r) = self.s.poll_io() {
+                any = true;
+                if let Some(done) = self.fs.execute(&r) {
+                    self.s.handle_io(self.now, done).unwrap();
+                }
+            }
+            while let Some(j) = self.s.poll_job() {
+                any = true;
+                jobs.push(j);
+            }
+            if !any {
+                return jobs;
+            }
+        }
+    }
+
+    fn take_events(&mut self) {
+        while let Some(e) = self.s.poll_event() {
+            self.events.push(e);
+        }
+    }
+}
+
+#[test]
+fn the_adaptive_level_follows_the_bottleneck() {
+    let mut r = compressing(CompressLevel::Adaptive, 40);
+    let mut levels = Vec::new();
+    let mut pending = Vec::new();
+    // A slow link: jobs finish at once, the connection takes one message per round, so
+    // compressed pieces wait for it.
+    for _ in 0..16 {
+        pending.extend(r.reads_only());
+        for j in pending.drain(..) {
+            levels.extend(j.compress_level());
+            r.s.handle_job(r.now, j.run()).unwrap();
+        }
+        r.s.poll_transmit();
+    }
+    r.take_events();
+    assert_eq!(levels.first(), Some(&1), "it starts at level 1: {levels:?}");
+    assert_eq!(
+        levels.last(),
+        Some(&3),
+        "pieces waiting raise it to 3: {levels:?}"
+    );
+    assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{levels:?}");
+    let moves: Vec<_> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CompressLevel { level } => Some(*level),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moves, [2, 3], "never above the reference's level 3");
+    // A fast link: the connection takes everything and asks for more while jobs are
+    // out; jobs finish one at a time.
+    levels.clear();
+    while r.s.poll_transmit().is_some() {}
+    loop {
+        pending.extend(r.reads_only());
+        while r.s.poll_transmit().is_some() {}
+        if pending.is_empty() {
+            break;
+        }
+        let j = pending.remove(0);
+        levels.extend(j.compress_level());
+        r.s.handle_job(r.now, j.run()).unwrap();
+    }
+    r.take_events();
+    assert_eq!(levels.first(), Some(&3), "{levels:?}");
+    assert_eq!(
+        levels.last(),
+        Some(&1),
+        "a waiting connection lowers it to 1: {levels:?}"
+    );
+    assert!(levels.windows(2).all(|w| w[0] >= w[1]), "{levels:?}");
+    assert!(r.events.contains(&Event::CompressLevel { level: 1 }));
+    assert!(r.events.contains(&Event::FileDone {
+        path: "log".into(),
+        size: (40 * MIB / 28 + 1) as u64 * 28,
+    }));
+}
+
+#[test]
+fn a_fixed_level_never_moves() {
+    let mut r = compressing(CompressLevel::Fixed(7), 12);
+    let mut levels = Vec::new();
+    loop {
+        while r.s.poll_transmit().is_some() {}
+        let jobs = r.reads_only();
+        if jobs.is_empty() {
+            break;
+        }
+        for j in jobs {
+            levels.extend(j.compress_level());
+            r.s.handle_job(r.now, j.run()).unwrap();
+        }
+    }
+    r.take_events();
+    // The first pieces' jobs ran with the manifest.
+    assert!(levels.len() >= 8, "{levels:?}");
+    assert!(levels.iter().all(|&l| l == 7), "{levels:?}");
+    assert!(r.events.contains(&Event::FileDone {
+        path: "log".into(),
+        size: (12 * MIB / 28 + 1) as u64 * 28,
+    }));
+    assert!(!r
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::CompressLevel { .. })));
+}
+
+#[test]
+fn v1_chains_large_pieces_on_a_job_and_refuses_a_result_twice() {
+    let config = SenderConfig {
+        compress: CompressMode::Off,
+        ..SenderConfig::default()
+    };
+    let data = bytes(2 * MIB + 10);
+    let mut r = Rig::new(config, &plain(), &[("a", data.clone())]);
+    r.hello();
+    r.s.handle_message(r.now, ready()).unwrap();
+    // The copies are light; the chain steps of the two whole pieces are not.
+    let mut jobs = r.reads_only();
+    assert!(jobs.iter().all(|j| j.is_light()), "{jobs:?}");
+    let first = jobs.remove(0).run();
+    r.s.handle_job(r.now, first.clone()).unwrap();
+    let link = r.s.poll_job().expect("a chain job for piece 0");
+    assert!(!link.is_light());
+    assert_eq!(link.compress_level(), None);
+    // The piece's own result again, while its chain step is out: nobody asked for it.
+    let err = r.s.handle_job(r.now, first).unwrap_err();
+    assert_eq!(err.kind(), "misuse", "{err}");
+}
+
+#[test]
+fn v1_chain_values_made_on_jobs_are_the_chain() {
+    let config = SenderConfig {
+        compress: CompressMode::Off,
+        ..SenderConfig::default()
+    };
+    let data = bytes(3 * MIB + 10);
+    let mut r = Rig::new(config, &plain(), &[("a", data.clone())]);
+    r.hello();
+    r.feed(ready()).unwrap();
+    let mut prev: Option<[u8; 32]> = None;
+    let mut seen = 0;
+    for m in r.drain() {
+        let WireMessage::Binary(b) = m else { continue };
+        let d = DataMessage::decode(b).unwrap();
+        let mut h = Sha256::new();
+        if let Some(p) = prev {
+            h.update(p);
+        }
+        h.update(&d.payload);
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(d.chain, want, "piece {}", d.seq);
+        prev = Some(want);
+        seen += 1;
+    }
+    assert_eq!(seen, 4);
 }
