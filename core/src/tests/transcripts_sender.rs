@@ -894,15 +894,20 @@ fn a_fixed_level_never_moves() {
         .any(|e| matches!(e, Event::CompressLevel { .. })));
 }
 
-#[test]
-fn v1_chains_large_pieces_on_a_job_and_refuses_a_result_twice() {
+/// A v1 sender of one uncompressed file of `len` bytes, its hello taken.
+fn uncompressed_v1(len: usize) -> Rig {
     let config = SenderConfig {
         compress: CompressMode::Off,
         ..SenderConfig::default()
     };
-    let data = bytes(2 * MIB + 10);
-    let mut r = Rig::new(config, &plain(), &[("a", data.clone())]);
+    let mut r = Rig::new(config, &plain(), &[("a", bytes(len))]);
     r.hello();
+    r
+}
+
+#[test]
+fn v1_chains_large_pieces_on_a_job_and_refuses_a_result_twice() {
+    let mut r = uncompressed_v1(2 * MIB + 10);
     r.s.handle_message(r.now, ready()).unwrap();
     // The copies are light; the chain steps of the two whole pieces are not.
     let mut jobs = r.reads_only();
@@ -919,13 +924,7 @@ fn v1_chains_large_pieces_on_a_job_and_refuses_a_result_twice() {
 
 #[test]
 fn v1_chain_values_made_on_jobs_are_the_chain() {
-    let config = SenderConfig {
-        compress: CompressMode::Off,
-        ..SenderConfig::default()
-    };
-    let data = bytes(3 * MIB + 10);
-    let mut r = Rig::new(config, &plain(), &[("a", data.clone())]);
-    r.hello();
+    let mut r = uncompressed_v1(3 * MIB + 10);
     r.feed(ready()).unwrap();
     let mut prev: Option<[u8; 32]> = None;
     let mut seen = 0;
