@@ -657,6 +657,19 @@ impl PieceBuf {
         }
     }
 
+    /// A buffer whose first [`DATA_HEADER_LEN`] bytes are the header room and the rest
+    /// the payload (a runtime that reads a piece into a buffer of its own).
+    ///
+    /// # Panics
+    /// If `buf` is shorter than the header room.
+    pub fn from_frame(buf: Vec<u8>) -> PieceBuf {
+        assert!(
+            buf.len() >= DATA_HEADER_LEN,
+            "a piece buffer holds its header room"
+        );
+        PieceBuf { buf }
+    }
+
     /// The payload.
     pub fn payload(&self) -> &[u8] {
         &self.buf[DATA_HEADER_LEN..]
