@@ -208,7 +208,7 @@ fn every_compression_level_gives_the_same_files() {
         let code = format!("cli-level-{i}");
         let (sent, _) = transfer(&url, &code, &s, &extra, &[]);
         assert_same_tree(&s.src, &s.out.join("src"));
-        // The adaptive level moves only with -v's line to say so; a fixed one never.
+        // A fixed level never moves, so -v never says it did.
         if level.is_some() {
             assert!(
                 !sent.stderr.contains("compressing at zstd level"),

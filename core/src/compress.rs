@@ -22,20 +22,15 @@ thread_local! {
 /// Compress `data` at the reference's level into one zstd frame that records its
 /// content size.
 pub fn compress(data: &[u8]) -> Vec<u8> {
-    compress_at(data, LEVEL)
-}
-
-/// Compress `data` at `level` into one zstd frame that records its content size. Any
-/// level gives a frame every receiver decompresses alike; the level trades the sender's
-/// CPU for size.
-pub fn compress_at(data: &[u8], level: i32) -> Vec<u8> {
     let mut out = Vec::new();
-    compress_onto(data, level, &mut out);
+    compress_onto(data, LEVEL, &mut out);
     out
 }
 
-/// Compress `data` at `level` into one zstd frame, appended to `out` (the frame is
-/// written in place, after what `out` holds: a message's header room, say).
+/// Compress `data` at `level` (clamped to 1..=19) into one zstd frame that records its
+/// content size, appended to `out` (written in place, after what `out` holds: a
+/// message's header room, say). Any level gives a frame every receiver decompresses
+/// alike; the level trades the sender's CPU for size.
 pub fn compress_onto(data: &[u8], level: i32, out: &mut Vec<u8>) {
     let level = level.clamp(MIN_LEVEL, MAX_LEVEL);
     let start = out.len();
@@ -158,8 +153,11 @@ mod tests {
         let mut sizes = Vec::new();
         // The same thread's context moves between levels, and back.
         for level in [1, 19, 3, 1, 0, 40] {
-            let frame = compress_at(&data, level);
-            assert_eq!(decompress_capped(&frame, data.len()).unwrap(), data);
+            let mut frame = b"room".to_vec();
+            compress_onto(&data, level, &mut frame);
+            assert_eq!(&frame[..4], b"room", "what `out` held stays in front");
+            let frame = &frame[4..];
+            assert_eq!(decompress_capped(frame, data.len()).unwrap(), data);
             sizes.push(frame.len());
         }
         assert!(

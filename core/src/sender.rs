@@ -287,29 +287,50 @@ enum JobSeal {
 pub struct Job {
     file: usize,
     seq: u64,
-    data: PieceBuf,
-    compress: JobCompress,
-    /// The zstd level, when compressing.
-    level: i32,
-    seal: Option<JobSeal>,
-    /// Compute the piece's BLAKE3 hash (the fast data path without encryption).
-    hash: bool,
-    /// v1's chain step for a piece already made: fold this finished piece into the chain
-    /// at this value, off the session loop (the other fields are unused then).
-    link: Option<(Box<JobResult>, Option<[u8; 32]>)>,
+    work: Work,
+}
+
+/// What a [`Job`] does.
+#[derive(Clone)]
+enum Work {
+    /// Make a piece's frame from the data read.
+    Piece {
+        data: PieceBuf,
+        compress: JobCompress,
+        /// The zstd level, when compressing.
+        level: i32,
+        seal: Option<JobSeal>,
+        /// Compute the piece's BLAKE3 hash (the fast data path without encryption).
+        hash: bool,
+    },
+    /// v1's chain step for a piece already made: fold it into the chain at this value,
+    /// off the session loop.
+    Link {
+        done: Box<JobResult>,
+        prev: Option<[u8; 32]>,
+    },
 }
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("seq", &self.seq)
-            .field("len", &self.data.len())
-            .field("compress", &self.compress)
-            .field("level", &self.level)
-            .field("encrypt", &self.seal.is_some())
-            .field("hash", &self.hash)
-            .field("link", &self.link.is_some())
-            .finish()
+        let mut d = f.debug_struct("Job");
+        d.field("seq", &self.seq);
+        match &self.work {
+            Work::Piece {
+                data,
+                compress,
+                level,
+                seal,
+                hash,
+            } => d
+                .field("len", &data.len())
+                .field("compress", compress)
+                .field("level", level)
+                .field("encrypt", &seal.is_some())
+                .field("hash", hash),
+            Work::Link { .. } => d.field("link", &true),
+        };
+        d.finish()
     }
 }
 
@@ -335,43 +356,63 @@ pub struct JobResult {
 impl Job {
     /// The zstd level the job compresses at, if it compresses.
     pub fn compress_level(&self) -> Option<i32> {
-        (self.compress != JobCompress::No && self.link.is_none()).then_some(self.level)
+        match &self.work {
+            Work::Piece {
+                compress, level, ..
+            } if *compress != JobCompress::No => Some(*level),
+            _ => None,
+        }
     }
 
     /// Whether the job is cheap enough to run inline on an event loop (no compression,
     /// no hashing, no encryption: only a copy).
     pub fn is_light(&self) -> bool {
-        self.compress == JobCompress::No && self.seal.is_none() && !self.hash && self.link.is_none()
+        matches!(
+            &self.work,
+            Work::Piece {
+                compress: JobCompress::No,
+                seal: None,
+                hash: false,
+                ..
+            }
+        )
     }
 
     /// Do the work.
     pub fn run(self) -> JobResult {
-        if let Some((done, prev)) = self.link {
-            let mut done = *done;
-            let payload = done
-                .plain
-                .as_deref()
-                .unwrap_or(&done.frame[DATA_HEADER_LEN..]);
-            done.chain = Some(Chain::at(ChainKind::Sha256, prev).next(payload));
-            return done;
-        }
-        let raw = self.data.len() as u64;
-        let (frame, compressed) = match self.compress {
-            JobCompress::No => (self.data.into_frame(), false),
-            JobCompress::Yes => (packed_frame(&self.data, self.level), true),
+        let (data, compress, level, seal, hash) = match self.work {
+            Work::Piece {
+                data,
+                compress,
+                level,
+                seal,
+                hash,
+            } => (data, compress, level, seal, hash),
+            Work::Link { done, prev } => {
+                let mut done = *done;
+                let payload = done
+                    .plain
+                    .as_deref()
+                    .unwrap_or(&done.frame[DATA_HEADER_LEN..]);
+                done.chain = Some(Chain::at(ChainKind::Sha256, prev).next(payload));
+                return done;
+            }
+        };
+        let raw = data.len() as u64;
+        let (frame, compressed) = match compress {
+            JobCompress::No => (data.into_frame(), false),
+            JobCompress::Yes => (packed_frame(&data, level), true),
             JobCompress::Decide => {
-                let packed = packed_frame(&self.data, self.level);
-                if shrinks_enough(packed.len() - DATA_HEADER_LEN, self.data.len()) {
+                let packed = packed_frame(&data, level);
+                if shrinks_enough(packed.len() - DATA_HEADER_LEN, data.len()) {
                     (packed, true)
                 } else {
-                    (self.data.into_frame(), false)
+                    (data.into_frame(), false)
                 }
             }
         };
-        let piece_hash = self
-            .hash
-            .then(|| crate::chain::piece_hash(&frame[DATA_HEADER_LEN..]));
-        let (frame, plain) = match &self.seal {
+        let piece_hash = hash.then(|| crate::chain::piece_hash(&frame[DATA_HEADER_LEN..]));
+        let (frame, plain) = match &seal {
             None => (frame, None),
             Some(JobSeal::Fast(cipher, index)) => {
                 // Nothing hashes the plain payload: the tag protects it.
@@ -1004,7 +1045,6 @@ impl Sender {
         })
     }
 
-    /// The chain of files started now: BLAKE3 once the fast data path is agreed.
     /// Compression jobs are out for the file being sent.
     fn compressing(&self) -> bool {
         match self.current.as_ref().map(|c| &c.stage) {
@@ -1015,6 +1055,7 @@ impl Sender {
         }
     }
 
+    /// The chain of files started now: BLAKE3 once the fast data path is agreed.
     fn chain_kind(&self) -> ChainKind {
         if self.fast_on {
             ChainKind::Blake3
@@ -1660,12 +1701,10 @@ impl Sender {
                         self.jobs.push_back(Job {
                             file: index,
                             seq: r.seq,
-                            data: PieceBuf::zeroed(0),
-                            compress: JobCompress::No,
-                            level: 0,
-                            seal: None,
-                            hash: false,
-                            link: Some((Box::new(r), st.chain.value())),
+                            work: Work::Link {
+                                prev: st.chain.value(),
+                                done: Box::new(r),
+                            },
                         });
                         st.linking = true;
                         st.jobs_out += 1;
@@ -1814,12 +1853,13 @@ impl Sender {
                     self.jobs.push_back(Job {
                         file: index,
                         seq: st.next_job,
-                        data,
-                        compress,
-                        level: self.level.now,
-                        hash: st.fast && seal.is_none(),
-                        seal,
-                        link: None,
+                        work: Work::Piece {
+                            data,
+                            compress,
+                            level: self.level.now,
+                            hash: st.fast && seal.is_none(),
+                            seal,
+                        },
                     });
                     st.next_job += 1;
                     st.jobs_out += 1;
@@ -1911,11 +1951,7 @@ impl Sender {
         // A chain job's result is the one awaited for `next_emit`; any other result
         // for that piece while its chain job is out is one nobody asked for.
         let linked = done.chain.is_some();
-        let awaited = match (linked, st.linking) {
-            (true, true) => done.seq == st.next_emit,
-            (true, false) => false,
-            (false, _) => !(st.linking && done.seq == st.next_emit),
-        };
+        let awaited = linked == (st.linking && done.seq == st.next_emit);
         if done.file != *index
             || !awaited
             || done.seq < st.next_emit
