@@ -317,15 +317,10 @@ impl std::fmt::Debug for Job {
         d.field("seq", &self.seq);
         match &self.work {
             Work::Piece {
-                data,
-                compress,
-                level,
-                seal,
-                hash,
+                data, seal, hash, ..
             } => d
                 .field("len", &data.len())
-                .field("compress", compress)
-                .field("level", level)
+                .field("compress_level", &self.compress_level())
                 .field("encrypt", &seal.is_some())
                 .field("hash", hash),
             Work::Link { .. } => d.field("link", &true),
