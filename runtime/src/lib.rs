@@ -63,6 +63,7 @@ mod paths;
 pub mod proxy;
 pub mod quic;
 mod quic_gso;
+mod quic_runtime;
 mod quic_timer;
 mod reconnect;
 mod relay_conn;

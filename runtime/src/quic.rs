@@ -288,9 +288,10 @@ impl ClientCertVerifier for Pinned {
 /// Discovery probes upwards from [`INITIAL_UDP_PAYLOAD`] and keeps what the path
 /// delivers, so a 1500-byte Ethernet path stays near 1452 bytes, while loopback and
 /// jumbo-frame links get packets several times as large, and with them a fraction of the
-/// per-packet work (sealing, acknowledging, system calls). quinn sends up to 10 packets
-/// per GSO `sendmsg`, which may carry 64 KiB in all: above 6.5 KB a batch no longer
-/// fits, and the socket quinn is given (`quic_gso::SplitGso`) sends it in two calls.
+/// per-packet work (sealing, acknowledging, system calls). quinn hands its socket up
+/// to 10 packets at a time, and one GSO `sendmsg` may carry 64 KiB in all: above 6.5 KB
+/// such a batch no longer fits, and the socket quinn is given (`quic_gso::GsoSocket`)
+/// sends it in two calls.
 /// Not the 65527 bytes UDP allows: the receive side's buffer grows with it (quinn
 /// reserves 64 GRO segments times 32 datagrams of this size: 18 MiB of address space,
 /// touched only as datagrams arrive).
@@ -430,6 +431,8 @@ fn server_config(me: &Identity, peer: Pinned) -> Result<quinn::ServerConfig, Tra
 pub struct QuicEndpoint {
     endpoint: quinn::Endpoint,
     identity: Identity,
+    /// The socket's batched sends, counted for `-v`.
+    batches: Arc<crate::quic_gso::Batches>,
 }
 
 impl QuicEndpoint {
@@ -451,10 +454,15 @@ impl QuicEndpoint {
         config
             .max_udp_payload_size(MAX_UDP_PAYLOAD)
             .map_err(|e| TransferError::Direct(format!("QUIC settings: {e}")))?;
-        let runtime = Arc::new(crate::quic_timer::LazyTimers(runtime));
+        let runtime = Arc::new(crate::quic_runtime::QuicRuntime::new(runtime));
+        let batches = runtime.batches();
         let endpoint = quinn::Endpoint::new(config, Some(nobody), socket, runtime)
             .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?;
-        Ok(QuicEndpoint { endpoint, identity })
+        Ok(QuicEndpoint {
+            endpoint,
+            identity,
+            batches,
+        })
     }
 
     /// The local address of the UDP socket.
@@ -513,7 +521,7 @@ impl QuicEndpoint {
         read_preface(&connection, &mut recv)
             .await
             .map_err(|e| failed(&e))?;
-        Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv))
+        Ok(QuicConn::new(self, connection, send, recv))
     }
 
     /// Accept the next connection, requiring the client certificate with fingerprint
@@ -547,7 +555,7 @@ impl QuicEndpoint {
             .await
             .map_err(|e| failed(&e))?;
         send.write_all(PREFACE).await.map_err(|e| failed(&e))?;
-        Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv))
+        Ok(QuicConn::new(self, connection, send, recv))
     }
 }
 
@@ -577,7 +585,7 @@ impl QuicEndpoint {
             Ok::<_, String>((send, recv))
         };
         match stream.await {
-            Ok((send, recv)) => Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv)),
+            Ok((send, recv)) => Ok(QuicConn::new(self, connection, send, recv)),
             // In TLS 1.3 the server checks the client's certificate after the client's
             // handshake completed: its refusal shows as the connection's close.
             Err(e) => Err(connection
@@ -620,7 +628,7 @@ impl QuicEndpoint {
             Ok::<_, String>((send, recv))
         };
         match stream.await {
-            Ok((send, recv)) => Ok(QuicConn::new(self.endpoint.clone(), connection, send, recv)),
+            Ok((send, recv)) => Ok(QuicConn::new(self, connection, send, recv)),
             Err(e) => Err(fail(
                 connection
                     .close_reason()
@@ -679,6 +687,7 @@ enum ReadState {
 pub struct QuicConn {
     // Kept so the endpoint's driver runs as long as the connection does.
     _endpoint: quinn::Endpoint,
+    batches: Arc<crate::quic_gso::Batches>,
     connection: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -703,13 +712,14 @@ impl fmt::Debug for QuicConn {
 
 impl QuicConn {
     fn new(
-        endpoint: quinn::Endpoint,
+        endpoint: &QuicEndpoint,
         connection: quinn::Connection,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     ) -> QuicConn {
         QuicConn {
-            _endpoint: endpoint,
+            _endpoint: endpoint.endpoint.clone(),
+            batches: endpoint.batches.clone(),
             connection,
             send,
             recv,
@@ -746,13 +756,14 @@ impl QuicConn {
     }
 
     /// What the connection did, in one line for `-v`: the packet size MTU discovery
-    /// reached, the round trip, datagrams and the system calls that carried them, losses.
+    /// reached, the round trip, datagrams, the batches quinn made of them and the system
+    /// calls that carried them (the endpoint's, all its connections'), losses.
     pub fn stats_summary(&self) -> String {
         let s = self.connection.stats();
         format!(
             "connection with {}: MTU {} bytes ({} of {} probes lost, {} black holes), RTT \
-             {:.2} ms, sent {} datagrams in {} calls, received {} datagrams in {} calls, {} \
-             lost, {} congestion events, {} ACK frames received",
+             {:.2} ms, sent {} datagrams in {} batches and {} system calls, received {} datagrams in {} calls, {} \
+             lost, {} congestion events, congestion window {} KB, {} ACK frames received",
             self.connection.remote_address(),
             s.path.current_mtu,
             s.path.lost_plpmtud_probes,
@@ -761,10 +772,12 @@ impl QuicConn {
             s.path.rtt.as_secs_f64() * 1e3,
             s.udp_tx.datagrams,
             s.udp_tx.ios,
+            self.batches.calls(),
             s.udp_rx.datagrams,
             s.udp_rx.ios,
             s.path.lost_packets,
             s.path.congestion_events,
+            s.path.cwnd / 1000,
             s.frame_rx.acks,
         )
     }

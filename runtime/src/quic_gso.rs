@@ -1,71 +1,322 @@
-//! quinn's UDP socket, with a send too large for one segmentation-offload call split
-//! into calls that fit.
+//! quinn's UDP socket, sending datagrams in segmentation-offload batches as large as the
+//! kernel takes.
 //!
-//! quinn hands the socket up to 10 datagrams of one size at a time, to be sent with one
-//! `sendmsg` and UDP segmentation offload (GSO). The kernel takes at most 64 KiB per
-//! call: with datagrams above 6.5 KB (jumbo-frame links, loopback) a batch of 10 is
-//! refused as a whole with `EMSGSIZE`, which quinn-udp drops silently, and MTU discovery
-//! then takes the path for one that loses everything above 6.5 KB. [`SplitGso`] sends
-//! such a batch as two or more calls of whole datagrams, so that MTU discovery may go up
-//! to what a jumbo-frame link carries (see `MAX_UDP_PAYLOAD` in `quic.rs`).
+//! quinn 0.11 hands its socket at most 10 datagrams per send (one `sendmsg` with UDP
+//! segmentation offload, GSO) and at most 20 per wake-up of a connection's driver. On a
+//! 1500-byte path that is 14.5 KB per system call, and every call is one packet through
+//! each hop of the host's network stack (veths, bridges, NAT, conntrack), then one GRO
+//! read and one acknowledgement at the peer. The relayed path's TCP moves 64 KiB per
+//! packet through the same hops. Measured in the unshaped lab (docs/BENCHMARKS.md), the
+//! small batches cost the direct path about a third of its CPU on both peers.
+//!
+//! [`GsoSocket`] collects the datagrams quinn sends while one of its tasks is polled and
+//! sends them together: datagrams of one size to one destination, up to 64 KiB or the
+//! kernel's 64 segments per call. A batch is sent when it is full, when a datagram that
+//! cannot join it comes, and when the task's poll ends ([`Flushing`] wraps every task
+//! quinn spawns). A poll that added to the batch and woke its own task (quinn's driver
+//! does so after 20 datagrams, to let other tasks run) leaves the batch for the next poll,
+//! which comes at once: so a bulk transfer's batches fill up, while a lone packet (an
+//! acknowledgement, a keep-alive) waits for nothing. Sends from outside quinn's tasks
+//! (quinn's stateless replies from the caller's task) go out at once.
+//!
+//! A batch larger than one call may carry (quinn's batch of 10 jumbo-frame datagrams
+//! above 6.5 KB each, or any batch once the kernel refused segmentation offload and quinn
+//! turned it off) is sent as several calls of whole datagrams: otherwise the kernel
+//! refuses the whole batch with `EMSGSIZE`, which quinn-udp drops silently, and MTU
+//! discovery would take the path for one that loses everything above 6.5 KB.
 
+use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 
-use quinn::udp::{RecvMeta, Transmit};
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 
 /// The most bytes of datagrams one GSO `sendmsg` is given: an IPv4 packet's 65,535
 /// bytes less its IP and UDP headers, rounded down.
 const MAX_GSO_BYTES: usize = 65_000;
 
-/// The socket quinn gets from the executor's runtime, sending batches above
-/// [`MAX_GSO_BYTES`] in parts.
-pub struct SplitGso(pub Arc<dyn AsyncUdpSocket>);
+/// The most datagrams one GSO `sendmsg` may carry: Linux's `UDP_MAX_SEGMENTS` (64 up
+/// to 6.11, larger since), and what quinn-udp reports when the kernel offers GSO.
+const MAX_GSO_SEGMENTS: usize = 64;
 
-impl fmt::Debug for SplitGso {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SplitGso").field(&self.0).finish()
+/// The sockets of one quinn runtime, which its tasks flush when a poll ends.
+#[derive(Debug, Default)]
+pub struct Batches {
+    sockets: Mutex<Vec<Weak<GsoSocket>>>,
+    /// The sends the sockets made: system calls, each one batch of datagrams.
+    calls: Arc<AtomicU64>,
+}
+
+impl Batches {
+    /// How many sends (system calls) the runtime's sockets made so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn sockets(&self) -> Vec<Arc<GsoSocket>> {
+        let mut list = lock(&self.sockets);
+        list.retain(|s| s.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
     }
 }
 
-/// The parts `transmit` is sent in: whole datagrams, at most [`MAX_GSO_BYTES`] each.
-fn parts<'a>(transmit: &'a Transmit<'a>) -> impl Iterator<Item = Transmit<'a>> + 'a {
-    let segment = transmit
-        .segment_size
-        .unwrap_or(transmit.contents.len())
-        .max(1);
-    let per_part = (MAX_GSO_BYTES / segment).max(1) * segment;
-    transmit
-        .contents
-        .chunks(per_part)
-        .map(move |chunk| Transmit {
-            destination: transmit.destination,
-            ecn: transmit.ecn,
-            contents: chunk,
-            segment_size: transmit.segment_size.filter(|&s| chunk.len() > s),
-            src_ip: transmit.src_ip,
-        })
+thread_local! {
+    /// The runtime whose task this thread is polling (its [`Batches`]), if any: only
+    /// then is a batch certain to be flushed when the poll ends.
+    /// Held as the [`Batches`]' address (0: none).
+    static POLLING: Cell<usize> = const { Cell::new(0) };
+    /// Whether a datagram joined a batch during the current poll.
+    static GREW: Cell<bool> = const { Cell::new(false) };
 }
 
-impl AsyncUdpSocket for SplitGso {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.0.clone().create_io_poller()
-    }
+/// A runtime's identity for `POLLING`: the address of its [`Batches`].
+fn batches_id(batches: &Arc<Batches>) -> usize {
+    Arc::as_ptr(batches) as usize
+}
 
-    /// Sends the parts in order. When the socket's buffer fills after some of them went
-    /// out, quinn is told to try again later and then sends the whole batch once more;
-    /// the peer discards the datagrams it already has (QUIC packet numbers are never
-    /// reused), which costs their bytes and nothing else.
-    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if transmit.contents.len() <= MAX_GSO_BYTES {
-            return self.0.try_send(transmit);
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a batch goes: datagrams join a batch only with the same route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Route {
+    destination: SocketAddr,
+    ecn: Option<EcnCodepoint>,
+    src_ip: Option<IpAddr>,
+}
+
+impl Route {
+    fn of(t: &Transmit<'_>) -> Route {
+        Route {
+            destination: t.destination,
+            ecn: t.ecn,
+            src_ip: t.src_ip,
         }
-        parts(transmit).try_for_each(|part| self.0.try_send(&part))
+    }
+}
+
+/// The size of `t`'s datagrams (all but the last, which may be shorter) and their number.
+fn shape(t: &Transmit<'_>) -> (usize, usize) {
+    let len = t.contents.len();
+    let segment = t.segment_size.unwrap_or(len).clamp(1, len.max(1));
+    (segment, len.div_ceil(segment).max(1))
+}
+
+/// Datagrams waiting to be sent together.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The datagrams, back to back: every one `segment` bytes but the last.
+    bytes: Vec<u8>,
+    route: Option<Route>,
+    segment: usize,
+    /// The last datagram is shorter than `segment`: nothing may follow it.
+    closed: bool,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.route.is_none()
+    }
+
+    #[cfg(test)]
+    fn datagrams(&self) -> usize {
+        self.bytes.len().div_ceil(self.segment.max(1))
+    }
+
+    /// Whether `t` may join this batch without it holding more than `cap` bytes.
+    fn accepts(&self, t: &Transmit<'_>, cap: usize) -> bool {
+        let (segment, count) = shape(t);
+        let fits_size = if count == 1 {
+            t.contents.len() <= self.segment
+        } else {
+            segment == self.segment
+        };
+        !self.closed
+            && self.route == Some(Route::of(t))
+            && fits_size
+            && self.bytes.len() + t.contents.len() <= cap
+    }
+
+    fn push(&mut self, t: &Transmit<'_>) {
+        if self.is_empty() {
+            self.route = Some(Route::of(t));
+            self.segment = shape(t).0;
+        }
+        self.bytes.extend_from_slice(t.contents);
+        self.closed = !self.bytes.len().is_multiple_of(self.segment);
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.route = None;
+        self.segment = 0;
+        self.closed = false;
+    }
+}
+
+/// The bytes of one call: as many whole datagrams of `segment` bytes as fit in
+/// [`MAX_GSO_BYTES`] and `max_datagrams`.
+fn per_call(segment: usize, max_datagrams: usize) -> usize {
+    let segment = segment.max(1);
+    (MAX_GSO_BYTES / segment).clamp(1, max_datagrams.max(1)) * segment
+}
+
+/// The calls `contents` (datagrams of `segment` bytes, the last one maybe shorter) is
+/// sent in: whole datagrams, at most [`MAX_GSO_BYTES`] and `max_datagrams` each.
+fn parts(contents: &[u8], segment: usize, max_datagrams: usize) -> impl Iterator<Item = &[u8]> {
+    contents.chunks(per_call(segment, max_datagrams))
+}
+
+fn part_transmit<'a>(route: Route, part: &'a [u8], segment: usize) -> Transmit<'a> {
+    Transmit {
+        destination: route.destination,
+        ecn: route.ecn,
+        contents: part,
+        segment_size: (part.len() > segment).then_some(segment),
+        src_ip: route.src_ip,
+    }
+}
+
+/// The socket quinn gets from [`QuicRuntime`](crate::quic_runtime::QuicRuntime): the
+/// executor's UDP socket, with sends batched as the module describes.
+pub struct GsoSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    /// The runtime whose tasks flush this socket's batch: its [`Batches`]' address,
+    /// only ever compared with the thread's `POLLING`.
+    owner: usize,
+    batch: Mutex<Batch>,
+    /// A send found the socket's buffer full, and no wait for room has ended since.
+    blocked: AtomicBool,
+    calls: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for GsoSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GsoSocket")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GsoSocket {
+    /// Wrap `inner` for the runtime whose tasks `batches` flushes.
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, batches: &Arc<Batches>) -> Arc<GsoSocket> {
+        let socket = Arc::new(GsoSocket {
+            inner,
+            owner: batches_id(batches),
+            batch: Mutex::new(Batch::default()),
+            blocked: AtomicBool::new(false),
+            calls: batches.calls.clone(),
+        });
+        lock(&batches.sockets).push(Arc::downgrade(&socket));
+        socket
+    }
+
+    /// One system call. `WouldBlock` marks the socket blocked for [`Writable`].
+    fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let sent = self.inner.try_send(t);
+        if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.blocked.store(true, Ordering::Release);
+        }
+        sent
+    }
+
+    /// The most datagrams one call may carry now (1 once quinn-udp turned GSO off).
+    fn max_datagrams(&self) -> usize {
+        self.inner
+            .max_transmit_segments()
+            .clamp(1, MAX_GSO_SEGMENTS)
+    }
+
+    /// Send the full calls' worth `batch` holds, or with `all` everything. On
+    /// `WouldBlock` the rest stays for the next try.
+    fn send_batch(&self, batch: &mut Batch, all: bool) -> io::Result<()> {
+        let Some(route) = batch.route else {
+            return Ok(());
+        };
+        let segment = batch.segment;
+        let per = per_call(segment, self.max_datagrams());
+        let mut sent = 0;
+        let mut outcome = Ok(());
+        while batch.bytes.len() - sent >= per || (all && sent < batch.bytes.len()) {
+            let part = &batch.bytes[sent..][..per.min(batch.bytes.len() - sent)];
+            if let Err(e) = self.send(&part_transmit(route, part, segment)) {
+                outcome = Err(e);
+                break;
+            }
+            sent += part.len();
+        }
+        batch.bytes.drain(..sent);
+        if batch.bytes.is_empty() {
+            batch.clear();
+        }
+        match outcome {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                // Not a full buffer: these datagrams are lost, as on a lossy path, and
+                // QUIC's loss recovery sends their frames again.
+                batch.clear();
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Send the batch, if any. `WouldBlock` when the socket's buffer is full.
+    fn flush(&self) -> io::Result<()> {
+        self.send_batch(&mut lock(&self.batch), true)
+    }
+
+    /// Whether a poll of one of the owner's tasks runs on this thread now.
+    fn flushed_after(&self) -> bool {
+        POLLING.with(|p| p.get() == self.owner)
+    }
+}
+
+impl AsyncUdpSocket for GsoSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(Writable {
+            inner: self.inner.clone().create_io_poller(),
+            socket: self,
+        })
+    }
+
+    /// Adds `transmit` to the batch, sending the batch first if `transmit` cannot join
+    /// it (then `WouldBlock` means `transmit` was not taken, as quinn expects), and after
+    /// it if the batch is full or no flush follows this call.
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let max = self.max_datagrams();
+        let mut batch = lock(&self.batch);
+        // A batch holds at most two calls' worth, more only while the socket is full.
+        let cap = 2 * per_call(batch.segment.max(shape(transmit).0), max);
+        let flushed_after = self.flushed_after();
+        let joins = flushed_after && batch.accepts(transmit, cap);
+        if !batch.is_empty() && !joins {
+            self.send_batch(&mut batch, true)?;
+        }
+        if !flushed_after {
+            let (segment, _) = shape(transmit);
+            let route = Route::of(transmit);
+            return parts(transmit.contents, segment, max)
+                .try_for_each(|part| self.send(&part_transmit(route, part, segment)));
+        }
+        batch.push(transmit);
+        GREW.with(|g| g.set(true));
+        let closed = batch.closed;
+        match self.send_batch(&mut batch, closed) {
+            // Taken: the batch waits for the next send or the flush after the poll,
+            // which registers for the socket's writability.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            other => other,
+        }
     }
 
     fn poll_recv(
@@ -74,23 +325,179 @@ impl AsyncUdpSocket for SplitGso {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_recv(cx, bufs, meta)
+        self.inner.poll_recv(cx, bufs, meta)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 
+    /// quinn's own batches stay at its 10 datagrams; this socket joins them.
     fn max_transmit_segments(&self) -> usize {
-        self.0.max_transmit_segments()
+        self.inner.max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.0.max_receive_segments()
+        self.inner.max_receive_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.0.may_fragment()
+        self.inner.may_fragment()
+    }
+}
+
+/// Whether the socket may be written to: yes, unless a send found its buffer full, and
+/// then when the executor's reactor says so.
+///
+/// The executor's poller (async-io's `writable()`, which quinn's smol and async-std
+/// runtimes hand out) answers "not yet" the first time it is asked after every "yes",
+/// and only the reactor thread's next turn says "yes" again: an `epoll_ctl`, a wake-up
+/// of the reactor and one of the task. quinn asks before every send, so each batch of
+/// 10 datagrams waited for that round trip, and each wake-up of quinn's driver sent one
+/// batch (measured in the lab: 18,000 wake-ups for 256 MiB). A socket whose buffer has
+/// room is writable; this poller waits for the reactor only after a send would block.
+struct Writable {
+    socket: Arc<GsoSocket>,
+    inner: Pin<Box<dyn UdpPoller>>,
+}
+
+impl fmt::Debug for Writable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writable")
+            .field("blocked", &self.socket.blocked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for Writable {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        if !self.socket.blocked.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        let ready = self.inner.as_mut().poll_writable(cx);
+        if let Poll::Ready(Ok(())) = ready {
+            self.socket.blocked.store(false, Ordering::Release);
+        }
+        ready
+    }
+}
+
+/// Notes whether the task woke itself (or was woken) while it was polled.
+#[derive(Debug, Default)]
+struct WakeFlag {
+    woken: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(w) = lock(&self.waker).as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// A socket and the poller a task waits on for its room.
+type SocketPoller = (Weak<GsoSocket>, Pin<Box<dyn UdpPoller>>);
+
+/// A task quinn spawned, flushing its runtime's batches when a poll ends.
+pub struct Flushing {
+    task: Pin<Box<dyn Future<Output = ()> + Send>>,
+    batches: Arc<Batches>,
+    flag: Arc<WakeFlag>,
+    /// One per socket, to wait for room when a flush would block.
+    pollers: Vec<SocketPoller>,
+}
+
+impl fmt::Debug for Flushing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flushing").finish_non_exhaustive()
+    }
+}
+
+impl Flushing {
+    /// Wrap `task`, spawned on the runtime `batches` belongs to.
+    pub fn new(task: Pin<Box<dyn Future<Output = ()> + Send>>, batches: Arc<Batches>) -> Self {
+        Flushing {
+            task,
+            batches,
+            flag: Arc::default(),
+            pollers: Vec::new(),
+        }
+    }
+
+    /// Send every batch; where the socket is full, register `cx` for its writability.
+    fn flush(&mut self, cx: &mut Context<'_>) {
+        for socket in self.batches.sockets() {
+            loop {
+                match socket.flush() {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        log::debug!("direct: sending datagrams failed: {e}");
+                        break;
+                    }
+                    Ok(()) => break,
+                }
+                let poller = self.poller(&socket);
+                match poller.as_mut().poll_writable(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => {
+                        log::debug!("direct: the UDP socket failed: {e}");
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+    }
+
+    fn poller(&mut self, socket: &Arc<GsoSocket>) -> &mut Pin<Box<dyn UdpPoller>> {
+        self.pollers.retain(|(s, _)| s.strong_count() > 0);
+        let at = match self
+            .pollers
+            .iter()
+            .position(|(s, _)| std::ptr::eq(s.as_ptr(), Arc::as_ptr(socket)))
+        {
+            Some(at) => at,
+            None => {
+                let poller = socket.clone().create_io_poller();
+                self.pollers.push((Arc::downgrade(socket), poller));
+                self.pollers.len() - 1
+            }
+        };
+        &mut self.pollers[at].1
+    }
+}
+
+impl Future for Flushing {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        {
+            let mut stored = lock(&this.flag.waker);
+            if !stored.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *stored = Some(cx.waker().clone());
+            }
+        }
+        this.flag.woken.store(false, Ordering::Release);
+        let waker = Waker::from(this.flag.clone());
+        let previous = POLLING.with(|p| p.replace(batches_id(&this.batches)));
+        GREW.with(|g| g.set(false));
+        let out = this.task.as_mut().poll(&mut Context::from_waker(&waker));
+        POLLING.with(|p| p.set(previous));
+        let grew = GREW.with(|g| g.replace(false));
+        if out.is_pending() && grew && this.flag.woken.load(Ordering::Acquire) {
+            // Polled again at once: the batch may still grow.
+            return Poll::Pending;
+        }
+        this.flush(cx);
+        out
     }
 }
 
@@ -112,22 +519,237 @@ mod tests {
     fn a_batch_over_64_kib_goes_in_parts_of_whole_datagrams() {
         // Ten datagrams of 8,972 bytes (a 9000-byte MTU), the last one shorter.
         let data = vec![7u8; 9 * 8972 + 100];
-        let t = transmit(&data, Some(8972));
-        let sizes: Vec<(usize, Option<usize>)> = parts(&t)
-            .map(|p| (p.contents.len(), p.segment_size))
-            .collect();
+        let sizes: Vec<usize> = parts(&data, 8972, 64).map(<[u8]>::len).collect();
+        assert_eq!(sizes, vec![7 * 8972, 2 * 8972 + 100]);
+        let route = Route::of(&transmit(&data, None));
+        let last = part_transmit(route, &data[..8972], 8972);
         assert_eq!(
-            sizes,
-            vec![(7 * 8972, Some(8972)), (2 * 8972 + 100, Some(8972))]
+            last.segment_size, None,
+            "a lone datagram has no segment size"
         );
-        assert!(sizes.iter().all(|&(len, _)| len <= MAX_GSO_BYTES));
     }
 
     #[test]
-    fn a_lone_datagram_in_the_last_part_has_no_segment_size() {
-        let data = vec![7u8; 8 * 8972];
-        let t = transmit(&data, Some(8972));
-        let last = parts(&t).last().unwrap();
-        assert_eq!((last.contents.len(), last.segment_size), (8972, None));
+    fn parts_respect_the_segment_limit() {
+        let data = vec![7u8; 20 * 1452];
+        let sizes: Vec<usize> = parts(&data, 1452, 1).map(<[u8]>::len).collect();
+        assert_eq!(sizes, vec![1452; 20]);
+    }
+
+    #[test]
+    fn batches_join_datagrams_of_one_size_and_route_up_to_their_cap() {
+        let ten = vec![1u8; 10 * 1452];
+        let mut batch = Batch::default();
+        batch.push(&transmit(&ten, Some(1452)));
+        for _ in 0..3 {
+            assert!(batch.accepts(&transmit(&ten, Some(1452)), 65_000));
+            batch.push(&transmit(&ten, Some(1452)));
+        }
+        assert_eq!(batch.datagrams(), 40);
+        assert!(!batch.closed);
+        assert!(!batch.accepts(&transmit(&ten, Some(1452)), 65_000));
+        assert!(batch.accepts(&transmit(&ten, Some(1452)), 2 * 65_000));
+        // A call takes 44 datagrams of 1452 bytes (63,888 bytes), or the socket's limit.
+        assert_eq!(per_call(1452, 64), 44 * 1452);
+        assert_eq!(per_call(1452, 16), 16 * 1452);
+        assert_eq!(per_call(8972, 64), 7 * 8972);
+        assert_eq!(per_call(70_000, 64), 70_000);
+    }
+
+    #[test]
+    fn a_shorter_datagram_closes_a_batch_and_others_do_not_join() {
+        let ten = vec![1u8; 10 * 1452];
+        let mut batch = Batch::default();
+        batch.push(&transmit(&ten, Some(1452)));
+        // Another size, another destination, another ECN mark: not this batch.
+        assert!(!batch.accepts(&transmit(&vec![1u8; 2 * 1200], Some(1200)), 65_000));
+        assert!(!batch.accepts(&transmit(&vec![1u8; 1500], None), 65_000));
+        let mut elsewhere = transmit(&ten, Some(1452));
+        elsewhere.destination = "192.0.2.2:4433".parse().unwrap();
+        assert!(!batch.accepts(&elsewhere, 65_000));
+        let mut marked = transmit(&ten, Some(1452));
+        marked.ecn = Some(EcnCodepoint::Ect0);
+        assert!(!batch.accepts(&marked, 65_000));
+        // A short datagram ends it: nothing follows a datagram shorter than the segment.
+        let short = vec![1u8; 300];
+        assert!(batch.accepts(&transmit(&short, None), 65_000));
+        batch.push(&transmit(&short, None));
+        assert!(batch.closed);
+        assert!(!batch.accepts(&transmit(&ten, Some(1452)), 65_000));
+        assert_eq!(batch.bytes.len(), 10 * 1452 + 300);
+    }
+
+    /// A socket that records its sends and refuses them while `full` is set.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        sent: Mutex<Vec<(usize, Option<usize>)>>,
+        full: AtomicBool,
+        polled: Mutex<usize>,
+    }
+
+    /// The executor's poller, as the recorder sees it: ready once its socket has room,
+    /// and counting how often it is asked.
+    #[derive(Debug)]
+    struct RoomPoller(Arc<Recorder>);
+
+    impl UdpPoller for RoomPoller {
+        fn poll_writable(self: Pin<&mut Self>, _: &mut Context) -> Poll<io::Result<()>> {
+            *lock(&self.0.polled) += 1;
+            if self.0.full.load(Ordering::Acquire) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    impl AsyncUdpSocket for Recorder {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            Box::pin(RoomPoller(self))
+        }
+        fn try_send(&self, t: &Transmit) -> io::Result<()> {
+            if self.full.load(Ordering::Acquire) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            lock(&self.sent).push((t.contents.len(), t.segment_size));
+            Ok(())
+        }
+        fn poll_recv(
+            &self,
+            _: &mut Context,
+            _: &mut [IoSliceMut<'_>],
+            _: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok("127.0.0.1:1".parse().unwrap())
+        }
+        fn max_transmit_segments(&self) -> usize {
+            64
+        }
+    }
+
+    /// A task like quinn's connection driver: it sends `batches` batches of 10
+    /// datagrams, two per poll, waking itself after each poll but the last.
+    struct Driver {
+        socket: Arc<GsoSocket>,
+        left: usize,
+    }
+
+    impl Future for Driver {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let ten = vec![1u8; 10 * 1452];
+            for _ in 0..2 {
+                if self.left == 0 {
+                    break;
+                }
+                self.socket.try_send(&transmit(&ten, Some(1452))).unwrap();
+                self.left -= 1;
+            }
+            if self.left > 0 {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_driver_waking_itself_fills_batches_and_its_last_poll_sends_the_rest() {
+        let recorder = Arc::new(Recorder::default());
+        let batches = Arc::new(Batches::default());
+        let socket = GsoSocket::new(recorder.clone(), &batches);
+        let mut task = Flushing::new(
+            Box::pin(Driver {
+                socket: socket.clone(),
+                left: 9,
+            }),
+            batches.clone(),
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..5 {
+            assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
+        }
+        // 90 datagrams: two full batches of 44 and the last poll's 2 flushed at its end.
+        let sent = lock(&recorder.sent).clone();
+        assert_eq!(
+            sent,
+            vec![
+                (44 * 1452, Some(1452)),
+                (44 * 1452, Some(1452)),
+                (2 * 1452, Some(1452))
+            ]
+        );
+    }
+
+    #[test]
+    fn sends_outside_a_task_go_at_once_and_a_full_socket_keeps_the_batch() {
+        let recorder = Arc::new(Recorder::default());
+        let batches = Arc::new(Batches::default());
+        let socket = GsoSocket::new(recorder.clone(), &batches);
+        // Outside quinn's tasks: sent at once.
+        socket.try_send(&transmit(&[1u8; 200], None)).unwrap();
+        assert_eq!(lock(&recorder.sent).as_slice(), &[(200, None)]);
+
+        // Inside one: held, and held on through a full socket until it has room.
+        struct Once(Arc<GsoSocket>, bool);
+        impl Future for Once {
+            type Output = ();
+            fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                if !self.1 {
+                    self.1 = true;
+                    self.0
+                        .try_send(&transmit(&[2u8; 3 * 1452], Some(1452)))
+                        .unwrap();
+                }
+                Poll::Pending
+            }
+        }
+        let mut task = Flushing::new(Box::pin(Once(socket.clone(), false)), batches.clone());
+        recorder.full.store(true, Ordering::Release);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
+        assert_eq!(
+            lock(&recorder.sent).len(),
+            1,
+            "nothing sent to a full socket"
+        );
+        assert_eq!(lock(&socket.batch).datagrams(), 3, "and nothing lost");
+        // A different datagram cannot be taken while the batch waits.
+        let err = socket.try_send(&transmit(&[3u8; 100], None)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        recorder.full.store(false, Ordering::Release);
+        assert!(Pin::new(&mut task).poll(&mut cx).is_pending());
+        assert_eq!(
+            lock(&recorder.sent).as_slice(),
+            &[(200, None), (3 * 1452, Some(1452))]
+        );
+        assert!(lock(&socket.batch).is_empty());
+    }
+
+    #[test]
+    fn the_socket_is_writable_without_asking_the_reactor_until_a_send_would_block() {
+        let recorder = Arc::new(Recorder::default());
+        let batches = Arc::new(Batches::default());
+        let socket = GsoSocket::new(recorder.clone(), &batches);
+        let mut poller = socket.clone().create_io_poller();
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..3 {
+            assert!(poller.as_mut().poll_writable(&mut cx).is_ready());
+            socket.try_send(&transmit(&[1u8; 100], None)).unwrap();
+        }
+        assert_eq!(*lock(&recorder.polled), 0, "the reactor was not asked");
+
+        recorder.full.store(true, Ordering::Release);
+        let err = socket.try_send(&transmit(&[1u8; 100], None)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(poller.as_mut().poll_writable(&mut cx).is_pending());
+        assert!(poller.as_mut().poll_writable(&mut cx).is_pending());
+        assert_eq!(*lock(&recorder.polled), 2, "after a full buffer, it is");
+        recorder.full.store(false, Ordering::Release);
+        assert!(poller.as_mut().poll_writable(&mut cx).is_ready());
+        assert!(poller.as_mut().poll_writable(&mut cx).is_ready());
+        assert_eq!(*lock(&recorder.polled), 3, "until it had room again");
     }
 }

@@ -9,7 +9,8 @@
 //! unshaped lab (docs/BENCHMARKS.md), that is tens of thousands of system calls and
 //! thread wake-ups per second, on the same two cores that move the data.
 //!
-//! [`LazyTimers`] wraps the executor's quinn runtime and hands out [`LazyTimer`]s. A
+//! The runtime quinn gets ([`QuicRuntime`](crate::quic_runtime::QuicRuntime)) hands out
+//! [`LazyTimer`]s. A
 //! reset to a later deadline only records it; the armed timer stays as it is, and when
 //! it fires early, the timer re-arms itself for the recorded deadline instead of waking
 //! the connection. A reset to an earlier deadline re-arms at once. The connection
@@ -18,44 +19,12 @@
 //! one per change.
 
 use std::fmt;
-use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use quinn::{AsyncTimer, AsyncUdpSocket, Runtime};
-
-/// A quinn runtime whose timers are [`LazyTimer`]s and whose UDP sockets split batches
-/// too large for one `sendmsg` ([`SplitGso`](crate::quic_gso::SplitGso)); everything
-/// else is the wrapped runtime's.
-#[derive(Debug)]
-pub struct LazyTimers(pub Arc<dyn Runtime>);
-
-impl Runtime for LazyTimers {
-    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
-        Box::pin(LazyTimer {
-            inner: self.0.new_timer(deadline),
-            armed: Some(deadline),
-            wanted: deadline,
-            runtime: self.0.clone(),
-        })
-    }
-
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
-        self.0.spawn(future);
-    }
-
-    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        let socket = self.0.wrap_udp_socket(socket)?;
-        Ok(Arc::new(crate::quic_gso::SplitGso(socket)))
-    }
-
-    fn now(&self) -> Instant {
-        self.0.now()
-    }
-}
+use quinn::{AsyncTimer, Runtime};
 
 /// A timer that fires at the last deadline it was given, re-arming the underlying timer
 /// only when that deadline moves earlier or the armed one comes due.
@@ -79,6 +48,16 @@ impl fmt::Debug for LazyTimer {
 }
 
 impl LazyTimer {
+    /// A timer for `deadline` on `runtime`'s timers.
+    pub fn new(runtime: Arc<dyn Runtime>, deadline: Instant) -> LazyTimer {
+        LazyTimer {
+            inner: runtime.new_timer(deadline),
+            armed: Some(deadline),
+            wanted: deadline,
+            runtime,
+        }
+    }
+
     fn arm(&mut self, deadline: Instant) {
         self.inner.as_mut().reset(deadline);
         self.armed = Some(deadline);
@@ -112,6 +91,9 @@ impl AsyncTimer for LazyTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quinn::AsyncUdpSocket;
+    use std::future::Future;
+    use std::io;
     use std::sync::Mutex;
     use std::task::Waker;
     use std::time::Duration;
@@ -180,8 +162,10 @@ mod tests {
         let ms = |n: u64| start + Duration::from_millis(n);
         let clock = Arc::new(Clock::default());
         *clock.now.lock().unwrap() = Some(start);
-        let timers = LazyTimers(Arc::new(ManualRuntime(clock.clone())));
-        let mut timer = timers.new_timer(ms(10));
+        let mut timer = Box::pin(LazyTimer::new(
+            Arc::new(ManualRuntime(clock.clone())),
+            ms(10),
+        ));
         let mut cx = Context::from_waker(Waker::noop());
         let resets = || *clock.resets.lock().unwrap();
 
