@@ -585,6 +585,9 @@ mod tests {
         sent: Mutex<Vec<(usize, Option<usize>)>>,
         full: AtomicBool,
         polled: Mutex<usize>,
+        /// Where whole sends are recorded too (route, bytes, segment size), if asked.
+        #[allow(clippy::type_complexity)]
+        contents: Mutex<Option<Arc<Mutex<Vec<(u8, Vec<u8>, Option<usize>)>>>>>,
     }
 
     /// The executor's poller, as the recorder sees it: ready once its socket has room,
@@ -612,6 +615,13 @@ mod tests {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             lock(&self.sent).push((t.contents.len(), t.segment_size));
+            if let Some(record) = lock(&self.contents).as_ref() {
+                let route = match t.destination.ip() {
+                    IpAddr::V4(ip) => ip.octets()[3] - 1,
+                    IpAddr::V6(_) => u8::MAX,
+                };
+                lock(record).push((route, t.contents.to_vec(), t.segment_size));
+            }
             Ok(())
         }
         fn poll_recv(
@@ -751,5 +761,119 @@ mod tests {
         assert!(poller.as_mut().poll_writable(&mut cx).is_ready());
         assert!(poller.as_mut().poll_writable(&mut cx).is_ready());
         assert_eq!(*lock(&recorder.polled), 3, "until it had room again");
+    }
+
+    /// What a proptest case sends: a datagram batch as quinn hands it over.
+    #[derive(Debug, Clone)]
+    struct Step {
+        route: u8,
+        segment: usize,
+        count: usize,
+        /// The last datagram's length, at most `segment`.
+        last: usize,
+        /// The socket's buffer is full when this step is sent.
+        full: bool,
+        /// The poll ends after this step (and the task did not wake itself).
+        poll_ends: bool,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        (
+            0u8..2,
+            prop::sample::select(vec![1200usize, 1452, 3000, 8972]),
+            1usize..=10,
+            1usize..=8972,
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(route, segment, count, last, full, poll_ends)| Step {
+                route,
+                segment,
+                count,
+                last: last.min(segment),
+                full,
+                poll_ends,
+            })
+    }
+
+    proptest::proptest! {
+        /// Whatever quinn hands over, in and out of polls and through full buffers,
+        /// the kernel gets every datagram once, in order, with its own boundaries, in
+        /// calls it accepts.
+        #[test]
+        fn every_datagram_goes_out_once_in_order_and_whole(
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
+            let recorder = Arc::new(Recorder::default());
+            let batches = Arc::new(Batches::default());
+            let socket = GsoSocket::new(recorder.clone(), &batches);
+            let mut sent_in = Vec::new();
+            let mut label = 0u32;
+            let mut in_poll = false;
+            let record = Arc::new(Mutex::new(Vec::new()));
+            *lock(&recorder.contents) = Some(record.clone());
+            for s in &steps {
+                if !in_poll {
+                    POLLING.with(|p| p.set(batches_id(&batches)));
+                    in_poll = true;
+                }
+                // Datagrams with contents of their own, to be told apart.
+                let mut bytes = Vec::new();
+                let mut sizes = Vec::new();
+                for i in 0..s.count {
+                    let len = if i + 1 == s.count { s.last } else { s.segment };
+                    label += 1;
+                    let fill = label.to_le_bytes();
+                    bytes.extend((0..len).map(|j| fill[j % 4]));
+                    sizes.push(len);
+                }
+                let t = Transmit {
+                    destination: SocketAddr::from(([192, 0, 2, 1 + s.route], 4433)),
+                    ecn: None,
+                    contents: &bytes,
+                    segment_size: (s.count > 1).then_some(s.segment),
+                    src_ip: None,
+                };
+                recorder.full.store(s.full, Ordering::Release);
+                loop {
+                    match socket.try_send(&t) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            proptest::prop_assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                            // quinn waits for room, then sends the same datagrams again.
+                            recorder.full.store(false, Ordering::Release);
+                        }
+                    }
+                }
+                let mut at = 0;
+                for len in sizes {
+                    sent_in.push((s.route, bytes[at..at + len].to_vec()));
+                    at += len;
+                }
+                if s.poll_ends {
+                    POLLING.with(|p| p.set(0));
+                    in_poll = false;
+                    recorder.full.store(false, Ordering::Release);
+                    socket.flush().unwrap();
+                }
+            }
+            POLLING.with(|p| p.set(0));
+            recorder.full.store(false, Ordering::Release);
+            socket.flush().unwrap();
+            proptest::prop_assert!(lock(&socket.batch).is_empty());
+
+            let mut sent_out = Vec::new();
+            for (route, contents, segment) in lock(&record).iter() {
+                proptest::prop_assert!(contents.len() <= MAX_GSO_BYTES || segment.is_none());
+                let segment = segment.unwrap_or(contents.len());
+                proptest::prop_assert!(contents.len().div_ceil(segment) <= MAX_GSO_SEGMENTS);
+                for d in contents.chunks(segment) {
+                    sent_out.push((*route, d.to_vec()));
+                }
+            }
+            proptest::prop_assert_eq!(sent_out.len(), sent_in.len());
+            proptest::prop_assert!(sent_out == sent_in, "datagrams lost, repeated, reordered or cut");
+        }
     }
 }
