@@ -6,8 +6,11 @@
 //! 1500-byte path that is 14.5 KB per system call, and every call is one packet through
 //! each hop of the host's network stack (veths, bridges, NAT, conntrack), then one GRO
 //! read and one acknowledgement at the peer. The relayed path's TCP moves 64 KiB per
-//! packet through the same hops. Measured in the unshaped lab (docs/BENCHMARKS.md), the
-//! small batches cost the direct path about a third of its CPU on both peers.
+//! packet through the same hops. Worse, quinn asks before each send whether the socket
+//! is writable, and the executor's answer costs a turn of its reactor ([`Writable`]
+//! says why and answers without one). Measured in the unshaped lab (docs/BENCHMARKS.md,
+//! "Batched sends and a writable socket"), the two together cost the direct path about
+//! 30 % of its CPU on both peers.
 //!
 //! [`GsoSocket`] collects the datagrams quinn sends while one of its tasks is polled and
 //! sends them together: datagrams of one size to one destination, up to 64 KiB or the
