@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_rustls::rustls;
 use p2p_copy_core::wire::MAX_MESSAGE_LEN;
 use p2p_copy_core::WireMessage;
@@ -61,7 +61,7 @@ const KIND_BINARY: u8 = 1;
 const KIND_CLOSE: u8 = 2;
 const HEADER_LEN: usize = 5;
 
-/// The most received chunks taken from quinn at a time (see `QuicConn::poll_more`).
+/// The most received chunks taken from quinn at a time (see `QuicConn::poll_take`).
 const READ_BATCH: usize = 32;
 
 /// The SHA-256 of a certificate (its DER form).
@@ -772,8 +772,9 @@ impl QuicConn {
         let s = self.connection.stats();
         format!(
             "connection with {}: MTU {} bytes ({} of {} probes lost, {} black holes), RTT \
-             {:.2} ms, sent {} datagrams in {} batches and {} system calls, received {} datagrams in {} calls, {} \
-             lost, {} congestion events, congestion window {} KB, {} ACK frames received",
+             {:.2} ms, sent {} datagrams in {} batches and {} system calls, received {} \
+             datagrams in {} calls, {} lost, {} congestion events, congestion window {} KB, \
+             {} ACK frames received",
             self.connection.remote_address(),
             s.path.current_mtu,
             s.path.lost_plpmtud_probes,
@@ -838,20 +839,27 @@ impl QuicConn {
         Poll::Ready(Ok(()))
     }
 
-    /// Make sure `held` has a chunk of the stream's data: `Ok(false)` if the stream
-    /// ended.
+    /// The stream's next bytes, at most `max` of them (`max` > 0); `Ok(None)` if the
+    /// stream ended.
     ///
     /// quinn hands out up to [`READ_BATCH`] received chunks (about a packet each) per
     /// call and per lock of the connection's state, which its driver holds on another
-    /// thread while it handles packets: one `read_chunk` per chunk took that lock some
+    /// thread while it handles packets: one `read_chunk` per chunk took that lock about
     /// 750 times per MiB. A batch may run past the message being read; the rest stays
     /// in `held` for the next one.
-    fn poll_more(
+    fn poll_take(
         recv: &mut quinn::RecvStream,
         cx: &mut Context<'_>,
         held: &mut VecDeque<Bytes>,
-    ) -> Poll<Result<bool, TransportError>> {
-        while held.is_empty() {
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, TransportError>> {
+        loop {
+            if let Some(front) = held.front_mut() {
+                if front.len() <= max {
+                    return Poll::Ready(Ok(held.pop_front()));
+                }
+                return Poll::Ready(Ok(Some(front.split_to(max))));
+            }
             let mut batch: [Bytes; READ_BATCH] = Default::default();
             // Polled once and dropped: quinn's read_chunks takes nothing unless it
             // resolves.
@@ -863,10 +871,9 @@ impl QuicConn {
             .map_err(|e| TransportError::Lost(format!("the direct connection failed: {e}")))?;
             match got {
                 Some(n) => held.extend(batch.into_iter().take(n).filter(|b| !b.is_empty())),
-                None => return Poll::Ready(Ok(false)),
+                None => return Poll::Ready(Ok(None)),
             }
         }
-        Poll::Ready(Ok(true))
     }
 
     /// Fill `buf` from the stream, `filled` bytes of it already; `Ok(false)` if the
@@ -879,19 +886,11 @@ impl QuicConn {
         filled: &mut usize,
     ) -> Poll<Result<bool, TransportError>> {
         while *filled < buf.len() {
-            if !ready!(Self::poll_more(recv, cx, held))? {
+            let Some(chunk) = ready!(Self::poll_take(recv, cx, held, buf.len() - *filled))? else {
                 return Poll::Ready(Ok(false));
-            }
-            let Some(front) = held.front_mut() else {
-                continue;
             };
-            let n = front.len().min(buf.len() - *filled);
-            buf[*filled..*filled + n].copy_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                held.pop_front();
-            }
-            *filled += n;
+            buf[*filled..*filled + chunk.len()].copy_from_slice(&chunk);
+            *filled += chunk.len();
         }
         Poll::Ready(Ok(true))
     }
@@ -909,18 +908,10 @@ impl QuicConn {
         len: usize,
     ) -> Poll<Result<bool, TransportError>> {
         while buf.len() < len {
-            if !ready!(Self::poll_more(recv, cx, held))? {
+            let Some(chunk) = ready!(Self::poll_take(recv, cx, held, len - buf.len()))? else {
                 return Poll::Ready(Ok(false));
-            }
-            let Some(front) = held.front_mut() else {
-                continue;
             };
-            let n = front.len().min(len - buf.len());
-            buf.extend_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                held.pop_front();
-            }
+            buf.extend_from_slice(&chunk);
         }
         Poll::Ready(Ok(true))
     }

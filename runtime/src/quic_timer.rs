@@ -10,13 +10,12 @@
 //! thread wake-ups per second, on the same two cores that move the data.
 //!
 //! The runtime quinn gets ([`QuicRuntime`](crate::quic_runtime::QuicRuntime)) hands out
-//! [`LazyTimer`]s. A
-//! reset to a later deadline only records it; the armed timer stays as it is, and when
-//! it fires early, the timer re-arms itself for the recorded deadline instead of waking
-//! the connection. A reset to an earlier deadline re-arms at once. The connection
-//! therefore wakes exactly as it would with a plain timer, never later, and rarely
-//! earlier: the reactor sees one operation per deadline that actually comes due, not
-//! one per change.
+//! [`LazyTimer`]s. A reset to a later deadline only records it; the armed timer stays
+//! as it is, and when it fires early, the timer re-arms itself for the recorded deadline
+//! instead of waking the connection. A reset to an earlier deadline re-arms at once. The
+//! connection therefore wakes exactly as it would with a plain timer, never later, and
+//! rarely earlier: the reactor sees one operation per deadline that actually comes due,
+//! not one per change.
 
 use std::fmt;
 use std::pin::Pin;
