@@ -25,6 +25,7 @@ use crate::files_send::{Listed, SendFiles};
 use crate::io_worker::IoWorker;
 use crate::pake_conn;
 use crate::paths::Paths;
+use crate::quic_tasks::{OnTasks, QuicTasks};
 use crate::reconnect::{self, Attempts};
 use crate::rt::Rt;
 use crate::source::{self, ListOptions, Source};
@@ -77,6 +78,22 @@ fn nonce_seed() -> Result<[u8; 32], TransferError> {
 /// [`TransferError::Source`] for a path that cannot be sent, [`TransferError::Connect`]
 /// when the relay cannot be used, [`TransferError::Session`] when a session fails.
 pub async fn send<R: Rt>(
+    rt: R,
+    cfg: ClientConfig,
+    paths: Vec<PathBuf>,
+    opts: SendOptions,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    let tasks = QuicTasks::default();
+    let rt = OnTasks::new(rt, &tasks);
+    // Boxed: the session's future is large, and the executor's own future holds it.
+    tasks
+        .run(Box::pin(send_on(rt, cfg, paths, opts, on_event)))
+        .await
+}
+
+/// [`send`] on a runtime that runs quinn's tasks in this future.
+async fn send_on<R: Rt>(
     rt: R,
     cfg: ClientConfig,
     paths: Vec<PathBuf>,
@@ -353,6 +370,20 @@ async fn drive_send<R: Rt, T: MessageTransport>(
 /// [`TransferError::Connect`] when the relay cannot be used, [`TransferError::Session`]
 /// when a session fails.
 pub async fn receive<R: Rt>(
+    rt: R,
+    cfg: ClientConfig,
+    out_dir: PathBuf,
+    on_event: impl FnMut(SessionEvent) + Send + 'static,
+) -> Result<Summary, TransferError> {
+    let tasks = QuicTasks::default();
+    let rt = OnTasks::new(rt, &tasks);
+    tasks
+        .run(Box::pin(receive_on(rt, cfg, out_dir, on_event)))
+        .await
+}
+
+/// [`receive`] on a runtime that runs quinn's tasks in this future.
+async fn receive_on<R: Rt>(
     rt: R,
     cfg: ClientConfig,
     out_dir: PathBuf,

@@ -64,6 +64,7 @@ pub mod proxy;
 pub mod quic;
 mod quic_gso;
 mod quic_runtime;
+mod quic_tasks;
 mod quic_timer;
 mod reconnect;
 mod relay_conn;

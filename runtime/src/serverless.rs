@@ -13,6 +13,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::{select, Either};
@@ -27,6 +28,7 @@ use p2p_copy_core::{sntp, Error};
 
 use crate::paths::{canonical, mapped, stun_all};
 use crate::quic::{ConnectFailure, Identity, PeerCheck, QuicConn, QuicEndpoint};
+use crate::quic_tasks::{OnTasks, QuicTasks};
 use crate::rt::Rt;
 use crate::transport::{self, Incoming};
 use crate::{
@@ -176,11 +178,10 @@ impl<R: Rt> Serverless<R> {
         opts: SendOptions,
         on_event: impl FnMut(SessionEvent) + Send + 'static,
     ) -> Result<Summary, TransferError> {
-        let rt = self.rt.clone();
-        let (conn, cfg, path) = self.connect(Role::Sender, peer).await?;
-        let mut sum = crate::client::send_direct(rt, cfg, conn, paths, opts, on_event).await?;
-        sum.path = path;
-        Ok(sum)
+        self.session(Role::Sender, peer, |rt, cfg, conn| {
+            crate::client::send_direct(rt, cfg, conn, paths, opts, on_event)
+        })
+        .await
     }
 
     /// Receive into `out_dir` from the peer (`None` when listening).
@@ -193,19 +194,44 @@ impl<R: Rt> Serverless<R> {
         out_dir: PathBuf,
         on_event: impl FnMut(SessionEvent) + Send + 'static,
     ) -> Result<Summary, TransferError> {
-        let rt = self.rt.clone();
-        let (conn, cfg, path) = self.connect(Role::Receiver, peer).await?;
-        let mut sum = crate::client::receive_direct(rt, cfg, conn, out_dir, on_event).await?;
-        sum.path = path;
-        Ok(sum)
+        self.session(Role::Receiver, peer, |rt, cfg, conn| {
+            crate::client::receive_direct(rt, cfg, conn, out_dir, on_event)
+        })
+        .await
     }
 
-    /// Reach the peer and authenticate it: the connection, the v1 session's settings and
-    /// the path it takes.
+    /// Reach the peer, then run `session` over the connection, with quinn's tasks in
+    /// this future (`quic_tasks`).
+    async fn session<F, S>(
+        self,
+        role: Role,
+        peer: Option<PeerSpec>,
+        session: S,
+    ) -> Result<Summary, TransferError>
+    where
+        S: FnOnce(R, ClientConfig, QuicConn) -> F,
+        F: std::future::Future<Output = Result<Summary, TransferError>>,
+    {
+        let tasks = QuicTasks::default();
+        let quinn = OnTasks::new(self.rt.clone(), &tasks).quinn_runtime();
+        tasks
+            .run(Box::pin(async move {
+                let rt = self.rt.clone();
+                let (conn, cfg, path) = self.connect(role, peer, quinn).await?;
+                let mut sum = session(rt, cfg, conn).await?;
+                sum.path = path;
+                Ok(sum)
+            }))
+            .await
+    }
+
+    /// Reach the peer and authenticate it, with quinn's tasks on `quinn`: the
+    /// connection, the v1 session's settings and the path it takes.
     async fn connect(
         self,
         role: Role,
         peer: Option<PeerSpec>,
+        quinn: Arc<dyn quinn::Runtime>,
     ) -> Result<(QuicConn, ClientConfig, PathTaken), TransferError> {
         let (peer_addr, pinned) = match peer {
             None => (None, None),
@@ -251,7 +277,7 @@ impl<R: Rt> Serverless<R> {
                 .try_clone()
                 .map_err(|e| TransferError::Direct(format!("cannot use the UDP socket: {e}")))?,
             self.identity.clone(),
-            self.rt.quinn_runtime(),
+            quinn,
         )?;
         let reached = async {
             match role {
