@@ -320,7 +320,7 @@ impl Bench {
             .args(flags);
         let start = Instant::now();
         let sender = self.lab.spawn(&self.a.ns, &send);
-        let [_, s] = self.finish(what, [receiver, sender], &mut cpu)?;
+        let [r, s] = self.finish(what, [receiver, sender], &mut cpu)?;
         let secs = start.elapsed().as_secs_f64();
         cpu.relay = self.relay_cpu() - cpu.relay;
         cpu.machine = machine_busy_cpu() - cpu.machine;
@@ -344,13 +344,15 @@ impl Bench {
         if let Some(mtu) = mtu {
             path.push_str(&format!(", QUIC packets of {mtu} bytes"));
         }
-        // The whole line (datagrams, system calls, losses) for the record.
-        if let Some(line) = s
-            .stderr
-            .lines()
-            .find(|l| l.contains("direct: connection with "))
-        {
-            println!("  sender {}", line.trim());
+        // The whole lines (datagrams, system calls, losses) for the record.
+        for (side, out) in [("sender", &s), ("receiver", &r)] {
+            if let Some(line) = out
+                .stderr
+                .lines()
+                .find(|l| l.contains("direct: connection with "))
+            {
+                println!("  {side} {}", line.trim());
+            }
         }
         let direct_up = s.stderr.lines().find_map(|l| {
             let (_, rest) = l.split_once("direct path up after ")?;

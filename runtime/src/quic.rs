@@ -767,13 +767,14 @@ impl QuicConn {
 
     /// What the connection did, in one line for `-v`: the packet size MTU discovery
     /// reached, the round trip, datagrams, the batches quinn made of them and the system
-    /// calls that carried them (the endpoint's, all its connections'), losses.
+    /// calls that carried them, the socket reads that brought datagrams in (those two
+    /// are the endpoint's, all its connections'), losses.
     pub fn stats_summary(&self) -> String {
         let s = self.connection.stats();
         format!(
             "connection with {}: MTU {} bytes ({} of {} probes lost, {} black holes), RTT \
              {:.2} ms, sent {} datagrams in {} batches and {} system calls, received {} \
-             datagrams in {} calls, {} lost, {} congestion events, congestion window {} KB, \
+             datagrams in {} reads, {} lost, {} congestion events, congestion window {} KB, \
              {} ACK frames received",
             self.connection.remote_address(),
             s.path.current_mtu,
@@ -785,7 +786,7 @@ impl QuicConn {
             s.udp_tx.ios,
             self.batches.calls(),
             s.udp_rx.datagrams,
-            s.udp_rx.ios,
+            self.batches.reads(),
             s.path.lost_packets,
             s.path.congestion_events,
             s.path.cwnd / 1000,

@@ -55,12 +55,20 @@ pub struct Batches {
     sockets: Mutex<Vec<Weak<GsoSocket>>>,
     /// The sends the sockets made: system calls, each one batch of datagrams.
     calls: Arc<AtomicU64>,
+    /// The reads of the sockets that returned datagrams: system calls, each one or
+    /// more datagrams (several with `recvmmsg`, more with GRO).
+    reads: Arc<AtomicU64>,
 }
 
 impl Batches {
     /// How many sends (system calls) the runtime's sockets made so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// How many reads of the runtime's sockets returned datagrams so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 }
 
@@ -193,6 +201,7 @@ pub struct GsoSocket {
     /// A send found the socket's buffer full, and no wait for room has ended since.
     blocked: AtomicBool,
     calls: Arc<AtomicU64>,
+    reads: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for GsoSocket {
@@ -212,6 +221,7 @@ impl GsoSocket {
             batch: Mutex::new(Batch::default()),
             blocked: AtomicBool::new(false),
             calls: batches.calls.clone(),
+            reads: batches.reads.clone(),
         });
         let mut sockets = lock(&batches.sockets);
         sockets.retain(|s| s.strong_count() > 0);
@@ -324,7 +334,11 @@ impl AsyncUdpSocket for GsoSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        self.inner.poll_recv(cx, bufs, meta)
+        let got = self.inner.poll_recv(cx, bufs, meta);
+        if let Poll::Ready(Ok(_)) = got {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        got
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -587,6 +601,40 @@ mod tests {
         assert!(batch.closed);
         assert!(!batch.accepts(&transmit(&ten, Some(1452)), 65_000));
         assert_eq!(batch.bytes.len(), 10 * 1452 + 300);
+    }
+
+    #[test]
+    fn reads_that_bring_datagrams_are_counted() {
+        let batches = Arc::new(Batches::default());
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::SmolRuntime, rx).unwrap();
+        let socket = GsoSocket::new(inner, &batches);
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..3 {
+            tx.send_to(b"datagram", to).unwrap();
+        }
+        let mut got = 0;
+        smol::block_on(async {
+            while got < 3 {
+                let mut storage = [[0u8; 64]; 4];
+                let mut bufs: Vec<IoSliceMut<'_>> =
+                    storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                let mut meta = [RecvMeta::default(); 4];
+                let n =
+                    futures_lite::future::poll_fn(|cx| socket.poll_recv(cx, &mut bufs, &mut meta))
+                        .await
+                        .unwrap();
+                got += meta[..n]
+                    .iter()
+                    .map(|m| m.len / m.stride.max(1))
+                    .sum::<usize>();
+            }
+        });
+        assert_eq!(got, 3);
+        let reads = batches.reads();
+        assert!((1..=3).contains(&reads), "{reads} reads for 3 datagrams");
+        assert_eq!(batches.calls(), 0, "nothing was sent");
     }
 
     /// A socket that records its sends and refuses them while `full` is set.
