@@ -7,8 +7,8 @@
 //! send window and every piece the session writes then wakes a task on the other
 //! thread. In the unshaped lab (docs/BENCHMARKS.md, "quinn's tasks on the session's
 //! thread") that cost the receiver about 59,800 context switches per GiB and the sender
-//! 31,200, against 4,300 each over the relay, and with them a sixth of the direct
-//! path's CPU.
+//! 31,200, against 4,300 each over the relay, and with them about a fifth of the
+//! direct path's CPU.
 //!
 //! So a transfer runs quinn's tasks itself: [`QuicTasks::run`] polls the transfer's
 //! future and, beside it, the tasks quinn spawned through [`OnTasks`]'s runtime. A task
