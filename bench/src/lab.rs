@@ -6,7 +6,7 @@
 //! p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] [--relay-mbit 100]
 //!                    [--host-mbit 1000] [--bin target/release/p2p-copy]
 //!                    [--dir target/bench-data/lab] [--only direct|relay-only|tcp]
-//!                    [--mtu 1500]
+//!                    [--mtu 1500] [--tls]
 //! ```
 //!
 //! Runs as root (namespaces, nftables, tc). Shaped by default: the relay host's link is
@@ -28,7 +28,10 @@
 //! work on the machine moves the rates, and the machine's busy CPU time over the
 //! transfer (`/proc/stat`: everyone's, the kernel's forwarding in softirq included).
 //! `--mtu N` sets every lab link's MTU (1500 by default, Ethernet's), for jumbo-frame
-//! paths.
+//! paths. `--tls` has the relay serve `wss://` with a certificate made for the run (the
+//! clients trust its CA with `--ca-file`), as a relay on the internet does; by default
+//! it serves plain `ws://`, so the relayed path encrypts nothing while the direct path's
+//! QUIC always does.
 //!
 //! Raw TCP goes from host A to TCP port 5201 on NAT B's public address, forwarded by NAT
 //! B to host B: the same links as the direct path, bytes only, no hashing. This program
@@ -45,10 +48,11 @@ use std::time::{Duration, Instant};
 
 use p2p_copy_tests::netlab::{Host, Lab, LabProcess, Nat, RELAY_IP};
 use p2p_copy_tests::process::Finished;
+use p2p_copy_tests::tls::TestPki;
 
 const USAGE: &str = "usage: p2p-copy-bench-lab [--mib 1024] [--rounds 1] [--unshaped] \
                      [--relay-mbit 100] [--host-mbit 1000] [--bin PATH] [--dir DIR] \
-                     [--only direct|relay-only|tcp] [--mtu 1500]";
+                     [--only direct|relay-only|tcp] [--mtu 1500] [--tls]";
 const BLOCK: usize = 1 << 20;
 
 #[path = "noise.rs"]
@@ -71,6 +75,9 @@ struct Options {
     only: Option<String>,
     /// Every lab link's MTU.
     mtu: u32,
+    /// The relay serves `wss://` with a certificate made for the run, as relays on the
+    /// internet do, instead of plain `ws://`.
+    tls: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -88,11 +95,16 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         dir: PathBuf::from("target/bench-data/lab"),
         only: None,
         mtu: 1500,
+        tls: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         if flag == "--unshaped" {
             o.shaped = false;
+            continue;
+        }
+        if flag == "--tls" {
+            o.tls = true;
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
@@ -235,6 +247,8 @@ struct Bench {
     o: Options,
     file: PathBuf,
     bytes: u64,
+    /// With `--tls`: the CA the clients trust (`--ca-file`).
+    ca_file: Option<PathBuf>,
 }
 
 impl Bench {
@@ -290,7 +304,13 @@ impl Bench {
     fn p2p_copy(&mut self, what: &str, code: &str, flags: &[&str]) -> Result<Figures, String> {
         let out = self.out_dir();
         let _ = std::fs::remove_dir_all(&out);
-        let url = format!("ws://{RELAY_IP}:{RELAY_PORT}");
+        let scheme = if self.ca_file.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://{RELAY_IP}:{RELAY_PORT}");
+        let mut flags = flags.to_vec();
+        if let Some(ca) = &self.ca_file {
+            flags.extend(["--ca-file", ca.to_str().expect("the lab's paths are UTF-8")]);
+        }
+        let flags = &flags[..];
         let before = self.relay_bytes();
         let mut cpu = Cpu {
             relay: self.relay_cpu(),
@@ -424,7 +444,23 @@ fn run(o: Options) -> Result<(), String> {
     let mut lab = Lab::new();
     let a = lab.add_nat(1, Nat::Cone);
     let b = lab.add_nat(2, Nat::Cone);
-    lab.start_relay(&o.bin, RELAY_PORT, &[]);
+    let pki = o
+        .tls
+        .then(|| TestPki::generate_for(&o.dir, &[&RELAY_IP.to_string()]));
+    match &pki {
+        Some(pki) => {
+            let [cert, key] = [&pki.cert_file, &pki.key_file]
+                .map(|f| f.to_str().expect("the lab's paths are UTF-8"));
+            lab.start_relay(
+                &o.bin,
+                RELAY_PORT,
+                &["--tls", "--certfile", cert, "--keyfile", key],
+            );
+        }
+        None => {
+            lab.start_relay(&o.bin, RELAY_PORT, &[]);
+        }
+    }
     lab.forward_tcp_port(&b, TCP_PORT);
     if o.mtu != 1500 {
         lab.set_mtu(o.mtu);
@@ -443,12 +479,13 @@ fn run(o: Options) -> Result<(), String> {
     };
     println!(
         "lab: {links}; {} MiB of random bytes from host A {} behind cone NAT {} to host B {} \
-         behind cone NAT {}; relay {RELAY_IP}:{RELAY_PORT}; p2p-copy {}",
+         behind cone NAT {}; relay {}://{RELAY_IP}:{RELAY_PORT}; p2p-copy {}",
         o.mib,
         a.lan_ip,
         a.public_ip,
         b.lan_ip,
         b.public_ip,
+        if o.tls { "wss" } else { "ws" },
         o.bin.display()
     );
     println!(
@@ -474,6 +511,7 @@ fn run(o: Options) -> Result<(), String> {
         o,
         file,
         bytes,
+        ca_file: pki.map(|p| p.ca_file),
     };
     let mut failed = 0;
     for round in 0..rounds {

@@ -1,5 +1,6 @@
-//! A throwaway certificate authority and a relay certificate for `127.0.0.1` and
-//! `localhost`, written as PEM files, so `wss://` is tested with real TLS.
+//! A throwaway certificate authority and a relay certificate (for `127.0.0.1` and
+//! `localhost`, or given names), written as PEM files, so `wss://` is tested with real
+//! TLS.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,12 @@ impl TestPki {
     /// Generate a CA and a relay certificate valid for `127.0.0.1` and `localhost`, and
     /// write `ca.pem`, `cert.pem`, `key.pem` into `dir`.
     pub fn generate(dir: &Path) -> TestPki {
+        TestPki::generate_for(dir, &["127.0.0.1", "localhost"])
+    }
+
+    /// As [`TestPki::generate`], with a relay certificate valid for `names` (host names
+    /// or IP addresses).
+    pub fn generate_for(dir: &Path, names: &[&str]) -> TestPki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -30,9 +37,8 @@ impl TestPki {
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let mut leaf_params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-                .expect("relay params");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut leaf_params = CertificateParams::new(names).expect("relay params");
         leaf_params
             .distinguished_name
             .push(DnType::CommonName, "p2p-copy test relay");
