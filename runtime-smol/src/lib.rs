@@ -421,3 +421,29 @@ impl Serverless {
         self.0.receive(peer, out_dir, on_event).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// Library callers spawn transfers on multi-threaded executors, so every transfer's
+    /// future is `Send`; this compiles only if they are. The futures are never polled.
+    #[test]
+    fn transfer_futures_are_send() {
+        let cfg = ClientConfig::new("ws://127.0.0.1:1", "a long random code");
+        let sending = send(cfg.clone(), Vec::new(), SendOptions::default(), |_| {});
+        is_send(&sending);
+        let receiving = receive(cfg, "inbox".into(), |_| {});
+        is_send(&receiving);
+    }
+
+    /// As [`transfer_futures_are_send`], for the serverless transfers: type-checked,
+    /// never called (a [`Serverless`] needs a bound socket).
+    #[allow(dead_code)]
+    fn serverless_futures_are_send(a: Serverless, b: Serverless) {
+        is_send(&a.send(None, Vec::new(), SendOptions::default(), |_| {}));
+        is_send(&b.receive(None, "inbox".into(), |_| {}));
+    }
+}
