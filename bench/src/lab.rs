@@ -447,20 +447,15 @@ fn run(o: Options) -> Result<(), String> {
     let pki = o
         .tls
         .then(|| TestPki::generate_for(&o.dir, &[&RELAY_IP.to_string()]));
-    match &pki {
+    let tls_args = match &pki {
         Some(pki) => {
             let [cert, key] = [&pki.cert_file, &pki.key_file]
                 .map(|f| f.to_str().expect("the lab's paths are UTF-8"));
-            lab.start_relay(
-                &o.bin,
-                RELAY_PORT,
-                &["--tls", "--certfile", cert, "--keyfile", key],
-            );
+            vec!["--tls", "--certfile", cert, "--keyfile", key]
         }
-        None => {
-            lab.start_relay(&o.bin, RELAY_PORT, &[]);
-        }
-    }
+        None => Vec::new(),
+    };
+    lab.start_relay(&o.bin, RELAY_PORT, &tls_args);
     lab.forward_tcp_port(&b, TCP_PORT);
     if o.mtu != 1500 {
         lab.set_mtu(o.mtu);

@@ -86,10 +86,7 @@ pub async fn send<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let tasks = QuicTasks::default();
     let rt = OnTasks::new(rt, &tasks);
-    // Boxed: the session's future is large, and the executor's own future holds it.
-    tasks
-        .run(Box::pin(send_on(rt, cfg, paths, opts, on_event)))
-        .await
+    tasks.run(send_on(rt, cfg, paths, opts, on_event)).await
 }
 
 /// [`send`] on a runtime that runs quinn's tasks in this future.
@@ -377,9 +374,7 @@ pub async fn receive<R: Rt>(
 ) -> Result<Summary, TransferError> {
     let tasks = QuicTasks::default();
     let rt = OnTasks::new(rt, &tasks);
-    tasks
-        .run(Box::pin(receive_on(rt, cfg, out_dir, on_event)))
-        .await
+    tasks.run(receive_on(rt, cfg, out_dir, on_event)).await
 }
 
 /// [`receive`] on a runtime that runs quinn's tasks in this future.

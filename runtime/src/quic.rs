@@ -844,10 +844,10 @@ impl QuicConn {
     /// stream ended.
     ///
     /// quinn hands out up to [`READ_BATCH`] received chunks (about a packet each) per
-    /// call and per lock of the connection's state, which its driver holds on another
-    /// thread while it handles packets: one `read_chunk` per chunk took that lock about
-    /// 750 times per MiB. A batch may run past the message being read; the rest stays
-    /// in `held` for the next one.
+    /// call and per lock of the connection's state, which its driver also takes for
+    /// every packet it handles: one `read_chunk` per chunk took that lock about 750
+    /// times per MiB. A batch may run past the message being read; the rest stays in
+    /// `held` for the next one.
     fn poll_take(
         recv: &mut quinn::RecvStream,
         cx: &mut Context<'_>,

@@ -54,10 +54,10 @@ const MAX_GSO_SEGMENTS: usize = 64;
 pub struct Batches {
     sockets: Mutex<Vec<Weak<GsoSocket>>>,
     /// The sends the sockets made: system calls, each one batch of datagrams.
-    calls: Arc<AtomicU64>,
+    calls: AtomicU64,
     /// The reads of the sockets that returned datagrams: system calls, each one or
     /// more datagrams (several with `recvmmsg`, more with GRO).
-    reads: Arc<AtomicU64>,
+    reads: AtomicU64,
 }
 
 impl Batches {
@@ -194,14 +194,12 @@ fn part_transmit<'a>(route: Route, part: &'a [u8], segment: usize) -> Transmit<'
 /// executor's UDP socket, with sends batched as the module describes.
 pub struct GsoSocket {
     inner: Arc<dyn AsyncUdpSocket>,
-    /// The runtime whose tasks flush this socket's batch: its [`Batches`]' address,
-    /// only ever compared with the thread's `POLLING`.
-    owner: usize,
+    /// The runtime whose tasks flush this socket's batch, and its counts. (It holds
+    /// this socket weakly.)
+    batches: Arc<Batches>,
     batch: Mutex<Batch>,
     /// A send found the socket's buffer full, and no wait for room has ended since.
     blocked: AtomicBool,
-    calls: Arc<AtomicU64>,
-    reads: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for GsoSocket {
@@ -217,11 +215,9 @@ impl GsoSocket {
     pub fn new(inner: Arc<dyn AsyncUdpSocket>, batches: &Arc<Batches>) -> Arc<GsoSocket> {
         let socket = Arc::new(GsoSocket {
             inner,
-            owner: batches_id(batches),
+            batches: batches.clone(),
             batch: Mutex::new(Batch::default()),
             blocked: AtomicBool::new(false),
-            calls: batches.calls.clone(),
-            reads: batches.reads.clone(),
         });
         let mut sockets = lock(&batches.sockets);
         sockets.retain(|s| s.strong_count() > 0);
@@ -231,7 +227,7 @@ impl GsoSocket {
 
     /// One system call. `WouldBlock` marks the socket blocked for [`Writable`].
     fn send(&self, t: &Transmit<'_>) -> io::Result<()> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.batches.calls.fetch_add(1, Ordering::Relaxed);
         let sent = self.inner.try_send(t);
         if matches!(&sent, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             self.blocked.store(true, Ordering::Release);
@@ -286,7 +282,7 @@ impl GsoSocket {
 
     /// Whether a poll of one of the owner's tasks runs on this thread now.
     fn flushed_after(&self) -> bool {
-        POLLING.with(|p| p.get() == self.owner)
+        POLLING.with(|p| p.get() == batches_id(&self.batches))
     }
 }
 
@@ -336,7 +332,7 @@ impl AsyncUdpSocket for GsoSocket {
     ) -> Poll<io::Result<usize>> {
         let got = self.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(_)) = got {
-            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.batches.reads.fetch_add(1, Ordering::Relaxed);
         }
         got
     }
@@ -368,8 +364,8 @@ impl AsyncUdpSocket for GsoSocket {
 /// of the reactor and one of the task. quinn asks before every send, so each batch of
 /// 10 datagrams waited for that round trip, and each wake-up of quinn's driver sent one
 /// batch (counted in the lab: 18,030 polls sending 10 datagrams each on average, for
-/// 256 MiB). A socket whose buffer has
-/// room is writable; this poller waits for the reactor only after a send would block.
+/// 256 MiB). A socket whose buffer has room is writable; this poller waits for the
+/// reactor only after a send would block.
 struct Writable {
     socket: Arc<GsoSocket>,
     inner: Pin<Box<dyn UdpPoller>>,

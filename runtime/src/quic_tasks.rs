@@ -43,8 +43,11 @@ impl std::fmt::Debug for QuicTasks {
 
 impl QuicTasks {
     /// Run `transfer` and, while it runs, the quinn tasks spawned on these.
+    ///
+    /// `transfer` is boxed: a session's future is large, and the executor's own future
+    /// holds it (on the stack of whoever awaits this, unboxed).
     pub(crate) async fn run<T>(self, transfer: impl Future<Output = T>) -> T {
-        let out = self.0.run(transfer).await;
+        let out = self.0.run(Box::pin(transfer)).await;
         for _ in 0..LAST_TICKS {
             if !self.0.try_tick() {
                 break;

@@ -215,13 +215,13 @@ impl<R: Rt> Serverless<R> {
         let tasks = QuicTasks::default();
         let quinn = OnTasks::new(self.rt.clone(), &tasks).quinn_runtime();
         tasks
-            .run(Box::pin(async move {
+            .run(async move {
                 let rt = self.rt.clone();
                 let (conn, cfg, path) = self.connect(role, peer, quinn).await?;
                 let mut sum = session(rt, cfg, conn).await?;
                 sum.path = path;
                 Ok(sum)
-            }))
+            })
             .await
     }
 
