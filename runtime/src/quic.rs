@@ -335,7 +335,10 @@ const INITIAL_UDP_PAYLOAD: u16 = 1452;
 ///   noticed within seconds, and the session continues on the relay (NAT mappings
 ///   for UDP often expire after 30 s, far longer).
 /// - Packets of [`INITIAL_UDP_PAYLOAD`] bytes from the start instead of 1200, and MTU
-///   discovery up to [`MAX_UDP_PAYLOAD`] instead of quinn's 1452 bytes.
+///   discovery up to [`MAX_UDP_PAYLOAD`] instead of quinn's 1452 bytes, searched to the
+///   byte: with quinn's default step of 20 bytes, the search stopped at 1452 on IPv4
+///   paths of 1500 bytes, which carry 1472, and every packet was 1.4 % smaller than it
+///   could be.
 /// - Cubic (quinn's default): on loopback nothing is lost and its window never binds;
 ///   BBR's pacing cut the GSO batches short and cost CPU (docs/BENCHMARKS.md).
 fn transport_config() -> Arc<quinn::TransportConfig> {
@@ -353,7 +356,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         ));
     t.initial_mtu(INITIAL_UDP_PAYLOAD);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    mtu.upper_bound(MAX_UDP_PAYLOAD).minimum_change(1);
     t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
