@@ -446,8 +446,8 @@ pub struct SendArgs {
     /// [SERVER CODE] FILES…: the relay URL and the code (unless given by --relay and
     /// --code), then the files and/or directories to send; '-' alone sends standard
     /// input as it comes (to a receiver of this p2p-copy; see --name).
-    /// (Not `PathBuf`: clap refuses an empty path, and an empty code must get its own
-    /// message.)
+    // `OsString`, not `PathBuf`: clap refuses an empty path, and an empty code must get
+    // its own message.
     #[arg(required_unless_present = "text", value_name = "FILES")]
     pub args: Vec<OsString>,
     /// Send TEXT (at most 64 KiB) instead of files: the receiver prints it on its
