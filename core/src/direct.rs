@@ -66,6 +66,13 @@ pub struct DirectConfig {
     /// address names the prober's own machine, not the peer's; tests on one machine
     /// turn it on.
     pub allow_loopback: bool,
+    /// Sender: how long after its candidate list went out ([`DirectPath::new`]) it
+    /// waits before its first probes. The receiver opens its NAT towards our candidates
+    /// when our list reaches it, through the relay; a probe that reaches the receiver's
+    /// NAT before that is dropped there and costs the handshake a resend. About one
+    /// round trip to the relay covers it. Peer candidates that arrive later than this
+    /// are probed at once; zero probes at once always. The receiver ignores it.
+    pub dial_hold: Duration,
 }
 
 impl Default for DirectConfig {
@@ -75,6 +82,7 @@ impl Default for DirectConfig {
             attempt_timeout: Duration::from_secs(5),
             relay_addrs: Vec::new(),
             allow_loopback: false,
+            dial_hold: Duration::ZERO,
         }
     }
 }
@@ -217,6 +225,10 @@ pub struct DirectPath {
     role: Role,
     sealing: Option<(Cipher, [u8; 32])>,
     deadline: Instant,
+    /// Sender: when its probes may start ([`DirectConfig::dial_hold`] after the start).
+    dial_at: Instant,
+    /// Sender: peer candidates that arrived before `dial_at`, probed at `dial_at`.
+    held: Vec<SocketAddr>,
     /// The peer's fingerprint, once its candidate list arrived.
     peer_fingerprint: Option<[u8; 32]>,
     /// Probes asked for, by peer candidate.
@@ -291,8 +303,14 @@ impl DirectPath {
                 })
                 .collect(),
         };
+        let dial_at = match role {
+            Role::Sender => now + config.dial_hold,
+            Role::Receiver => now,
+        };
         let mut d = DirectPath {
             deadline: now + config.attempt_timeout,
+            dial_at,
+            held: Vec::new(),
             config,
             role,
             sealing,
@@ -329,11 +347,15 @@ impl DirectPath {
         self.events.pop_front()
     }
 
-    /// When to call [`DirectPath::handle_timeout`]; `None` once decided, failed, or
-    /// (receiver) while it waits for the sender's verdict after declaring itself ready.
+    /// When to call [`DirectPath::handle_timeout`]: the end of the sender's dial hold
+    /// while it holds probes, else the attempt's deadline; `None` once decided, failed,
+    /// or (receiver) while it waits for the sender's verdict after declaring itself
+    /// ready.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.outcome.is_some() || self.error.is_some() || self.waits_for_verdict() {
             None
+        } else if !self.held.is_empty() {
+            Some(self.dial_at.min(self.deadline))
         } else {
             Some(self.deadline)
         }
@@ -381,10 +403,7 @@ impl DirectPath {
                 msg.type_name()
             )));
         }
-        // Only the attempt's start and `handle_timeout` move the clock here; `now` keeps
-        // the inputs alike across the core's machines.
-        let _ = now;
-        let r = self.on_message(msg);
+        let r = self.on_message(now, msg);
         if let Err(e) = &r {
             self.error = Some(e.clone());
             self.transmit.clear();
@@ -412,7 +431,9 @@ impl DirectPath {
         result: Result<[u8; 32], String>,
     ) -> Result<(), Error> {
         Error::sticky(&self.error)?;
-        let _ = now; // As in `handle_message`.
+        // The clock moves only at the start, with candidates and in `handle_timeout`;
+        // `now` keeps the inputs alike across the core's machines.
+        let _ = now;
         let Some(state) = self.probes.get_mut(&addr) else {
             return Err(Error::misuse(format!("no probe of {addr} was asked for")));
         };
@@ -443,12 +464,18 @@ impl DirectPath {
         Ok(())
     }
 
-    /// Give the attempt up if its deadline passed.
+    /// Ask for the probes the sender held once its dial hold is over; give the attempt
+    /// up if its deadline passed.
     ///
     /// # Errors
     /// The sticky error, if there is one.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         Error::sticky(&self.error)?;
+        if now >= self.dial_at && self.outcome.is_none() {
+            for addr in std::mem::take(&mut self.held) {
+                self.probe(addr);
+            }
+        }
         if self.outcome.is_none() && !self.waits_for_verdict() && now >= self.deadline {
             self.transmit.push_back(Control::DirectFailed {
                 attempt: ATTEMPT,
@@ -469,7 +496,7 @@ impl DirectPath {
         self.role == Role::Receiver && self.sent_ready
     }
 
-    fn on_message(&mut self, msg: Control) -> Result<(), Error> {
+    fn on_message(&mut self, now: Instant, msg: Control) -> Result<(), Error> {
         match msg {
             Control::Candidates(list) => {
                 if self.sealing.is_some() {
@@ -477,7 +504,7 @@ impl DirectPath {
                         "unencrypted candidates in an encrypted session",
                     ));
                 }
-                self.on_candidates(list)
+                self.on_candidates(now, list)
             }
             Control::EncCandidates {
                 attempt,
@@ -498,7 +525,7 @@ impl DirectPath {
                     .map_err(|_| Error::peer("the peer's candidates are not UTF-8"))?;
                 match Control::parse(&text)? {
                     Control::Candidates(list) if list.attempt == attempt => {
-                        self.on_candidates(list)
+                        self.on_candidates(now, list)
                     }
                     Control::Candidates(_) => Err(Error::peer(
                         "sealed candidates name another attempt than their envelope",
@@ -522,7 +549,7 @@ impl DirectPath {
         }
     }
 
-    fn on_candidates(&mut self, list: CandidateList) -> Result<(), Error> {
+    fn on_candidates(&mut self, now: Instant, list: CandidateList) -> Result<(), Error> {
         check_attempt(list.attempt)?;
         if self.peer_fingerprint.is_some() {
             return Err(Error::peer("the peer sent its candidates a second time"));
@@ -567,12 +594,20 @@ impl DirectPath {
             ignored,
         });
         if self.outcome.is_none() {
-            for addr in usable {
-                self.probes.insert(addr, Probe::Pending);
-                self.actions.push_back(Action::Probe { addr });
+            if now < self.dial_at {
+                self.held = usable;
+            } else {
+                for addr in usable {
+                    self.probe(addr);
+                }
             }
         }
         Ok(())
+    }
+
+    fn probe(&mut self, addr: SocketAddr) {
+        self.probes.insert(addr, Probe::Pending);
+        self.actions.push_back(Action::Probe { addr });
     }
 
     fn on_ready(&mut self) -> Result<(), Error> {

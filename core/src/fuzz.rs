@@ -3565,6 +3565,8 @@ mod direct_body {
         role: Role,
         enc: bool,
         loopback: bool,
+        /// When this side may probe: the sender after its dial hold, the receiver at once.
+        dial_at: Instant,
         t0: Instant,
         now: Instant,
         /// Usable addresses and fingerprint of the list the machine accepted.
@@ -3592,11 +3594,14 @@ mod direct_body {
             DirectMode::Auto
         };
         let loopback = settings & 8 != 0;
+        // Half the runs hold the sender's probes for 120 ms (three ticks of 40 ms).
+        let dial_hold = Duration::from_millis(if settings & 16 != 0 { 120 } else { 0 });
         let config = DirectConfig {
             mode,
             attempt_timeout: TIMEOUT,
             relay_addrs: vec![RELAY],
             allow_loopback: loopback,
+            dial_hold,
         };
         let sealing = enc.then(|| (Cipher::new(&KEY), SEED));
         let t0 = Instant::now();
@@ -3614,6 +3619,10 @@ mod direct_body {
             role,
             enc,
             loopback,
+            dial_at: match role {
+                Role::Sender => t0 + dial_hold,
+                Role::Receiver => t0,
+            },
             t0,
             now: t0,
             accepted: None,
@@ -3856,6 +3865,7 @@ mod direct_body {
             match act {
                 Action::Probe { addr } => {
                     assert!(!m.decided, "a probe after the decision");
+                    assert!(m.now >= m.dial_at, "a probe during the sender's dial hold");
                     let (usable, _) = m.accepted.as_ref().expect("a probe before any list");
                     assert!(
                         usable.contains(&addr),
@@ -3890,6 +3900,16 @@ mod direct_body {
             }
         }
         assert_eq!(d.is_finished(), m.decided);
+        // Nothing stays held once the clock passed the hold: after a list or a tick at
+        // or past it, every usable candidate of the accepted list was asked for.
+        if matches!(op, LIST | TICK) && m.now >= m.dial_at && !m.decided {
+            if let Some((usable, _)) = &m.accepted {
+                assert!(
+                    usable.iter().all(|u| m.asked.contains(u)),
+                    "candidates still held after the dial hold"
+                );
+            }
+        }
         while d.poll_event().is_some() {}
     }
 }

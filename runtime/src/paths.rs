@@ -47,6 +47,13 @@ const SWITCH_HOLD: Duration = Duration::from_secs(1);
 /// Bounds of how long file data waits for the receiver's answer to the offer.
 const ANSWER_HOLD_MIN: Duration = Duration::from_millis(100);
 const ANSWER_HOLD_MAX: Duration = Duration::from_secs(1);
+/// What the dial hold adds to the relay's round trip: the relay and the receiver
+/// passing our candidates on and punching. In the unshaped lab the receiver punched
+/// up to about 1 ms after the sender's first packet reached its NAT.
+const DIAL_MARGIN: Duration = Duration::from_millis(5);
+/// The longest dial hold: past it, the relay's answer was late (lost and resent), not
+/// far away.
+const MAX_DIAL_HOLD: Duration = Duration::from_millis(300);
 /// How long to wait for STUN answers while gathering.
 const STUN_WAIT: Duration = Duration::from_millis(800);
 /// What the receiver sends to open its NAT: too short to be a QUIC packet, so the
@@ -61,6 +68,8 @@ struct Gathered {
     identity: Identity,
     candidates: Vec<Candidate>,
     relay_addrs: Vec<SocketAddr>,
+    /// How long the relay's STUN port took to answer, if it did.
+    relay_rtt: Option<Duration>,
 }
 
 type Connecting = BoxFuture<'static, (SocketAddr, Result<QuicConn, String>)>;
@@ -550,7 +559,16 @@ impl<R: Rt, T: MessageTransport> Paths<R, T> {
             attempt_timeout: self.opts.timeout.saturating_sub(started.elapsed()),
             relay_addrs: g.relay_addrs,
             allow_loopback: self.opts.allow_loopback,
+            dial_hold: dial_hold(g.relay_rtt),
         };
+        if self.role == Role::Sender {
+            log::debug!(
+                "direct: the relay's STUN answered in {}; dialling {:.1} ms after our candidates go out",
+                g.relay_rtt
+                    .map_or("-".to_owned(), |r| format!("{:.1} ms", r.as_secs_f64() * 1e3)),
+                config.dial_hold.as_secs_f64() * 1e3
+            );
+        }
         let endpoint = match QuicEndpoint::new(
             match g.socket.try_clone() {
                 Ok(s) => s,
@@ -969,16 +987,23 @@ fn gather(opts: &DirectOptions, server: &str) -> Result<Gathered, String> {
     let found = stun_all(&socket, &asked, STUN_WAIT);
     if relay_first && second.is_some() {
         let mapping = crate::netcheck::Mapping::from_answers(
-            found.first().copied().flatten(),
-            found.get(servers.len()).copied().flatten(),
+            found.first().copied().flatten().map(|(a, _)| a),
+            found.get(servers.len()).copied().flatten().map(|(a, _)| a),
         );
         log::debug!("netcheck: {}", mapping.verdict());
     }
+    // The relay's answer times the round trip our candidate list takes to the peer.
+    let relay_rtt = found
+        .first()
+        .copied()
+        .flatten()
+        .filter(|_| relay_first)
+        .map(|(_, rtt)| rtt);
     let reflexive: Vec<SocketAddr> = found
         .iter()
         .take(servers.len())
         .flatten()
-        .copied()
+        .map(|(a, _)| *a)
         .collect();
     for addr in reflexive {
         if !candidates.iter().any(|c| c.addr == addr) {
@@ -996,17 +1021,29 @@ fn gather(opts: &DirectOptions, server: &str) -> Result<Gathered, String> {
         identity,
         candidates,
         relay_addrs,
+        relay_rtt,
     })
 }
 
+/// How long the sender waits after sending its candidates before it dials the
+/// receiver's ([`DirectConfig::dial_hold`]): the relay's round trip, which our list
+/// takes to reach the receiver (half of it to the relay, the other half on to a
+/// receiver about as far away), plus [`DIAL_MARGIN`] for the relay and the receiver to
+/// pass it on and punch. Without the relay's answer (its STUN off), no hold: the
+/// handshake's resend covers a lost first packet, later.
+fn dial_hold(relay_rtt: Option<Duration>) -> Duration {
+    relay_rtt.map_or(Duration::ZERO, |rtt| (rtt + DIAL_MARGIN).min(MAX_DIAL_HOLD))
+}
+
 /// Ask every STUN server at once for this socket's reflexive address; each server's
-/// answer, if it came within `wait`.
+/// answer, if it came within `wait`, with the time from the first request to it (the
+/// round trip, or more if a request was lost and sent again).
 pub(crate) fn stun_all(
     socket: &UdpSocket,
     servers: &[SocketAddr],
     wait: Duration,
-) -> Vec<Option<SocketAddr>> {
-    let mut found: Vec<Option<SocketAddr>> = vec![None; servers.len()];
+) -> Vec<Option<(SocketAddr, Duration)>> {
+    let mut found: Vec<Option<(SocketAddr, Duration)>> = vec![None; servers.len()];
     if servers.is_empty() {
         return Vec::new();
     }
@@ -1047,7 +1084,7 @@ pub(crate) fn stun_all(
             for (i, server) in servers.iter().enumerate() {
                 if *server == from && found[i].is_none() {
                     if let Ok(addr) = stun::parse_binding_response(&buf[..n], &txids[i]) {
-                        found[i] = Some(canonical(addr));
+                        found[i] = Some((canonical(addr), start.elapsed()));
                     }
                 }
             }
@@ -1308,5 +1345,19 @@ impl<R: Rt, T: MessageTransport> MessageTransport for Paths<R, T> {
         matches!(self.stage, Stage::Gathering { .. } | Stage::Trying(_)).then(|| PathEvent::Relay {
             reason: "the transfer ended before a direct path was up".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dial_hold_is_the_relays_round_trip_and_a_margin_within_a_bound() {
+        let ms = Duration::from_millis;
+        assert_eq!(dial_hold(None), Duration::ZERO);
+        assert_eq!(dial_hold(Some(Duration::ZERO)), DIAL_MARGIN);
+        assert_eq!(dial_hold(Some(ms(40))), ms(40) + DIAL_MARGIN);
+        assert_eq!(dial_hold(Some(ms(800))), MAX_DIAL_HOLD);
     }
 }

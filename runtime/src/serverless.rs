@@ -718,6 +718,7 @@ fn bind_blocking(cfg: &ServerlessConfig) -> Result<Bound, TransferError> {
     let reflexive = stun_all(&socket, &servers, STUN_WAIT)
         .into_iter()
         .flatten()
+        .map(|(a, _)| a)
         .next();
     socket
         .set_read_timeout(None)

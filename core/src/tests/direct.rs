@@ -676,6 +676,112 @@ fn the_attempt_gives_up_at_its_deadline_and_not_before() {
     }
 }
 
+fn held(ms: u64) -> DirectConfig {
+    DirectConfig {
+        dial_hold: Duration::from_millis(ms),
+        ..config()
+    }
+}
+
+#[test]
+fn the_sender_holds_its_probes_until_its_candidates_can_have_reached_the_receiver() {
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    let mut s = machine(t, Role::Sender, held(40), false);
+    json(&mut s);
+    assert_eq!(s.poll_timeout(), Some(t + ms(5000)), "nothing held yet");
+    // The receiver's list arrives 10 ms after ours went out: it has not punched yet.
+    s.handle_message(
+        t + ms(10),
+        list(RECEIVER_FP, &["10.0.0.7:41000", "203.0.113.9:41000"]),
+    )
+    .unwrap();
+    assert_eq!(actions(&mut s), []);
+    assert_eq!(s.poll_timeout(), Some(t + ms(40)));
+    s.handle_timeout(t + ms(39)).unwrap();
+    assert_eq!((json(&mut s), actions(&mut s)), (vec![], vec![]));
+    s.handle_timeout(t + ms(40)).unwrap();
+    assert_eq!(
+        actions(&mut s),
+        [probe("10.0.0.7:41000"), probe("203.0.113.9:41000")]
+    );
+    assert_eq!(s.poll_timeout(), Some(t + ms(5000)));
+    // Then as without a hold: verified, the receiver ready, the switch.
+    s.handle_probe_result(t + ms(41), a("203.0.113.9:41000"), Ok(RECEIVER_FP))
+        .unwrap();
+    s.handle_message(t + ms(42), Control::DirectReady { attempt: 1 })
+        .unwrap();
+    assert_eq!(
+        actions(&mut s),
+        [Action::Switch {
+            addr: a("203.0.113.9:41000")
+        }]
+    );
+}
+
+#[test]
+fn a_list_that_arrives_after_the_hold_is_probed_at_once() {
+    let t = Instant::now();
+    let mut s = machine(t, Role::Sender, held(40), false);
+    s.handle_message(
+        t + Duration::from_millis(40),
+        list(RECEIVER_FP, &["10.0.0.7:41000"]),
+    )
+    .unwrap();
+    assert_eq!(actions(&mut s), [probe("10.0.0.7:41000")]);
+}
+
+#[test]
+fn the_receiver_punches_at_once_whatever_the_hold() {
+    let t = Instant::now();
+    let mut r = machine(t, Role::Receiver, held(40), false);
+    r.handle_message(t, list(SENDER_FP, &["192.168.1.10:40000"]))
+        .unwrap();
+    assert_eq!(actions(&mut r), [probe("192.168.1.10:40000")]);
+}
+
+#[test]
+fn held_probes_are_dropped_when_the_attempt_ends_first() {
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    // The peer gives up during the hold.
+    let mut s = machine(t, Role::Sender, held(40), false);
+    s.handle_message(t, list(RECEIVER_FP, &["10.0.0.7:41000"]))
+        .unwrap();
+    s.handle_message(
+        t + ms(5),
+        Control::DirectFailed {
+            attempt: 1,
+            why: "timeout".into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        actions(&mut s).as_slice(),
+        [Action::GiveUp { .. }]
+    ));
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t + ms(40)).unwrap();
+    assert_eq!(actions(&mut s), []);
+    // The deadline comes before the end of the hold.
+    let cfg = DirectConfig {
+        attempt_timeout: ms(30),
+        ..held(40)
+    };
+    let mut s = machine(t, Role::Sender, cfg, false);
+    json(&mut s);
+    s.handle_message(t, list(RECEIVER_FP, &["10.0.0.7:41000"]))
+        .unwrap();
+    assert_eq!(s.poll_timeout(), Some(t + ms(30)));
+    s.handle_timeout(t + ms(30)).unwrap();
+    assert!(matches!(
+        actions(&mut s).as_slice(),
+        [Action::GiveUp { .. }]
+    ));
+    s.handle_timeout(t + ms(40)).unwrap();
+    assert_eq!(actions(&mut s), []);
+}
+
 #[test]
 fn the_peers_direct_failed_ends_the_attempt_without_an_answer() {
     let t = Instant::now();
@@ -1006,13 +1112,19 @@ proptest! {
     fn arbitrary_sequences_keep_the_rules(
         receiver in any::<bool>(),
         enc in any::<bool>(),
+        hold in prop_oneof![Just(0u64), Just(700u64)],
         first in list_step(),
         rest in prop::collection::vec(step(), 0..40),
     ) {
         let role = if receiver { Role::Receiver } else { Role::Sender };
         let t0 = Instant::now();
         let mut now = t0;
-        let mut d = machine(t0, role, config(), enc);
+        let mut d = machine(t0, role, held(hold), enc);
+        // When this side may probe: the sender after its hold, the receiver at once.
+        let dial_at = match role {
+            Role::Sender => t0 + Duration::from_millis(hold),
+            Role::Receiver => t0,
+        };
         let peer_fp = if receiver { SENDER_FP } else { RECEIVER_FP };
         let mut authentic: Option<(HashSet<SocketAddr>, [u8; 32])> = None;
         let mut asked: Vec<SocketAddr> = Vec::new();
@@ -1072,6 +1184,7 @@ proptest! {
             while let Some(act) = d.poll_action() {
                 match act {
                     Action::Probe { addr } => {
+                        prop_assert!(now >= dial_at, "a probe during the sender's hold");
                         let (usable, _) = authentic.as_ref().expect("a probe before any authentic list");
                         prop_assert!(usable.contains(&addr), "probe of {} that the peer did not send", addr);
                         prop_assert!(!asked.contains(&addr), "{} probed twice", addr);
@@ -1088,6 +1201,17 @@ proptest! {
                 }
             }
             prop_assert!(decisions <= 1, "decided twice");
+            // Nothing held past the hold: once a list was taken and the clock (a tick,
+            // or the list itself) is past the hold, every usable candidate was asked.
+            let clocked = matches!(st, Step::Tick(_) | Step::List { .. });
+            if clocked && now >= dial_at && decisions == 0 && d.error().is_none() {
+                if let Some((usable, _)) = &authentic {
+                    prop_assert!(
+                        usable.iter().all(|u| asked.contains(u)),
+                        "candidates still held after the hold"
+                    );
+                }
+            }
             while d.poll_transmit().is_some() {}
             while d.poll_event().is_some() {}
         }
