@@ -3521,7 +3521,8 @@ mod direct_body {
     use super::{DirectRun, KEY};
     use crate::crypto::Cipher;
     use crate::direct::{
-        candidates_nonce, Action, Candidate, DirectConfig, DirectMode, DirectPath, MAX_CANDIDATES,
+        candidates_nonce, Action, Candidate, DirectConfig, DirectEvent, DirectMode, DirectPath,
+        MAX_CANDIDATES,
     };
     use crate::wire::{self, CandidateEntry, CandidateKind, CandidateList, Control, Role};
     use crate::Error;
@@ -3567,6 +3568,8 @@ mod direct_body {
         loopback: bool,
         /// When this side may probe: the sender after its dial hold, the receiver at once.
         dial_at: Instant,
+        /// The candidates the machine reported usable when it took the list.
+        listed: Vec<SocketAddr>,
         t0: Instant,
         now: Instant,
         /// Usable addresses and fingerprint of the list the machine accepted.
@@ -3623,6 +3626,7 @@ mod direct_body {
                 Role::Sender => t0 + dial_hold,
                 Role::Receiver => t0,
             },
+            listed: Vec::new(),
             t0,
             now: t0,
             accepted: None,
@@ -3900,17 +3904,24 @@ mod direct_body {
             }
         }
         assert_eq!(d.is_finished(), m.decided);
-        // Nothing stays held once the clock passed the hold: after a list or a tick at
-        // or past it, every usable candidate of the accepted list was asked for.
-        if matches!(op, LIST | TICK) && m.now >= m.dial_at && !m.decided {
-            if let Some((usable, _)) = &m.accepted {
+        while let Some(e) = d.poll_event() {
+            if let DirectEvent::CandidatesReceived { usable, .. } = e {
+                let (taken, _) = m.accepted.as_ref().expect("reported with a list taken");
                 assert!(
-                    usable.iter().all(|u| m.asked.contains(u)),
-                    "candidates still held after the dial hold"
+                    usable.iter().all(|u| taken.contains(u)),
+                    "reported usable what the rules refuse"
                 );
+                m.listed = usable;
             }
         }
-        while d.poll_event().is_some() {}
+        // Nothing stays held once the clock passed the hold: after a list or a tick at
+        // or past it, every candidate the machine reported usable was asked for.
+        if matches!(op, LIST | TICK) && m.now >= m.dial_at && !m.decided {
+            assert!(
+                m.listed.iter().all(|u| m.asked.contains(u)),
+                "candidates still held after the dial hold"
+            );
+        }
     }
 }
 
