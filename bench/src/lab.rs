@@ -16,11 +16,15 @@
 //! that a relay's bandwidth is shared and scarce. `--unshaped` leaves every link as fast
 //! as the CPU allows.
 //!
-//! Per transfer it prints seconds, MB/s (10^6 bytes of payload per second, from the
-//! sender's start to the exit of both sides), the share of the payload that crossed the
-//! relay host's interface (its bytes in plus out, from its counters, halved, over the
-//! payload), the path p2p-copy reported, and the time from pairing to a working direct
-//! path that the sender logs with `-v`. Every output is compared byte for byte.
+//! Each round moves the file over each path in turn, the direct path first in even
+//! rounds and the relayed path first in odd ones. Per transfer it prints seconds, MB/s
+//! (10^6 bytes of payload per second, from the sender's start to the exit of both
+//! sides), the share of the payload that crossed the relay host's interface (its bytes
+//! in plus out, from its counters, halved, over the payload), the path p2p-copy
+//! reported, and the time from pairing to a working direct path that the sender logs
+//! with `-v`. Every output is compared byte for byte. With more than one round it ends
+//! with each path's median rate and the direct path's rate over the relayed path's,
+//! round by round: their median, range, and how many rounds reach 0.8.
 //!
 //! It also prints the CPU time each side took per GiB of payload (user and system, from
 //! the kernel's accounting of the sender's and the receiver's processes once they are
@@ -509,8 +513,15 @@ fn run(o: Options) -> Result<(), String> {
         ca_file: pki.map(|p| p.ca_file),
     };
     let mut failed = 0;
+    let mut rates: Vec<(&str, usize, f64)> = Vec::new();
     for round in 0..rounds {
-        for what in ["direct", "relay-only", "raw TCP"] {
+        // Odd rounds run the relayed path first: neither p2p-copy path always follows
+        // the same transfer (and the memory it freed).
+        let order = match round % 2 {
+            0 => ["direct", "relay-only", "raw TCP"],
+            _ => ["relay-only", "direct", "raw TCP"],
+        };
+        for what in order {
             if bench.o.only.as_deref().is_some_and(|only| only != what) {
                 continue;
             }
@@ -540,20 +551,65 @@ fn run(o: Options) -> Result<(), String> {
                 c.receiver / gib,
                 c.relay / gib
             );
+            let rate = bytes as f64 / figures.secs / 1e6;
+            rates.push((what, round, rate));
             println!(
                 "{what:<11} {:>9.2} {:>9.1} {:>9.1}% {up:>16} {sides:>20} {:>8.2}  {}",
                 figures.secs,
-                bytes as f64 / figures.secs / 1e6,
+                rate,
                 figures.relay_share * 100.0,
                 c.machine / gib,
                 figures.path
             );
         }
     }
+    if rounds > 1 {
+        print_medians(&rates, rounds);
+    }
     if failed > 0 {
         return Err(format!("{failed} transfer(s) failed"));
     }
     Ok(())
+}
+
+/// The median of `v` (the mean of the middle two for an even count); `None` if empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Each path's median rate over the rounds, and the direct path's rate over the relayed
+/// path's in each round that ran both: their median, range, and how many reach 0.8.
+fn print_medians(rates: &[(&str, usize, f64)], rounds: usize) {
+    let of =
+        |what: &str| -> Vec<f64> { rates.iter().filter(|r| r.0 == what).map(|r| r.2).collect() };
+    let mut line = format!("medians over {rounds} rounds, MB/s:");
+    for what in ["direct", "relay-only", "raw TCP"] {
+        if let Some(m) = median(of(what)) {
+            line.push_str(&format!(" {what} {m:.1},"));
+        }
+    }
+    println!("{}", line.trim_end_matches(','));
+    let ratios: Vec<f64> = (0..rounds)
+        .filter_map(|round| {
+            let rate = |what: &str| rates.iter().find(|r| r.0 == what && r.1 == round);
+            Some(rate("direct")?.2 / rate("relay-only")?.2)
+        })
+        .collect();
+    if let Some(m) = median(ratios.clone()) {
+        let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let reach = ratios.iter().filter(|&&r| r >= 0.8).count();
+        println!(
+            "direct / relay-only per round: median {m:.2} ({lo:.2} to {hi:.2}), {reach} of {} at 0.8 or more",
+            ratios.len()
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -578,5 +634,17 @@ fn main() -> ExitCode {
             eprintln!("p2p-copy-bench-lab: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 }
