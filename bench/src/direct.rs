@@ -31,7 +31,10 @@ const BLOCK: usize = 1 << 20;
 
 #[path = "noise.rs"]
 mod noise;
+#[path = "stats.rs"]
+mod stats;
 use noise::{identical, write_noise};
+use stats::median;
 
 struct Args {
     mib: usize,
@@ -154,14 +157,6 @@ fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The size of the untimed warm-up transfer over each path.
 const WARM_MIB: usize = 8;
 
@@ -230,8 +225,8 @@ fn run() -> Result<(), String> {
     }
     println!(
         "MEDIAN quic={:.0} MB/s relay={:.0} MB/s",
-        median(quic_rates),
-        median(relay_rates)
+        median(quic_rates).unwrap_or(f64::NAN),
+        median(relay_rates).unwrap_or(f64::NAN)
     );
     Ok(())
 }

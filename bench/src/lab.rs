@@ -61,7 +61,10 @@ const BLOCK: usize = 1 << 20;
 
 #[path = "noise.rs"]
 mod noise;
+#[path = "stats.rs"]
+mod stats;
 use noise::{identical, write_noise};
+use stats::median;
 /// The relay's WebSocket port (STUN on it and the next).
 const RELAY_PORT: u16 = 8765;
 /// The TCP port NAT B forwards to host B for the raw copy.
@@ -251,6 +254,8 @@ struct Bench {
     o: Options,
     file: PathBuf,
     bytes: u64,
+    /// The relay's URL: `wss://` with `--tls`, else `ws://`.
+    url: String,
     /// With `--tls`: the CA the clients trust (`--ca-file`).
     ca_file: Option<PathBuf>,
 }
@@ -308,8 +313,7 @@ impl Bench {
     fn p2p_copy(&mut self, what: &str, code: &str, flags: &[&str]) -> Result<Figures, String> {
         let out = self.out_dir();
         let _ = std::fs::remove_dir_all(&out);
-        let scheme = if self.ca_file.is_some() { "wss" } else { "ws" };
-        let url = format!("{scheme}://{RELAY_IP}:{RELAY_PORT}");
+        let url = self.url.clone();
         let mut flags = flags.to_vec();
         if let Some(ca) = &self.ca_file {
             flags.extend(["--ca-file", ca.to_str().expect("the lab's paths are UTF-8")]);
@@ -460,6 +464,8 @@ fn run(o: Options) -> Result<(), String> {
         None => Vec::new(),
     };
     lab.start_relay(&o.bin, RELAY_PORT, &tls_args);
+    let scheme = if pki.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{RELAY_IP}:{RELAY_PORT}");
     lab.forward_tcp_port(&b, TCP_PORT);
     if o.mtu != 1500 {
         lab.set_mtu(o.mtu);
@@ -478,13 +484,12 @@ fn run(o: Options) -> Result<(), String> {
     };
     println!(
         "lab: {links}; {} MiB of random bytes from host A {} behind cone NAT {} to host B {} \
-         behind cone NAT {}; relay {}://{RELAY_IP}:{RELAY_PORT}; p2p-copy {}",
+         behind cone NAT {}; relay {url}; p2p-copy {}",
         o.mib,
         a.lan_ip,
         a.public_ip,
         b.lan_ip,
         b.public_ip,
-        if o.tls { "wss" } else { "ws" },
         o.bin.display()
     );
     println!(
@@ -510,6 +515,7 @@ fn run(o: Options) -> Result<(), String> {
         o,
         file,
         bytes,
+        url,
         ca_file: pki.map(|p| p.ca_file),
     };
     let mut failed = 0;
@@ -572,17 +578,6 @@ fn run(o: Options) -> Result<(), String> {
     Ok(())
 }
 
-/// The median of `v` (the mean of the middle two for an even count); `None` if empty.
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
 /// Each path's median rate over the rounds, and the direct path's rate over the relayed
 /// path's in each round that ran both: their median, range, and how many reach 0.8.
 fn print_medians(rates: &[(&str, usize, f64)], rounds: usize) {
@@ -634,17 +629,5 @@ fn main() -> ExitCode {
             eprintln!("p2p-copy-bench-lab: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
-        assert_eq!(median(vec![]), None);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 }

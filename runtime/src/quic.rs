@@ -16,9 +16,8 @@
 //! # Framing
 //! Each message is `kind (1 byte) | length (4 bytes, big-endian) | payload`, with kind
 //! 0 a text message (UTF-8), 1 a binary message, 2 the close (2-byte close code, then a
-//! UTF-8 reason) after which the stream ends. A length above
-//! [`MAX_MESSAGE_LEN`] is refused before anything
-//! is allocated for it.
+//! UTF-8 reason) after which the stream ends. A length above [`MAX_MESSAGE_LEN`] is
+//! refused before anything is allocated for it.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -55,6 +55,14 @@ impl QuicTasks {
         }
         out
     }
+
+    /// `inner` with its tasks spawned on these (see [`Spawner`]).
+    pub(crate) fn quinn_runtime(&self, inner: Arc<dyn quinn::Runtime>) -> Arc<dyn quinn::Runtime> {
+        Arc::new(Spawner {
+            inner,
+            tasks: Arc::downgrade(&self.0),
+        })
+    }
 }
 
 /// A runtime `R` whose quinn tasks run on [`QuicTasks`]; everything else is `R`'s.
@@ -225,13 +233,9 @@ mod tests {
         }
     }
 
-    fn spawner(tasks: &QuicTasks) -> (Spawner, Arc<Counting>) {
+    fn spawner(tasks: &QuicTasks) -> (Arc<dyn quinn::Runtime>, Arc<Counting>) {
         let inner = Arc::new(Counting::default());
-        let spawner = Spawner {
-            inner: inner.clone(),
-            tasks: Arc::downgrade(&tasks.0),
-        };
-        (spawner, inner)
+        (tasks.quinn_runtime(inner.clone()), inner)
     }
 
     /// Sets its flag when dropped.
@@ -249,7 +253,7 @@ mod tests {
         let (spawner, inner) = spawner(&tasks);
         let (tx, rx) = async_channel::bounded(1);
         quinn::Runtime::spawn(
-            &spawner,
+            &*spawner,
             Box::pin(async move {
                 let _ = tx.send(std::thread::current().id()).await;
             }),
@@ -266,7 +270,7 @@ mod tests {
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
         quinn::Runtime::spawn(
-            &spawner,
+            &*spawner,
             Box::pin(async move { flag.store(true, Ordering::SeqCst) }),
         );
         // The transfer is ready at its first poll, before any task ran.
@@ -281,7 +285,7 @@ mod tests {
         let dropped = Arc::new(AtomicBool::new(false));
         let guard = Dropped(dropped.clone());
         quinn::Runtime::spawn(
-            &spawner,
+            &*spawner,
             Box::pin(async move {
                 let _guard = guard;
                 future::pending::<()>().await;
@@ -292,7 +296,7 @@ mod tests {
             dropped.load(Ordering::SeqCst),
             "a task outlived its transfer"
         );
-        quinn::Runtime::spawn(&spawner, Box::pin(async {}));
+        quinn::Runtime::spawn(&*spawner, Box::pin(async {}));
         assert_eq!(inner.spawned.load(Ordering::SeqCst), 1);
     }
 }

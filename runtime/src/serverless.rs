@@ -28,7 +28,7 @@ use p2p_copy_core::{sntp, Error};
 
 use crate::paths::{canonical, mapped, stun_all};
 use crate::quic::{ConnectFailure, Identity, PeerCheck, QuicConn, QuicEndpoint};
-use crate::quic_tasks::{OnTasks, QuicTasks};
+use crate::quic_tasks::QuicTasks;
 use crate::rt::Rt;
 use crate::transport::{self, Incoming};
 use crate::{
@@ -213,7 +213,7 @@ impl<R: Rt> Serverless<R> {
         F: std::future::Future<Output = Result<Summary, TransferError>>,
     {
         let tasks = QuicTasks::default();
-        let quinn = OnTasks::new(self.rt.clone(), &tasks).quinn_runtime();
+        let quinn = tasks.quinn_runtime(self.rt.quinn_runtime());
         tasks
             .run(async move {
                 let rt = self.rt.clone();

@@ -434,9 +434,9 @@ insert rule ip lab forward iifname \"wan0\" ip daddr {lan_ip} tcp dport {port} a
 
     /// Run our relay binary `bin` in the relay namespace: `run-relay-server 100.64.0.1
     /// <port> --no-tls <extra>` (`extra` may turn TLS on with `--tls` and its files),
-    /// and wait (up to 10 s) until it says it listens. Returns
-    /// the lines it printed by then (the URL, then the STUN addresses). The relay is
-    /// killed when the lab is dropped.
+    /// and wait (up to 10 s) until it says it listens. Returns the lines it printed by
+    /// then (the URL, then the STUN addresses). The relay is killed when the lab is
+    /// dropped.
     pub fn start_relay(&mut self, bin: &Path, port: u16, extra: &[&str]) -> Vec<String> {
         let relay = self.relay_ns();
         let mut cmd = Command::new("ip");
